@@ -1,0 +1,216 @@
+"""Command-line interface. Parsing and printing only; the work is done by :mod:`kdlab.pipeline`.
+
+Every user mistake ends as exit code 2 with exactly one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+from . import __version__
+from .errors import KDLabError
+
+EPILOG = "Recipes: a bundled name (see `kdlab recipes`) or a path to a YAML file. Docs: README.md."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; we print one line that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
+    p.add_argument("recipe", nargs="?", default=None, help="bundled recipe name or YAML path (default: mnist-mlp; demo: the embedded dataset)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="dataset name: digits (embedded), mnist, fashion-mnist, kmnist")
+    g.add_argument("--data-dir", help="folder holding <dataset>/ with the four IDX .gz files (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
+    g.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+    g.add_argument("--val-fraction", type=float, help="fraction of the training set held out for validation")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, help="seed for weights, shuffling and dropout (default: from the recipe)")
+    g.add_argument("--out", help="run folder to write (default: runs/<recipe>-<kind>-<timestamp>)")
+    if role is not None:
+        g.add_argument("--epochs", type=int, help=f"{role} training epochs")
+        g.add_argument("--batch-size", type=int, help=f"{role} batch size")
+        g.add_argument("--lr", type=float, help=f"{role} learning rate")
+        g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    else:
+        g.add_argument("--teacher-epochs", type=int, help="teacher training epochs")
+        g.add_argument("--student-epochs", type=int, help="student training epochs (scratch and distilled)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe value, e.g. --set teacher.model.dropout=0.3 (repeatable)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress bars (default: only when stderr is a terminal)")
+
+
+def _distill_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distillation (total = hard_weight*CE + soft_weight*soft_loss)")
+    g.add_argument("--loss", help="soft loss coding (default: hinton = KL(batchmean) x T^2)")
+    g.add_argument("-T", "--temperature", type=float, help="softmax temperature T > 0")
+    g.add_argument("--hard-weight", type=float, help="weight of the hard-label cross-entropy")
+    g.add_argument("--soft-weight", type=float, help="weight of the soft (teacher) term")
+
+
+FLAG_KEYS: Dict[str, str] = {
+    "dataset": "dataset.name",
+    "data_dir": "dataset.data_dir",
+    "val_fraction": "dataset.val_fraction",
+    "seed": "seed",
+    "loss": "distill.loss",
+    "temperature": "distill.temperature",
+    "hard_weight": "distill.hard_weight",
+    "soft_weight": "distill.soft_weight",
+    "teacher_epochs": "teacher.train.epochs",
+    "student_epochs": "student.train.epochs",
+}
+ROLE_FLAG_KEYS: Dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.optimizer.lr"}
+
+
+def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
+    out: List[str] = []
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            out.append(f"{key}={value}" if dest != "data_dir" else f"{key}='{value}'")
+    if role is not None:
+        for dest, key in ROLE_FLAG_KEYS.items():
+            value = getattr(args, dest, None)
+            if value is not None:
+                out.append(f"{role}.{key}={value}")
+    if getattr(args, "no_download", False):
+        out.append("dataset.download=false")
+    return out + list(args.overrides)
+
+
+def _recipe(args: argparse.Namespace, role: Optional[str], default: str = "mnist-mlp"):
+    from .config import load_recipe
+
+    return load_recipe(args.recipe or default, _overrides(args, role))
+
+
+def _check_resume(args: argparse.Namespace) -> None:
+    if getattr(args, "resume", False) and not args.out:
+        raise KDLabError("--resume needs --out pointing at the run folder to continue")
+
+
+def _report(result) -> None:
+    final, best = result.fit.final, result.fit.best
+    print(f"{result.role}: final test acc {100 * result.final_acc:.2f}% (epoch {final['epoch']}), "
+          f"best {result.fit.best_metric} {100 * best[result.fit.best_metric]:.2f}% (epoch {best['epoch']}), "
+          f"{result.parameters:,} parameters")
+    if result.path is not None:
+        print(f"run folder: {result.path}")
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    from .pipeline import run_teacher
+
+    _check_resume(args)
+    _report(run_teacher(_recipe(args, "teacher"), out=args.out, progress=args.progress, resume=args.resume))
+    return 0
+
+
+def cmd_train_student(args: argparse.Namespace) -> int:
+    from .pipeline import run_student
+
+    _check_resume(args)
+    _report(run_student(_recipe(args, "student"), out=args.out, progress=args.progress, resume=args.resume))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .pipeline import run_distill
+
+    _check_resume(args)
+    if args.resume and not args.teacher:
+        raise KDLabError("--resume for distill needs --teacher CHECKPOINT (the teacher the run started with)")
+    recipe = _recipe(args, "student")
+    _report(run_distill(recipe, args.teacher, out=args.out, progress=args.progress, resume=args.resume))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .config import bundled_recipes
+    from .pipeline import run_demo
+
+    dataset = args.dataset or "digits"
+    default = f"{dataset}-mlp" if f"{dataset}-mlp" in bundled_recipes() else "mnist-mlp"
+    recipe = _recipe(args, None, default)
+    if args.dataset is None and args.recipe is None:
+        recipe.dataset.name = dataset
+    print(f"kdlab demo: recipe {recipe.name}, dataset {recipe.dataset.name}, T={recipe.distill.temperature}, "
+          f"hard_weight={recipe.distill.hard_weight}, soft_weight={recipe.distill.soft_weight}", flush=True)
+    result = run_demo(recipe, out=args.out, progress=args.progress)
+    print(result.table())
+    gain = result.distilled.final_acc - result.scratch.final_acc
+    print(f"distillation vs scratch student: {100 * gain:+.2f} points (final epoch, one seed)")
+    print(f"run folder: {result.out}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .config import bundled_recipes, dump_recipe, load_recipe
+
+    if args.name:
+        print(dump_recipe(load_recipe(args.name, args.overrides)), end="")
+    else:
+        for name in bundled_recipes():
+            print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="kdlab", description="Knowledge distillation for PyTorch: train a teacher, distill a student, compare.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+
+    def add(name: str, func: Callable, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description, epilog=EPILOG)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("train-teacher", cmd_train_teacher, "train the recipe's teacher on hard labels",
+            "Train the teacher on hard labels; writes config, run.json, metrics.jsonl, best.pt and last.pt.")
+    _common(p, "teacher")
+    p = add("train-student", cmd_train_student, "train the recipe's student from scratch (baseline)",
+            "Train the student from scratch on hard labels: the baseline a distilled student must beat.")
+    _common(p, "student")
+    p = add("distill", cmd_distill, "distill the student from a teacher",
+            "Distill the student: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || softmax(s/T)). "
+            "Without --teacher the teacher is trained first. The teacher stays in eval mode and its training-set "
+            "logits are computed once per run.")
+    _common(p, "student")
+    p.add_argument("--teacher", help="teacher checkpoint (best.pt/last.pt of a train-teacher run)")
+    _distill_flags(p)
+    p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",
+            "Train a teacher, a scratch student and a distilled student and print their accuracies. Runs on the "
+            "embedded scikit-learn digits by default (no download); --dataset mnist for the real thing.")
+    _common(p, None)
+    _distill_flags(p)
+    p = add("recipes", cmd_recipes, "list bundled recipes or print one, resolved",
+            "Without NAME: list bundled recipes. With NAME: print the validated recipe after --set overrides.")
+    p.add_argument("name", nargs="?", help="recipe name or YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KDLabError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"kdlab: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdlab: interrupted; completed epochs and checkpoints are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""Distillation losses. Importing this package registers every built-in coding."""
+
+from . import kd  # noqa: F401  (registers "hinton")
+from .kd import kd_loss
+from .objective import DistillationObjective
+from .registry import SOFT_LOSSES
+
+__all__ = ["kd_loss", "DistillationObjective", "SOFT_LOSSES"]

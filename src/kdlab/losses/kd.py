@@ -1,0 +1,52 @@
+"""Hinton knowledge-distillation loss (Hinton, Vinyals & Dean, 2015).
+
+    kd_loss(s, t, T) = T² · (1/B) Σ_b KL( softmax(t_b/T) ‖ softmax(s_b/T) )
+                     = T² · (1/B) Σ_b Σ_k p_bk (log p_bk − log q_bk),
+    p = softmax(t/T) (soft labels),  q = softmax(s/T) (soft predictions).
+
+Why each piece:
+* both distributions are taken as ``log_softmax`` and compared with ``log_target=True``, which is
+  exact where ``p`` underflows and never takes ``log`` of a probability;
+* the KL is summed over classes and averaged over the batch (``'batchmean'``), the mathematical
+  KL; ``reduction='mean'`` would also divide by the class count;
+* × T² keeps the gradient scale independent of T: ∂/∂s = T·(q − p)/B, and since q − p ≈ (s − t)/(T·K)
+  for large T, the product stays O(1) (Hinton et al., §2).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from .registry import SOFT_LOSSES
+
+
+def check_logits(student_logits: Tensor, teacher_logits: Tensor, T: float) -> None:
+    """Raise a one-line :class:`ConfigError` for the mistakes that otherwise fail deep in torch."""
+    if not T > 0:
+        raise ConfigError(f"temperature T must be > 0, got {T}; set distill.temperature to a positive value")
+    if student_logits.shape != teacher_logits.shape:
+        if student_logits.dim() == teacher_logits.dim() == 2 and student_logits.shape[0] == teacher_logits.shape[0]:
+            raise ConfigError(
+                f"class count mismatch: student has {student_logits.shape[1]} outputs, teacher has "
+                f"{teacher_logits.shape[1]}; build both models for the same dataset"
+            )
+        raise ConfigError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape; both must be (batch, classes)"
+        )
+
+
+@SOFT_LOSSES.register("hinton")
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """Batch-mean KL(softmax(t/T) ‖ softmax(s/T)) × T², computed from log-softmax.
+
+    Returns a scalar that is ≥ 0 (0 exactly when the soft distributions agree) with gradient
+    T·(softmax(s/T) − softmax(t/T))/B with respect to the student logits. The teacher side is
+    detached: distillation never trains the teacher.
+    """
+    check_logits(student_logits, teacher_logits, T)
+    log_q = F.log_softmax(student_logits / T, dim=1)
+    log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (T * T)

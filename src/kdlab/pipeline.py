@@ -1,0 +1,192 @@
+"""The library API behind every CLI command: train a teacher, a scratch student, or distill.
+
+Each ``run_*`` function takes a validated :class:`Recipe`, writes a run folder (config, versions,
+seed, metrics, checkpoints) and returns a :class:`RunResult`. The CLI only parses arguments and
+prints; anything it does can be done from Python with these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from torch import nn
+
+from .config import Recipe, dump_recipe
+from .data import DatasetSplits, load_dataset
+from .errors import ConfigError
+from .losses import DistillationObjective
+from .models import build_model, count_parameters
+from .teacher import CachedTeacherLogits, FrozenTeacher
+from .train import FitResult, RunDir, fit, load_model
+from .train.checkpoint import model_payload
+from .utils import seed_everything
+
+ROLE_SEED_OFFSET = {"teacher": 0, "student": 1}
+
+
+@dataclass
+class RunResult:
+    role: str
+    path: Optional[Path]
+    model: nn.Module
+    fit: FitResult
+    parameters: int
+
+    @property
+    def final_acc(self) -> float:
+        return float(self.fit.final["test_acc"])
+
+    @property
+    def best_acc(self) -> float:
+        return max(float(h["test_acc"]) for h in self.fit.history)
+
+
+def prepare_data(recipe: Recipe) -> DatasetSplits:
+    d = recipe.dataset
+    return load_dataset(d.name, d.data_dir, d.download, d.val_fraction, recipe.seed)
+
+
+def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Module:
+    """Build the teacher or student with seeded initial weights.
+
+    The student seed does not depend on the loss, so scratch and distilled students start from
+    identical weights and differ only in what they are trained on.
+    """
+    cfg = getattr(recipe, role).model
+    seed_everything(recipe.seed + ROLE_SEED_OFFSET[role])
+    return build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where=f"{role}.model")
+
+
+def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike]) -> Optional[RunDir]:
+    if out is False:  # type: ignore[comparison-overlap]
+        return None
+    return RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+
+
+def _train(
+    recipe: Recipe,
+    role: str,
+    kind: str,
+    data: DatasetSplits,
+    objective: DistillationObjective,
+    out: Any,
+    teacher: Optional[FrozenTeacher] = None,
+    progress: Optional[bool] = None,
+    resume: bool = False,
+    extra_info: Optional[Dict[str, Any]] = None,
+) -> RunResult:
+    role_cfg = getattr(recipe, role)
+    model = build_role_model(recipe, role, data)
+    run = _run_dir(recipe, kind, out)
+    meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes)
+    meta.pop("state_dict")
+    if run is not None:
+        run.write_config(dump_recipe(recipe))
+        run.write_run_info(
+            recipe.seed,
+            kind,
+            {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})},
+        )
+    signal = CachedTeacherLogits(teacher, data.train.x, role_cfg.train.eval_batch_size) if teacher is not None else None
+    seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
+    result = fit(
+        model,
+        data,
+        role_cfg.train,
+        objective,
+        seed=recipe.seed,
+        teacher_signal=signal,
+        run=run,
+        checkpoint_meta=meta,
+        resume=resume,
+        progress=progress,
+        desc=kind,
+    )
+    return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
+
+
+def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
+    """Train the recipe's teacher on hard labels."""
+    data = data or prepare_data(recipe)
+    return _train(recipe, "teacher", "teacher", data, DistillationObjective(), out, progress=progress, resume=resume)
+
+
+def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
+    """Train the recipe's student from scratch on hard labels (the baseline distillation must beat)."""
+    data = data or prepare_data(recipe)
+    return _train(recipe, "student", "scratch", data, DistillationObjective(), out, progress=progress, resume=resume)
+
+
+def load_teacher(path: str | os.PathLike, data: DatasetSplits) -> FrozenTeacher:
+    """Load a teacher checkpoint and check it fits ``data``."""
+    model, payload = load_model(path)
+    spec = payload["model"]
+    if int(spec["num_classes"]) != data.num_classes:
+        raise ConfigError(
+            f"class count mismatch: teacher {path} has {spec['num_classes']} outputs, dataset {data.name!r} has "
+            f"{data.num_classes} classes; use a teacher trained on {data.name}"
+        )
+    if tuple(spec["in_shape"]) != tuple(data.in_shape):
+        raise ConfigError(
+            f"input shape mismatch: teacher {path} expects {tuple(spec['in_shape'])}, dataset {data.name!r} gives "
+            f"{tuple(data.in_shape)}; use a teacher trained on {data.name}"
+        )
+    return FrozenTeacher(model)
+
+
+def distill_objective(recipe: Recipe) -> DistillationObjective:
+    d = recipe.distill
+    return DistillationObjective(d.loss, d.temperature, d.hard_weight, d.soft_weight)
+
+
+def run_distill(
+    recipe: Recipe,
+    teacher: FrozenTeacher | nn.Module | str | os.PathLike | None = None,
+    data: Optional[DatasetSplits] = None,
+    out: Any = None,
+    progress: Optional[bool] = None,
+    resume: bool = False,
+) -> RunResult:
+    """Distill the recipe's student from ``teacher`` (a model, a checkpoint path, or None to train one)."""
+    data = data or prepare_data(recipe)
+    info: Dict[str, Any] = {}
+    if teacher is None:
+        teacher_run = run_teacher(recipe, data, None if out is None else Path(out) / "teacher", progress)
+        info["teacher_run"] = str(teacher_run.path)
+        teacher = teacher_run.model
+        out = None if out is None else Path(out) / "student"
+    elif isinstance(teacher, (str, os.PathLike)):
+        info["teacher_checkpoint"] = str(teacher)
+        teacher = load_teacher(teacher, data)
+    frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
+    return _train(recipe, "student", "distill", data, distill_objective(recipe), out, frozen, progress, resume, info)
+
+
+@dataclass
+class DemoResult:
+    teacher: RunResult
+    scratch: RunResult
+    distilled: RunResult
+    out: Path
+
+    def table(self) -> str:
+        rows = [("teacher", self.teacher), ("student (scratch)", self.scratch), ("student (distilled)", self.distilled)]
+        lines = ["| model | parameters | final test acc | best test acc | seconds |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name, r in rows:
+            secs = sum(h["train_seconds"] + h["eval_seconds"] for h in r.fit.history)
+            lines.append(f"| {name} | {r.parameters:,} | {100 * r.final_acc:.2f}% | {100 * r.best_acc:.2f}% | {secs:.1f} |")
+        return "\n".join(lines)
+
+
+def run_demo(recipe: Recipe, out: Optional[str | os.PathLike] = None, progress: Optional[bool] = None) -> DemoResult:
+    """Teacher, scratch student and distilled student on one dataset, in one run folder."""
+    data = prepare_data(recipe)
+    root = RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
+    root.write_config(dump_recipe(recipe))
+    teacher = run_teacher(recipe, data, root.path / "teacher", progress)
+    scratch = run_student(recipe, data, root.path / "scratch", progress)
+    distilled = run_distill(recipe, teacher.model, data, root.path / "distill", progress)
+    return DemoResult(teacher, scratch, distilled, root.path)

@@ -1,0 +1,53 @@
+"""The frozen teacher: always in eval mode, never tracked by autograd, logits cached when possible.
+
+Enforced here rather than in each script, because forgetting ``teacher.eval()`` (dropout noise in
+the soft labels) or ``no_grad`` (a wasted backward graph) are the two most common KD bugs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FrozenTeacher(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.model.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        """Ignored on purpose: a teacher stays in eval mode even inside ``student.train()`` calls."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        if self.model.training:  # someone flipped the inner module directly
+            self.model.eval()
+        return self.model(x)
+
+    @torch.no_grad()
+    def logits_for(self, x: Tensor, batch_size: int = 2000) -> Tensor:
+        """Logits for a whole dataset, in batches; computed once and reused every epoch."""
+        return torch.cat([self(chunk) for chunk in x.split(batch_size)])
+
+
+class CachedTeacherLogits:
+    """Teacher signal for un-augmented data: one forward pass over the training set per run."""
+
+    def __init__(self, teacher: FrozenTeacher, train_x: Tensor, batch_size: int = 2000) -> None:
+        self.logits = teacher.logits_for(train_x, batch_size)
+
+    def __call__(self, idx: Tensor, xb: Tensor) -> Tensor:
+        return self.logits.index_select(0, idx)
+
+
+class OnlineTeacherLogits:
+    """Teacher signal for augmented data: the teacher must see the same augmented batch."""
+
+    def __init__(self, teacher: FrozenTeacher) -> None:
+        self.teacher = teacher
+
+    def __call__(self, idx: Tensor, xb: Tensor) -> Tensor:
+        return self.teacher(xb)

@@ -1,0 +1,207 @@
+"""The training loop shared by teacher, scratch-student and distillation runs.
+
+The hot loop is deliberately plain: one ``index_select`` per batch for images, labels and cached
+teacher logits, one forward, one backward, one fused optimizer step. Loss terms are kept as
+tensors during the epoch and converted to floats once at its end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data import BatchIndexer, DatasetSplits, TensorData
+from ..errors import CheckpointError
+from ..losses import DistillationObjective
+from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import build_optimizer, build_scheduler
+from .rundir import RunDir
+
+TeacherSignal = Callable[[Tensor, Tensor], Tensor]
+TERMS = ("total", "hard", "soft")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2000) -> Dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``data`` (eval mode, batched)."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size)):
+        logits = model(xb)
+        correct += int((logits.argmax(1) == yb).sum())
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+    model.train(was_training)
+    n = max(len(data), 1)
+    return {"acc": correct / n, "loss": loss_sum / n}
+
+
+@dataclass
+class FitResult:
+    history: List[Dict[str, Any]]
+    step_losses: Tensor  # (steps, 3): total, hard, soft (soft is NaN when not distilling)
+    best_epoch: int
+    best_metric: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> Dict[str, Any]:
+        return self.history[-1]
+
+    @property
+    def best(self) -> Dict[str, Any]:
+        return next(h for h in self.history if h["epoch"] == self.best_epoch)
+
+
+def fit(
+    model: nn.Module,
+    data: DatasetSplits,
+    cfg: TrainConfig,
+    objective: DistillationObjective,
+    *,
+    seed: int = 0,
+    teacher_signal: Optional[TeacherSignal] = None,
+    run: Optional[RunDir] = None,
+    checkpoint_meta: Optional[Dict[str, Any]] = None,
+    resume: bool = False,
+    progress: Optional[bool] = None,
+    before_epoch: Optional[Callable[[int, DistillationObjective], None]] = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` epochs, evaluating after each.
+
+    With ``run`` set, writes ``metrics.jsonl`` every epoch and ``last.pt`` / ``best.pt``
+    checkpoints (best by validation accuracy when a validation split exists, else by test
+    accuracy — the choice is recorded as ``best_metric``). ``resume=True`` continues from the
+    run's ``last.pt`` with the optimizer, scheduler, shuffle and RNG states it saved.
+    """
+    optimizer = build_optimizer(model, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs)
+    indexer = BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=seed)
+    X, Y = data.train.x, data.train.y
+    best_metric = "val_acc" if data.val is not None else "test_acc"
+    best_value, best_epoch, start_epoch = -1.0, 0, 1
+    history: List[Dict[str, Any]] = []
+    step_rows: List[Tensor] = []
+
+    if resume:
+        if run is None:
+            raise CheckpointError("resume needs a run folder holding last.pt")
+        state = load_checkpoint(run.file("last.pt"))
+        try:
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            indexer.generator.set_state(state["shuffle_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{run.file('last.pt')} cannot resume this run: {str(exc).splitlines()[0]}") from None
+        start_epoch = int(state["epoch"]) + 1
+        best_value, best_epoch = float(state["best_value"]), int(state["best_epoch"])
+        run.truncate_metrics(state["epoch"])
+        history = [dict(m) for m in run.metrics]
+
+    show = sys.stderr.isatty() if progress is None else progress
+    steps_per_epoch = len(indexer)
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        initial=(start_epoch - 1) * steps_per_epoch,
+        desc=desc,
+        disable=not show,
+        leave=False,
+        unit="step",
+        mininterval=0.5,
+    )
+    clip = cfg.grad_clip
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if before_epoch is not None:
+                before_epoch(epoch, objective)
+            model.train()
+            t0 = time.perf_counter()
+            epoch_terms: List[tuple] = []
+            for idx in indexer.epoch():
+                xb = X.index_select(0, idx)
+                yb = Y.index_select(0, idx)
+                tb = teacher_signal(idx, xb) if teacher_signal is not None else None
+                terms = objective(model(xb), yb, tb)
+                optimizer.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                soft = terms.get("soft")
+                epoch_terms.append((terms["total"].detach(), terms["hard"].detach(), None if soft is None else soft.detach()))
+                bar.update()
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            train_seconds = time.perf_counter() - t0
+
+            rows = torch.tensor(
+                [[float(a), float(b), float("nan") if c is None else float(c)] for a, b, c in epoch_terms]
+            )
+            step_rows.append(rows)
+            t1 = time.perf_counter()
+            test = evaluate(model, data.test, cfg.eval_batch_size)
+            record: Dict[str, Any] = {
+                "epoch": epoch,
+                "loss_total": float(rows[:, 0].mean()),
+                "loss_hard": float(rows[:, 1].mean()),
+                "test_acc": test["acc"],
+                "test_loss": test["loss"],
+                "lr": lr,
+            }
+            if teacher_signal is not None:
+                record.update(
+                    loss_soft=float(rows[:, 2].mean()),
+                    negative_loss_steps=int((rows[:, 0] < 0).sum()),
+                    temperature=objective.temperature,
+                    hard_weight=objective.hard_weight,
+                    soft_weight=objective.soft_weight,
+                )
+            if data.val is not None:
+                val = evaluate(model, data.val, cfg.eval_batch_size)
+                record.update(val_acc=val["acc"], val_loss=val["loss"])
+            record["train_seconds"] = train_seconds
+            record["eval_seconds"] = time.perf_counter() - t1
+            history.append(record)
+            bar.set_postfix({best_metric: f"{record[best_metric]:.4f}"}, refresh=False)
+
+            if record[best_metric] > best_value:
+                best_value, best_epoch = record[best_metric], epoch
+                if run is not None:
+                    save_checkpoint(run.file("best.pt"), {**(checkpoint_meta or {}), "state_dict": model.state_dict(), "epoch": epoch, "metrics": record})
+            if run is not None:
+                save_checkpoint(
+                    run.file("last.pt"),
+                    {
+                        **(checkpoint_meta or {}),
+                        "state_dict": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "shuffle_rng": indexer.generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch,
+                        "best_value": best_value,
+                        "best_epoch": best_epoch,
+                        "metrics": record,
+                    },
+                )
+                record["seconds"] = time.perf_counter() - t0
+                run.log_epoch(record)
+            else:
+                record["seconds"] = time.perf_counter() - t0
+    finally:
+        bar.close()
+    steps = torch.cat(step_rows) if step_rows else torch.empty(0, 3)
+    return FitResult(history, steps, best_epoch, best_metric)
