@@ -38,8 +38,8 @@ def read_idx(path: str | Path, ndim: int, count: Optional[int] = None) -> np.nda
     path = Path(path)
     raw = _read_bytes(path)
     header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise DataError(f"{path}: file is truncated ({len(raw)} bytes, header alone needs {header_len})")
+    if len(raw) < 4:
+        raise DataError(f"{path}: file is truncated ({len(raw)} bytes, not even an IDX magic number)")
     zero, dtype_code, file_ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != UBYTE or file_ndim != ndim:
         magic = int.from_bytes(raw[:4], "big")
@@ -48,6 +48,8 @@ def read_idx(path: str | Path, ndim: int, count: Optional[int] = None) -> np.nda
             f"{path}: wrong magic number 0x{magic:08x} (expected 0x{expected:08x}); "
             "this is not an IDX " + ("image" if ndim == IMAGES_NDIM else "label") + " file"
         )
+    if len(raw) < header_len:
+        raise DataError(f"{path}: file is truncated ({len(raw)} bytes, header alone needs {header_len})")
     dims: Tuple[int, ...] = struct.unpack(f">{ndim}I", raw[4:header_len])
     if count is not None and dims[0] != count:
         raise DataError(f"{path}: header says {dims[0]} items, expected {count}; wrong or mixed-up file")

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from kdlab import ConfigError
+from kdlab.data import BatchIndexer, TensorData, load_dataset
+from kdlab.data.tensors import carve_validation
+
+
+def test_batch_indexer_covers_every_sample_once_and_reshuffles():
+    idx = BatchIndexer(10, 3, seed=5)
+    first = list(idx.epoch())
+    assert [len(b) for b in first] == [3, 3, 3, 1]
+    assert sorted(torch.cat(first).tolist()) == list(range(10))
+    second = torch.cat(list(idx.epoch()))
+    assert not torch.equal(torch.cat(first), second)
+
+
+def test_batch_indexer_order_depends_only_on_seed():
+    a = [torch.cat(list(BatchIndexer(100, 7, seed=1).epoch())) for _ in range(2)]
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = torch.cat(list(BatchIndexer(100, 7, seed=1).epoch()))
+    assert torch.equal(a[0], a[1]) and torch.equal(a[0], b)
+    assert not torch.equal(a[0], torch.cat(list(BatchIndexer(100, 7, seed=2).epoch())))
+
+
+def test_drop_last():
+    idx = BatchIndexer(10, 3, seed=0, drop_last=True)
+    assert len(idx) == 3 and [len(b) for b in idx.epoch()] == [3, 3, 3]
+
+
+def test_carve_validation_is_disjoint_and_seeded():
+    data = TensorData(torch.arange(100).float().view(100, 1, 1, 1), torch.arange(100))
+    train, val = carve_validation(data, 0.2, seed=0)
+    assert len(train) == 80 and len(val) == 20
+    assert set(train.y.tolist()).isdisjoint(val.y.tolist())
+    _, val2 = carve_validation(data, 0.2, seed=0)
+    assert torch.equal(val.y, val2.y)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        carve_validation(data, 1.0, seed=0)
+
+
+def test_digits_embedded_default():
+    data = load_dataset("digits", val_fraction=0.1)
+    assert len(data.train) + len(data.val) + len(data.test) == 1797
+    assert data.in_shape == (1, 8, 8) and data.num_classes == 10
+    assert len(data.test) == pytest.approx(360, abs=5)
+    # stratified split: every class is in the test set in proportion
+    counts = torch.bincount(data.test.y, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38
+    # normalization statistics come from the training part only
+    assert abs(float(data.train.x.mean())) < 1e-4
+
+
+def test_unknown_dataset():
+    with pytest.raises(ConfigError, match="unknown dataset 'mnsit'; choose one of: digits, fashion-mnist, kmnist, mnist"):
+        load_dataset("mnsit")

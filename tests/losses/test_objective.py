@@ -1,0 +1,35 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdlab import ConfigError, kd_loss
+from kdlab.losses import DistillationObjective
+
+
+def test_named_weights_combine_terms():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    y = torch.tensor([1, 2, 3, 4])
+    obj = DistillationObjective("hinton", temperature=3.0, hard_weight=0.3, soft_weight=0.7)
+    terms = obj(s, y, t)
+    hard = F.cross_entropy(s, y)
+    soft = kd_loss(s, t, 3.0)
+    assert terms["hard"].item() == pytest.approx(hard.item())
+    assert terms["soft"].item() == pytest.approx(soft.item())
+    assert terms["total"].item() == pytest.approx(0.3 * hard.item() + 0.7 * soft.item())
+
+
+def test_without_teacher_only_hard_term():
+    s, y = torch.randn(4, 10), torch.tensor([0, 1, 2, 3])
+    terms = DistillationObjective()(s, y)
+    assert set(terms) == {"total", "hard"}
+    assert terms["total"].item() == pytest.approx(F.cross_entropy(s, y).item())
+
+
+def test_validation():
+    with pytest.raises(ConfigError, match="temperature"):
+        DistillationObjective(temperature=0)
+    with pytest.raises(ConfigError, match="weights"):
+        DistillationObjective(hard_weight=-0.1)
+    with pytest.raises(ConfigError, match="unknown loss 'kl'"):
+        DistillationObjective("kl")

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+
+from kdlab import CheckpointError
+from kdlab.config import load_recipe
+from kdlab.losses import DistillationObjective
+from kdlab.pipeline import build_role_model, prepare_data, run_teacher
+from kdlab.train import RunDir, evaluate, fit, load_checkpoint, load_model
+
+FAST = ["teacher.model.hidden=[64]", "teacher.train.epochs=3", "student.train.epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return prepare_data(load_recipe("digits-mlp"))
+
+
+def test_training_learns_and_logs_every_epoch(tmp_path, digits):
+    recipe = load_recipe("digits-mlp", FAST)
+    result = run_teacher(recipe, digits, out=tmp_path / "run", progress=False)
+    assert result.final_acc > 0.6 and result.fit.history[-1]["loss_total"] < result.fit.history[0]["loss_total"]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    for key in ("loss_total", "loss_hard", "test_acc", "test_loss", "train_seconds", "eval_seconds", "seconds", "lr"):
+        assert key in lines[0]
+    run_info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_info["seed"] == 0 and run_info["environment"]["torch"] == torch.__version__
+    assert "hidden:\n    - 64" in (tmp_path / "run" / "config.yaml").read_text()
+    model, payload = load_model(tmp_path / "run" / "best.pt")
+    assert evaluate(model, digits.test)["acc"] == pytest.approx(result.best_acc)
+    assert payload["epoch"] == result.fit.best_epoch
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_same_seed_same_numbers_different_seed_different(digits):
+    recipe = load_recipe("digits-mlp", FAST)
+    a = run_teacher(recipe, digits, out=False, progress=False)
+    b = run_teacher(recipe, digits, out=False, progress=False)
+    c = run_teacher(load_recipe("digits-mlp", FAST + ["seed=1"]), digits, out=False, progress=False)
+    torch.testing.assert_close(a.fit.step_losses, b.fit.step_losses, rtol=0, atol=0, equal_nan=True)
+    assert not torch.allclose(a.fit.step_losses[:, 0], c.fit.step_losses[:, 0])
+
+
+def test_resume_continues_exactly(tmp_path, digits):
+    full = run_teacher(load_recipe("digits-mlp", FAST), digits, out=tmp_path / "full", progress=False)
+    run_teacher(load_recipe("digits-mlp", FAST[:1] + ["teacher.train.epochs=3"]), digits, out=tmp_path / "part", progress=False)
+    # simulate an interruption after epoch 2: roll last.pt back by re-running 2 epochs in another folder
+    part2 = run_teacher(load_recipe("digits-mlp", FAST[:1] + ["teacher.train.epochs=2"]), digits, out=tmp_path / "p2", progress=False)
+    state = load_checkpoint(tmp_path / "p2" / "last.pt")
+    assert state["epoch"] == 2 and part2.fit.history[-1]["epoch"] == 2
+    resumed = run_teacher(load_recipe("digits-mlp", FAST), digits, out=tmp_path / "p2", progress=False, resume=True)
+    assert [h["epoch"] for h in resumed.fit.history] == [1, 2, 3]
+    assert resumed.fit.history[-1]["test_acc"] == full.fit.history[-1]["test_acc"]
+    assert resumed.fit.history[-1]["loss_total"] == pytest.approx(full.fit.history[-1]["loss_total"], rel=1e-6)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(CheckpointError, match="corrupt or not a kdlab checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a kdlab checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("opt,sched", [("sgd", "step"), ("adamw", "cosine"), ("adam", "constant")])
+def test_optimizers_and_schedulers(digits, opt, sched):
+    recipe = load_recipe(
+        "digits-mlp",
+        ["student.train.epochs=4", f"student.train.optimizer.name={opt}", f"student.train.scheduler.name={sched}",
+         "student.train.scheduler.step_size=2", "student.train.optimizer.lr=0.01", "student.train.grad_clip=1.0"],
+    )
+    model = build_role_model(recipe, "student", digits)
+    result = fit(model, digits, recipe.student.train, DistillationObjective(), progress=False)
+    lrs = [h["lr"] for h in result.history]
+    if sched == "step":
+        assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.001])
+    elif sched == "cosine":
+        assert lrs[0] == pytest.approx(0.01) and lrs[1] < lrs[0] and lrs[3] < lrs[2]
+    else:
+        assert lrs == [0.01] * 4
+    assert result.final["test_acc"] > 0.5
+
+
+def test_validation_split_selects_best_checkpoint(tmp_path, digits):
+    recipe = load_recipe("digits-mlp", FAST + ["dataset.val_fraction=0.2"])
+    result = run_teacher(recipe, out=tmp_path / "r", progress=False)
+    assert result.fit.best_metric == "val_acc"
+    assert "val_acc" in result.fit.history[0]
+
+
+def test_rundir_names_are_unique(tmp_path):
+    a, b = RunDir.new(tmp_path, "x"), RunDir.new(tmp_path, "x")
+    assert a.path != b.path
