@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .fused_hinton import fused_hinton_objective
+from .kd import check_logits, kd_loss
 from .registry import SOFT_LOSSES
 
 
@@ -45,9 +47,16 @@ class DistillationObjective(nn.Module):
     def forward(
         self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None
     ) -> Dict[str, Tensor]:
-        hard = F.cross_entropy(student_logits, labels)
         if teacher_logits is None:
+            hard = F.cross_entropy(student_logits, labels)
             return {"total": hard, "hard": hard}
+        if self.soft_fn is kd_loss and student_logits.dim() == 2 and not labels.is_floating_point():
+            check_logits(student_logits, teacher_logits, self.temperature)
+            total, hard, soft = fused_hinton_objective(
+                student_logits, labels, teacher_logits, self.temperature, self.hard_weight, self.soft_weight
+            )
+            return {"total": total, "hard": hard, "soft": soft}
+        hard = F.cross_entropy(student_logits, labels)
         soft = self.soft_fn(student_logits, teacher_logits, self.temperature)
         total = self.hard_weight * hard + self.soft_weight * soft
         return {"total": total, "hard": hard, "soft": soft}

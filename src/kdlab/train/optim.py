@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..config import OptimizerConfig, SchedulerConfig
 from ..registry import Registry
+from .lean_adam import LeanAdam, LeanAdamW
 
 OPTIMIZERS: Registry[Callable[[Iterable[nn.Parameter], OptimizerConfig], Optimizer]] = Registry("optimizer")
 SCHEDULERS: Registry[Callable[[Optimizer, SchedulerConfig, int], Optional[LRScheduler]]] = Registry("scheduler")
@@ -30,12 +31,12 @@ def _fast(cls: type, params: list, **kwargs) -> Optimizer:
 
 @OPTIMIZERS.register("adam")
 def adam(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Optimizer:
-    return _fast(torch.optim.Adam, list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _fast(LeanAdam, list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Optimizer:
-    return _fast(torch.optim.AdamW, list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _fast(LeanAdamW, list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("sgd")

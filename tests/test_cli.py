@@ -1,0 +1,97 @@
+import subprocess
+import sys
+
+import pytest
+
+from kdlab.cli import main
+
+COMMANDS = ["train-teacher", "train-student", "distill", "demo", "recipes"]
+FAST = ["--set", "teacher.model.hidden=[32]", "--teacher-epochs", "1", "--student-epochs", "1", "--no-progress"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "kdlab", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: kdlab " + command in capsys.readouterr().out
+
+
+def test_top_level_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["distill", "digits-mlp", "-T", "0"], "distill.temperature: must be > 0"),
+        (["distill", "digits-mlp", "--soft-weight", "-1"], "distill.soft_weight: must be >= 0"),
+        (["train-teacher", "digits-mlp", "--set", "teacher.train.epoch=1"], "teacher.train.epoch: unknown key"),
+        (["train-teacher", "digits-mlp", "--set", "teacher.train.epochs=many"], "expected int, got 'many'"),
+        (["train-student", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+        (["train-teacher", "mnist-mlp", "--data-dir", "EMPTY", "--no-download"], "t10k-labels-idx1-ubyte.gz"),
+        (["distill", "digits-mlp", "--teacher", "MISSING.pt"], "checkpoint MISSING.pt not found"),
+        (["train-teacher", "--epochs", "x"], "argument --epochs: invalid int value"),
+        (["frobnicate"], "invalid choice"),
+        (["train-teacher", "--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_input_exit_2_one_line_nothing_written(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "EMPTY").mkdir()
+    code = None
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("kdlab")
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    proc = run_cli("distill", "digits-mlp", "--temperature", "-3", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["kdlab: error: distill.temperature: must be > 0, got -3.0"]
+
+
+def test_corrupt_teacher_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"garbage")
+    assert main(["distill", "digits-mlp", "--teacher", str(bad), "--out", str(tmp_path / "o")] + FAST[:2]) == 2
+    assert "is corrupt or not a kdlab checkpoint" in capsys.readouterr().err
+
+
+def test_demo_prints_table(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")] + FAST) == 0
+    out = capsys.readouterr().out
+    assert "| teacher |" in out and "| student (scratch) |" in out and "| student (distilled) |" in out
+    assert "dataset digits" in out
+
+
+def test_train_then_distill_from_checkpoint(tmp_path, capsys):
+    assert main(["train-teacher", "digits-mlp", "--epochs", "1", "--out", str(tmp_path / "t"), "--set", "teacher.model.hidden=[32]"]) == 0
+    assert main(["distill", "digits-mlp", "--teacher", str(tmp_path / "t" / "best.pt"), "--epochs", "2", "-T", "2",
+                 "--hard-weight", "0.2", "--soft-weight", "0.8", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "distill: final test acc" in out
+    cfg = (tmp_path / "s" / "config.yaml").read_text()
+    assert "temperature: 2.0" in cfg and "hard_weight: 0.2" in cfg and "soft_weight: 0.8" in cfg
+
+
+def test_recipes_command(capsys):
+    assert main(["recipes"]) == 0
+    assert "mnist-mlp" in capsys.readouterr().out
+    assert main(["recipes", "mnist-cnn", "--set", "seed=4"]) == 0
+    assert "seed: 4" in capsys.readouterr().out
