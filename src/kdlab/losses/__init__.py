@@ -1,6 +1,6 @@
 """Distillation losses. Importing this package registers every built-in coding."""
 
-from . import kd  # noqa: F401  (registers "hinton")
+from . import kd, pitfalls  # noqa: F401  (registers "hinton" and the pitfall codings)
 from .kd import kd_loss
 from .objective import DistillationObjective
 from .registry import SOFT_LOSSES
