@@ -38,6 +38,12 @@ def check_logits(student_logits: Tensor, teacher_logits: Tensor, T: float) -> No
         )
 
 
+def soft_log_probs(student_logits: Tensor, teacher_logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
+    """(log softmax(s/T), log softmax(t/T)) after validating inputs; the teacher side is detached."""
+    check_logits(student_logits, teacher_logits, T)
+    return F.log_softmax(student_logits / T, dim=1), F.log_softmax(teacher_logits.detach() / T, dim=1)
+
+
 @SOFT_LOSSES.register("hinton")
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """Batch-mean KL(softmax(t/T) ‖ softmax(s/T)) × T², computed from log-softmax.
@@ -46,7 +52,5 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     T·(softmax(s/T) − softmax(t/T))/B with respect to the student logits. The teacher side is
     detached: distillation never trains the teacher.
     """
-    check_logits(student_logits, teacher_logits, T)
-    log_q = F.log_softmax(student_logits / T, dim=1)
-    log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
+    log_q, log_p = soft_log_probs(student_logits, teacher_logits, T)
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (T * T)

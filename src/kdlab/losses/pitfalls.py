@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kd import check_logits, kd_loss
+from .kd import check_logits, kd_loss, soft_log_probs
 from .registry import SOFT_LOSSES
 
 
@@ -63,9 +63,7 @@ def mean_reduction(s: Tensor, t: Tensor, T: float) -> Tensor:
     Wrong: value and gradient are K times too small (10× on MNIST), silently down-weighting the
     soft term; PyTorch warns about exactly this.
     """
-    check_logits(s, t, T)
-    log_q = F.log_softmax(s / T, dim=1)
-    log_p = F.log_softmax(t.detach() / T, dim=1)
+    log_q, log_p = soft_log_probs(s, t, T)
     return F.kl_div(log_q, log_p, reduction="mean", log_target=True) * (T * T)
 
 
@@ -76,7 +74,5 @@ def no_t2(s: Tensor, t: Tensor, T: float) -> Tensor:
     Wrong: the gradient is (q − p)/(T·B), T² too small, so raising T silently turns distillation
     off instead of softening the targets.
     """
-    check_logits(s, t, T)
-    log_q = F.log_softmax(s / T, dim=1)
-    log_p = F.log_softmax(t.detach() / T, dim=1)
+    log_q, log_p = soft_log_probs(s, t, T)
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
