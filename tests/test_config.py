@@ -36,7 +36,7 @@ def test_dump_and_reload_round_trip(tmp_path):
         (["distill.temperature=0"], r"distill.temperature: must be > 0, got 0.0"),
         (["distill.temperature=-2"], r"distill.temperature: must be > 0"),
         (["distill.soft_weight=-0.5"], r"distill.soft_weight: must be >= 0, got -0.5"),
-        (["distill.loss=kl"], r"distill.loss: unknown value 'kl'; choose one of: hinton"),
+        (["distill.loss=kl"], r"distill.loss: unknown value 'kl'; choose one of: extra-T, hinton"),
         (["student.model.width=3"], r"student.model.width: unknown parameter for model 'mlp'"),
         (["teacher.train.optimizer.name=adagrad"], r"teacher.train.optimizer.name: unknown value 'adagrad'"),
         (["dataset.val_fraction=1.5"], r"dataset.val_fraction: must be in \[0, 1\)"),
