@@ -162,6 +162,22 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> list:
+    try:
+        return [float(x) for x in text.replace("[", "").replace("]", "").split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    e = explain(args.teacher, args.student, args.label, args.temperature, args.hard_weight, args.soft_weight)
+    print(f"teacher logits {args.teacher}, student logits {args.student}, true class {args.label}")
+    print("\n".join(e.lines(args.temperature, args.label, args.hard_weight, args.soft_weight)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="kdlab", description="Knowledge distillation for PyTorch: train a teacher, distill a student, compare.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
@@ -191,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
             "embedded scikit-learn digits by default (no download); --dataset mnist for the real thing.")
     _common(p, None)
     _distill_flags(p)
+    p = add("explain", cmd_explain, "walk through one KD loss computation step by step",
+            "Compute soft labels, soft/hard predictions, KL, the T^2-scaled soft term, CE and the total for one "
+            "example. Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
+    p.add_argument("--teacher", type=_floats, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1")
+    p.add_argument("--student", type=_floats, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4")
+    p.add_argument("--label", type=int, default=0, help="true class index")
+    p.add_argument("-T", "--temperature", type=float, default=2.0, help="temperature T > 0")
+    p.add_argument("--hard-weight", type=float, default=1.0, help="weight of CE")
+    p.add_argument("--soft-weight", type=float, default=0.5, help="weight of the T^2-scaled KL")
     p = add("recipes", cmd_recipes, "list bundled recipes or print one, resolved",
             "Without NAME: list bundled recipes. With NAME: print the validated recipe after --set overrides.")
     p.add_argument("name", nargs="?", help="recipe name or YAML path")
