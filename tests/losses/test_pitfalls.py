@@ -1,10 +1,12 @@
-import math
 
 import pytest
 import torch
 
 from kdlab import kd_loss
 from kdlab.losses import SOFT_LOSSES
+
+# mean-reduction reproduces the coding torch warns about; the warning is expected here
+pytestmark = pytest.mark.filterwarnings("ignore:reduction. .mean.:UserWarning")
 
 
 def data(seed=0, B=6, K=10):

@@ -26,7 +26,6 @@ from .optim import build_optimizer, build_scheduler
 from .rundir import RunDir
 
 TeacherSignal = Callable[[Tensor, Tensor], Tensor]
-TERMS = ("total", "hard", "soft")
 
 
 @torch.no_grad()
