@@ -139,8 +139,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     dataset = args.dataset or "digits"
     default = f"{dataset}-mlp" if f"{dataset}-mlp" in bundled_recipes() else "mnist-mlp"
     recipe = _recipe(args, None, default)
-    if args.dataset is None and args.recipe is None:
-        recipe.dataset.name = dataset
     print(f"kdlab demo: recipe {recipe.name}, dataset {recipe.dataset.name}, T={recipe.distill.temperature}, "
           f"hard_weight={recipe.distill.hard_weight}, soft_weight={recipe.distill.soft_weight}", flush=True)
     result = run_demo(recipe, out=args.out, progress=args.progress)

@@ -192,7 +192,7 @@ def _check_names(r: Recipe) -> None:
     # Imported here: the registries import torch-heavy modules the config layer should not need.
     from .data import DATASETS
     from .losses import SOFT_LOSSES
-    from .models import MODELS, model_params
+    from .models import MODELS, check_model_params
     from .train.optim import OPTIMIZERS, SCHEDULERS
 
     def known(registry: Any, name: str, key: str) -> None:
@@ -204,12 +204,7 @@ def _check_names(r: Recipe) -> None:
     for role in ("teacher", "student"):
         rc: RoleConfig = getattr(r, role)
         known(MODELS, rc.model.name, f"{role}.model.name")
-        accepted = model_params(rc.model.name)
-        for key in rc.model.params:
-            if key not in accepted:
-                raise ConfigError(
-                    f"{role}.model.{key}: unknown parameter for model {rc.model.name!r}; accepted: {', '.join(accepted)}"
-                )
+        check_model_params(rc.model.name, rc.model.params, f"{role}.model")
         known(OPTIMIZERS, rc.train.optimizer.name, f"{role}.train.optimizer.name")
         known(SCHEDULERS, rc.train.scheduler.name, f"{role}.train.scheduler.name")
 

@@ -24,17 +24,22 @@ def model_params(name: str) -> Dict[str, Any]:
     }
 
 
-def build_model(
-    name: str, in_shape: Sequence[int], num_classes: int, params: Mapping[str, Any] | None = None, where: str = "model"
-) -> nn.Module:
-    """Build a registered model; unknown parameters raise a one-line error naming the key."""
-    params = dict(params or {})
+def check_model_params(name: str, params: Mapping[str, Any], where: str = "model") -> None:
+    """Reject parameters model ``name`` does not accept, naming the offending key."""
     accepted = model_params(name)
     for key in params:
         if key not in accepted:
             raise ConfigError(
                 f"{where}.{key}: unknown parameter for model {name!r}; accepted: {', '.join(accepted) or 'none'}"
             )
+
+
+def build_model(
+    name: str, in_shape: Sequence[int], num_classes: int, params: Mapping[str, Any] | None = None, where: str = "model"
+) -> nn.Module:
+    """Build a registered model; unknown parameters raise a one-line error naming the key."""
+    params = dict(params or {})
+    check_model_params(name, params, where)
     try:
         return MODELS.get(name)(tuple(in_shape), int(num_classes), **params)
     except (TypeError, ValueError) as exc:

@@ -196,10 +196,9 @@ def fit(
                         "metrics": record,
                     },
                 )
-                record["seconds"] = time.perf_counter() - t0
+            record["seconds"] = time.perf_counter() - t0
+            if run is not None:
                 run.log_epoch(record)
-            else:
-                record["seconds"] = time.perf_counter() - t0
     finally:
         bar.close()
     steps = torch.cat(step_rows) if step_rows else torch.empty(0, 3)
