@@ -68,6 +68,26 @@ class RoleConfig:
 
 
 @dataclass
+class WeightScheduleConfig:
+    """How hard/soft weights move over epochs; their sum stays ``hard_weight + soft_weight``.
+
+    ``constant``; ``cosine``: hard = sum·0.5·(1 + cos(π·e/E)); ``exp``: hard = hard_weight·exp(−rate·e).
+    """
+
+    name: str = "constant"
+    rate: float = 0.1
+
+
+@dataclass
+class TemperatureScheduleConfig:
+    """``constant``, or ``linear``: T = max(min, T0 − step·e)."""
+
+    name: str = "constant"
+    min: float = 1.0
+    step: float = 0.0
+
+
+@dataclass
 class DistillConfig:
     """total = hard_weight · CE(student, labels) + soft_weight · loss(student, teacher, T)."""
 
@@ -75,6 +95,8 @@ class DistillConfig:
     temperature: float = 4.0
     hard_weight: float = 0.5
     soft_weight: float = 0.5
+    weight_schedule: WeightScheduleConfig = field(default_factory=WeightScheduleConfig)
+    temperature_schedule: TemperatureScheduleConfig = field(default_factory=TemperatureScheduleConfig)
 
 
 @dataclass
@@ -171,6 +193,9 @@ def _check_ranges(r: Recipe) -> None:
     non_negative(r.distill.soft_weight, "distill.soft_weight")
     if r.distill.hard_weight == 0 and r.distill.soft_weight == 0:
         raise ConfigError("distill.hard_weight and distill.soft_weight are both 0; nothing would be trained")
+    non_negative(r.distill.weight_schedule.rate, "distill.weight_schedule.rate")
+    positive(r.distill.temperature_schedule.min, "distill.temperature_schedule.min")
+    non_negative(r.distill.temperature_schedule.step, "distill.temperature_schedule.step")
     if not 0.0 <= r.dataset.val_fraction < 1.0:
         raise ConfigError(f"dataset.val_fraction: must be in [0, 1), got {r.dataset.val_fraction}")
     for role in ("teacher", "student"):
@@ -193,6 +218,7 @@ def _check_names(r: Recipe) -> None:
     from .data import DATASETS
     from .losses import SOFT_LOSSES
     from .models import MODELS, check_model_params
+    from .schedules import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
     from .train.optim import OPTIMIZERS, SCHEDULERS
 
     def known(registry: Any, name: str, key: str) -> None:
@@ -201,6 +227,8 @@ def _check_names(r: Recipe) -> None:
 
     known(DATASETS, r.dataset.name, "dataset.name")
     known(SOFT_LOSSES, r.distill.loss, "distill.loss")
+    known(WEIGHT_SCHEDULES, r.distill.weight_schedule.name, "distill.weight_schedule.name")
+    known(TEMPERATURE_SCHEDULES, r.distill.temperature_schedule.name, "distill.temperature_schedule.name")
     for role in ("teacher", "student"):
         rc: RoleConfig = getattr(r, role)
         known(MODELS, rc.model.name, f"{role}.model.name")

@@ -19,6 +19,7 @@ from .data import DatasetSplits, load_dataset
 from .errors import ConfigError
 from .losses import DistillationObjective
 from .models import build_model, count_parameters
+from .schedules import ScheduleHook
 from .teacher import CachedTeacherLogits, FrozenTeacher
 from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
@@ -103,6 +104,7 @@ def _train(
         checkpoint_meta=meta,
         resume=resume,
         progress=progress,
+        before_epoch=ScheduleHook(recipe.distill, role_cfg.train.epochs) if teacher is not None else None,
         desc=kind,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
