@@ -1,0 +1,1 @@
+"""Studies built on the trainer: multi-seed loss comparison, temperature/weight search."""
