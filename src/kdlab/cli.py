@@ -46,9 +46,10 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
                    help="show progress bars (default: only when stderr is a terminal)")
 
 
-def _distill_flags(p: argparse.ArgumentParser) -> None:
+def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
     g = p.add_argument_group("distillation (total = hard_weight*CE + soft_weight*soft_loss)")
-    g.add_argument("--loss", help="soft loss coding (default: hinton = KL(batchmean) x T^2)")
+    if loss:
+        g.add_argument("--loss", help="soft loss coding (default: hinton = KL(batchmean) x T^2); see `kdlab losses`")
     g.add_argument("-T", "--temperature", type=float, help="softmax temperature T > 0")
     g.add_argument("--hard-weight", type=float, help="weight of the hard-label cross-entropy")
     g.add_argument("--soft-weight", type=float, help="weight of the soft (teacher) term")
@@ -176,6 +177,46 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .study.compare import compare
+    from .study.report import markdown, write_report
+    from .train.rundir import RunDir
+
+    recipe = _recipe(args, None)
+    plots = args.plots
+    if plots is None:
+        try:
+            import matplotlib  # noqa: F401
+
+            plots = True
+        except ImportError:
+            plots = False
+            print("kdlab: matplotlib not installed, skipping plots (pip install 'kdlab[report]')", file=sys.stderr)
+    out = args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare")
+    result = compare(
+        recipe, args.losses, args.seeds, teacher_cache=args.teacher_cache, batched=args.batched,
+        target_acc=args.target_acc, progress=args.progress,
+    )
+    path = write_report(result, out, plots=plots)
+    print(markdown(result).split("\n\nFiles:")[0])
+    print(f"report: {path / 'report.md'}")
+    return 0
+
+
+def cmd_losses(args: argparse.Namespace) -> int:
+    from .losses import SOFT_LOSSES
+
+    for name in SOFT_LOSSES.names():
+        doc = (SOFT_LOSSES.get(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:22s} {doc}")
+    return 0
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    return value / 100 if value > 1 else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="kdlab", description="Knowledge distillation for PyTorch: train a teacher, distill a student, compare.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
@@ -205,6 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
             "embedded scikit-learn digits by default (no download); --dataset mnist for the real thing.")
     _common(p, None)
     _distill_flags(p)
+    p = add("compare", cmd_compare, "compare KD loss codings over several seeds, with statistics",
+            "Train the teacher once (cached by its config and seed), then for each seed a scratch student and one "
+            "student per loss, all from the same initial weights and batch order. Writes report.md, summary.csv, "
+            "epochs.csv, results.json, step_losses.npz and PNG plots, and prints the summary table.")
+    _common(p, None)
+    p.add_argument("--losses", default="hinton,softmax-input,extra-T",
+                   help="comma-separated loss codings (see `kdlab losses`); scratch is always added")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds, starting at the recipe seed (default 5)")
+    p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
+    p.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+                   help="train all students in one vmapped step (default: when the student has no dropout/BatchNorm)")
+    p.add_argument("--target-acc", type=_percent, help="accuracy for 'epochs to target', e.g. 95 or 0.95 (default: scratch's mean final accuracy)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write PNG plots (default: if matplotlib is installed)")
+    _distill_flags(p, loss=False)
+    p = add("losses", cmd_losses, "list the registered soft-loss codings",
+            "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
     p = add("explain", cmd_explain, "walk through one KD loss computation step by step",
             "Compute soft labels, soft/hard predictions, KL, the T^2-scaled soft term, CE and the total for one "
             "example. Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from torch import nn
+from torch import Tensor, nn
 
 from .config import Recipe, dump_recipe
 from .data import DatasetSplits, load_dataset
@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .losses import DistillationObjective
 from .models import build_model, count_parameters
 from .schedules import ScheduleHook
-from .teacher import CachedTeacherLogits, FrozenTeacher
+from .teacher import CachedTeacherLogits, FrozenTeacher, PrecomputedTeacherLogits
 from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
 from .utils import seed_everything
@@ -67,7 +67,7 @@ def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike]) -> Opt
     return RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
 
 
-def _train(
+def train_role(
     recipe: Recipe,
     role: str,
     kind: str,
@@ -78,7 +78,13 @@ def _train(
     progress: Optional[bool] = None,
     resume: bool = False,
     extra_info: Optional[Dict[str, Any]] = None,
+    teacher_logits: Optional[Tensor] = None,
 ) -> RunResult:
+    """Build the ``role`` model with its seeded weights and train it with ``objective``.
+
+    The teacher signal is ``teacher_logits`` (training-set logits computed once, e.g. shared by
+    many students of a study) or, failing that, logits computed from ``teacher`` for this run.
+    """
     role_cfg = getattr(recipe, role)
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out)
@@ -91,7 +97,11 @@ def _train(
             kind,
             {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})},
         )
-    signal = CachedTeacherLogits(teacher, data.train.x, role_cfg.train.eval_batch_size) if teacher is not None else None
+    signal: Any = None
+    if teacher_logits is not None:
+        signal = PrecomputedTeacherLogits(teacher_logits)
+    elif teacher is not None:
+        signal = CachedTeacherLogits(teacher, data.train.x, role_cfg.train.eval_batch_size)
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
     result = fit(
         model,
@@ -104,7 +114,7 @@ def _train(
         checkpoint_meta=meta,
         resume=resume,
         progress=progress,
-        before_epoch=ScheduleHook(recipe.distill, role_cfg.train.epochs) if teacher is not None else None,
+        before_epoch=ScheduleHook(recipe.distill, role_cfg.train.epochs) if signal is not None else None,
         desc=kind,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
@@ -113,13 +123,13 @@ def _train(
 def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
     """Train the recipe's teacher on hard labels."""
     data = data or prepare_data(recipe)
-    return _train(recipe, "teacher", "teacher", data, DistillationObjective(), out, progress=progress, resume=resume)
+    return train_role(recipe, "teacher", "teacher", data, DistillationObjective(), out, progress=progress, resume=resume)
 
 
 def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
     """Train the recipe's student from scratch on hard labels (the baseline distillation must beat)."""
     data = data or prepare_data(recipe)
-    return _train(recipe, "student", "scratch", data, DistillationObjective(), out, progress=progress, resume=resume)
+    return train_role(recipe, "student", "scratch", data, DistillationObjective(), out, progress=progress, resume=resume)
 
 
 def load_teacher(path: str | os.PathLike, data: DatasetSplits) -> FrozenTeacher:
@@ -164,7 +174,7 @@ def run_distill(
         info["teacher_checkpoint"] = str(teacher)
         teacher = load_teacher(teacher, data)
     frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
-    return _train(recipe, "student", "distill", data, distill_objective(recipe), out, frozen, progress, resume, info)
+    return train_role(recipe, "student", "distill", data, distill_objective(recipe), out, frozen, progress, resume, info)
 
 
 @dataclass

@@ -33,14 +33,21 @@ class FrozenTeacher(nn.Module):
         return torch.cat([self(chunk) for chunk in x.split(batch_size)])
 
 
-class CachedTeacherLogits:
-    """Teacher signal for un-augmented data: one forward pass over the training set per run."""
+class PrecomputedTeacherLogits:
+    """Teacher signal from training-set logits computed elsewhere (one forward shared by a study)."""
 
-    def __init__(self, teacher: FrozenTeacher, train_x: Tensor, batch_size: int = 2000) -> None:
-        self.logits = teacher.logits_for(train_x, batch_size)
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits
 
     def __call__(self, idx: Tensor, xb: Tensor) -> Tensor:
         return self.logits.index_select(0, idx)
+
+
+class CachedTeacherLogits(PrecomputedTeacherLogits):
+    """Teacher signal for un-augmented data: one forward pass over the training set per run."""
+
+    def __init__(self, teacher: FrozenTeacher, train_x: Tensor, batch_size: int = 2000) -> None:
+        super().__init__(teacher.logits_for(train_x, batch_size))
 
 
 class OnlineTeacherLogits:

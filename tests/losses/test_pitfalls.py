@@ -1,11 +1,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdlab import kd_loss
 from kdlab.losses import SOFT_LOSSES
 
-# mean-reduction reproduces the coding torch warns about; the warning is expected here
+# The tutorial form of mean-reduction (WILD below) is the coding torch warns about; expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:reduction. .mean.:UserWarning")
 
 
@@ -56,3 +57,29 @@ def test_softmax_input_gradient_is_not_the_kd_gradient():
     expected = -T / B * (p * q - q * (p * q).sum(1, keepdim=True))
     torch.testing.assert_close(s.grad, expected)
     assert not torch.allclose(s.grad, T * (q - p) / B)
+
+
+# The codings exactly as tutorials write them, with nn.functional.kl_div / nn.KLDivLoss. kdlab's
+# registered versions spell the same sums out (kl_div has no vmap rule); they must agree.
+WILD = {
+    "hinton": lambda s, t, T: torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s / T, 1), F.softmax(t / T, 1)) * T * T,
+    "softmax-input": lambda s, t, T: torch.nn.KLDivLoss(reduction="batchmean")(F.softmax(s / T, 1), F.softmax(t / T, 1)) * T * T,
+    "softmax-input-no-T2": lambda s, t, T: F.kl_div(F.softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean"),
+    "extra-T": lambda s, t, T: F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean") * T * T * T,
+    "mean-reduction": lambda s, t, T: F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="mean") * T * T,
+    "no-T2": lambda s, t, T: F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WILD))
+def test_registered_coding_equals_the_tutorial_code(name):
+    torch.manual_seed(3)
+    s = torch.randn(16, 10, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(16, 10, dtype=torch.float64) * 3
+    for T in (1.0, 2.5, 7.0):
+        ours = SOFT_LOSSES.get(name)(s, t, T)
+        (g_ours,) = torch.autograd.grad(ours, s)
+        wild = WILD[name](s, t, T)
+        (g_wild,) = torch.autograd.grad(wild, s)
+        assert ours.item() == pytest.approx(wild.item(), rel=1e-12, abs=1e-14)
+        assert torch.allclose(g_ours, g_wild, rtol=1e-10, atol=1e-14)

@@ -5,8 +5,9 @@
     p = softmax(t/T) (soft labels),  q = softmax(s/T) (soft predictions).
 
 Why each piece:
-* both distributions are taken as ``log_softmax`` and compared with ``log_target=True``, which is
-  exact where ``p`` underflows and never takes ``log`` of a probability;
+* both distributions are taken as ``log_softmax`` and compared in log space (what
+  ``F.kl_div(..., log_target=True)`` computes), which is exact where ``p`` underflows and never
+  takes ``log`` of a probability;
 * the KL is summed over classes and averaged over the batch (``'batchmean'``), the mathematical
   KL; ``reduction='mean'`` would also divide by the class count;
 * × T² keeps the gradient scale independent of T: ∂/∂s = T·(q − p)/B, and since q − p ≈ (s − t)/(T·K)
@@ -44,6 +45,15 @@ def soft_log_probs(student_logits: Tensor, teacher_logits: Tensor, T: float) -> 
     return F.log_softmax(student_logits / T, dim=1), F.log_softmax(teacher_logits.detach() / T, dim=1)
 
 
+def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """Elementwise p·(log p − log q), exactly what ``F.kl_div(log_q, log_p, log_target=True)`` sums.
+
+    Written out because ``kl_div`` has no vmap batching rule (vmap would loop over students in
+    ``kdlab compare``); tests check it against ``F.kl_div`` itself.
+    """
+    return log_p.exp() * (log_p - log_q)
+
+
 @SOFT_LOSSES.register("hinton")
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """Batch-mean KL(softmax(t/T) ‖ softmax(s/T)) × T², computed from log-softmax.
@@ -53,4 +63,4 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     detached: distillation never trains the teacher.
     """
     log_q, log_p = soft_log_probs(student_logits, teacher_logits, T)
-    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (T * T)
+    return kl_terms(log_q, log_p).sum() * (T * T / student_logits.shape[0])

@@ -7,10 +7,11 @@ K = classes. The correct loss has gradient T·(q − p)/B with respect to the st
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kd import check_logits, kd_loss, soft_log_probs
+from .kd import check_logits, kd_loss, kl_terms, soft_log_probs
 from .registry import SOFT_LOSSES
 
 
@@ -18,9 +19,11 @@ def _kl_with_probability_input(s: Tensor, t: Tensor, T: float) -> Tensor:
     # KLDivLoss expects log-probabilities as input; here it is given probabilities q.
     # It then computes (1/B) Σ p·(log p − q): not a divergence, can be negative, and its gradient
     # −(1/B)·p·∂q/∂s vanishes as q saturates instead of pulling q towards p.
+    # Written out as F.kl_div(q, p, reduction="batchmean") computes it (xlogy(p, p) − p·q), since
+    # kl_div has no vmap batching rule; tests check the equality against F.kl_div itself.
     q = F.softmax(s / T, dim=1)
     p = F.softmax(t.detach() / T, dim=1)
-    return F.kl_div(q, p, reduction="batchmean")
+    return (torch.xlogy(p, p) - p * q).sum() / s.shape[0]
 
 
 @SOFT_LOSSES.register("softmax-input")
@@ -64,7 +67,7 @@ def mean_reduction(s: Tensor, t: Tensor, T: float) -> Tensor:
     soft term; PyTorch warns about exactly this.
     """
     log_q, log_p = soft_log_probs(s, t, T)
-    return F.kl_div(log_q, log_p, reduction="mean", log_target=True) * (T * T)
+    return kl_terms(log_q, log_p).mean() * (T * T)  # = F.kl_div(log_q, log_p, reduction="mean", log_target=True)
 
 
 @SOFT_LOSSES.register("no-T2")
@@ -75,4 +78,4 @@ def no_t2(s: Tensor, t: Tensor, T: float) -> Tensor:
     off instead of softening the targets.
     """
     log_q, log_p = soft_log_probs(s, t, T)
-    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    return kl_terms(log_q, log_p).sum() / s.shape[0]  # = F.kl_div(..., reduction="batchmean", log_target=True)

@@ -25,14 +25,19 @@ class RunDir:
             self.metrics = [json.loads(line) for line in existing.read_text().splitlines() if line.strip()]
 
     @staticmethod
-    def new(parent: str | Path, name: str) -> "RunDir":
+    def fresh_path(parent: str | Path, name: str) -> Path:
+        """``parent/name-YYYYmmdd-HHMMSS`` (suffixed if taken), not yet created."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(parent) / f"{name}-{stamp}"
         path, i = base, 1
         while path.exists():
             i += 1
             path = Path(f"{base}-{i}")
-        return RunDir(path)
+        return path
+
+    @staticmethod
+    def new(parent: str | Path, name: str) -> "RunDir":
+        return RunDir(RunDir.fresh_path(parent, name))
 
     def write_config(self, config_yaml: str) -> None:
         atomic_write_text(self.path / "config.yaml", config_yaml)

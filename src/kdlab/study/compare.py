@@ -1,0 +1,209 @@
+"""``kdlab compare``: several KD loss codings × several seeds, fair by construction.
+
+Fairness is structural, not a convention: one teacher (cached), one set of teacher logits, and for
+seed ``s`` every variant's student starts from the same weights (``build_role_model``) and sees
+the same batches in the same order (``BatchIndexer(seed=s)``); variants differ only in the loss.
+A scratch student (hard labels only) is always trained as the baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from torch import Tensor
+
+from ..config import Recipe
+from ..data import DatasetSplits
+from ..errors import ConfigError
+from ..losses import SOFT_LOSSES, DistillationObjective
+from ..pipeline import build_role_model, prepare_data, train_role
+from ..schedules import ScheduleHook
+from .batched import batching_blocker, fit_batched
+from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
+from .teacher_cache import cached_teacher
+
+SCRATCH = "scratch"
+REFERENCE = "hinton"
+
+
+@dataclass
+class StudentRun:
+    variant: str
+    seed: int
+    history: List[Dict[str, Any]]
+    step_losses: Tensor  # (steps, 3): total, hard, soft
+    best_epoch: int
+    best_metric: str
+    wall_seconds: float
+
+    def curve(self, key: str = "test_acc") -> List[float]:
+        return [float(h[key]) for h in self.history]
+
+    @property
+    def final_acc(self) -> float:
+        return float(self.history[-1]["test_acc"])
+
+    @property
+    def best_epoch_acc(self) -> float:
+        """Test accuracy at the best epoch (chosen on validation data when there is a split)."""
+        return float(self.history[self.best_epoch - 1]["test_acc"])
+
+    def last_epoch_steps(self) -> Tensor:
+        steps_per_epoch = self.step_losses.shape[0] // len(self.history)
+        return self.step_losses[-steps_per_epoch:]
+
+
+@dataclass
+class VariantSummary:
+    variant: str
+    final_acc: Summary
+    best_epoch_acc: Summary
+    epochs_to_target: Optional[float]  # mean over the seeds that reached it
+    reached_target: int
+    loss_std_last_epoch: float  # per-step total-loss std in the last epoch, mean over seeds
+    negative_loss_steps: float  # per run, mean over seeds
+    wall_seconds: float  # per run, mean over seeds
+
+
+@dataclass
+class CompareResult:
+    recipe: Recipe
+    variants: List[str]
+    seeds: List[int]
+    runs: Dict[tuple, StudentRun]
+    teacher: Dict[str, Any]
+    target_acc: float
+    mode: str  # "batched" or "one by one"
+    wall_seconds: float
+    notes: List[str] = field(default_factory=list)
+
+    def run(self, variant: str, seed: int) -> StudentRun:
+        return self.runs[(variant, seed)]
+
+    def of(self, variant: str) -> List[StudentRun]:
+        return [self.runs[(variant, s)] for s in self.seeds]
+
+    def summary(self, variant: str) -> VariantSummary:
+        runs = self.of(variant)
+        reached = [e for e in (epochs_to_reach(r.curve(), self.target_acc) for r in runs) if e is not None]
+        stds = [float(r.last_epoch_steps()[:, 0].std()) if r.last_epoch_steps().shape[0] > 1 else 0.0 for r in runs]
+        return VariantSummary(
+            variant=variant,
+            final_acc=summarize([r.final_acc for r in runs]),
+            best_epoch_acc=summarize([r.best_epoch_acc for r in runs]),
+            epochs_to_target=sum(reached) / len(reached) if reached else None,
+            reached_target=len(reached),
+            loss_std_last_epoch=sum(stds) / len(stds),
+            negative_loss_steps=sum(int((r.step_losses[:, 0] < 0).sum()) for r in runs) / len(runs),
+            wall_seconds=sum(r.wall_seconds for r in runs) / len(runs),
+        )
+
+    def paired_vs_reference(self, variant: str) -> Optional[PairedComparison]:
+        """Final-accuracy difference ``variant − hinton`` over matched seeds (None without hinton)."""
+        if REFERENCE not in self.variants or variant == REFERENCE:
+            return None
+        return paired([r.final_acc for r in self.of(variant)], [r.final_acc for r in self.of(REFERENCE)])
+
+
+def parse_variants(losses: Sequence[str] | str) -> List[str]:
+    """``scratch`` first, then each named loss once, in the given order; unknown names fail early."""
+    items = [x.strip() for x in (losses.split(",") if isinstance(losses, str) else losses) if x.strip()]
+    if not items:
+        raise ConfigError("--losses is empty; name at least one loss, e.g. --losses hinton,softmax-input")
+    variants = [SCRATCH]
+    for name in items:
+        if name != SCRATCH:
+            SOFT_LOSSES.get(name)  # raises a one-line error listing the valid losses
+        if name not in variants:
+            variants.append(name)
+    return variants
+
+
+def _objective(recipe: Recipe, variant: str) -> DistillationObjective:
+    if variant == SCRATCH:
+        return DistillationObjective()
+    d = recipe.distill
+    return DistillationObjective(variant, d.temperature, d.hard_weight, d.soft_weight)
+
+
+def compare(
+    recipe: Recipe,
+    losses: Sequence[str] | str,
+    seeds: int = 5,
+    *,
+    data: Optional[DatasetSplits] = None,
+    teacher_cache: Optional[str | os.PathLike] = None,
+    batched: Optional[bool] = None,
+    target_acc: Optional[float] = None,
+    progress: Optional[bool] = None,
+    log=print,
+) -> CompareResult:
+    """Train the teacher once, then a scratch student and one student per loss, for each seed.
+
+    ``batched=None`` trains all students in one vmapped step when the student allows it (no
+    dropout, no buffers) and one by one otherwise; ``True`` insists, ``False`` forbids.
+    ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
+    reads as "epochs until the student matches what scratch training reaches at the end".
+    """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    variants = parse_variants(losses)
+    seed_list = [recipe.seed + i for i in range(seeds)]
+    start = time.perf_counter()
+    data = data or prepare_data(recipe)
+    cached = cached_teacher(recipe, data, teacher_cache, progress)
+    log(f"teacher: {'reused' if cached.hit else 'trained and cached'} at {cached.path} (test acc {100 * cached.test_acc:.2f}%)")
+    logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
+    recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
+    probe = build_role_model(recipe, "student", data)
+    blocker = batching_blocker(probe)
+    if batched and blocker:
+        raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
+    use_batch = blocker is None if batched is None else batched
+    notes: List[str] = []
+    if batched is None and blocker:
+        notes.append(f"students trained one by one because {blocker}")
+    cfg = recipe.student.train
+    runs: Dict[tuple, StudentRun] = {}
+    if use_batch:
+        grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in variants]
+        t0 = time.perf_counter()
+        results = fit_batched(
+            grid,
+            [_objective(recipe, v) for v in variants],
+            [v != SCRATCH for v in variants],
+            seed_list,
+            data,
+            cfg,
+            teacher_logits=logits,
+            before_epoch=ScheduleHook(recipe.distill, cfg.epochs),
+            progress=progress,
+            desc=f"{len(variants)}x{len(seed_list)} students",
+        )
+        share = (time.perf_counter() - t0) / (len(variants) * len(seed_list))
+        for v, row in zip(variants, results):
+            for s, fr in zip(seed_list, row):
+                runs[(v, s)] = StudentRun(v, s, fr.history, fr.step_losses, fr.best_epoch, fr.best_metric, share)
+    else:
+        for v in variants:
+            for s in seed_list:
+                t0 = time.perf_counter()
+                r = train_role(
+                    recipes[s], "student", v, data, _objective(recipe, v), out=False, progress=progress,
+                    teacher_logits=None if v == SCRATCH else logits,
+                )
+                f = r.fit
+                runs[(v, s)] = StudentRun(v, s, f.history, f.step_losses, f.best_epoch, f.best_metric, time.perf_counter() - t0)
+                log(f"{v} seed {s}: final test acc {100 * r.final_acc:.2f}%")
+    if target_acc is None:
+        target_acc = summarize([runs[(SCRATCH, s)].final_acc for s in seed_list]).mean
+    teacher_info = {"path": str(cached.path), "reused": cached.hit, "test_acc": cached.test_acc}
+    return CompareResult(
+        recipe, variants, seed_list, runs, teacher_info, float(target_acc),
+        "batched" if use_batch else "one by one", time.perf_counter() - start, notes,
+    )

@@ -1,0 +1,80 @@
+import dataclasses
+
+import pytest
+import torch
+
+from kdlab.config import load_recipe
+from kdlab.losses import DistillationObjective
+from kdlab.models import build_model
+from kdlab.pipeline import build_role_model, prepare_data, run_teacher
+from kdlab.schedules import ScheduleHook
+from kdlab.study.batched import batching_blocker, fit_batched
+from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
+from kdlab.train import fit
+
+VARIANTS = ["scratch", "hinton", "softmax-input", "mean-reduction"]
+SEEDS = [0, 3]
+
+
+def _objective(v):
+    return DistillationObjective() if v == "scratch" else DistillationObjective(v, 3.0, 0.4, 0.6)
+
+
+def _one_by_one_vs_batched(recipe, data, logits, variants, seeds, before_epoch=None):
+    grid = [[build_role_model(dataclasses.replace(recipe, seed=s), "student", data) for s in seeds] for _ in variants]
+    objectives = [_objective(v) for v in variants]
+    batched = fit_batched(grid, objectives, [v != "scratch" for v in variants], seeds, data, recipe.student.train,
+                          logits, before_epoch=before_epoch, progress=False)
+    for vi, v in enumerate(variants):
+        for si, s in enumerate(seeds):
+            model = build_role_model(dataclasses.replace(recipe, seed=s), "student", data)
+            signal = None if v == "scratch" else PrecomputedTeacherLogits(logits)
+            ref = fit(model, data, recipe.student.train, _objective(v), seed=s, teacher_signal=signal,
+                      before_epoch=before_epoch if signal else None, progress=False)
+            got = batched[vi][si]
+            for a, b in zip(model.parameters(), grid[vi][si].parameters()):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got.step_losses, ref.step_losses, rtol=1e-4, atol=1e-5, equal_nan=True)
+            for h_ref, h_got in zip(ref.history, got.history):
+                assert h_got["test_acc"] == pytest.approx(h_ref["test_acc"], abs=1e-6)
+                assert h_got["loss_total"] == pytest.approx(h_ref["loss_total"], rel=1e-4, abs=1e-6)
+                for key in ("temperature", "hard_weight", "soft_weight", "negative_loss_steps"):
+                    assert h_got.get(key) == h_ref.get(key)
+            assert got.best_epoch == ref.best_epoch
+
+
+@pytest.fixture(scope="module")
+def setup():
+    recipe = load_recipe("digits-mlp", ["teacher.model.hidden=[64]", "teacher.train.epochs=2", "student.train.epochs=3"])
+    data = prepare_data(recipe)
+    teacher = run_teacher(recipe, data, out=False, progress=False)
+    return recipe, data, FrozenTeacher(teacher.model).logits_for(data.train.x)
+
+
+def test_batched_students_equal_one_by_one_training(setup):
+    _one_by_one_vs_batched(*setup, VARIANTS, SEEDS)
+
+
+def test_batched_equality_holds_with_sgd_clipping_cosine_lr_and_schedules(setup):
+    recipe, data, logits = setup
+    recipe = load_recipe("digits-mlp", ["student.train.epochs=3", "student.train.optimizer={name: sgd, lr: 0.05}",
+                                        "student.train.grad_clip=0.5", "student.train.scheduler.name=cosine",
+                                        "distill.weight_schedule.name=cosine"])
+    hook = ScheduleHook(recipe.distill, recipe.student.train.epochs)
+    _one_by_one_vs_batched(recipe, data, logits, ["scratch", "hinton"], [1, 2], hook)
+
+
+def test_batched_cnn_students_equal_one_by_one(setup):
+    _, data, logits = setup
+    recipe = load_recipe("digits-mlp", ["student.model={name: cnn, channels: [4, 8]}", "student.train.epochs=2"])
+    _one_by_one_vs_batched(recipe, data, logits, ["scratch", "hinton"], [0, 1])
+
+
+def test_dropout_and_batchnorm_students_are_refused_with_a_reason(setup):
+    assert batching_blocker(build_model("mlp", (1, 8, 8), 10, {"hidden": [8], "dropout": 0.2})) is not None
+    assert batching_blocker(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64))) is not None
+    assert batching_blocker(build_model("mlp", (1, 8, 8), 10, {"hidden": [8]})) is None
+    recipe, data, logits = setup
+    student = build_model("mlp", data.in_shape, 10, {"hidden": [8], "dropout": 0.2})
+    with pytest.raises(ValueError, match="dropout"):
+        fit_batched([[student]], [_objective("hinton")], [True], [0], data, recipe.student.train, logits, progress=False)

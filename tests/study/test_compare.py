@@ -1,0 +1,112 @@
+import csv
+import json
+
+import pytest
+
+from kdlab import ConfigError
+from kdlab.cli import main
+from kdlab.config import load_recipe
+from kdlab.pipeline import prepare_data
+from kdlab.study.compare import compare, parse_variants
+from kdlab.study.report import write_report
+from kdlab.study.teacher_cache import teacher_cache_path
+
+FAST = ["teacher.model.hidden=[32]", "teacher.train.epochs=2", "student.train.epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    recipe = load_recipe("digits-mlp", FAST)
+    cache = tmp_path_factory.mktemp("teachers")
+    return compare(recipe, "hinton,softmax-input", 3, teacher_cache=cache, progress=False, log=lambda *_: None), cache
+
+
+def test_variants_always_start_with_scratch_and_reject_unknown_losses():
+    assert parse_variants("hinton, extra-T,hinton") == ["scratch", "hinton", "extra-T"]
+    with pytest.raises(ConfigError, match="unknown loss 'hintom'"):
+        parse_variants("hintom")
+    with pytest.raises(ConfigError, match="empty"):
+        parse_variants(" , ")
+
+
+def test_fair_by_construction(result):
+    res, _ = result
+    assert res.variants == ["scratch", "hinton", "softmax-input"] and res.seeds == [0, 1, 2]
+    assert res.mode == "batched"
+    for s in res.seeds:  # same seed, same first-epoch hard-loss start point needs same init & batches:
+        first = {v: res.run(v, s).step_losses[0, 1].item() for v in res.variants}
+        assert len(set(round(x, 6) for x in first.values())) == 1, first
+    # different seeds differ
+    assert res.run("hinton", 0).step_losses[0, 1] != res.run("hinton", 1).step_losses[0, 1]
+
+
+def test_summary_statistics_follow_from_the_runs(result):
+    res, _ = result
+    s = res.summary("hinton")
+    finals = [res.run("hinton", k).final_acc for k in res.seeds]
+    assert s.final_acc.mean == pytest.approx(sum(finals) / 3)
+    assert s.final_acc.ci_low < s.final_acc.mean < s.final_acc.ci_high
+    assert res.summary("softmax-input").negative_loss_steps > 0  # the probability-input loss goes negative
+    assert res.summary("hinton").negative_loss_steps == 0
+    p = res.paired_vs_reference("softmax-input")
+    diffs = [res.run("softmax-input", k).final_acc - res.run("hinton", k).final_acc for k in res.seeds]
+    assert p.diff.mean == pytest.approx(sum(diffs) / 3)
+    assert res.paired_vs_reference("hinton") is None
+    assert res.target_acc == pytest.approx(res.summary("scratch").final_acc.mean)
+
+
+def test_teacher_is_cached_and_reused(result):
+    res, cache = result
+    recipe = load_recipe("digits-mlp", FAST)
+    assert res.teacher["path"] == str(teacher_cache_path(recipe, cache))
+    again = compare(load_recipe("digits-mlp", FAST + ["student.train.epochs=1", "distill.temperature=5"]), "hinton", 1,
+                    teacher_cache=cache, progress=False, log=lambda *_: None)
+    assert again.teacher["reused"] and again.teacher["path"] == res.teacher["path"]
+    other = load_recipe("digits-mlp", FAST + ["teacher.train.epochs=3"])
+    assert teacher_cache_path(other, cache) != teacher_cache_path(recipe, cache)
+
+
+def test_one_by_one_mode_gives_the_same_numbers(result):
+    res, cache = result
+    seq = compare(load_recipe("digits-mlp", FAST), "hinton,softmax-input", 3, teacher_cache=cache, batched=False,
+                  progress=False, log=lambda *_: None)
+    assert seq.mode == "one by one"
+    for key, run in res.runs.items():
+        assert seq.runs[key].final_acc == pytest.approx(run.final_acc, abs=1e-6)
+
+
+def test_dropout_student_falls_back_to_one_by_one(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST + ["student.model.dropout=0.1", "student.train.epochs=1"])
+    res = compare(recipe, "hinton", 1, teacher_cache=tmp_path, progress=False, log=lambda *_: None)
+    assert res.mode == "one by one" and "dropout" in res.notes[0]
+    with pytest.raises(ConfigError, match="dropout"):
+        compare(recipe, "hinton", 1, teacher_cache=tmp_path, batched=True, progress=False, log=lambda *_: None)
+
+
+def test_report_files(result, tmp_path):
+    res, _ = result
+    out = write_report(res, tmp_path / "rep")
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "summary.csv", "epochs.csv", "results.json", "step_losses.npz", "config.yaml", "accuracy.png", "step_loss.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["variant"] for r in rows] == res.variants
+    assert float(rows[1]["final_acc_mean"]) == pytest.approx(res.summary("hinton").final_acc.mean)
+    data = json.loads((out / "results.json").read_text())
+    assert data["seeds"] == [0, 1, 2] and len(data["runs"]) == 9 and "torch" in data["environment"]
+    md = (out / "report.md").read_text()
+    assert "Paired difference vs `hinton`" in md and "| softmax-input |" in md and "![" in md
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_compare(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KDLAB_TEACHER_CACHE", str(tmp_path / "cache"))
+    code = main(["compare", "digits-mlp", "--losses", "hinton,extra-T", "--seeds", "2", "--out", str(tmp_path / "c"),
+                 "--no-plots", "--set", "teacher.model.hidden=[16]", "--teacher-epochs", "1", "--student-epochs", "2",
+                 "-T", "4", "--target-acc", "50"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| extra-T |" in out and "Target = 50.00%" in out
+    assert (tmp_path / "c" / "report.md").exists() and not (tmp_path / "c" / "accuracy.png").exists()
+    assert main(["compare", "digits-mlp", "--losses", "nope", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown loss 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
