@@ -212,6 +212,15 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, load_function, parse_args
+
+    fn = load_function(args.function)
+    d = diagnose(fn, args.temperature, args.soft_weight, parse_args(args.args))
+    print("\n".join(d.lines()))
+    return 0 if d.correct else 1
+
+
 def _percent(text: str) -> float:
     value = float(text)
     return value / 100 if value > 1 else value
@@ -262,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_flags(p, loss=False)
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
             "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
+    p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",
+            "Run MODULE:FUNCTION on probe logits, compare values and gradients with the Hinton loss and name the known "
+            "pitfall it matches (probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, gradient "
+            "into the teacher, sum over the batch), with the evidence. Exit code 0: correct; 1: a problem was found.")
+    p.add_argument("function", help="package.module:function or path/to/file.py:function")
+    p.add_argument("-T", "--temperature", type=float, help="temperature to probe at; required when the function takes no T argument")
+    p.add_argument("--soft-weight", type=float, help="the soft-term weight you intend (only used when T is fixed inside the function)")
+    p.add_argument("--arg", dest="args", action="append", default=[], metavar="NAME=VALUE",
+                   help="value for another parameter of the function, e.g. --arg alpha=0.9 (repeatable)")
     p = add("explain", cmd_explain, "walk through one KD loss computation step by step",
             "Compute soft labels, soft/hard predictions, KL, the T^2-scaled soft term, CE and the total for one "
             "example. Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
