@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
@@ -183,15 +184,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .train.rundir import RunDir
 
     recipe = _recipe(args, None)
-    plots = args.plots
-    if plots is None:
-        try:
-            import matplotlib  # noqa: F401
-
-            plots = True
-        except ImportError:
-            plots = False
-            print("kdlab: matplotlib not installed, skipping plots (pip install 'kdlab[report]')", file=sys.stderr)
+    plots = _want_plots(args.plots)
     out = args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare")
     result = compare(
         recipe, args.losses, args.seeds, teacher_cache=args.teacher_cache, batched=args.batched,
@@ -219,6 +212,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     d = diagnose(fn, args.temperature, args.soft_weight, parse_args(args.args))
     print("\n".join(d.lines()))
     return 0 if d.correct else 1
+
+
+def _want_plots(flag: Optional[bool]) -> bool:
+    if flag is not None:
+        return flag
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("kdlab: matplotlib not installed, skipping plots (pip install 'kdlab[report]')", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .study.tune import tune, tune_report
+    from .train.rundir import RunDir
+
+    recipe = _recipe(args, None)
+    plots = _want_plots(args.plots)
+    out = Path(args.out) if args.out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-tune")
+    storage = args.storage or str(out / "study.db")
+    result = tune(recipe, args.param, args.trials, args.sampler, storage, args.study_name, args.grid_points,
+                  args.teacher_cache, args.progress)
+    path = tune_report(result, out, plot=plots)
+    print(f"best: {result.best_params} -> val acc {100 * result.best_value:.2f}% "
+          f"({sum(r['state'] == 'COMPLETE' for r in result.trials)} completed trials in {result.storage})")
+    print(f"report: {path / 'report.md'}")
+    return 0
 
 
 def _percent(text: str) -> float:
@@ -269,6 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-acc", type=_percent, help="accuracy for 'epochs to target', e.g. 95 or 0.95 (default: scratch's mean final accuracy)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write PNG plots (default: if matplotlib is installed)")
     _distill_flags(p, loss=False)
+    p = add("tune", cmd_tune, "search T / loss weights / any recipe value with Optuna",
+            "Hyperparameter search for the distilled student. The objective is final-epoch accuracy on a validation "
+            "split carved from the training set (10%% unless the recipe sets dataset.val_fraction); the test set is "
+            "never used. The study is stored in a database (default: OUT/study.db), so re-running the same command "
+            "resumes it and several workers given the same --storage share it. Writes trials.csv, best.json, "
+            "report.md and a PNG of validation accuracy vs T.")
+    _common(p, None)
+    p.add_argument("--param", action="append", default=[], required=True, metavar="NAME=LOW:HIGH",
+                   help="search dimension: T=1:10, soft_weight=0:1, lr=1e-4:1e-2:log, distill.loss=hinton,no-T2, or any "
+                        "recipe key (repeatable; aliases T, soft_weight, hard_weight, lr, weight_decay, batch_size)")
+    p.add_argument("--trials", type=int, default=20, help="completed trials the study should reach (default 20)")
+    p.add_argument("--sampler", choices=["grid", "random", "tpe"], default="tpe", help="Optuna sampler (default tpe)")
+    p.add_argument("--grid-points", type=int, default=5, help="points per range for --sampler grid (default 5)")
+    p.add_argument("--storage", help="SQLite file or database URL (default: OUT/study.db)")
+    p.add_argument("--study-name", help="study name inside the storage (default: <recipe>-tune)")
+    p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write the PNG (default: if matplotlib is installed)")
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
             "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
     p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",

@@ -122,7 +122,7 @@ def markdown(result: CompareResult, plots: Optional[Dict[str, str]] = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def _csv(rows: List[Dict[str, Any]]) -> str:
+def csv_text(rows: List[Dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -151,8 +151,8 @@ def write_report(result: CompareResult, out: str | os.PathLike, plots: bool = Tr
         plot_step_losses(result, out / "step_loss.png")
         images = {"Test accuracy per epoch (band: min–max over seeds)": "accuracy.png", "Per-step training loss": "step_loss.png"}
     summary = summary_rows(result)
-    atomic_write_text(out / "summary.csv", _csv(summary))
-    atomic_write_text(out / "epochs.csv", _csv(epoch_rows(result)))
+    atomic_write_text(out / "summary.csv", csv_text(summary))
+    atomic_write_text(out / "epochs.csv", csv_text(epoch_rows(result)))
     atomic_write_text(out / "config.yaml", dump_recipe(result.recipe))
     arrays = {f"{v}": np.stack([run.step_losses.numpy() for run in result.of(v)]) for v in result.variants}
     buf = io.BytesIO()

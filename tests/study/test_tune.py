@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from kdlab import ConfigError
+from kdlab.cli import main
+from kdlab.config import load_recipe
+from kdlab.study.tune import parse_param, tune, tune_report
+
+FAST = ["teacher.model.hidden=[16]", "teacher.train.epochs=1", "student.train.epochs=2"]
+
+
+def _quiet(*_):
+    pass
+
+
+def test_param_specs():
+    p = parse_param("T=1:10")
+    assert (p.key, p.low, p.high, p.log) == ("distill.temperature", 1.0, 10.0, False)
+    assert p.grid(4) == [1.0, 4.0, 7.0, 10.0]
+    assert parse_param("lr=1e-4:1e-2:log").grid(3) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert parse_param("distill.loss=hinton,no-T2").choices == ["hinton", "no-T2"]
+    for bad, msg in [("T", "NAME=LOW:HIGH"), ("T=5:1", "LOW must be < HIGH"), ("T=a:b", "numbers"), ("lr=0:1:log", "LOW > 0")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_param(bad)
+
+
+def test_tune_uses_validation_split_resumes_and_reports(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST)
+    db = str(tmp_path / "s.db")
+    kw = dict(storage=db, teacher_cache=tmp_path / "cache", progress=False, log=_quiet)
+    first = tune(recipe, ["T=1:10", "soft_weight=0:1"], 3, "random", **kw)
+    assert sum(r["state"] == "COMPLETE" for r in first.trials) == 3
+    again = tune(recipe, ["T=1:10", "soft_weight=0:1"], 5, "random", **kw)  # resumes: 2 more, not 5
+    done = [r for r in again.trials if r["state"] == "COMPLETE"]
+    assert len(done) == 5 and [r["number"] for r in done[:3]] == [r["number"] for r in first.trials]
+    assert again.best_value == max(r["val_acc"] for r in done)
+    assert all(1 <= r["T"] <= 10 and 0 <= r["soft_weight"] <= 1 for r in done)
+
+    # The objective is validation accuracy: retrain the best trial by hand and compare.
+    from kdlab.config import apply_overrides, recipe_from_dict
+    from kdlab.pipeline import distill_objective, prepare_data, train_role
+    from kdlab.study.teacher_cache import cached_teacher
+
+    r = recipe_from_dict(apply_overrides(recipe.to_dict(), ["dataset.val_fraction=0.1",
+                         f"distill.temperature={again.best_params['T']!r}", f"distill.soft_weight={again.best_params['soft_weight']!r}"]))
+    data = prepare_data(r)
+    logits = cached_teacher(r, data, tmp_path / "cache").teacher.logits_for(data.train.x)
+    res = train_role(r, "student", "check", data, distill_objective(r), out=False, progress=False, teacher_logits=logits)
+    assert res.fit.final["val_acc"] == pytest.approx(again.best_value)
+
+    out = tune_report(again, tmp_path / "rep")
+    assert json.loads((out / "best.json").read_text())["best_val_acc"] == again.best_value
+    assert (out / "val_acc_vs_T.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| trial | T | soft_weight |" in (out / "report.md").read_text()
+
+
+def test_grid_sampler_covers_the_grid(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST + ["student.train.epochs=1"])
+    res = tune(recipe, ["T=2:6"], 3, "grid", storage=str(tmp_path / "g.db"), grid_points=3,
+               teacher_cache=tmp_path / "cache", progress=False, log=_quiet)
+    assert sorted(r["T"] for r in res.trials) == [2.0, 4.0, 6.0]
+
+
+def test_bad_keys_fail_before_training(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST)
+    with pytest.raises(ConfigError, match="distill.temprature"):
+        tune(recipe, ["distill.temprature=1:3"], 2, storage=str(tmp_path / "x.db"), log=_quiet)
+    with pytest.raises(ConfigError, match="distill.temperature: must be > 0"):
+        tune(recipe, ["T=0:3"], 2, storage=str(tmp_path / "x.db"), log=_quiet)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cli_tune(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KDLAB_TEACHER_CACHE", str(tmp_path / "cache"))
+    args = ["tune", "digits-mlp", "--param", "T=1:5", "--trials", "2", "--sampler", "random", "--out", str(tmp_path / "t"),
+            "--no-plots", "--teacher-epochs", "1", "--student-epochs", "1", "--set", "teacher.model.hidden=[16]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "best: {'T':" in out and (tmp_path / "t" / "study.db").exists() and (tmp_path / "t" / "trials.csv").exists()
+    assert main(["tune", "digits-mlp", "--param", "T=5:1", "--out", str(tmp_path / "bad")]) == 2
+    assert "LOW must be < HIGH" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
