@@ -11,6 +11,7 @@ prints the training seconds per epoch for the whole grid and the speed-up.
 from __future__ import annotations
 
 import argparse
+import json
 
 from kdlab.config import load_recipe
 from kdlab.study.compare import compare
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2, help="student epochs per measurement")
     args = ap.parse_args()
-    overrides = [f"student.train.epochs={args.epochs}"] + ([f"dataset.data_dir={args.data_dir!r}"] if args.data_dir else [])
+    overrides = [f"student.train.epochs={args.epochs}"] + ([f"dataset.data_dir={json.dumps(args.data_dir)}"] if args.data_dir else [])
     recipe = load_recipe(args.recipe, overrides)
     runs = {}
     for batched in (False, True):

@@ -95,3 +95,12 @@ def test_recipes_command(capsys):
     assert "mnist-mlp" in capsys.readouterr().out
     assert main(["recipes", "mnist-cnn", "--set", "seed=4"]) == 0
     assert "seed: 4" in capsys.readouterr().out
+
+
+def test_data_dir_with_quotes_and_backslashes_survives_the_override(tmp_path):
+    from kdlab.cli import _overrides, build_parser
+    from kdlab.config import load_recipe
+
+    weird = str(tmp_path / "it's a \\ \"dir\"")
+    args = build_parser().parse_args(["train-student", "mnist-mlp", "--data-dir", weird])
+    assert load_recipe("mnist-mlp", _overrides(args, "student")).dataset.data_dir == weird

@@ -6,6 +6,7 @@ Every user mistake ends as exit code 2 with exactly one line on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -76,7 +77,7 @@ def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
     for dest, key in FLAG_KEYS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            out.append(f"{key}={value}" if dest != "data_dir" else f"{key}='{value}'")
+            out.append(f"{key}={value}" if dest != "data_dir" else f"{key}={json.dumps(value)}")  # any path, quoted
     if role is not None:
         for dest, key in ROLE_FLAG_KEYS.items():
             value = getattr(args, dest, None)
