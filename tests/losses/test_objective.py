@@ -67,3 +67,18 @@ def test_fused_path_still_validates():
     obj = DistillationObjective("hinton", 2.0)
     with pytest.raises(ConfigError, match="class count mismatch"):
         obj(torch.zeros(2, 10), torch.tensor([0, 1]), torch.zeros(2, 5))
+
+
+def test_hard_loss_equals_cross_entropy():
+    import torch.nn.functional as F
+
+    from kdlab.losses.objective import hard_loss
+
+    torch.manual_seed(0)
+    s = torch.randn(32, 10, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 10, (32,))
+    ours, ref = hard_loss(s, y), F.cross_entropy(s, y)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-14)
+    assert torch.allclose(torch.autograd.grad(ours, s)[0], torch.autograd.grad(ref, s)[0], atol=1e-15)
+    probs = torch.softmax(torch.randn(32, 10, dtype=torch.float64), 1)
+    assert hard_loss(s, probs).item() == pytest.approx(F.cross_entropy(s, probs).item())

@@ -19,6 +19,14 @@ from .kd import check_logits, kd_loss
 from .registry import SOFT_LOSSES
 
 
+def hard_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Batch-mean cross-entropy, = ``F.cross_entropy(s, y)``; written with ``gather`` because
+    ``nll_loss`` has no vmap batching rule (``kdlab compare`` vmaps objectives over students)."""
+    if labels.is_floating_point():  # class probabilities (label smoothing, mixup)
+        return F.cross_entropy(student_logits, labels)
+    return -F.log_softmax(student_logits, 1).gather(1, labels.unsqueeze(1)).mean()
+
+
 class DistillationObjective(nn.Module):
     """Returns a dict of named terms (``total``, ``hard`` and, when distilling, ``soft``).
 
@@ -48,7 +56,7 @@ class DistillationObjective(nn.Module):
         self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None
     ) -> Dict[str, Tensor]:
         if teacher_logits is None:
-            hard = F.cross_entropy(student_logits, labels)
+            hard = hard_loss(student_logits, labels)
             return {"total": hard, "hard": hard}
         if self.soft_fn is kd_loss and student_logits.dim() == 2 and not labels.is_floating_point():
             check_logits(student_logits, teacher_logits, self.temperature)
@@ -56,7 +64,7 @@ class DistillationObjective(nn.Module):
                 student_logits, labels, teacher_logits, self.temperature, self.hard_weight, self.soft_weight
             )
             return {"total": total, "hard": hard, "soft": soft}
-        hard = F.cross_entropy(student_logits, labels)
+        hard = hard_loss(student_logits, labels)
         soft = self.soft_fn(student_logits, teacher_logits, self.temperature)
         total = self.hard_weight * hard + self.soft_weight * soft
         return {"total": total, "hard": hard, "soft": soft}

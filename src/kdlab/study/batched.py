@@ -78,23 +78,29 @@ def fit_batched(
     V, S = len(students), len(seeds)
     if V == 0 or S == 0 or any(len(row) != S for row in students):
         raise ValueError("students must be a non-empty variants × seeds grid")
-    flat = [m for row in students for m in row]
+    # Seed-major stacking: the outer vmap runs over seeds (each with its own batch), the inner one
+    # over variants with the batch *unbatched*, so a linear/conv layer folds the variants into its
+    # output dimension instead of copying the batch once per variant.
+    flat = [students[v][s] for s in range(S) for v in range(V)]
     M = V * S
     blocker = batching_blocker(flat[0])
     if blocker:
         raise ValueError(f"cannot batch these students: {blocker}")
-    params, buffers = stack_module_state(flat)
+    params, _ = stack_module_state(flat)
     base = copy.deepcopy(flat[0]).to("meta")
     shapes = {k: p.shape[1:] for k, p in params.items()}
 
     def one(p: Dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(base, (p, {}), (x,))
 
-    per_seed_inputs = vmap(vmap(one, in_dims=(0, 0)), in_dims=(0, None))  # x: (S, B, ...)
-    shared_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, None))  # x: (N, ...)
+    per_seed_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, 0))  # x: (S, B, ...) -> (S, V, B, C)
+    shared_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, None))  # x: (N, ...) -> (S, V, N, C)
 
     def grid(p: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        return {k: t.view(V, S, *shapes[k]) for k, t in p.items()}
+        return {k: t.view(S, V, *shapes[k]) for k, t in p.items()}
+
+    def index(v: int, s: int) -> int:
+        return s * V + v
 
     step_fns = [vmap(obj, in_dims=(0, 0, 0) if use_t else (0, 0)) for obj, use_t in zip(objectives, distill)]
     opt = OPTIMIZERS.get(cfg.optimizer.name)(list(params.values()), cfg.optimizer)
@@ -110,15 +116,15 @@ def fit_batched(
     def evaluate(split: TensorData) -> tuple[Tensor, Tensor]:
         base.eval()
         g = grid(params)
-        correct = torch.zeros(V, S)
-        loss = torch.zeros(V, S)
+        correct = torch.zeros(S, V)
+        loss = torch.zeros(S, V)
         for xb, yb in zip(split.x.split(cfg.eval_batch_size), split.y.split(cfg.eval_batch_size)):
-            logits = shared_inputs(g, xb)  # (V, S, n, C)
+            logits = shared_inputs(g, xb)  # (S, V, n, C)
             correct += (logits.argmax(-1) == yb).sum(-1)
-            loss += F.cross_entropy(logits.flatten(0, 2), yb.repeat(V * S), reduction="none").view(V, S, -1).sum(-1)
+            loss += F.cross_entropy(logits.flatten(0, 2), yb.repeat(V * S), reduction="none").view(S, V, -1).sum(-1)
         base.train()
         n = max(len(split), 1)
-        return correct / n, loss / n
+        return (correct / n).T, (loss / n).T  # (V, S)
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=cfg.epochs * len(indexers[0]), desc=desc, disable=not show, leave=False, unit="step", mininterval=0.5)
@@ -137,8 +143,8 @@ def fit_batched(
                 xb = X.index_select(0, flat_idx).view(S, idx.shape[1], *X.shape[1:])
                 yb = Y.index_select(0, flat_idx).view(S, -1)
                 tb = teacher_logits.index_select(0, flat_idx).view(S, idx.shape[1], -1) if teacher_logits is not None else None
-                logits = per_seed_inputs(grid(params), xb)  # (V, S, B, C)
-                terms = [fn(logits[v], yb, tb) if distill[v] else fn(logits[v], yb) for v, fn in enumerate(step_fns)]
+                logits = per_seed_inputs(grid(params), xb)  # (S, V, B, C)
+                terms = [fn(logits[:, v], yb, tb) if distill[v] else fn(logits[:, v], yb) for v, fn in enumerate(step_fns)]
                 total = sum(t["total"].sum() for t in terms)
                 opt.zero_grad(set_to_none=True)
                 total.backward()  # type: ignore[union-attr]
@@ -186,7 +192,7 @@ def fit_batched(
                         rec.update(val_acc=float(val[0][v, s]), val_loss=float(val[1][v, s]))
                     # Shared wall time, split evenly: the batch has no per-student clock.
                     rec.update(train_seconds=train_seconds / M, eval_seconds=eval_seconds / M, batched_students=M)
-                    histories[v * S + s].append(rec)
+                    histories[index(v, s)].append(rec)
             bar.set_postfix({"mean test_acc": f"{float(test_acc.mean()):.4f}"}, refresh=False)
     finally:
         bar.close()
@@ -199,7 +205,7 @@ def fit_batched(
     for v in range(V):
         row = []
         for s in range(S):
-            hist = histories[v * S + s]
+            hist = histories[index(v, s)]
             best = max(hist, key=lambda h: h[best_metric])  # first epoch reaching the max, like fit()
             row.append(FitResult(hist, steps[:, v, s].clone(), best["epoch"], best_metric))
         results.append(row)
