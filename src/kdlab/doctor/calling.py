@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
