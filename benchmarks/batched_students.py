@@ -5,7 +5,7 @@ Runs ``kdlab.study.compare`` twice on the same recipe, teacher and seeds — ``b
 prints the training seconds per epoch for the whole grid and the speed-up.
 
     python benchmarks/batched_students.py --data-dir ../shared/data                 # mnist-mlp, 5 x 5
-    python benchmarks/batched_students.py --data-dir ../shared/data --recipe mnist-cnn --epochs 1
+    python benchmarks/batched_students.py --data-dir ../shared/data --recipe mnist-cnn --epochs 1 --train-subset 6400
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 from kdlab.config import load_recipe
+from kdlab.pipeline import prepare_data
 from kdlab.study.compare import compare
 
 
@@ -29,17 +32,23 @@ def main() -> None:
     ap.add_argument("--losses", default="hinton,softmax-input,softmax-input-no-T2,extra-T")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2, help="student epochs per measurement")
+    ap.add_argument("--train-subset", type=int, help="train on the first N training images only (a quicker measurement)")
     args = ap.parse_args()
     overrides = [f"student.train.epochs={args.epochs}"] + ([f"dataset.data_dir={json.dumps(args.data_dir)}"] if args.data_dir else [])
     recipe = load_recipe(args.recipe, overrides)
+    data = prepare_data(recipe)
+    if args.train_subset:
+        data.train = data.train.subset(torch.arange(min(args.train_subset, len(data.train))))
     runs = {}
     for batched in (False, True):
-        runs[batched] = compare(recipe, args.losses, args.seeds, batched=batched, progress=False, log=lambda *_: None)
+        runs[batched] = compare(recipe, args.losses, args.seeds, data=data, batched=batched, progress=False, log=lambda *_: None)
     one, grid = runs[False], runs[True]
     worst = max(abs(one.runs[k].final_acc - grid.runs[k].final_acc) for k in one.runs)
     n = len(one.runs)
     a, b = train_seconds_per_epoch(one), train_seconds_per_epoch(grid)
-    print(f"{args.recipe}: {len(one.variants)} variants x {args.seeds} seeds = {n} students, {args.epochs} epochs")
+    steps = one.runs[next(iter(one.runs))].step_losses.shape[0]
+    print(f"{args.recipe}: {len(one.variants)} variants x {args.seeds} seeds = {n} students, {args.epochs} epochs of "
+          f"{len(data.train)} images ({steps} steps per student)")
     print("| training | s / epoch (all students) | s / epoch / student |")
     print("| --- | ---: | ---: |")
     print(f"| one by one | {a:.2f} | {a / n:.3f} |")
