@@ -149,9 +149,10 @@ def load_teacher(path: str | os.PathLike, data: DatasetSplits) -> FrozenTeacher:
     return FrozenTeacher(model)
 
 
-def distill_objective(recipe: Recipe) -> DistillationObjective:
+def distill_objective(recipe: Recipe, loss: Optional[str] = None) -> DistillationObjective:
+    """The recipe's objective; ``loss`` swaps the soft-loss coding (as ``kdlab compare`` does)."""
     d = recipe.distill
-    return DistillationObjective(d.loss, d.temperature, d.hard_weight, d.soft_weight)
+    return DistillationObjective(loss or d.loss, d.temperature, d.hard_weight, d.soft_weight)
 
 
 def run_distill(

@@ -20,7 +20,7 @@ from ..config import Recipe
 from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES, DistillationObjective
-from ..pipeline import build_role_model, prepare_data, train_role
+from ..pipeline import build_role_model, distill_objective, prepare_data, train_role
 from ..schedules import ScheduleHook
 from .batched import batching_blocker, fit_batched
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
@@ -124,10 +124,7 @@ def parse_variants(losses: Sequence[str] | str) -> List[str]:
 
 
 def _objective(recipe: Recipe, variant: str) -> DistillationObjective:
-    if variant == SCRATCH:
-        return DistillationObjective()
-    d = recipe.distill
-    return DistillationObjective(variant, d.temperature, d.hard_weight, d.soft_weight)
+    return DistillationObjective() if variant == SCRATCH else distill_objective(recipe, variant)
 
 
 def compare(
