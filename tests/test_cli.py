@@ -104,3 +104,11 @@ def test_data_dir_with_quotes_and_backslashes_survives_the_override(tmp_path):
     weird = str(tmp_path / "it's a \\ \"dir\"")
     args = build_parser().parse_args(["train-student", "mnist-mlp", "--data-dir", weird])
     assert load_recipe("mnist-mlp", _overrides(args, "student")).dataset.data_dir == weird
+
+
+@pytest.mark.parametrize("command", ["compare", "tune", "doctor", "losses", "explain"])
+def test_new_commands_have_help_without_format_leftovers(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "%%" not in out and "usage: kdlab " + command in out

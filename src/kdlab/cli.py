@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_flags(p, loss=False)
     p = add("tune", cmd_tune, "search T / loss weights / any recipe value with Optuna",
             "Hyperparameter search for the distilled student. The objective is final-epoch accuracy on a validation "
-            "split carved from the training set (10%% unless the recipe sets dataset.val_fraction); the test set is "
+            "split carved from the training set (10 percent unless the recipe sets dataset.val_fraction); the test set is "
             "never used. The study is stored in a database (default: OUT/study.db), so re-running the same command "
             "resumes it and several workers given the same --storage share it. Writes trials.csv, best.json, "
             "report.md and a PNG of validation accuracy vs T.")
