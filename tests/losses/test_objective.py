@@ -82,3 +82,15 @@ def test_hard_loss_equals_cross_entropy():
     assert torch.allclose(torch.autograd.grad(ours, s)[0], torch.autograd.grad(ref, s)[0], atol=1e-15)
     probs = torch.softmax(torch.randn(32, 10, dtype=torch.float64), 1)
     assert hard_loss(s, probs).item() == pytest.approx(F.cross_entropy(s, probs).item())
+
+
+def test_unfused_path_equals_fused_path():
+    torch.manual_seed(1)
+    obj = DistillationObjective("hinton", 3.0, 0.3, 0.7)
+    s = torch.randn(16, 10, dtype=torch.float64, requires_grad=True)
+    y, t = torch.randint(0, 10, (16,)), torch.randn(16, 10, dtype=torch.float64)
+    a, b = obj(s, y, t), obj(s, y, t, fused=False)
+    for k in ("total", "hard", "soft"):
+        assert a[k].item() == pytest.approx(b[k].item(), rel=1e-12)
+    ga, gb = (torch.autograd.grad(x["total"], s)[0] for x in (a, b))
+    assert torch.allclose(ga, gb, atol=1e-14)

@@ -20,12 +20,8 @@ from torch import Tensor
 
 
 class FusedHintonObjective(torch.autograd.Function):
-    # The forward/setup_context split (rather than ``forward(ctx, ...)``) lets torch derive a vmap
-    # rule, so ``kdlab compare`` can evaluate this objective for many students in one call.
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(s: Tensor, y: Tensor, t: Tensor, T: float, hard_w: float, soft_w: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx, s: Tensor, y: Tensor, t: Tensor, T: float, hard_w: float, soft_w: float) -> Tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         B = s.shape[0]
         log_q1 = F.log_softmax(s, 1)
         log_qT = F.log_softmax(s / T, 1)
@@ -34,23 +30,19 @@ class FusedHintonObjective(torch.autograd.Function):
         hard = -log_q1.gather(1, y.unsqueeze(1)).sum() / B
         soft = (p * (log_p - log_qT)).sum() * (T * T / B)
         total = hard * hard_w + soft * soft_w
-        onehot = torch.zeros_like(s).scatter(1, y.unsqueeze(1), 1.0)
-        grad = (log_q1.exp() - onehot) * (hard_w / B) + (log_qT.exp() - p) * (soft_w * T / B)
-        return total, hard, soft, grad
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        grad = output[3]
+        grad = log_q1.exp_()
+        grad.scatter_add_(1, y.unsqueeze(1), grad.new_full((B, 1), -1.0))
+        grad.mul_(hard_w / B).add_(log_qT.exp_().sub_(p), alpha=soft_w * T / B)
         ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(*output[1:])
+        ctx.mark_non_differentiable(hard, soft)
+        return total, hard, soft
 
     @staticmethod
-    def backward(ctx, g_total: Tensor, g_hard: Tensor, g_soft: Tensor, g_grad: Tensor):  # type: ignore[override]
+    def backward(ctx, g_total: Tensor, g_hard: Tensor, g_soft: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         return grad * g_total, None, None, None, None, None
 
 
 def fused_hinton_objective(s: Tensor, y: Tensor, t: Tensor, T: float, hard_w: float, soft_w: float) -> Tuple[Tensor, Tensor, Tensor]:
     """(total, hard, soft); only ``total`` carries a gradient (to ``s``; never to the teacher)."""
-    total, hard, soft, _ = FusedHintonObjective.apply(s, y, t.detach(), float(T), float(hard_w), float(soft_w))
-    return total, hard, soft
+    return FusedHintonObjective.apply(s, y, t.detach(), float(T), float(hard_w), float(soft_w))

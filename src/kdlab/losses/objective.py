@@ -53,12 +53,14 @@ class DistillationObjective(nn.Module):
         self.soft_weight = float(soft_weight)
 
     def forward(
-        self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None
+        self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None, fused: bool = True
     ) -> Dict[str, Tensor]:
+        """``fused=False`` forces the plain composition, which (unlike the fused Function) can be
+        vmapped; values and gradients are the same to float rounding."""
         if teacher_logits is None:
             hard = hard_loss(student_logits, labels)
             return {"total": hard, "hard": hard}
-        if self.soft_fn is kd_loss and student_logits.dim() == 2 and not labels.is_floating_point():
+        if fused and self.soft_fn is kd_loss and student_logits.dim() == 2 and not labels.is_floating_point():
             check_logits(student_logits, teacher_logits, self.temperature)
             total, hard, soft = fused_hinton_objective(
                 student_logits, labels, teacher_logits, self.temperature, self.hard_weight, self.soft_weight
