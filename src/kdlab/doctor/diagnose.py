@@ -101,6 +101,11 @@ def _probes(K: int, B: int, seed: int, n: int = 3) -> List[Tuple[Tensor, Tensor,
     return out
 
 
+def _vec(value: float, grad: Tensor) -> Tensor:
+    """A probe's value and gradient as one vector, so shapes are fitted on both at once."""
+    return torch.cat([torch.tensor([value], dtype=torch.float64), grad.flatten()])
+
+
 def _value_and_grad(fn: Callable[[Tensor], Tensor], s: Tensor) -> Tuple[float, Tensor]:
     s = s.detach().clone().requires_grad_(True)
     v = fn(s)
@@ -122,7 +127,7 @@ def _soft_part(a: Adapted, T: Optional[float], K: int, B: int, seed: int) -> _So
     for s, t, y in _probes(K, B, seed):
         if not a.takes_labels:
             v, g = _value_and_grad(lambda x: a.call(x, t, None, T), s)
-            parts.append(torch.cat([torch.tensor([v], dtype=torch.float64), g.flatten()]))
+            parts.append(_vec(v, g))
             continue
         ys = [y, (y + 1) % K, (y + 3) % K]
         vg = [_value_and_grad(lambda x, yy=yy: a.call(x, t, yy, T), s) for yy in ys]
@@ -134,7 +139,7 @@ def _soft_part(a: Adapted, T: Optional[float], K: int, B: int, seed: int) -> _So
         hard_weights.append(w)
         v = vg[0][0] - w * ce[0][0]
         g = vg[0][1] - w * ce[0][1]
-        parts.append(torch.cat([torch.tensor([v], dtype=torch.float64), g.flatten()]))
+        parts.append(_vec(v, g))
     hw = sum(hard_weights) / len(hard_weights) if hard_weights else None
     return _Soft(torch.cat(parts), hw, note)
 
@@ -143,7 +148,7 @@ def _shape_vec(shape: Shape, T: float, K: int, B: int, seed: int) -> Tensor:
     parts = []
     for s, t, _ in _probes(K, B, seed):
         v, g = _value_and_grad(lambda x: shape(x, t, T), s)
-        parts.append(torch.cat([torch.tensor([v], dtype=torch.float64), g.flatten()]))
+        parts.append(_vec(v, g))
     return torch.cat(parts)
 
 

@@ -35,7 +35,7 @@ from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..losses import DistillationObjective
 from ..models.dropout import FastDropout
-from ..train.loop import FitResult
+from ..train.loop import FitResult, epoch_record
 from ..train.optim import OPTIMIZERS, build_scheduler
 
 
@@ -170,29 +170,13 @@ def fit_batched(
             test_acc, test_loss = evaluate(data.test)
             val = evaluate(data.val) if data.val is not None else None
             eval_seconds = time.perf_counter() - t1
-            means = epoch_rows.mean(0)
-            negatives = (epoch_rows[..., 0] < 0).sum(0)
             for v in range(V):
                 for s in range(S):
-                    rec: Dict[str, Any] = {
-                        "epoch": epoch,
-                        "loss_total": float(means[v, s, 0]),
-                        "loss_hard": float(means[v, s, 1]),
-                        "test_acc": float(test_acc[v, s]),
-                        "test_loss": float(test_loss[v, s]),
-                        "lr": lr,
-                    }
-                    if distill[v]:
-                        o = objectives[v]
-                        rec.update(
-                            loss_soft=float(means[v, s, 2]),
-                            negative_loss_steps=int(negatives[v, s]),
-                            temperature=o.temperature,
-                            hard_weight=o.hard_weight,
-                            soft_weight=o.soft_weight,
-                        )
-                    if val is not None:
-                        rec.update(val_acc=float(val[0][v, s]), val_loss=float(val[1][v, s]))
+                    rec = epoch_record(
+                        epoch, epoch_rows[:, v, s], test_acc[v, s], test_loss[v, s], lr,
+                        objectives[v] if distill[v] else None,
+                        None if val is None else (val[0][v, s], val[1][v, s]),
+                    )
                     # Shared wall time, split evenly: the batch has no per-student clock.
                     rec.update(train_seconds=train_seconds / M, eval_seconds=eval_seconds / M, batched_students=M)
                     histories[index(v, s)].append(rec)

@@ -90,7 +90,8 @@ class CompareResult:
     def summary(self, variant: str) -> VariantSummary:
         runs = self.of(variant)
         reached = [e for e in (epochs_to_reach(r.curve(), self.target_acc) for r in runs) if e is not None]
-        stds = [float(r.last_epoch_steps()[:, 0].std()) if r.last_epoch_steps().shape[0] > 1 else 0.0 for r in runs]
+        last = [r.last_epoch_steps()[:, 0] for r in runs]
+        stds = [float(x.std()) if x.shape[0] > 1 else 0.0 for x in last]
         return VariantSummary(
             variant=variant,
             final_acc=summarize([r.final_acc for r in runs]),

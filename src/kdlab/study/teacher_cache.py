@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from ..config import Recipe
 from ..data import DatasetSplits
@@ -58,13 +58,15 @@ class CachedTeacher:
     test_acc: float
 
 
-def _finished_epoch(last: Path) -> int:
+def _finished(last: Path) -> Tuple[int, float]:
+    """(last completed epoch, its test accuracy) of a cached teacher run; (0, nan) if none."""
     if not last.is_file():
-        return 0
+        return 0, float("nan")
     try:
-        return int(load_checkpoint(last).get("epoch", 0))
-    except CheckpointError:
-        return 0  # a damaged cache entry is retrained, not trusted
+        state = load_checkpoint(last)
+        return int(state.get("epoch", 0)), float(state["metrics"]["test_acc"])
+    except (CheckpointError, KeyError, TypeError):
+        return 0, float("nan")  # a damaged cache entry is retrained, not trusted
 
 
 def cached_teacher(
@@ -78,13 +80,10 @@ def cached_teacher(
 
     path = teacher_cache_path(recipe, cache_dir)
     last = path / "last.pt"
-    done = _finished_epoch(last)
-    epochs = recipe.teacher.train.epochs
-    hit = done >= epochs
-    if not hit:
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path / "key.json", teacher_key(recipe))
-        run_teacher(recipe, data, out=path, progress=progress, resume=done > 0)
-    teacher = load_teacher(last, data)
-    acc = float(load_checkpoint(last)["metrics"]["test_acc"])
-    return CachedTeacher(teacher, path, hit, acc)
+    done, acc = _finished(last)
+    if done >= recipe.teacher.train.epochs:
+        return CachedTeacher(load_teacher(last, data), path, True, acc)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path / "key.json", teacher_key(recipe))
+    result = run_teacher(recipe, data, out=path, progress=progress, resume=done > 0)
+    return CachedTeacher(FrozenTeacher(result.model), path, False, result.final_acc)

@@ -43,6 +43,40 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2000) -> Dict
     return {"acc": correct / n, "loss": loss_sum / n}
 
 
+def epoch_record(
+    epoch: int,
+    steps: Tensor,
+    test_acc: float,
+    test_loss: float,
+    lr: float,
+    objective: Optional[DistillationObjective] = None,
+    val: Optional[tuple] = None,
+) -> Dict[str, Any]:
+    """One epoch's metrics from its per-step (total, hard, soft) losses; ``objective`` when distilling.
+
+    Shared by :func:`fit` and the batched trainer so both write the same keys.
+    """
+    record: Dict[str, Any] = {
+        "epoch": epoch,
+        "loss_total": float(steps[:, 0].mean()),
+        "loss_hard": float(steps[:, 1].mean()),
+        "test_acc": float(test_acc),
+        "test_loss": float(test_loss),
+        "lr": lr,
+    }
+    if objective is not None:
+        record.update(
+            loss_soft=float(steps[:, 2].mean()),
+            negative_loss_steps=int((steps[:, 0] < 0).sum()),
+            temperature=objective.temperature,
+            hard_weight=objective.hard_weight,
+            soft_weight=objective.soft_weight,
+        )
+    if val is not None:
+        record.update(val_acc=float(val[0]), val_loss=float(val[1]))
+    return record
+
+
 @dataclass
 class FitResult:
     history: List[Dict[str, Any]]
@@ -152,25 +186,12 @@ def fit(
             step_rows.append(rows)
             t1 = time.perf_counter()
             test = evaluate(model, data.test, cfg.eval_batch_size)
-            record: Dict[str, Any] = {
-                "epoch": epoch,
-                "loss_total": float(rows[:, 0].mean()),
-                "loss_hard": float(rows[:, 1].mean()),
-                "test_acc": test["acc"],
-                "test_loss": test["loss"],
-                "lr": lr,
-            }
-            if teacher_signal is not None:
-                record.update(
-                    loss_soft=float(rows[:, 2].mean()),
-                    negative_loss_steps=int((rows[:, 0] < 0).sum()),
-                    temperature=objective.temperature,
-                    hard_weight=objective.hard_weight,
-                    soft_weight=objective.soft_weight,
-                )
-            if data.val is not None:
-                val = evaluate(model, data.val, cfg.eval_batch_size)
-                record.update(val_acc=val["acc"], val_loss=val["loss"])
+            val = evaluate(model, data.val, cfg.eval_batch_size) if data.val is not None else None
+            record = epoch_record(
+                epoch, rows, test["acc"], test["loss"], lr,
+                objective if teacher_signal is not None else None,
+                None if val is None else (val["acc"], val["loss"]),
+            )
             record["train_seconds"] = train_seconds
             record["eval_seconds"] = time.perf_counter() - t1
             history.append(record)
