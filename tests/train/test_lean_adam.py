@@ -40,3 +40,14 @@ def test_falls_back_without_grads():
     opt = LeanAdam([p], lr=0.1)
     opt.step()  # no grad: stock step is a no-op, no crash
     assert torch.equal(p.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("cls", [LeanAdam, LeanAdamW])
+def test_zero_grad_sets_none_or_zeros(cls):
+    p = nn.Parameter(torch.ones(3))
+    opt = cls([p], lr=0.1)
+    p.grad = torch.full((3,), 2.0)
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(p.grad, torch.zeros(3))
+    opt.zero_grad()
+    assert p.grad is None

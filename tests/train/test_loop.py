@@ -97,3 +97,46 @@ def test_validation_split_selects_best_checkpoint(tmp_path, digits):
 def test_rundir_names_are_unique(tmp_path):
     a, b = RunDir.new(tmp_path, "x"), RunDir.new(tmp_path, "x")
     assert a.path != b.path
+
+
+@pytest.mark.parametrize("signal", ["cached", "online", None])
+def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal):
+    """fit's closed-form step (cached or online teacher, or no teacher) = the textbook loop."""
+    import torch.nn.functional as F
+
+    from kdlab.data import BatchIndexer
+    from kdlab.losses import kd_loss
+    from kdlab.teacher import CachedTeacherLogits, FrozenTeacher, OnlineTeacherLogits
+    from kdlab.train.optim import build_optimizer
+
+    recipe = load_recipe("digits-mlp", ["student.train.epochs=2", "student.train.optimizer.name=sgd", "student.train.optimizer.momentum=0.9"])
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(build_role_model(recipe, "teacher", digits))
+    T, hw, sw = 3.0, 0.3, 0.7
+    obj = DistillationObjective("hinton", T, hw, sw)
+    torch.manual_seed(1)
+    student = build_role_model(recipe, "student", digits)
+    reference = build_role_model(recipe, "student", digits)
+    reference.load_state_dict(student.state_dict())
+    teacher_signal = {"cached": lambda: CachedTeacherLogits(teacher, digits.train.x), "online": lambda: OnlineTeacherLogits(teacher), None: lambda: None}[signal]()
+    result = fit(student, digits, recipe.student.train, obj, seed=3, teacher_signal=teacher_signal, progress=False)
+
+    cfg = recipe.student.train
+    opt = build_optimizer(reference, cfg.optimizer)
+    indexer = BatchIndexer(len(digits.train), cfg.batch_size, shuffle=True, seed=3)
+    losses = []
+    for _ in range(cfg.epochs):
+        for idx in indexer.epoch():
+            x, y = digits.train.x[idx], digits.train.y[idx]
+            s = reference(x)
+            loss = F.cross_entropy(s, y)
+            if signal is not None:
+                loss = hw * loss + sw * kd_loss(s, teacher(x), T)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    torch.testing.assert_close(result.step_losses[:, 0], torch.tensor(losses), rtol=1e-4, atol=1e-5)
+    for a, b in zip(student.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.isnan(result.step_losses[:, 2]).all() == (signal is None)

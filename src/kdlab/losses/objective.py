@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .fused_hinton import fused_hinton_objective
-from .kd import check_logits, kd_loss
 from .registry import SOFT_LOSSES
 
 
@@ -52,20 +50,13 @@ class DistillationObjective(nn.Module):
         self.hard_weight = float(hard_weight)
         self.soft_weight = float(soft_weight)
 
-    def forward(
-        self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None, fused: bool = True
-    ) -> Dict[str, Tensor]:
-        """``fused=False`` forces the plain composition, which (unlike the fused Function) can be
-        vmapped; values and gradients are the same to float rounding."""
+    def forward(self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Plain autograd composition (vmappable, so ``kdlab compare`` can batch students). The
+        trainer's hot path computes the ``hinton`` objective in closed form instead
+        (:mod:`kdlab.losses.closed_form`, tested equal to this)."""
         if teacher_logits is None:
             hard = hard_loss(student_logits, labels)
             return {"total": hard, "hard": hard}
-        if fused and self.soft_fn is kd_loss and student_logits.dim() == 2 and not labels.is_floating_point():
-            check_logits(student_logits, teacher_logits, self.temperature)
-            total, hard, soft = fused_hinton_objective(
-                student_logits, labels, teacher_logits, self.temperature, self.hard_weight, self.soft_weight
-            )
-            return {"total": total, "hard": hard, "soft": soft}
         hard = hard_loss(student_logits, labels)
         soft = self.soft_fn(student_logits, teacher_logits, self.temperature)
         total = self.hard_weight * hard + self.soft_weight * soft

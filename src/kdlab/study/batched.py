@@ -102,10 +102,7 @@ def fit_batched(
     def index(v: int, s: int) -> int:
         return s * V + v
 
-    def unfused(obj: DistillationObjective) -> Callable[..., Dict[str, Tensor]]:
-        return lambda s, y, t=None: obj(s, y, t, fused=False)
-
-    step_fns = [vmap(unfused(obj), in_dims=(0, 0, 0) if use_t else (0, 0)) for obj, use_t in zip(objectives, distill)]
+    step_fns = [vmap(obj, in_dims=(0, 0, 0) if use_t else (0, 0)) for obj, use_t in zip(objectives, distill)]
     opt = OPTIMIZERS.get(cfg.optimizer.name)(list(params.values()), cfg.optimizer)
     scheduler = build_scheduler(opt, cfg.scheduler, cfg.epochs)
     indexers = [BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=s) for s in seeds]

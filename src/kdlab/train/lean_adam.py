@@ -41,7 +41,21 @@ def _lean_step(opt: torch.optim.Optimizer, decoupled: bool) -> bool:
     return True
 
 
+def _lean_zero_grad(opt: torch.optim.Optimizer, set_to_none: bool) -> bool:
+    """``zero_grad(set_to_none=True)`` without the stock method's profiler record (~20 µs a step)."""
+    if not set_to_none:
+        return False
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = None
+    return True
+
+
 class LeanAdam(torch.optim.Adam):
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not _lean_zero_grad(self, set_to_none):
+            super().zero_grad(set_to_none)
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         if closure is None and self.defaults.get("fused") and _lean_step(self, False):
@@ -50,6 +64,10 @@ class LeanAdam(torch.optim.Adam):
 
 
 class LeanAdamW(torch.optim.AdamW):
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not _lean_zero_grad(self, set_to_none):
+            super().zero_grad(set_to_none)
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         if closure is None and self.defaults.get("fused") and _lean_step(self, True):

@@ -1,8 +1,9 @@
 """The training loop shared by teacher, scratch-student and distillation runs.
 
-The hot loop is deliberately plain: one ``index_select`` per batch for images, labels and cached
-teacher logits, one forward, one backward, one fused optimizer step. Loss terms are kept as
-tensors during the epoch and converted to floats once at its end.
+The hot loop is deliberately plain: one ``index_select`` per batch for the images and one for the
+tabulated label/teacher rows, one forward, one backward from the closed-form gradient of the
+objective (:mod:`kdlab.losses.closed_form`; any other soft loss goes through autograd as usual), one
+fused optimizer step. Loss terms stay tensors during the epoch and become floats once at its end.
 """
 
 from __future__ import annotations
@@ -21,11 +22,33 @@ from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..errors import CheckpointError
 from ..losses import DistillationObjective
+from ..losses.closed_form import ClosedFormHinton
+from ..losses.kd import kd_loss
+from ..teacher import PrecomputedTeacherLogits
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .rundir import RunDir
 
 TeacherSignal = Callable[[Tensor, Tensor], Tensor]
+_NAN = torch.tensor(float("nan"))
+
+
+def closed_form_step(
+    objective: DistillationObjective, teacher_signal: Optional[TeacherSignal], labels: Tensor, num_classes: int
+) -> Optional[ClosedFormHinton]:
+    """The closed-form fast path when it computes exactly ``objective`` (CE, or CE + ``hinton``), else None.
+
+    Cached teacher logits are tabulated once per epoch; any other teacher signal (e.g. an online
+    teacher on augmented batches) gets its rows built per batch.
+    """
+    if labels.is_floating_point():
+        return None
+    if teacher_signal is None:
+        return ClosedFormHinton(labels, num_classes, distill=False)
+    if objective.soft_fn is not kd_loss:
+        return None
+    cached = teacher_signal.logits if isinstance(teacher_signal, PrecomputedTeacherLogits) else None
+    return ClosedFormHinton(labels, num_classes, cached)
 
 
 @torch.no_grad()
@@ -155,34 +178,41 @@ def fit(
         mininterval=0.5,
     )
     clip = cfg.grad_clip
+    fast = closed_form_step(objective, teacher_signal, Y, data.num_classes)
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             if before_epoch is not None:
                 before_epoch(epoch, objective)
             model.train()
             t0 = time.perf_counter()
-            epoch_terms: List[tuple] = []
+            if fast is not None:
+                fast.prepare(objective.temperature, objective.hard_weight, objective.soft_weight)
+            epoch_values: List[Tensor] = []
             for idx in indexer.epoch():
                 xb = X.index_select(0, idx)
-                yb = Y.index_select(0, idx)
-                tb = teacher_signal(idx, xb) if teacher_signal is not None else None
-                terms = objective(model(xb), yb, tb)
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
+                logits = model(xb)
+                if fast is not None:  # closed-form objective: one backward entry, no loss graph
+                    rows = fast.rows(idx) if fast.table is not None else fast.rows_for(Y.index_select(0, idx), teacher_signal(idx, xb))  # type: ignore[misc]
+                    values, grad = fast(logits.detach(), rows)
+                    optimizer.zero_grad(set_to_none=True)
+                    logits.backward(grad)
+                else:
+                    tb = teacher_signal(idx, xb) if teacher_signal is not None else None
+                    terms = objective(logits, Y.index_select(0, idx), tb)
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["total"].backward()
+                    values = torch.stack([terms["total"], terms["hard"], terms.get("soft", _NAN)]).detach()
                 if clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
-                soft = terms.get("soft")
-                epoch_terms.append((terms["total"].detach(), terms["hard"].detach(), None if soft is None else soft.detach()))
+                epoch_values.append(values)
                 bar.update()
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
                 scheduler.step()
             train_seconds = time.perf_counter() - t0
 
-            rows = torch.tensor(
-                [[float(a), float(b), float("nan") if c is None else float(c)] for a, b, c in epoch_terms]
-            )
+            rows = torch.stack(epoch_values).float()
             step_rows.append(rows)
             t1 = time.perf_counter()
             test = evaluate(model, data.test, cfg.eval_batch_size)

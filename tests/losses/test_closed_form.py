@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdlab import ConfigError, kd_loss
+from kdlab.losses import DistillationObjective
+from kdlab.losses.closed_form import ClosedFormHinton
+
+
+def reference(s, y, t, T, hw, sw):
+    """Values and gradient of hw·CE + sw·hinton from autograd on the textbook formulas."""
+    s = s.detach().clone().requires_grad_(True)
+    hard = F.cross_entropy(s, y)
+    if t is None:
+        hard.backward()
+        return hard.detach(), hard.detach(), None, s.grad
+    soft = kd_loss(s, t, T)
+    total = hw * hard + sw * soft
+    total.backward()
+    return total.detach(), hard.detach(), soft.detach(), s.grad
+
+
+@pytest.mark.parametrize("T,hw,sw", [(1.0, 1.0, 0.0), (3.0, 0.5, 0.5), (7.0, 0.3, 0.7), (0.5, 0.0, 1.0), (20.0, 1.0, 2.0)])
+def test_tabulated_values_and_gradient_equal_autograd(T, hw, sw):
+    torch.manual_seed(0)
+    N, K = 50, 10
+    y, t = torch.randint(0, K, (N,)), 3 * torch.randn(N, K, dtype=torch.float64)
+    fast = ClosedFormHinton(y, K, t)
+    fast.prepare(T, hw, sw)
+    for idx in (torch.arange(32), torch.tensor([49, 3, 3, 17])):  # a full and a short (last) batch
+        s = 2 * torch.randn(len(idx), K, dtype=torch.float64)
+        values, grad = fast(s, fast.rows(idx))
+        total, hard, soft, ref_grad = reference(s, y[idx], t[idx], T, hw, sw)
+        torch.testing.assert_close(values, torch.stack([total, hard, soft]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_matches_the_analytic_formula_of_the_issue():
+    """∂total/∂s = hw·(softmax(s) − onehot)/B + sw·T·(softmax(s/T) − softmax(t/T))/B."""
+    torch.manual_seed(1)
+    B, K, T, hw, sw = 8, 5, 4.0, 0.3, 0.7
+    y, t, s = torch.randint(0, K, (B,)), torch.randn(B, K, dtype=torch.float64), torch.randn(B, K, dtype=torch.float64)
+    fast = ClosedFormHinton(y, K, t)
+    fast.prepare(T, hw, sw)
+    _, grad = fast(s, fast.rows(torch.arange(B)))
+    expected = hw * (s.softmax(1) - F.one_hot(y, K)) / B + sw * T * ((s / T).softmax(1) - (t / T).softmax(1)) / B
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_rows_built_per_batch_equal_the_table():
+    torch.manual_seed(2)
+    y, t = torch.randint(0, 10, (40,)), torch.randn(40, 10)
+    tabulated = ClosedFormHinton(y, 10, t)
+    online = ClosedFormHinton(y, 10)
+    for f in (tabulated, online):
+        f.prepare(2.0, 0.5, 0.5)
+    idx = torch.tensor([5, 1, 30])
+    torch.testing.assert_close(online.rows_for(y[idx], t[idx]), tabulated.rows(idx))
+
+
+def test_without_teacher_it_is_cross_entropy_and_soft_is_nan():
+    torch.manual_seed(3)
+    y = torch.randint(0, 10, (20,))
+    fast = ClosedFormHinton(y, 10, distill=False)
+    fast.prepare(4.0, 0.2, 0.8)  # weights are ignored without a teacher, as in DistillationObjective
+    s = torch.randn(20, 10, dtype=torch.float64)
+    values, grad = fast(s, fast.rows(torch.arange(20)))
+    total, hard, _, ref_grad = reference(s, y, None, 4.0, 0.2, 0.8)
+    assert values[0].item() == pytest.approx(total.item(), rel=1e-12) and values[1].item() == pytest.approx(hard.item(), rel=1e-12)
+    assert math.isnan(values[2].item())
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_retabulates_when_a_schedule_changes_T():
+    torch.manual_seed(4)
+    y, t = torch.randint(0, 10, (16,)), torch.randn(16, 10, dtype=torch.float64)
+    fast = ClosedFormHinton(y, 10, t)
+    s, idx = torch.randn(16, 10, dtype=torch.float64), torch.arange(16)
+    for T in (4.0, 2.0):
+        fast.prepare(T, 0.5, 0.5)
+        values, _ = fast(s, fast.rows(idx))
+        assert values[2].item() == pytest.approx(kd_loss(s, t, T).item(), rel=1e-12)
+
+
+def test_equals_the_objective_module():
+    torch.manual_seed(5)
+    y, t, s = torch.randint(0, 10, (32,)), torch.randn(32, 10), torch.randn(32, 10)
+    obj = DistillationObjective("hinton", 3.0, 0.3, 0.7)
+    fast = ClosedFormHinton(y, 10, t)
+    fast.prepare(obj.temperature, obj.hard_weight, obj.soft_weight)
+    values, _ = fast(s, fast.rows(torch.arange(32)))
+    terms = obj(s, y, t)
+    torch.testing.assert_close(values, torch.stack([terms["total"], terms["hard"], terms["soft"]]).detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_gives_one_line_errors():
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(ConfigError, match="labels range over"):
+        ClosedFormHinton(torch.tensor([0, 12]), 10)
+    with pytest.raises(ConfigError, match="teacher logits have shape"):
+        ClosedFormHinton(y, 10, torch.zeros(3, 5))
+    with pytest.raises(ConfigError, match="integer class labels"):
+        ClosedFormHinton(torch.zeros(3, 10), 10)
+    fast = ClosedFormHinton(y, 10, torch.zeros(3, 10))
+    with pytest.raises(ConfigError, match="T must be > 0"):
+        fast.prepare(0.0, 0.5, 0.5)
+    fast.prepare(2.0, 0.5, 0.5)
+    with pytest.raises(ConfigError, match="class count mismatch"):
+        fast(torch.zeros(3, 7), fast.rows(torch.arange(3)))
+    with pytest.raises(ConfigError, match="class count mismatch"):
+        fast.rows_for(y, torch.zeros(3, 4))
