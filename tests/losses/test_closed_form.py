@@ -111,3 +111,61 @@ def test_bad_input_gives_one_line_errors():
         fast(torch.zeros(3, 7), fast.rows(torch.arange(3)))
     with pytest.raises(ConfigError, match="class count mismatch"):
         fast.rows_for(y, torch.zeros(3, 4))
+
+
+MARKED = {"hinton": lambda T, K: 1.0, "extra-T": lambda T, K: T, "mean-reduction": lambda T, K: 1.0 / K, "no-T2": lambda T, K: 1.0 / T**2}
+
+
+def test_exactly_the_codings_that_are_multiples_of_hinton_are_marked():
+    from kdlab.losses import SOFT_LOSSES
+    from kdlab.losses.kd import hinton_multiple
+
+    assert {name for name in SOFT_LOSSES.names() if hinton_multiple(SOFT_LOSSES.get(name))} == set(MARKED)
+    torch.manual_seed(6)
+    s = torch.randn(16, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(16, 7, dtype=torch.float64)
+    for name, factor in MARKED.items():  # the mark states the truth: value and gradient
+        T = 2.5
+        fn = SOFT_LOSSES.get(name)
+        assert hinton_multiple(fn)(T, 7) == pytest.approx(factor(T, 7))
+        ours, ref = fn(s, t, T), factor(T, 7) * kd_loss(s, t, T)
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(ours, s)[0], torch.autograd.grad(ref, s)[0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("coding", sorted(MARKED))
+def test_closed_form_runs_every_marked_coding_exactly(coding):
+    torch.manual_seed(7)
+    y, t = torch.randint(0, 10, (24,)), torch.randn(24, 10, dtype=torch.float64)
+    obj = DistillationObjective(coding, 4.0, 0.3, 0.7)
+    assert ClosedFormHinton.supports(obj)
+    fast = ClosedFormHinton(y, 10, t)
+    fast.prepare_for(obj)
+    s = torch.randn(24, 10, dtype=torch.float64, requires_grad=True)
+    values, grad = fast(s.detach(), fast.rows(torch.arange(24)))
+    terms = obj(s, y, t)
+    torch.testing.assert_close(values, torch.stack([terms["total"], terms["hard"], terms["soft"]]).detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, torch.autograd.grad(terms["total"], s)[0], rtol=1e-12, atol=1e-15)
+
+
+def test_codings_without_closed_form_are_refused():
+    obj = DistillationObjective("softmax-input", 4.0)
+    assert not ClosedFormHinton.supports(obj)
+    fast = ClosedFormHinton(torch.tensor([0, 1]), 10, torch.zeros(2, 10))
+    with pytest.raises(ConfigError, match="no closed form"):
+        fast.prepare_for(obj)
+
+
+def test_leading_dimensions_are_independent_batches():
+    """(seeds, B, K) logits give each seed's own values and gradient, as in ``kdlab compare``."""
+    torch.manual_seed(8)
+    y, t = torch.randint(0, 10, (60,)), torch.randn(60, 10, dtype=torch.float64)
+    fast = ClosedFormHinton(y, 10, t)
+    fast.prepare(3.0, 0.5, 0.5)
+    idx = torch.randperm(60)[:48].view(3, 16)
+    s = torch.randn(3, 16, 10, dtype=torch.float64)
+    values, grad = fast(s, fast.rows(idx.reshape(-1)).view(3, 16, -1))
+    for k in range(3):
+        v_k, g_k = fast(s[k], fast.rows(idx[k]))
+        torch.testing.assert_close(values[k], v_k, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(grad[k], g_k, rtol=1e-13, atol=1e-15)

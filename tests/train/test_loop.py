@@ -99,8 +99,8 @@ def test_rundir_names_are_unique(tmp_path):
     assert a.path != b.path
 
 
-@pytest.mark.parametrize("signal", ["cached", "online", None])
-def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal):
+@pytest.mark.parametrize("signal,coding", [("cached", "hinton"), ("online", "hinton"), (None, "hinton"), ("cached", "extra-T")])
+def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, coding):
     """fit's closed-form step (cached or online teacher, or no teacher) = the textbook loop."""
     import torch.nn.functional as F
 
@@ -113,7 +113,8 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal):
     torch.manual_seed(0)
     teacher = FrozenTeacher(build_role_model(recipe, "teacher", digits))
     T, hw, sw = 3.0, 0.3, 0.7
-    obj = DistillationObjective("hinton", T, hw, sw)
+    obj = DistillationObjective(coding, T, hw, sw)
+    multiple = {"hinton": 1.0, "extra-T": T}[coding]
     torch.manual_seed(1)
     student = build_role_model(recipe, "student", digits)
     reference = build_role_model(recipe, "student", digits)
@@ -131,7 +132,7 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal):
             s = reference(x)
             loss = F.cross_entropy(s, y)
             if signal is not None:
-                loss = hw * loss + sw * kd_loss(s, teacher(x), T)
+                loss = hw * loss + sw * multiple * kd_loss(s, teacher(x), T)
             opt.zero_grad()
             loss.backward()
             opt.step()

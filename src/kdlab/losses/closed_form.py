@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from .kd import hinton_multiple
+from .objective import DistillationObjective
 
 
 class ClosedFormHinton:
@@ -54,14 +56,31 @@ class ClosedFormHinton:
         self.slices = 2 if distill else 1
         self.teacher_logits = teacher_logits
         self.table: Optional[Tensor] = None
-        self.params: Optional[Tuple[float, float, float]] = None
+        self.params: Optional[Tuple[float, float, float, float]] = None
         self._coef: Dict[Tuple[int, torch.dtype], Tuple[Tensor, Tensor, Tensor]] = {}
 
-    def prepare(self, T: float, hard_w: float, soft_w: float) -> None:
-        """Set (T, weights) for the coming epoch; re-tabulates only when they changed."""
+    @staticmethod
+    def supports(objective: DistillationObjective) -> bool:
+        """True when the objective's soft term is a (marked) multiple of the Hinton loss."""
+        return hinton_multiple(objective.soft_fn) is not None
+
+    def prepare_for(self, objective: DistillationObjective) -> None:
+        """:meth:`prepare` with the objective's current T, weights and Hinton multiple."""
+        factor = hinton_multiple(objective.soft_fn) if self.slices == 2 else (lambda T, K: 0.0)
+        if factor is None:
+            raise ConfigError(f"the '{objective.soft_loss_name}' coding has no closed form; train it through autograd")
+        T = objective.temperature
+        self.prepare(T, objective.hard_weight, objective.soft_weight, factor(T, self.K))
+
+    def prepare(self, T: float, hard_w: float, soft_w: float, soft_multiple: float = 1.0) -> None:
+        """Set (T, weights) for the coming epoch; re-tabulates only when they changed.
+
+        ``soft_multiple`` runs a coding that is exactly ``c·hinton`` (``extra-T``: c = T, ``no-T2``:
+        c = 1/T², ``mean-reduction``: c = 1/K; see :func:`~kdlab.losses.kd.hinton_multiple`).
+        """
         if not T > 0:
             raise ConfigError(f"temperature T must be > 0, got {T}; set distill.temperature to a positive value")
-        params = (float(T), float(hard_w), float(soft_w)) if self.slices == 2 else (1.0, 1.0, 0.0)
+        params = (float(T), float(hard_w), float(soft_w), float(soft_multiple)) if self.slices == 2 else (1.0, 1.0, 0.0, 0.0)
         if params == self.params:
             return
         self.params, self._coef = params, {}
@@ -74,7 +93,7 @@ class ClosedFormHinton:
     def rows_for(self, labels: Tensor, teacher_logits: Optional[Tensor]) -> Tensor:
         """The per-sample rows for ``labels`` (and the teacher's logits for the same samples)."""
         assert self.params is not None, "call prepare(T, hard_w, soft_w) first"
-        T, hard_w, soft_w = self.params
+        T, hard_w, soft_w, multiple = self.params
         dtype = teacher_logits.dtype if teacher_logits is not None else torch.float32
         onehot = F.one_hot(labels, self.K).to(dtype)
         if teacher_logits is None:
@@ -86,7 +105,7 @@ class ClosedFormHinton:
             )
         log_p = F.log_softmax(teacher_logits / T, 1)
         p = log_p.exp()
-        return torch.cat([onehot, p, onehot * hard_w + p * (soft_w * T), (p * log_p).sum(1, keepdim=True)], 1)
+        return torch.cat([onehot, p, onehot * hard_w + p * (soft_w * multiple * T), (p * log_p).sum(1, keepdim=True)], 1)
 
     def rows(self, idx: Tensor) -> Tensor:
         """Rows of the tabulated samples ``idx`` (one ``index_select``)."""
@@ -94,34 +113,42 @@ class ClosedFormHinton:
         return self.table.index_select(0, idx)
 
     def _coefficients(self, B: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
-        """Logit scales, gradient weights and the matrix from the three sums to (total, hard, soft)."""
+        """Logit scales, gradient weights, and the matrix from the sums to (total, hard, soft)."""
         key = (B, dtype)
         if key not in self._coef:
             assert self.params is not None, "call prepare(T, hard_w, soft_w) first"
-            T, hw, sw = self.params
+            T, hw, sw, c = self.params
             if self.slices == 2:
                 scales = [[1.0], [1.0 / T]]
-                weights = [[hw / B], [sw * T / B]]
-                to_values = [[-hw / B, -sw * T * T / B, sw * T * T / B], [-1.0 / B, 0.0, 0.0], [0.0, -T * T / B, T * T / B]]
+                weights = [[hw / B], [sw * c * T / B]]
+                to_values = [[-hw / B, -sw * c * T * T / B, sw * c * T * T / B], [-1.0 / B, 0.0, 0.0], [0.0, -c * T * T / B, c * T * T / B]]
             else:
                 scales, weights = [[1.0]], [[1.0 / B]]
                 to_values = [[-1.0 / B, 0.0], [-1.0 / B, 0.0], [float("nan"), float("nan")]]
-            self._coef[key] = tuple(torch.tensor(v, dtype=dtype) for v in (scales, weights, to_values))  # type: ignore[assignment]
+            self._coef[key] = (
+                torch.tensor(scales, dtype=dtype),
+                torch.tensor(weights, dtype=dtype),
+                torch.tensor(to_values, dtype=dtype).T.contiguous(),
+            )
         return self._coef[key]
 
     @torch.no_grad()
     def __call__(self, logits: Tensor, rows: Tensor) -> Tuple[Tensor, Tensor]:
-        """(values, grad): ``values`` = [total, hard, soft] (soft NaN without a teacher); ``grad`` = ∂total/∂logits."""
-        if logits.dim() != 2 or logits.shape[1] != self.K:
+        """(values, grad) for logits (..., B, K) and their rows (..., B, R), any leading dims (one
+        batch per leading index, e.g. one per seed in ``kdlab compare``).
+
+        ``values[..., :]`` = [total, hard, soft] (soft NaN without a teacher); ``grad`` = ∂total/∂logits.
+        """
+        if logits.dim() < 2 or logits.shape[-1] != self.K:
             raise ConfigError(
                 f"class count mismatch: the model outputs {tuple(logits.shape)} but the data have {self.K} classes; "
                 "build the model for this dataset"
             )
-        B, K, S = logits.shape[0], self.K, self.slices
+        B, K, S = logits.shape[-2], self.K, self.slices
         rows = rows.to(logits.dtype)
         scales, weights, to_values = self._coefficients(B, logits.dtype)
-        log_probs = F.log_softmax(logits.unsqueeze(1) * scales, 2)  # (B, S, K): log softmax(s), log softmax(s/T)
-        sums = (rows[:, : S * K].unflatten(1, (S, K)) * log_probs).sum((0, 2))  # Σ log q[y], Σ p·log q_T
-        values = to_values @ torch.cat((sums, rows[:, (S + 1) * K :].sum(0)))
-        grad = (log_probs.exp_() * weights).sum(1).sub_(rows[:, S * K : (S + 1) * K], alpha=1.0 / B)
+        log_probs = F.log_softmax(logits.unsqueeze(-2) * scales, -1)  # (..., B, S, K): log softmax(s), log softmax(s/T)
+        sums = (rows[..., : S * K].unflatten(-1, (S, K)) * log_probs).sum((-3, -1))  # Σ log q[y], Σ p·log q_T
+        values = torch.cat((sums, rows[..., (S + 1) * K :].sum(-2)), -1) @ to_values
+        grad = (log_probs.exp_() * weights).sum(-2).sub_(rows[..., S * K : (S + 1) * K], alpha=1.0 / B)
         return values, grad

@@ -16,11 +16,34 @@ Why each piece:
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .registry import SOFT_LOSSES
+from .registry import SOFT_LOSSES, SoftLoss
+
+Multiple = Callable[[float, int], float]
+
+
+def multiple_of_hinton(factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
+    """Mark a coding that equals ``factor(T, K) · kd_loss`` exactly (value and gradient).
+
+    The trainer then runs it through the closed-form step (:mod:`kdlab.losses.closed_form`)
+    instead of autograd; tests check each marked coding against ``factor · kd_loss``.
+    """
+
+    def mark(fn: SoftLoss) -> SoftLoss:
+        fn.hinton_multiple = factor  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def hinton_multiple(fn: SoftLoss) -> Optional[Multiple]:
+    """``factor(T, K)`` when ``fn`` is a marked multiple of the Hinton loss, else None."""
+    return getattr(fn, "hinton_multiple", None)
 
 
 def check_logits(student_logits: Tensor, teacher_logits: Tensor, T: float) -> None:
@@ -55,6 +78,7 @@ def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
 
 
 @SOFT_LOSSES.register("hinton")
+@multiple_of_hinton(lambda T, K: 1.0)
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """Batch-mean KL(softmax(t/T) ‖ softmax(s/T)) × T², computed from log-softmax.
 

@@ -5,8 +5,9 @@ training 15 students one by one costs ~15× one run. Here their parameters are s
 leading (variant, seed) axis with :func:`torch.func.stack_module_state` and one
 ``vmap(vmap(functional_call))`` computes every student's logits at once:
 
-* the outer vmap runs over variants and shares the inputs (all variants of a seed see the same
-  batch), the inner one over seeds with each seed's own batch order;
+* the outer vmap runs over seeds, each with its own batch order, the inner one over variants,
+  which share their seed's batch; plain Linear/ReLU students skip vmap for grouped matmuls
+  (:mod:`kdlab.study.grouped_mlp`), which need no per-variant copy of the batch;
 * each variant's objective is vmapped over its seeds, and the sum of all students' losses is
   back-propagated once — student ``m``'s loss depends only on its own slice of the stacked
   parameters, so each slice receives exactly its own gradient;
@@ -37,6 +38,7 @@ from ..losses import DistillationObjective
 from ..models.dropout import FastDropout
 from ..train.loop import FitResult, epoch_record
 from ..train.optim import OPTIMIZERS, build_scheduler
+from .grouped_mlp import GroupedMLP, linear_chain
 
 
 def batching_blocker(model: nn.Module) -> Optional[str]:
@@ -93,8 +95,13 @@ def fit_batched(
     def one(p: Dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(base, (p, {}), (x,))
 
-    per_seed_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, 0))  # x: (S, B, ...) -> (S, V, B, C)
-    shared_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, None))  # x: (N, ...) -> (S, V, N, C)
+    chain = linear_chain(flat[0])
+    if chain is not None:  # Linear/ReLU chains: grouped matmuls share each seed's batch across variants
+        grouped = GroupedMLP(chain, S, V)
+        per_seed_inputs, shared_inputs = grouped.per_seed, grouped.shared
+    else:
+        per_seed_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, 0))  # x: (S, B, ...) -> (S, V, B, C)
+        shared_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, None))  # x: (N, ...) -> (S, V, N, C)
 
     def grid(p: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {k: t.view(S, V, *shapes[k]) for k, t in p.items()}

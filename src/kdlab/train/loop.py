@@ -23,7 +23,6 @@ from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..errors import CheckpointError
 from ..losses import DistillationObjective
 from ..losses.closed_form import ClosedFormHinton
-from ..losses.kd import kd_loss
 from ..teacher import PrecomputedTeacherLogits
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
@@ -36,7 +35,8 @@ _NAN = torch.tensor(float("nan"))
 def closed_form_step(
     objective: DistillationObjective, teacher_signal: Optional[TeacherSignal], labels: Tensor, num_classes: int
 ) -> Optional[ClosedFormHinton]:
-    """The closed-form fast path when it computes exactly ``objective`` (CE, or CE + ``hinton``), else None.
+    """The closed-form fast path when it computes exactly ``objective`` (CE, or CE + a multiple of
+    ``hinton``), else None (the objective then runs through autograd).
 
     Cached teacher logits are tabulated once per epoch; any other teacher signal (e.g. an online
     teacher on augmented batches) gets its rows built per batch.
@@ -45,7 +45,7 @@ def closed_form_step(
         return None
     if teacher_signal is None:
         return ClosedFormHinton(labels, num_classes, distill=False)
-    if objective.soft_fn is not kd_loss:
+    if not ClosedFormHinton.supports(objective):
         return None
     cached = teacher_signal.logits if isinstance(teacher_signal, PrecomputedTeacherLogits) else None
     return ClosedFormHinton(labels, num_classes, cached)
@@ -186,7 +186,7 @@ def fit(
             model.train()
             t0 = time.perf_counter()
             if fast is not None:
-                fast.prepare(objective.temperature, objective.hard_weight, objective.soft_weight)
+                fast.prepare_for(objective)
             epoch_values: List[Tensor] = []
             for idx in indexer.epoch():
                 xb = X.index_select(0, idx)
