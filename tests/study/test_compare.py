@@ -34,7 +34,7 @@ def test_fair_by_construction(result):
     assert res.mode == "batched"
     for s in res.seeds:  # same seed, same first-epoch hard-loss start point needs same init & batches:
         first = {v: res.run(v, s).step_losses[0, 1].item() for v in res.variants}
-        assert len(set(round(x, 6) for x in first.values())) == 1, first
+        assert max(first.values()) - min(first.values()) < 1e-5, first  # equal up to float rounding
     # different seeds differ
     assert res.run("hinton", 0).step_losses[0, 1] != res.run("hinton", 1).step_losses[0, 1]
 

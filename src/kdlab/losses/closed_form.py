@@ -112,24 +112,20 @@ class ClosedFormHinton:
         assert self.table is not None, "no table: pass teacher_logits (or distill=False) and call prepare()"
         return self.table.index_select(0, idx)
 
-    def _coefficients(self, B: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
-        """Logit scales, gradient weights, and the matrix from the sums to (total, hard, soft)."""
+    def _coefficients(self, B: int, dtype: torch.dtype) -> Tuple[Tensor, Tuple[float, ...], Tensor]:
+        """Logit scales, gradient weights per slice, and the matrix from the sums to (total, hard, soft)."""
         key = (B, dtype)
         if key not in self._coef:
             assert self.params is not None, "call prepare(T, hard_w, soft_w) first"
             T, hw, sw, c = self.params
             if self.slices == 2:
                 scales = [[1.0], [1.0 / T]]
-                weights = [[hw / B], [sw * c * T / B]]
+                weights: Tuple[float, ...] = (hw / B, sw * c * T / B)
                 to_values = [[-hw / B, -sw * c * T * T / B, sw * c * T * T / B], [-1.0 / B, 0.0, 0.0], [0.0, -c * T * T / B, c * T * T / B]]
             else:
-                scales, weights = [[1.0]], [[1.0 / B]]
+                scales, weights = [[1.0]], (1.0 / B,)
                 to_values = [[-1.0 / B, 0.0], [-1.0 / B, 0.0], [float("nan"), float("nan")]]
-            self._coef[key] = (
-                torch.tensor(scales, dtype=dtype),
-                torch.tensor(weights, dtype=dtype),
-                torch.tensor(to_values, dtype=dtype).T.contiguous(),
-            )
+            self._coef[key] = (torch.tensor(scales, dtype=dtype), weights, torch.tensor(to_values, dtype=dtype).T.contiguous())
         return self._coef[key]
 
     @torch.no_grad()
@@ -150,5 +146,8 @@ class ClosedFormHinton:
         log_probs = F.log_softmax(logits.unsqueeze(-2) * scales, -1)  # (..., B, S, K): log softmax(s), log softmax(s/T)
         sums = (rows[..., : S * K].unflatten(-1, (S, K)) * log_probs).sum((-3, -1))  # Σ log q[y], Σ p·log q_T
         values = torch.cat((sums, rows[..., (S + 1) * K :].sum(-2)), -1) @ to_values
-        grad = (log_probs.exp_() * weights).sum(-2).sub_(rows[..., S * K : (S + 1) * K], alpha=1.0 / B)
-        return values, grad
+        probs = log_probs.exp_()
+        grad = probs[..., 0, :].mul(weights[0])
+        if S == 2:
+            grad.add_(probs[..., 1, :], alpha=weights[1])
+        return values, grad.sub_(rows[..., S * K : (S + 1) * K], alpha=1.0 / B)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..losses import DistillationObjective
+from ..losses.closed_form import ClosedFormHinton
 from ..models.dropout import FastDropout
 from ..train.loop import FitResult, epoch_record
 from ..train.optim import OPTIMIZERS, build_scheduler
@@ -109,6 +110,13 @@ def fit_batched(
     def index(v: int, s: int) -> int:
         return s * V + v
 
+    # Hinton-multiple and scratch objectives: closed form over all seeds at once; others: vmapped autograd.
+    fast: List[Optional[ClosedFormHinton]] = [
+        ClosedFormHinton(data.train.y, data.num_classes, teacher_logits if use_t else None, distill=use_t)
+        if (not use_t or (teacher_logits is not None and ClosedFormHinton.supports(obj))) and not data.train.y.is_floating_point()
+        else None
+        for obj, use_t in zip(objectives, distill)
+    ]
     step_fns = [vmap(obj, in_dims=(0, 0, 0) if use_t else (0, 0)) for obj, use_t in zip(objectives, distill)]
     opt = OPTIMIZERS.get(cfg.optimizer.name)(list(params.values()), cfg.optimizer)
     scheduler = build_scheduler(opt, cfg.scheduler, cfg.epochs)
@@ -141,28 +149,37 @@ def fit_batched(
                 for obj, use_t in zip(objectives, distill):
                     if use_t:
                         before_epoch(epoch, obj)
+            for f, obj in zip(fast, objectives):
+                if f is not None:
+                    f.prepare_for(obj)
             base.train()
             t0 = time.perf_counter()
             rows: List[Tensor] = []
             for batch in zip(*(ix.epoch() for ix in indexers)):
                 idx = torch.stack(batch)  # (S, B)
                 flat_idx = idx.reshape(-1)
-                xb = X.index_select(0, flat_idx).view(S, idx.shape[1], *X.shape[1:])
-                yb = Y.index_select(0, flat_idx).view(S, -1)
-                tb = teacher_logits.index_select(0, flat_idx).view(S, idx.shape[1], -1) if teacher_logits is not None else None
+                B = idx.shape[1]
+                xb = X.index_select(0, flat_idx).view(S, B, *X.shape[1:])
                 logits = per_seed_inputs(grid(params), xb)  # (S, V, B, C)
-                terms = [fn(logits[:, v], yb, tb) if distill[v] else fn(logits[:, v], yb) for v, fn in enumerate(step_fns)]
-                total = sum(t["total"].sum() for t in terms)
+                values, autograd_total = [], None
+                grad_logits = torch.zeros_like(logits) if any(f is not None for f in fast) else None
+                for v, f in enumerate(fast):
+                    if f is not None:
+                        vals, grad_logits[:, v] = f(logits[:, v].detach(), f.rows(flat_idx).view(S, B, -1))  # type: ignore[index]
+                    else:
+                        yb = Y.index_select(0, flat_idx).view(S, B)
+                        tb = teacher_logits.index_select(0, flat_idx).view(S, B, -1) if distill[v] else None  # type: ignore[union-attr]
+                        t = step_fns[v](logits[:, v], yb, tb) if distill[v] else step_fns[v](logits[:, v], yb)
+                        autograd_total = t["total"].sum() + (0 if autograd_total is None else autograd_total)
+                        vals = torch.stack([t["total"], t["hard"], t.get("soft", nan)], -1).detach()
+                    values.append(vals)
                 opt.zero_grad(set_to_none=True)
-                total.backward()  # type: ignore[union-attr]
+                outputs = ([logits] if grad_logits is not None else []) + ([autograd_total] if autograd_total is not None else [])
+                torch.autograd.backward(outputs, ([grad_logits] if grad_logits is not None else []) + ([None] if autograd_total is not None else []))
                 if cfg.grad_clip is not None:
                     _clip_per_student([p.grad for p in params.values()], cfg.grad_clip, M)
                 opt.step()
-                rows.append(
-                    torch.stack(
-                        [torch.stack([t["total"].detach(), t["hard"].detach(), t["soft"].detach() if "soft" in t else nan], -1) for t in terms]
-                    )
-                )  # (V, S, 3)
+                rows.append(torch.stack(values))  # (V, S, 3)
                 bar.update()
             lr = opt.param_groups[0]["lr"]
             if scheduler is not None:
