@@ -143,11 +143,12 @@ class ClosedFormHinton:
         B, K, S = logits.shape[-2], self.K, self.slices
         rows = rows.to(logits.dtype)
         scales, weights, to_values = self._coefficients(B, logits.dtype)
-        log_probs = F.log_softmax(logits.unsqueeze(-2) * scales, -1)  # (..., B, S, K): log softmax(s), log softmax(s/T)
-        sums = (rows[..., : S * K].unflatten(-1, (S, K)) * log_probs).sum((-3, -1))  # Σ log q[y], Σ p·log q_T
-        values = torch.cat((sums, rows[..., (S + 1) * K :].sum(-2)), -1) @ to_values
+        log_probs = F.log_softmax(logits.unsqueeze(-2).mul(scales), -1)  # (..., B, S, K): log softmax(s), log softmax(s/T)
+        # narrow/select rather than [..., a:b]: Python-level indexing costs more than the arithmetic here
+        sums = rows.narrow(-1, 0, S * K).unflatten(-1, (S, K)).mul(log_probs).sum((-3, -1))  # Σ log q[y], Σ p·log q_T
+        values = torch.cat((sums, rows.narrow(-1, (S + 1) * K, 1).sum(-2)), -1).matmul(to_values)
         probs = log_probs.exp_()
-        grad = probs[..., 0, :].mul(weights[0])
+        grad = probs.select(-2, 0).mul(weights[0])
         if S == 2:
-            grad.add_(probs[..., 1, :], alpha=weights[1])
-        return values, grad.sub_(rows[..., S * K : (S + 1) * K], alpha=1.0 / B)
+            grad.add_(probs.select(-2, 1), alpha=weights[1])
+        return values, grad.sub_(rows.narrow(-1, S * K, K), alpha=1.0 / B)

@@ -117,6 +117,7 @@ def fit_batched(
         else None
         for obj, use_t in zip(objectives, distill)
     ]
+    any_fast = any(f is not None for f in fast)
     step_fns = [vmap(obj, in_dims=(0, 0, 0) if use_t else (0, 0)) for obj, use_t in zip(objectives, distill)]
     opt = OPTIMIZERS.get(cfg.optimizer.name)(list(params.values()), cfg.optimizer)
     scheduler = build_scheduler(opt, cfg.scheduler, cfg.epochs)
@@ -161,12 +162,14 @@ def fit_batched(
                 B = idx.shape[1]
                 xb = X.index_select(0, flat_idx).view(S, B, *X.shape[1:])
                 logits = per_seed_inputs(grid(params), xb)  # (S, V, B, C)
-                values, autograd_total = [], None
-                grad_logits = torch.zeros_like(logits) if any(f is not None for f in fast) else None
+                values, grads, autograd_total = [], [], None
+                detached = logits.detach().contiguous() if any_fast else logits
                 for v, f in enumerate(fast):
                     if f is not None:
-                        vals, grad_logits[:, v] = f(logits[:, v].detach(), f.rows(flat_idx).view(S, B, -1))  # type: ignore[index]
+                        vals, grad = f(detached[:, v], f.rows(flat_idx).view(S, B, -1))
+                        grads.append(grad)
                     else:
+                        grads.append(logits.new_zeros(S, B, logits.shape[-1]))
                         yb = Y.index_select(0, flat_idx).view(S, B)
                         tb = teacher_logits.index_select(0, flat_idx).view(S, B, -1) if distill[v] else None  # type: ignore[union-attr]
                         t = step_fns[v](logits[:, v], yb, tb) if distill[v] else step_fns[v](logits[:, v], yb)
@@ -174,8 +177,11 @@ def fit_batched(
                         vals = torch.stack([t["total"], t["hard"], t.get("soft", nan)], -1).detach()
                     values.append(vals)
                 opt.zero_grad(set_to_none=True)
-                outputs = ([logits] if grad_logits is not None else []) + ([autograd_total] if autograd_total is not None else [])
-                torch.autograd.backward(outputs, ([grad_logits] if grad_logits is not None else []) + ([None] if autograd_total is not None else []))
+                outputs, out_grads = ([logits], [torch.stack(grads, 1)]) if any_fast else ([], [])
+                if autograd_total is not None:
+                    outputs.append(autograd_total)
+                    out_grads.append(None)
+                torch.autograd.backward(outputs, out_grads)
                 if cfg.grad_clip is not None:
                     _clip_per_student([p.grad for p in params.values()], cfg.grad_clip, M)
                 opt.step()
