@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from kdlab import ConfigError, kd_loss
 from kdlab.losses import DistillationObjective
-from kdlab.losses.closed_form import ClosedFormHinton
+from kdlab.losses.closed_form import ClosedFormObjective
 
 
 def reference(s, y, t, T, hw, sw):
@@ -27,7 +27,7 @@ def test_tabulated_values_and_gradient_equal_autograd(T, hw, sw):
     torch.manual_seed(0)
     N, K = 50, 10
     y, t = torch.randint(0, K, (N,)), 3 * torch.randn(N, K, dtype=torch.float64)
-    fast = ClosedFormHinton(y, K, t)
+    fast = ClosedFormObjective(y, K, t)
     fast.prepare(T, hw, sw)
     for idx in (torch.arange(32), torch.tensor([49, 3, 3, 17])):  # a full and a short (last) batch
         s = 2 * torch.randn(len(idx), K, dtype=torch.float64)
@@ -42,7 +42,7 @@ def test_gradient_matches_the_analytic_formula_of_the_issue():
     torch.manual_seed(1)
     B, K, T, hw, sw = 8, 5, 4.0, 0.3, 0.7
     y, t, s = torch.randint(0, K, (B,)), torch.randn(B, K, dtype=torch.float64), torch.randn(B, K, dtype=torch.float64)
-    fast = ClosedFormHinton(y, K, t)
+    fast = ClosedFormObjective(y, K, t)
     fast.prepare(T, hw, sw)
     _, grad = fast(s, fast.rows(torch.arange(B)))
     expected = hw * (s.softmax(1) - F.one_hot(y, K)) / B + sw * T * ((s / T).softmax(1) - (t / T).softmax(1)) / B
@@ -52,8 +52,8 @@ def test_gradient_matches_the_analytic_formula_of_the_issue():
 def test_rows_built_per_batch_equal_the_table():
     torch.manual_seed(2)
     y, t = torch.randint(0, 10, (40,)), torch.randn(40, 10)
-    tabulated = ClosedFormHinton(y, 10, t)
-    online = ClosedFormHinton(y, 10)
+    tabulated = ClosedFormObjective(y, 10, t)
+    online = ClosedFormObjective(y, 10)
     for f in (tabulated, online):
         f.prepare(2.0, 0.5, 0.5)
     idx = torch.tensor([5, 1, 30])
@@ -63,7 +63,7 @@ def test_rows_built_per_batch_equal_the_table():
 def test_without_teacher_it_is_cross_entropy_and_soft_is_nan():
     torch.manual_seed(3)
     y = torch.randint(0, 10, (20,))
-    fast = ClosedFormHinton(y, 10, distill=False)
+    fast = ClosedFormObjective(y, 10, distill=False)
     fast.prepare(4.0, 0.2, 0.8)  # weights are ignored without a teacher, as in DistillationObjective
     s = torch.randn(20, 10, dtype=torch.float64)
     values, grad = fast(s, fast.rows(torch.arange(20)))
@@ -76,7 +76,7 @@ def test_without_teacher_it_is_cross_entropy_and_soft_is_nan():
 def test_retabulates_when_a_schedule_changes_T():
     torch.manual_seed(4)
     y, t = torch.randint(0, 10, (16,)), torch.randn(16, 10, dtype=torch.float64)
-    fast = ClosedFormHinton(y, 10, t)
+    fast = ClosedFormObjective(y, 10, t)
     s, idx = torch.randn(16, 10, dtype=torch.float64), torch.arange(16)
     for T in (4.0, 2.0):
         fast.prepare(T, 0.5, 0.5)
@@ -88,7 +88,7 @@ def test_equals_the_objective_module():
     torch.manual_seed(5)
     y, t, s = torch.randint(0, 10, (32,)), torch.randn(32, 10), torch.randn(32, 10)
     obj = DistillationObjective("hinton", 3.0, 0.3, 0.7)
-    fast = ClosedFormHinton(y, 10, t)
+    fast = ClosedFormObjective(y, 10, t)
     fast.prepare(obj.temperature, obj.hard_weight, obj.soft_weight)
     values, _ = fast(s, fast.rows(torch.arange(32)))
     terms = obj(s, y, t)
@@ -98,12 +98,12 @@ def test_equals_the_objective_module():
 def test_bad_input_gives_one_line_errors():
     y = torch.tensor([0, 1, 2])
     with pytest.raises(ConfigError, match="labels range over"):
-        ClosedFormHinton(torch.tensor([0, 12]), 10)
+        ClosedFormObjective(torch.tensor([0, 12]), 10)
     with pytest.raises(ConfigError, match="teacher logits have shape"):
-        ClosedFormHinton(y, 10, torch.zeros(3, 5))
+        ClosedFormObjective(y, 10, torch.zeros(3, 5))
     with pytest.raises(ConfigError, match="integer class labels"):
-        ClosedFormHinton(torch.zeros(3, 10), 10)
-    fast = ClosedFormHinton(y, 10, torch.zeros(3, 10))
+        ClosedFormObjective(torch.zeros(3, 10), 10)
+    fast = ClosedFormObjective(y, 10, torch.zeros(3, 10))
     with pytest.raises(ConfigError, match="T must be > 0"):
         fast.prepare(0.0, 0.5, 0.5)
     fast.prepare(2.0, 0.5, 0.5)
@@ -114,53 +114,72 @@ def test_bad_input_gives_one_line_errors():
 
 
 MARKED = {"hinton": lambda T, K: 1.0, "extra-T": lambda T, K: T, "mean-reduction": lambda T, K: 1.0 / K, "no-T2": lambda T, K: 1.0 / T**2}
+PROBABILITY_INPUT = {"softmax-input": lambda T, K: T * T, "softmax-input-no-T2": lambda T, K: 1.0}
 
 
-def test_exactly_the_codings_that_are_multiples_of_hinton_are_marked():
+def probability_input_reference(s, t, T):
+    """(1/B) Σ (p·log p − p·q): F.kl_div given probabilities q, computed by F.kl_div itself."""
+    return F.kl_div(F.softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean")
+
+
+def test_every_coding_marked_with_a_closed_form_is_that_form():
     from kdlab.losses import SOFT_LOSSES
-    from kdlab.losses.kd import hinton_multiple
+    from kdlab.losses.kd import closed_form_of, hinton_multiple
 
-    assert {name for name in SOFT_LOSSES.names() if hinton_multiple(SOFT_LOSSES.get(name))} == set(MARKED)
+    assert {n for n in SOFT_LOSSES.names() if hinton_multiple(SOFT_LOSSES.get(n))} == set(MARKED)
+    assert {n for n in SOFT_LOSSES.names() if closed_form_of(SOFT_LOSSES.get(n))} == set(MARKED) | set(PROBABILITY_INPUT)
     torch.manual_seed(6)
     s = torch.randn(16, 7, dtype=torch.float64, requires_grad=True)
     t = torch.randn(16, 7, dtype=torch.float64)
-    for name, factor in MARKED.items():  # the mark states the truth: value and gradient
-        T = 2.5
+    T = 2.5
+    for name, factor in {**MARKED, **PROBABILITY_INPUT}.items():  # the mark states the truth: value and gradient
         fn = SOFT_LOSSES.get(name)
-        assert hinton_multiple(fn)(T, 7) == pytest.approx(factor(T, 7))
-        ours, ref = fn(s, t, T), factor(T, 7) * kd_loss(s, t, T)
+        kind, marked_factor = closed_form_of(fn)
+        assert marked_factor(T, 7) == pytest.approx(factor(T, 7))
+        base = kd_loss(s, t, T) if kind == "kl" else probability_input_reference(s, t, T)
+        ours, ref = fn(s, t, T), factor(T, 7) * base
         assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
         torch.testing.assert_close(torch.autograd.grad(ours, s)[0], torch.autograd.grad(ref, s)[0], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("coding", sorted(MARKED))
-def test_closed_form_runs_every_marked_coding_exactly(coding):
+@pytest.mark.parametrize("coding", sorted(MARKED) + sorted(PROBABILITY_INPUT))
+@pytest.mark.parametrize("T,hw,sw", [(4.0, 0.3, 0.7), (1.0, 0.0, 1.0)])
+def test_closed_form_runs_every_marked_coding_exactly(coding, T, hw, sw):
     torch.manual_seed(7)
-    y, t = torch.randint(0, 10, (24,)), torch.randn(24, 10, dtype=torch.float64)
-    obj = DistillationObjective(coding, 4.0, 0.3, 0.7)
-    assert ClosedFormHinton.supports(obj)
-    fast = ClosedFormHinton(y, 10, t)
+    y, t = torch.randint(0, 10, (24,)), 3 * torch.randn(24, 10, dtype=torch.float64)
+    obj = DistillationObjective(coding, T, hw, sw)
+    assert ClosedFormObjective.supports(obj)
+    fast = ClosedFormObjective(y, 10, t)
     fast.prepare_for(obj)
-    s = torch.randn(24, 10, dtype=torch.float64, requires_grad=True)
+    s = 2 * torch.randn(24, 10, dtype=torch.float64, requires_grad=True)
     values, grad = fast(s.detach(), fast.rows(torch.arange(24)))
     terms = obj(s, y, t)
     torch.testing.assert_close(values, torch.stack([terms["total"], terms["hard"], terms["soft"]]).detach(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad, torch.autograd.grad(terms["total"], s)[0], rtol=1e-12, atol=1e-15)
+    online = ClosedFormObjective(y, 10)  # rows built per batch give the same
+    online.prepare_for(obj)
+    torch.testing.assert_close(online(s.detach(), online.rows_for(y, t))[1], grad, rtol=1e-12, atol=1e-15)
 
 
 def test_codings_without_closed_form_are_refused():
-    obj = DistillationObjective("softmax-input", 4.0)
-    assert not ClosedFormHinton.supports(obj)
-    fast = ClosedFormHinton(torch.tensor([0, 1]), 10, torch.zeros(2, 10))
-    with pytest.raises(ConfigError, match="no closed form"):
-        fast.prepare_for(obj)
+    from kdlab.losses import SOFT_LOSSES
+
+    SOFT_LOSSES.register("test-squared-error")(lambda s, t, T: (s - t).pow(2).mean())
+    try:
+        obj = DistillationObjective("test-squared-error", 4.0)
+        assert not ClosedFormObjective.supports(obj)
+        fast = ClosedFormObjective(torch.tensor([0, 1]), 10, torch.zeros(2, 10))
+        with pytest.raises(ConfigError, match="no closed form"):
+            fast.prepare_for(obj)
+    finally:
+        SOFT_LOSSES._items.pop("test-squared-error")
 
 
 def test_leading_dimensions_are_independent_batches():
     """(seeds, B, K) logits give each seed's own values and gradient, as in ``kdlab compare``."""
     torch.manual_seed(8)
     y, t = torch.randint(0, 10, (60,)), torch.randn(60, 10, dtype=torch.float64)
-    fast = ClosedFormHinton(y, 10, t)
+    fast = ClosedFormObjective(y, 10, t)
     fast.prepare(3.0, 0.5, 0.5)
     idx = torch.randperm(60)[:48].view(3, 16)
     s = torch.randn(3, 16, 10, dtype=torch.float64)

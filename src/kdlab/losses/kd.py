@@ -16,7 +16,7 @@ Why each piece:
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,25 +25,43 @@ from ..errors import ConfigError
 from .registry import SOFT_LOSSES, SoftLoss
 
 Multiple = Callable[[float, int], float]
+ClosedForm = Tuple[str, Multiple]  # (kind, factor(T, K))
 
 
-def multiple_of_hinton(factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
-    """Mark a coding that equals ``factor(T, K) · kd_loss`` exactly (value and gradient).
+def closed_form(kind: str, factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
+    """Mark a coding whose value and gradient :mod:`kdlab.losses.closed_form` computes without
+    autograd. Kinds, with p = softmax(t/T), q = softmax(s/T):
 
-    The trainer then runs it through the closed-form step (:mod:`kdlab.losses.closed_form`)
-    instead of autograd; tests check each marked coding against ``factor · kd_loss``.
+    * ``"kl"``: exactly ``factor(T, K) · kd_loss`` (``hinton``, ``extra-T``, ``no-T2``, ``mean-reduction``);
+    * ``"probability-input"``: exactly ``factor(T, K) · (1/B) Σ (p·log p − p·q)``, what ``KLDivLoss``
+      computes when given probabilities (``softmax-input`` and its no-T² form).
+
+    Tests check every marked coding against its own autograd value and gradient.
     """
+    if kind not in ("kl", "probability-input"):
+        raise ValueError(f"unknown closed-form kind {kind!r}")
 
     def mark(fn: SoftLoss) -> SoftLoss:
-        fn.hinton_multiple = factor  # type: ignore[attr-defined]
+        fn.closed_form = (kind, factor)  # type: ignore[attr-defined]
         return fn
 
     return mark
 
 
+def multiple_of_hinton(factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
+    """Mark a coding that equals ``factor(T, K) · kd_loss`` exactly (value and gradient)."""
+    return closed_form("kl", factor)
+
+
+def closed_form_of(fn: SoftLoss) -> Optional[ClosedForm]:
+    """(kind, factor) when ``fn`` is marked with :func:`closed_form`, else None."""
+    return getattr(fn, "closed_form", None)
+
+
 def hinton_multiple(fn: SoftLoss) -> Optional[Multiple]:
     """``factor(T, K)`` when ``fn`` is a marked multiple of the Hinton loss, else None."""
-    return getattr(fn, "hinton_multiple", None)
+    form = closed_form_of(fn)
+    return form[1] if form is not None and form[0] == "kl" else None
 
 
 def check_logits(student_logits: Tensor, teacher_logits: Tensor, T: float) -> None:

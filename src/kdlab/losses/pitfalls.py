@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kd import check_logits, kd_loss, kl_terms, multiple_of_hinton, soft_log_probs
+from .kd import check_logits, closed_form, kd_loss, kl_terms, multiple_of_hinton, soft_log_probs
 from .registry import SOFT_LOSSES
 
 
@@ -27,6 +27,7 @@ def _kl_with_probability_input(s: Tensor, t: Tensor, T: float) -> Tensor:
 
 
 @SOFT_LOSSES.register("softmax-input")
+@closed_form("probability-input", lambda T, K: T * T)
 def softmax_input(s: Tensor, t: Tensor, T: float) -> Tensor:
     """Student *probabilities* fed where KLDivLoss expects log-probabilities, × T².
 
@@ -39,6 +40,7 @@ def softmax_input(s: Tensor, t: Tensor, T: float) -> Tensor:
 
 
 @SOFT_LOSSES.register("softmax-input-no-T2")
+@closed_form("probability-input", lambda T, K: 1.0)
 def softmax_input_no_t2(s: Tensor, t: Tensor, T: float) -> Tensor:
     """The ``softmax-input`` mistake without the T² factor (a common CNN-tutorial form).
 

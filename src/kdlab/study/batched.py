@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..losses import DistillationObjective
-from ..losses.closed_form import ClosedFormHinton
+from ..losses.closed_form import ClosedFormObjective
 from ..models.dropout import FastDropout
 from ..train.loop import FitResult, epoch_record
 from ..train.optim import OPTIMIZERS, build_scheduler
@@ -111,9 +111,9 @@ def fit_batched(
         return s * V + v
 
     # Hinton-multiple and scratch objectives: closed form over all seeds at once; others: vmapped autograd.
-    fast: List[Optional[ClosedFormHinton]] = [
-        ClosedFormHinton(data.train.y, data.num_classes, teacher_logits if use_t else None, distill=use_t)
-        if (not use_t or (teacher_logits is not None and ClosedFormHinton.supports(obj))) and not data.train.y.is_floating_point()
+    fast: List[Optional[ClosedFormObjective]] = [
+        ClosedFormObjective(data.train.y, data.num_classes, teacher_logits if use_t else None, distill=use_t)
+        if (not use_t or (teacher_logits is not None and ClosedFormObjective.supports(obj))) and not data.train.y.is_floating_point()
         else None
         for obj, use_t in zip(objectives, distill)
     ]

@@ -22,7 +22,7 @@ from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..errors import CheckpointError
 from ..losses import DistillationObjective
-from ..losses.closed_form import ClosedFormHinton
+from ..losses.closed_form import ClosedFormObjective
 from ..teacher import PrecomputedTeacherLogits
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
@@ -34,7 +34,7 @@ _NAN = torch.tensor(float("nan"))
 
 def closed_form_step(
     objective: DistillationObjective, teacher_signal: Optional[TeacherSignal], labels: Tensor, num_classes: int
-) -> Optional[ClosedFormHinton]:
+) -> Optional[ClosedFormObjective]:
     """The closed-form fast path when it computes exactly ``objective`` (CE, or CE + a multiple of
     ``hinton``), else None (the objective then runs through autograd).
 
@@ -44,11 +44,11 @@ def closed_form_step(
     if labels.is_floating_point():
         return None
     if teacher_signal is None:
-        return ClosedFormHinton(labels, num_classes, distill=False)
-    if not ClosedFormHinton.supports(objective):
+        return ClosedFormObjective(labels, num_classes, distill=False)
+    if not ClosedFormObjective.supports(objective):
         return None
     cached = teacher_signal.logits if isinstance(teacher_signal, PrecomputedTeacherLogits) else None
-    return ClosedFormHinton(labels, num_classes, cached)
+    return ClosedFormObjective(labels, num_classes, cached)
 
 
 @torch.no_grad()
