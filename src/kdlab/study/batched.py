@@ -8,9 +8,10 @@ leading (variant, seed) axis with :func:`torch.func.stack_module_state` and one
 * the outer vmap runs over seeds, each with its own batch order, the inner one over variants,
   which share their seed's batch; plain Linear/ReLU students skip vmap for grouped matmuls
   (:mod:`kdlab.study.grouped_mlp`), which need no per-variant copy of the batch;
-* each variant's objective is vmapped over its seeds, and the sum of all students' losses is
-  back-propagated once — student ``m``'s loss depends only on its own slice of the stacked
-  parameters, so each slice receives exactly its own gradient;
+* each variant's objective runs over all its seeds at once — in closed form
+  (:mod:`kdlab.losses.closed_form`) or, for a coding without one, vmapped through autograd — and
+  one backward pass takes all students' gradients: student ``m``'s loss depends only on its own
+  slice of the stacked parameters, so each slice receives exactly its own gradient;
 * one optimizer over the stacked tensors equals independent optimizers, because Adam, AdamW and
   SGD are elementwise; gradient clipping is done per student (its own norm).
 
@@ -35,9 +36,9 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..losses import DistillationObjective
-from ..losses.closed_form import ClosedFormObjective
 from ..models.dropout import FastDropout
-from ..train.loop import FitResult, epoch_record
+from ..teacher import PrecomputedTeacherLogits
+from ..train.loop import FitResult, closed_form_step, epoch_record
 from ..train.optim import OPTIMIZERS, build_scheduler
 from .grouped_mlp import GroupedMLP, linear_chain
 
@@ -81,6 +82,8 @@ def fit_batched(
     V, S = len(students), len(seeds)
     if V == 0 or S == 0 or any(len(row) != S for row in students):
         raise ValueError("students must be a non-empty variants × seeds grid")
+    if any(distill) and teacher_logits is None:
+        raise ValueError("distilling variants need teacher_logits (one row per training sample)")
     # Seed-major stacking: the outer vmap runs over seeds (each with its own batch), the inner one
     # over variants with the batch *unbatched*, so a linear/conv layer folds the variants into its
     # output dimension instead of copying the batch once per variant.
@@ -110,13 +113,10 @@ def fit_batched(
     def index(v: int, s: int) -> int:
         return s * V + v
 
-    # Hinton-multiple and scratch objectives: closed form over all seeds at once; others: vmapped autograd.
-    fast: List[Optional[ClosedFormObjective]] = [
-        ClosedFormObjective(data.train.y, data.num_classes, teacher_logits if use_t else None, distill=use_t)
-        if (not use_t or (teacher_logits is not None and ClosedFormObjective.supports(obj))) and not data.train.y.is_floating_point()
-        else None
-        for obj, use_t in zip(objectives, distill)
-    ]
+    # Closed-form objectives (scratch and every coding that declares one) run for all seeds at once
+    # without autograd; any other coding is vmapped over the seeds through autograd.
+    signal = PrecomputedTeacherLogits(teacher_logits) if teacher_logits is not None else None
+    fast = [closed_form_step(obj, signal if use_t else None, data.train.y, data.num_classes) for obj, use_t in zip(objectives, distill)]
     any_fast = any(f is not None for f in fast)
     step_fns = [vmap(obj, in_dims=(0, 0, 0) if use_t else (0, 0)) for obj, use_t in zip(objectives, distill)]
     opt = OPTIMIZERS.get(cfg.optimizer.name)(list(params.values()), cfg.optimizer)

@@ -35,8 +35,8 @@ _NAN = torch.tensor(float("nan"))
 def closed_form_step(
     objective: DistillationObjective, teacher_signal: Optional[TeacherSignal], labels: Tensor, num_classes: int
 ) -> Optional[ClosedFormObjective]:
-    """The closed-form fast path when it computes exactly ``objective`` (CE, or CE + a multiple of
-    ``hinton``), else None (the objective then runs through autograd).
+    """The closed-form fast path when it computes exactly ``objective`` (CE, or CE + a coding that
+    declares its closed form), else None (the objective then runs through autograd).
 
     Cached teacher logits are tabulated once per epoch; any other teacher signal (e.g. an online
     teacher on augmented batches) gets its rows built per batch.
