@@ -41,35 +41,29 @@ def _lean_step(opt: torch.optim.Optimizer, decoupled: bool) -> bool:
     return True
 
 
-def _lean_zero_grad(opt: torch.optim.Optimizer, set_to_none: bool) -> bool:
-    """``zero_grad(set_to_none=True)`` without the stock method's profiler record (~20 µs a step)."""
-    if not set_to_none:
-        return False
-    for group in opt.param_groups:
-        for p in group["params"]:
-            p.grad = None
-    return True
+class _LeanSteps:
+    """``step``/``zero_grad`` shared by both lean optimizers; ``_decoupled`` picks the AdamW kernel."""
 
+    _decoupled = False
 
-class LeanAdam(torch.optim.Adam):
     def zero_grad(self, set_to_none: bool = True) -> None:
-        if not _lean_zero_grad(self, set_to_none):
-            super().zero_grad(set_to_none)
+        """``set_to_none=True`` without the stock method's profiler record (~20 µs a step)."""
+        if not set_to_none:
+            return super().zero_grad(set_to_none)  # type: ignore[misc]
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for p in group["params"]:
+                p.grad = None
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        if closure is None and self.defaults.get("fused") and _lean_step(self, False):
+        if closure is None and self.defaults.get("fused") and _lean_step(self, self._decoupled):  # type: ignore[attr-defined, arg-type]
             return None
-        return super().step(closure)
+        return super().step(closure)  # type: ignore[misc]
 
 
-class LeanAdamW(torch.optim.AdamW):
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        if not _lean_zero_grad(self, set_to_none):
-            super().zero_grad(set_to_none)
+class LeanAdam(_LeanSteps, torch.optim.Adam):
+    pass
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        if closure is None and self.defaults.get("fused") and _lean_step(self, True):
-            return None
-        return super().step(closure)
+
+class LeanAdamW(_LeanSteps, torch.optim.AdamW):
+    _decoupled = True
