@@ -48,20 +48,9 @@ def closed_form(kind: str, factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
     return mark
 
 
-def multiple_of_hinton(factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
-    """Mark a coding that equals ``factor(T, K) · kd_loss`` exactly (value and gradient)."""
-    return closed_form("kl", factor)
-
-
 def closed_form_of(fn: SoftLoss) -> Optional[ClosedForm]:
     """(kind, factor) when ``fn`` is marked with :func:`closed_form`, else None."""
     return getattr(fn, "closed_form", None)
-
-
-def hinton_multiple(fn: SoftLoss) -> Optional[Multiple]:
-    """``factor(T, K)`` when ``fn`` is a marked multiple of the Hinton loss, else None."""
-    form = closed_form_of(fn)
-    return form[1] if form is not None and form[0] == "kl" else None
 
 
 def check_logits(student_logits: Tensor, teacher_logits: Tensor, T: float) -> None:
@@ -96,7 +85,7 @@ def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
 
 
 @SOFT_LOSSES.register("hinton")
-@multiple_of_hinton(lambda T, K: 1.0)
+@closed_form("kl", lambda T, K: 1.0)
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """Batch-mean KL(softmax(t/T) ‖ softmax(s/T)) × T², computed from log-softmax.
 

@@ -52,7 +52,7 @@ class DistillationObjective(nn.Module):
 
     def forward(self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Plain autograd composition (vmappable, so ``kdlab compare`` can batch students). The
-        trainer's hot path computes the ``hinton`` objective in closed form instead
+        trainer's hot path computes codings that declare a closed form without autograd instead
         (:mod:`kdlab.losses.closed_form`, tested equal to this)."""
         if teacher_logits is None:
             hard = hard_loss(student_logits, labels)

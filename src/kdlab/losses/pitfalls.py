@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kd import check_logits, closed_form, kd_loss, kl_terms, multiple_of_hinton, soft_log_probs
+from .kd import check_logits, closed_form, kd_loss, kl_terms, soft_log_probs
 from .registry import SOFT_LOSSES
 
 
@@ -52,7 +52,7 @@ def softmax_input_no_t2(s: Tensor, t: Tensor, T: float) -> Tensor:
 
 
 @SOFT_LOSSES.register("extra-T")
-@multiple_of_hinton(lambda T, K: T)
+@closed_form("kl", lambda T, K: T)
 def extra_t(s: Tensor, t: Tensor, T: float) -> Tensor:
     """Correct KL × T², then multiplied by T once more (T³ overall).
 
@@ -63,7 +63,7 @@ def extra_t(s: Tensor, t: Tensor, T: float) -> Tensor:
 
 
 @SOFT_LOSSES.register("mean-reduction")
-@multiple_of_hinton(lambda T, K: 1.0 / K)
+@closed_form("kl", lambda T, K: 1.0 / K)
 def mean_reduction(s: Tensor, t: Tensor, T: float) -> Tensor:
     """``reduction='mean'`` instead of ``'batchmean'``: also divides by the class count K.
 
@@ -75,7 +75,7 @@ def mean_reduction(s: Tensor, t: Tensor, T: float) -> Tensor:
 
 
 @SOFT_LOSSES.register("no-T2")
-@multiple_of_hinton(lambda T, K: 1.0 / (T * T))
+@closed_form("kl", lambda T, K: 1.0 / (T * T))
 def no_t2(s: Tensor, t: Tensor, T: float) -> Tensor:
     """Correct batch-mean KL without the T² factor.
 
