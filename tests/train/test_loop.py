@@ -144,3 +144,24 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, codin
     for a, b in zip(student.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert torch.isnan(result.step_losses[:, 2]).all() == (signal is None)
+
+
+def test_an_objective_subclass_is_trained_through_its_own_forward(digits):
+    """A subclass that changes the objective must not be replaced by the closed form."""
+
+    class WithPenalty(DistillationObjective):
+        def forward(self, student_logits, labels, teacher_logits=None):
+            terms = super().forward(student_logits, labels, teacher_logits)
+            terms["total"] = terms["total"] + 0.5 * student_logits.pow(2).mean()
+            return terms
+
+    recipe = load_recipe("digits-mlp", ["student.train.epochs=1"])
+    torch.manual_seed(0)
+    a = build_role_model(recipe, "student", digits)
+    b = build_role_model(recipe, "student", digits)
+    b.load_state_dict(a.state_dict())
+    plain = fit(a, digits, recipe.student.train, DistillationObjective(), progress=False)
+    penalised = fit(b, digits, recipe.student.train, WithPenalty(), progress=False)
+    # same hard loss on the first step (same weights, same batch); the total includes the penalty
+    assert penalised.step_losses[0, 1] == pytest.approx(plain.step_losses[0, 1].item(), rel=1e-5)
+    assert penalised.step_losses[0, 0] > penalised.step_losses[0, 1] + 1e-3

@@ -73,8 +73,12 @@ class ClosedFormObjective:
 
     @staticmethod
     def supports(objective: DistillationObjective) -> bool:
-        """True when the objective's soft term is marked with a closed form."""
-        return closed_form_of(objective.soft_fn) is not None
+        """True when the objective is the stock one and its soft term declares a closed form.
+
+        A subclass that overrides ``forward`` (say, to add a regulariser) computes something else,
+        so it always goes through autograd.
+        """
+        return type(objective).forward is DistillationObjective.forward and closed_form_of(objective.soft_fn) is not None
 
     def prepare_for(self, objective: DistillationObjective) -> None:
         """:meth:`prepare` with the objective's current T, weights and closed form."""

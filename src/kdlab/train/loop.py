@@ -41,8 +41,8 @@ def closed_form_step(
     Cached teacher logits are tabulated once per epoch; any other teacher signal (e.g. an online
     teacher on augmented batches) gets its rows built per batch.
     """
-    if labels.is_floating_point():
-        return None
+    if labels.is_floating_point() or type(objective).forward is not DistillationObjective.forward:
+        return None  # soft labels, or a subclass computing something of its own: autograd
     if teacher_signal is None:
         return ClosedFormObjective(labels, num_classes, distill=False)
     if not ClosedFormObjective.supports(objective):
