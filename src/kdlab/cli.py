@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="number of seeds, starting at the recipe seed (default 5)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
-                   help="train all students in one vmapped step (default: when the student has no dropout/BatchNorm)")
+                   help="train all students in one batched step (default: when the student has no dropout/BatchNorm)")
     p.add_argument("--target-acc", type=_percent, help="accuracy for 'epochs to target', e.g. 95 or 0.95 (default: scratch's mean final accuracy)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write PNG plots (default: if matplotlib is installed)")
     _distill_flags(p, loss=False)

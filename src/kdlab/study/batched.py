@@ -1,13 +1,14 @@
-"""Train a grid of same-architecture students — (variant × seed) — in one vmapped step.
+"""Train a grid of same-architecture students — (variant × seed) — in one batched step.
 
 For small students one training step is mostly fixed overhead (Python, autograd, dispatch), so
 training 15 students one by one costs ~15× one run. Here their parameters are stacked along a
-leading (variant, seed) axis with :func:`torch.func.stack_module_state` and one
-``vmap(vmap(functional_call))`` computes every student's logits at once:
+leading (seed, variant) axis with :func:`torch.func.stack_module_state`, and one call computes
+every student's logits at once — grouped matmuls for Linear/ReLU students
+(:mod:`kdlab.study.grouped_mlp`), ``vmap(vmap(functional_call))`` for any other model:
 
-* the outer vmap runs over seeds, each with its own batch order, the inner one over variants,
-  which share their seed's batch; plain Linear/ReLU students skip vmap for grouped matmuls
-  (:mod:`kdlab.study.grouped_mlp`), which need no per-variant copy of the batch;
+* each seed has its own batch order, and the variants of a seed share its batch (the outer vmap
+  runs over seeds, the inner one over variants; the grouped matmuls need no per-variant copy of
+  the batch at all);
 * each variant's objective runs over all its seeds at once — in closed form
   (:mod:`kdlab.losses.closed_form`) or, for a coding without one, vmapped through autograd — and
   one backward pass takes all students' gradients: student ``m``'s loss depends only on its own

@@ -142,7 +142,7 @@ def compare(
 ) -> CompareResult:
     """Train the teacher once, then a scratch student and one student per loss, for each seed.
 
-    ``batched=None`` trains all students in one vmapped step when the student allows it (no
+    ``batched=None`` trains all students in one batched step when the student allows it (no
     dropout, no buffers) and one by one otherwise; ``True`` insists, ``False`` forbids.
     ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
     reads as "epochs until the student matches what scratch training reaches at the end".
