@@ -4,7 +4,8 @@
     ToTensor/Normalize, nn.Dropout, torch.optim.Adam defaults, and for distillation a teacher
     forward (eval, no_grad) on every step plus KLDivLoss(batchmean) on log_softmax/softmax × T².
 (b) kdlab: the same models, optimizer and loss from the mnist-mlp recipe via kdlab's trainer
-    (in-memory tensors, index_select batching, cached teacher logits, fused Adam, fast dropout).
+    (in-memory tensors, index_select batching, cached teacher logits, closed-form objective,
+    fused Adam, fast dropout).
 
 The two sides alternate epoch by epoch (this host's speed drifts over minutes). Prints the median
 seconds per epoch for teacher training and for distillation and the median of the paired
