@@ -118,8 +118,11 @@ def fit_batched(
     # without autograd; any other coding is vmapped over the seeds through autograd.
     signal = PrecomputedTeacherLogits(teacher_logits) if teacher_logits is not None else None
     fast = [closed_form_step(obj, signal if use_t else None, data.train.y, data.num_classes) for obj, use_t in zip(objectives, distill)]
-    any_fast = any(f is not None for f in fast)
-    step_fns = [vmap(obj, in_dims=(0, 0, 0) if use_t else (0, 0)) for obj, use_t in zip(objectives, distill)]
+    any_fast, any_autograd = any(f is not None for f in fast), any(f is None for f in fast)
+    step_fns = [
+        None if f is not None else vmap(obj, in_dims=(0, 0, 0) if use_t else (0, 0))
+        for f, obj, use_t in zip(fast, objectives, distill)
+    ]
     opt = OPTIMIZERS.get(cfg.optimizer.name)(list(params.values()), cfg.optimizer)
     scheduler = build_scheduler(opt, cfg.scheduler, cfg.epochs)
     indexers = [BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=s) for s in seeds]
@@ -165,15 +168,16 @@ def fit_batched(
                 logits = per_seed_inputs(grid(params), xb)  # (S, V, B, C)
                 values, grads, autograd_total = [], [], None
                 detached = logits.detach().contiguous() if any_fast else logits
-                for v, f in enumerate(fast):
+                if any_autograd:  # labels and teacher rows, gathered once for every autograd variant
+                    yb = Y.index_select(0, flat_idx).view(S, B)
+                    tb = teacher_logits.index_select(0, flat_idx).view(S, B, -1) if teacher_logits is not None else None
+                for v, (f, step_fn) in enumerate(zip(fast, step_fns)):
                     if f is not None:
                         vals, grad = f(detached[:, v], f.rows(flat_idx).view(S, B, -1))
                         grads.append(grad)
                     else:
                         grads.append(logits.new_zeros(S, B, logits.shape[-1]))
-                        yb = Y.index_select(0, flat_idx).view(S, B)
-                        tb = teacher_logits.index_select(0, flat_idx).view(S, B, -1) if distill[v] else None  # type: ignore[union-attr]
-                        t = step_fns[v](logits[:, v], yb, tb) if distill[v] else step_fns[v](logits[:, v], yb)
+                        t = step_fn(logits[:, v], yb, tb) if distill[v] else step_fn(logits[:, v], yb)  # type: ignore[misc]
                         autograd_total = t["total"].sum() + (0 if autograd_total is None else autograd_total)
                         vals = torch.stack([t["total"], t["hard"], t.get("soft", nan)], -1).detach()
                     values.append(vals)
