@@ -78,3 +78,15 @@ def test_dropout_and_batchnorm_students_are_refused_with_a_reason(setup):
     student = build_model("mlp", data.in_shape, 10, {"hidden": [8], "dropout": 0.2})
     with pytest.raises(ValueError, match="dropout"):
         fit_batched([[student]], [_objective("hinton")], [True], [0], data, recipe.student.train, logits, progress=False)
+
+
+def test_a_coding_without_closed_form_is_batched_through_autograd(setup):
+    """Every built-in coding has a closed form; a user's coding takes the vmapped autograd path."""
+    from kdlab.losses import SOFT_LOSSES
+    from kdlab.losses.kd import kd_loss
+
+    SOFT_LOSSES.register("test-half-hinton")(lambda s, t, T: 0.5 * kd_loss(s, t, T))
+    try:
+        _one_by_one_vs_batched(*setup, ["scratch", "test-half-hinton", "hinton"], [0, 2])
+    finally:
+        SOFT_LOSSES._items.pop("test-half-hinton")
