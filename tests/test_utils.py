@@ -27,3 +27,18 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         atomic_write(tmp_path / "a.txt", boom)
     assert (tmp_path / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_check_output_location_refuses_files_and_creates_nothing(tmp_path):
+    import pytest
+
+    from kdlab.errors import KDLabError
+    from kdlab.utils import check_output_location
+
+    (tmp_path / "f").write_text("x")
+    assert check_output_location(tmp_path / "new" / "deep") == tmp_path / "new" / "deep"
+    with pytest.raises(KDLabError, match="is a file"):
+        check_output_location(tmp_path / "f")
+    with pytest.raises(KDLabError, match="which is a file"):
+        check_output_location(tmp_path / "f" / "sub")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

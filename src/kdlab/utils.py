@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -36,6 +37,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         except FileNotFoundError:
             pass
         raise
+
+
+def check_output_location(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Fail early, with one line, when ``path`` cannot become a folder we can write into.
+
+    Nothing is created: the nearest existing ancestor is probed with a temporary file that is
+    removed at once (``os.access`` is not enough: it answers yes to root on a read-only mount).
+    Commands call this before any training, so a typo in ``--out`` costs seconds, not an hour.
+    """
+    from .errors import KDLabError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise KDLabError(f"{what} {path} is a file, not a folder; pass a folder path")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise KDLabError(f"{what} {path} lies under {probe}, which is a file; pass a path inside a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".kdlab-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise KDLabError(f"{what} {path} is not writable ({os_error_reason(exc)} in {probe}); choose another folder") from None
+    return path
+
+
+def os_error_reason(exc: OSError) -> str:
+    """A short human reason for an OSError: 'disk full', 'permission denied', ..."""
+    names = {errno.ENOSPC: "disk full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+             errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a path component is a file",
+             errno.EPERM: "operation not permitted"}
+    return names.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
 def _umask() -> int:
