@@ -19,9 +19,11 @@ from torch import Tensor
 from ..config import Recipe
 from ..data import DatasetSplits
 from ..errors import ConfigError
-from ..losses import SOFT_LOSSES, DistillationObjective
-from ..pipeline import build_role_model, distill_objective, prepare_data, train_role
+from ..losses import SOFT_LOSSES
+from ..methods import CE, KD, Distiller
+from ..pipeline import build_role_model, prepare_data, train_role
 from ..schedules import ScheduleHook
+from ..train.callbacks import ScheduleCallback, epoch_progress
 from .batched import batching_blocker, fit_batched
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from .teacher_cache import cached_teacher
@@ -124,8 +126,10 @@ def parse_variants(losses: Sequence[str] | str) -> List[str]:
     return variants
 
 
-def _objective(recipe: Recipe, variant: str) -> DistillationObjective:
-    return DistillationObjective() if variant == SCRATCH else distill_objective(recipe, variant)
+def _method(recipe: Recipe, variant: str) -> Distiller:
+    """``scratch``: cross-entropy only; a coding name: Hinton KD with that coding and the recipe's T/weights."""
+    d = recipe.distill
+    return CE() if variant == SCRATCH else KD(variant, d.temperature, d.hard_weight, d.soft_weight)
 
 
 def compare(
@@ -171,16 +175,9 @@ def compare(
         grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in variants]
         t0 = time.perf_counter()
         results = fit_batched(
-            grid,
-            [_objective(recipe, v) for v in variants],
-            [v != SCRATCH for v in variants],
-            seed_list,
-            data,
-            cfg,
-            teacher_logits=logits,
-            before_epoch=ScheduleHook(recipe.distill, cfg.epochs),
-            progress=progress,
-            desc=f"{len(variants)}x{len(seed_list)} students",
+            grid, [_method(recipe, v) for v in variants], seed_list, data, cfg, teacher_logits=logits,
+            callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)),
+                       epoch_progress(progress, f"{len(variants)}x{len(seed_list)} students", cfg.epochs)],
         )
         share = (time.perf_counter() - t0) / (len(variants) * len(seed_list))
         for v, row in zip(variants, results):
@@ -191,7 +188,7 @@ def compare(
             for s in seed_list:
                 t0 = time.perf_counter()
                 r = train_role(
-                    recipes[s], "student", v, data, _objective(recipe, v), out=False, progress=progress,
+                    recipes[s], "student", v, data, _method(recipe, v), out=False, progress=progress,
                     teacher_logits=None if v == SCRATCH else logits,
                 )
                 f = r.fit

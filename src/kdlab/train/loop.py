@@ -1,256 +1,109 @@
-"""The training loop shared by teacher, scratch-student and distillation runs.
+"""``fit``: one model, one method, one run folder — the trainer plus the callbacks a run needs.
 
-The hot loop is deliberately plain: one ``index_select`` per batch for the images and one for the
-tabulated label/teacher rows, one forward, one backward from the closed-form gradient of the
-objective (:mod:`kdlab.losses.closed_form`; any other soft loss goes through autograd as usual), one
-fused optimizer step. Loss terms stay tensors during the epoch and become floats once at its end.
+The epoch loop itself lives in :mod:`kdlab.train.trainer` (shared by every kind of run, batched
+students included); this module wires it to a run folder: ``metrics.jsonl``, ``best.pt`` and
+``last.pt`` after every epoch, exact resume from ``last.pt``, schedules and progress.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data import BatchIndexer, DatasetSplits, TensorData
+from ..data import DatasetSplits
 from ..errors import CheckpointError
 from ..losses import DistillationObjective
-from ..losses.closed_form import ClosedFormObjective
-from ..teacher import PrecomputedTeacherLogits
+from ..methods import Distiller
+from ..methods.kd import from_objective
+from ..teacher import FrozenTeacher, PrecomputedTeacherLogits
+from .callbacks import Callback, ScheduleCallback, epoch_progress
 from .checkpoint import load_checkpoint, save_checkpoint
-from .optim import build_optimizer, build_scheduler
 from .rundir import RunDir
+from .trainer import FitResult, Trainer, evaluate
 
 TeacherSignal = Callable[[Tensor, Tensor], Tensor]
-_NAN = torch.tensor(float("nan"))
+
+__all__ = ["FitResult", "evaluate", "fit", "RunCallback"]
 
 
-def closed_form_step(
-    objective: DistillationObjective, teacher_signal: Optional[TeacherSignal], labels: Tensor, num_classes: int
-) -> Optional[ClosedFormObjective]:
-    """The closed-form fast path when it computes exactly ``objective`` (CE, or CE + a coding that
-    declares its closed form), else None (the objective then runs through autograd).
+class RunCallback(Callback):
+    """Writes ``best.pt`` (on improvement), ``last.pt`` and the epoch's line of ``metrics.jsonl``."""
 
-    Cached teacher logits are tabulated once per epoch; any other teacher signal (e.g. an online
-    teacher on augmented batches) gets its rows built per batch.
-    """
-    if labels.is_floating_point() or type(objective).forward is not DistillationObjective.forward:
-        return None  # soft labels, or a subclass computing something of its own: autograd
-    if teacher_signal is None:
-        return ClosedFormObjective(labels, num_classes, distill=False)
-    if not ClosedFormObjective.supports(objective):
-        return None
-    cached = teacher_signal.logits if isinstance(teacher_signal, PrecomputedTeacherLogits) else None
-    return ClosedFormObjective(labels, num_classes, cached)
+    def __init__(self, run: RunDir, meta: Dict[str, Any]) -> None:
+        self.run, self.meta = run, meta
 
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2000) -> Dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``data`` (eval mode, batched)."""
-    was_training = model.training
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size)):
-        logits = model(xb)
-        correct += int((logits.argmax(1) == yb).sum())
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-    model.train(was_training)
-    n = max(len(data), 1)
-    return {"acc": correct / n, "loss": loss_sum / n}
-
-
-def epoch_record(
-    epoch: int,
-    steps: Tensor,
-    test_acc: float,
-    test_loss: float,
-    lr: float,
-    objective: Optional[DistillationObjective] = None,
-    val: Optional[tuple] = None,
-) -> Dict[str, Any]:
-    """One epoch's metrics from its per-step (total, hard, soft) losses; ``objective`` when distilling.
-
-    Shared by :func:`fit` and the batched trainer so both write the same keys.
-    """
-    record: Dict[str, Any] = {
-        "epoch": epoch,
-        "loss_total": float(steps[:, 0].mean()),
-        "loss_hard": float(steps[:, 1].mean()),
-        "test_acc": float(test_acc),
-        "test_loss": float(test_loss),
-        "lr": lr,
-    }
-    if objective is not None:
-        record.update(
-            loss_soft=float(steps[:, 2].mean()),
-            negative_loss_steps=int((steps[:, 0] < 0).sum()),
-            temperature=objective.temperature,
-            hard_weight=objective.hard_weight,
-            soft_weight=objective.soft_weight,
-        )
-    if val is not None:
-        record.update(val_acc=float(val[0]), val_loss=float(val[1]))
-    return record
-
-
-@dataclass
-class FitResult:
-    history: List[Dict[str, Any]]
-    step_losses: Tensor  # (steps, 3): total, hard, soft (soft is NaN when not distilling)
-    best_epoch: int
-    best_metric: str
-    extra: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def final(self) -> Dict[str, Any]:
-        return self.history[-1]
-
-    @property
-    def best(self) -> Dict[str, Any]:
-        return next(h for h in self.history if h["epoch"] == self.best_epoch)
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+        (record,) = records
+        model = trainer.model
+        if trainer.best_epoch == epoch:
+            save_checkpoint(self.run.file("best.pt"), {**self.meta, "state_dict": model.state_dict(), "epoch": epoch, "metrics": record})
+        save_checkpoint(self.run.file("last.pt"), {**self.meta, "state_dict": model.state_dict(), **trainer.state_dict(), "metrics": record})
+        self.run.log_epoch(record)
 
 
 def fit(
     model: nn.Module,
     data: DatasetSplits,
     cfg: TrainConfig,
-    objective: DistillationObjective,
+    method: Distiller | DistillationObjective,
     *,
     seed: int = 0,
     teacher_signal: Optional[TeacherSignal] = None,
+    teacher: Optional[FrozenTeacher] = None,
     run: Optional[RunDir] = None,
     checkpoint_meta: Optional[Dict[str, Any]] = None,
     resume: bool = False,
     progress: Optional[bool] = None,
-    before_epoch: Optional[Callable[[int, DistillationObjective], None]] = None,
+    before_epoch: Optional[Callable[[int, Any], None]] = None,
     desc: str = "train",
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train ``model`` for ``cfg.epochs`` epochs, evaluating after each.
+    """Train ``model`` with ``method`` for ``cfg.epochs`` epochs, evaluating after each.
 
-    With ``run`` set, writes ``metrics.jsonl`` every epoch and ``last.pt`` / ``best.pt``
-    checkpoints (best by validation accuracy when a validation split exists, else by test
-    accuracy — the choice is recorded as ``best_metric``). ``resume=True`` continues from the
-    run's ``last.pt`` with the optimizer, scheduler, shuffle and RNG states it saved.
+    The teacher reaches the method as ``teacher`` (a :class:`FrozenTeacher`: its logits are
+    cached, or it runs online for features/augmentation) or ``teacher_signal`` (precomputed
+    logits, or any callable ``(idx, xb) -> logits``). With ``run`` set, writes ``metrics.jsonl``
+    every epoch and ``last.pt``/``best.pt`` (best by validation accuracy when a validation split
+    exists, else by test accuracy — recorded as ``best_metric``). ``resume=True`` continues from
+    the run's ``last.pt`` with the optimizer, scheduler, shuffle and RNG states it saved.
     """
-    optimizer = build_optimizer(model, cfg.optimizer)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs)
-    indexer = BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=seed)
-    X, Y = data.train.x, data.train.y
-    best_metric = "val_acc" if data.val is not None else "test_acc"
-    best_value, best_epoch, start_epoch = -1.0, 0, 1
-    history: List[Dict[str, Any]] = []
-    step_rows: List[Tensor] = []
-
+    if isinstance(method, DistillationObjective):  # the pre-Distiller API, kept for users' scripts
+        method = from_objective(method, distill=teacher_signal is not None or teacher is not None)
+    logits: Optional[Tensor] = None
+    if isinstance(teacher_signal, PrecomputedTeacherLogits):
+        logits = teacher_signal.logits
+    elif teacher_signal is not None and teacher is None:
+        teacher = _SignalTeacher(teacher_signal)  # type: ignore[assignment]
+    cbs = [ScheduleCallback(before_epoch) if before_epoch is not None else None]
+    cbs += [RunCallback(run, checkpoint_meta or {}) if run is not None else None, epoch_progress(progress, desc, cfg.epochs), *callbacks]
+    trainer = Trainer(model, method, data, cfg, seed=seed, teacher=teacher, teacher_logits=logits, callbacks=[c for c in cbs if c is not None])
     if resume:
         if run is None:
             raise CheckpointError("resume needs a run folder holding last.pt")
         state = load_checkpoint(run.file("last.pt"))
         try:
             model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            indexer.generator.set_state(state["shuffle_rng"])
-            torch.set_rng_state(state["torch_rng"])
+            trainer.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{run.file('last.pt')} cannot resume this run: {str(exc).splitlines()[0]}") from None
-        start_epoch = int(state["epoch"]) + 1
-        best_value, best_epoch = float(state["best_value"]), int(state["best_epoch"])
         run.truncate_metrics(state["epoch"])
-        history = [dict(m) for m in run.metrics]
+        trainer.histories = [[dict(m) for m in run.metrics]]
+    (result,) = trainer.fit()
+    return result
 
-    show = sys.stderr.isatty() if progress is None else progress
-    steps_per_epoch = len(indexer)
-    bar = tqdm(
-        total=cfg.epochs * steps_per_epoch,
-        initial=(start_epoch - 1) * steps_per_epoch,
-        desc=desc,
-        disable=not show,
-        leave=False,
-        unit="step",
-        mininterval=0.5,
-    )
-    clip = cfg.grad_clip
-    fast = closed_form_step(objective, teacher_signal, Y, data.num_classes)
-    try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            if before_epoch is not None:
-                before_epoch(epoch, objective)
-            model.train()
-            t0 = time.perf_counter()
-            if fast is not None:
-                fast.prepare_for(objective)
-            epoch_values: List[Tensor] = []
-            for idx in indexer.epoch():
-                xb = X.index_select(0, idx)
-                logits = model(xb)
-                if fast is not None:  # closed-form objective: one backward entry, no loss graph
-                    rows = fast.rows(idx) if fast.table is not None else fast.rows_for(Y.index_select(0, idx), teacher_signal(idx, xb))  # type: ignore[misc]
-                    values, grad = fast(logits.detach(), rows)
-                    optimizer.zero_grad(set_to_none=True)
-                    logits.backward(grad)
-                else:
-                    tb = teacher_signal(idx, xb) if teacher_signal is not None else None
-                    terms = objective(logits, Y.index_select(0, idx), tb)
-                    optimizer.zero_grad(set_to_none=True)
-                    terms["total"].backward()
-                    values = torch.stack([terms["total"], terms["hard"], terms.get("soft", _NAN)]).detach()
-                if clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                optimizer.step()
-                epoch_values.append(values)
-                bar.update()
-            lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
-                scheduler.step()
-            train_seconds = time.perf_counter() - t0
 
-            rows = torch.stack(epoch_values).float()
-            step_rows.append(rows)
-            t1 = time.perf_counter()
-            test = evaluate(model, data.test, cfg.eval_batch_size)
-            val = evaluate(model, data.val, cfg.eval_batch_size) if data.val is not None else None
-            record = epoch_record(
-                epoch, rows, test["acc"], test["loss"], lr,
-                objective if teacher_signal is not None else None,
-                None if val is None else (val["acc"], val["loss"]),
-            )
-            record["train_seconds"] = train_seconds
-            record["eval_seconds"] = time.perf_counter() - t1
-            history.append(record)
-            bar.set_postfix({best_metric: f"{record[best_metric]:.4f}"}, refresh=False)
+class _SignalTeacher:
+    """An arbitrary teacher signal ``(idx, xb) -> logits`` seen through the teacher interface."""
 
-            if record[best_metric] > best_value:
-                best_value, best_epoch = record[best_metric], epoch
-                if run is not None:
-                    save_checkpoint(run.file("best.pt"), {**(checkpoint_meta or {}), "state_dict": model.state_dict(), "epoch": epoch, "metrics": record})
-            if run is not None:
-                save_checkpoint(
-                    run.file("last.pt"),
-                    {
-                        **(checkpoint_meta or {}),
-                        "state_dict": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "shuffle_rng": indexer.generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "epoch": epoch,
-                        "best_value": best_value,
-                        "best_epoch": best_epoch,
-                        "metrics": record,
-                    },
-                )
-            record["seconds"] = time.perf_counter() - t0
-            if run is not None:
-                run.log_epoch(record)
-    finally:
-        bar.close()
-    steps = torch.cat(step_rows) if step_rows else torch.empty(0, 3)
-    return FitResult(history, steps, best_epoch, best_metric)
+    def __init__(self, signal: TeacherSignal) -> None:
+        self.signal = signal
+        self.idx: Optional[Tensor] = None
+
+    def logits_for(self, x: Tensor, batch_size: int = 2000) -> Tensor:
+        return self.signal(torch.arange(len(x)), x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.signal(torch.empty(0, dtype=torch.long), x)

@@ -1,0 +1,104 @@
+"""The one interface every distillation method implements.
+
+A method (a :class:`Distiller`) is a thin ``nn.Module`` around pure, separately tested loss
+functions. Given a batch, the student's outputs and the teacher's outputs it returns a dict of
+*named, unweighted* loss terms; its :meth:`Distiller.term_weights` say how they add up to the
+total. It declares what it needs (:class:`Needs`) and the trainer supplies exactly that — teacher
+logits (cached when the data is not augmented), named intermediate features of either model
+(forward hooks on unmodified models), sample indices. The trainer knows only this interface:
+it never inspects a method's type, has no fixed loss columns, and logs every term by name.
+
+Trainable helpers a method owns (adapters, embedding heads, memory banks) are ordinary
+submodules/buffers of the method, so they are optimised and clipped with the student, saved and
+resumed with its checkpoint, and never part of the exported student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method reads besides the student's logits and the labels."""
+
+    teacher_logits: bool = False
+    student_features: Tuple[str, ...] = ()  # module names of the student, hooked
+    teacher_features: Tuple[str, ...] = ()  # module names of the teacher, hooked
+    indices: bool = False  # the batch's sample indices into the training set (memory banks)
+
+    @property
+    def teacher(self) -> bool:
+        """True when the method reads anything of the teacher."""
+        return self.teacher_logits or bool(self.teacher_features)
+
+    @property
+    def logits_only(self) -> bool:
+        """True when cached teacher logits are all the method needs (the fast path's condition)."""
+        return not (self.student_features or self.teacher_features)
+
+
+@dataclass
+class Batch:
+    """One training batch. ``y`` holds class indices, or class probabilities after MixUp/CutMix."""
+
+    x: Tensor
+    y: Tensor
+    index: Optional[Tensor] = None
+
+
+@dataclass
+class Outputs:
+    """A model's logits for the batch and the features hooked on its named modules."""
+
+    logits: Tensor
+    features: Dict[str, Tensor] = field(default_factory=dict)
+
+
+class Distiller(nn.Module):
+    """Base class of every method; see the module docstring.
+
+    Subclasses set ``needs`` (per instance: it may depend on the configured layer pairs) and
+    implement :meth:`forward` and :meth:`term_weights`.
+    """
+
+    needs: Needs = Needs()
+
+    def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:  # pragma: no cover
+        """Named, unweighted loss terms (scalar tensors) for this batch."""
+        raise NotImplementedError
+
+    def term_weights(self) -> Dict[str, float]:  # pragma: no cover
+        """Term name -> current weight, in the order terms are logged; schedules may change them."""
+        raise NotImplementedError
+
+    def total(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """Σ weight · term over the method's terms (terms of weight 0 are logged, not added)."""
+        total: Optional[Tensor] = None
+        for name, w in self.term_weights().items():
+            if w != 0:
+                part = terms[name] * w
+                total = part if total is None else total + part
+        if total is None:  # every weight 0: a zero that still depends on the graph
+            total = sum(terms.values()) * 0.0  # type: ignore[assignment]
+        return total  # type: ignore[return-value]
+
+    def fast_path(self, labels: Tensor, num_classes: int, teacher_logits: Optional[Tensor]) -> Any:
+        """A closed-form step computing exactly this method's total and gradient, or None.
+
+        Offered only by methods whose terms depend on logits alone (see :mod:`kdlab.methods.kd`);
+        the trainer uses it when the data are not augmented. Default: no fast path.
+        """
+        return None
+
+    def epoch_info(self) -> Dict[str, float]:
+        """Values recorded in every epoch's metrics besides the terms (weights, T, …)."""
+        return {f"weight_{k}": float(v) for k, v in self.term_weights().items()}
+
+    def term_values(self, terms: Mapping[str, Tensor], total: Tensor) -> Tensor:
+        """[total, *terms] as one detached vector, the per-step row the trainer keeps."""
+        return torch.stack([total, *(terms[k] for k in self.term_weights())]).detach()

@@ -1,0 +1,313 @@
+"""One trainer for every method: teacher training, scratch students, KD, feature methods.
+
+The trainer knows the :class:`~kdlab.methods.base.Distiller` interface and nothing else about a
+method. Per run it decides, once, how the teacher reaches the method:
+
+* the method needs only teacher logits and the data are not augmented: the teacher's training-set
+  logits are computed once (or handed in, e.g. shared by a study) and read by index;
+* otherwise the teacher runs on every (augmented) batch, under ``no_grad`` and in eval mode, with
+  forward hooks collecting the named features the method asked for.
+
+and how a step is computed:
+
+* the method's closed form when it offers one (:meth:`Distiller.fast_path`): one ``index_select``
+  for the tabulated label/teacher rows and one ``logits.backward(grad)``, no loss graph;
+* otherwise ``total = Σ weight · term`` through autograd.
+
+Loss terms stay tensors during the epoch and become floats once at its end; checkpoints, metrics,
+progress and schedules are callbacks (:mod:`kdlab.train.callbacks`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import TrainConfig
+from ..data import BatchIndexer, DatasetSplits, TensorData
+from ..methods.base import Batch, Distiller, Outputs
+from ..teacher import FrozenTeacher
+from .callbacks import Callback, CallbackList
+from .optim import OPTIMIZERS, build_scheduler
+
+Augment = Callable[[Tensor, Tensor, torch.Generator], "tuple[Tensor, Tensor]"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2000) -> Dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``data`` (eval mode, batched)."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size)):
+        logits = model(xb)
+        correct += int((logits.argmax(1) == yb).sum())
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+    model.train(was_training)
+    n = max(len(data), 1)
+    return {"acc": correct / n, "loss": loss_sum / n}
+
+
+@dataclass
+class FitResult:
+    history: List[Dict[str, Any]]
+    step_losses: Tensor  # (steps, 1 + terms): total, then each term in the method's order
+    best_epoch: int
+    best_metric: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> Dict[str, Any]:
+        return self.history[-1]
+
+    @property
+    def best(self) -> Dict[str, Any]:
+        return next(h for h in self.history if h["epoch"] == self.best_epoch)
+
+
+class Trainer:
+    """Trains ``model`` with ``method`` on ``data`` for ``cfg.epochs`` epochs.
+
+    ``teacher`` is a :class:`FrozenTeacher` (or None for methods without one); ``teacher_logits``
+    are precomputed training-set logits that spare the teacher's forward (studies share them).
+    ``augment(x, y, generator)`` transforms each batch (then the teacher runs online).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Distiller,
+        data: DatasetSplits,
+        cfg: TrainConfig,
+        *,
+        seed: int = 0,
+        teacher: Optional[FrozenTeacher] = None,
+        teacher_logits: Optional[Tensor] = None,
+        augment: Optional[Augment] = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.model, self.method, self.data, self.cfg = model, method, data, cfg
+        self.methods = [method]
+        self.seed = seed
+        self.teacher, self.augment = teacher, augment
+        self.callbacks = CallbackList(callbacks)
+        needs = method.needs
+        if needs.teacher and teacher is None and teacher_logits is None:
+            raise ValueError("this method needs a teacher: pass teacher= or teacher_logits=")
+        self.cached_logits: Optional[Tensor] = None
+        if needs.teacher_logits and needs.logits_only and augment is None:
+            if teacher_logits is None:
+                assert teacher is not None
+                teacher_logits = teacher.logits_for(data.train.x, cfg.eval_batch_size)
+            self.cached_logits = teacher_logits
+        elif needs.teacher and teacher is None:
+            raise ValueError("features or augmented batches need the teacher model itself, not cached logits")
+        self.student_tap = self.teacher_tap = None
+        if needs.student_features or needs.teacher_features:
+            from ..features import FeatureTap
+
+            self.student_tap = FeatureTap(model, needs.student_features, role="student")
+            if needs.teacher_features:
+                assert teacher is not None
+                self.teacher_tap = FeatureTap(teacher.model, needs.teacher_features, role="teacher")
+        self.indexer = BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=seed)
+        self.augment_rng = torch.Generator().manual_seed(seed + 7919)
+        if getattr(method, "lazy", False):
+            self._build_lazy_parts()
+        self.optimizer = OPTIMIZERS.get(cfg.optimizer.name)(self.trainable_parameters(), cfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs)
+        self.fast = None if augment is not None else method.fast_path(data.train.y, data.num_classes, self.cached_logits)
+        self.best_metric = "val_acc" if data.val is not None else "test_acc"
+        self.best_value, self.best_epoch, self.start_epoch = -1.0, 0, 1
+        self.histories: List[List[Dict[str, Any]]] = []
+        self.step_rows: List[Tensor] = []
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ parts a method owns
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        """The student's and the method's (adapters, heads) trainable parameters."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return params + [p for p in self.method.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def _build_lazy_parts(self) -> None:
+        """Let the method build its shape-dependent parts (adapters) from one probe batch.
+
+        Both models run in eval mode so BatchNorm statistics do not see the probe.
+        """
+        idx = torch.arange(min(2, len(self.data.train)))
+        was = self.model.training
+        self.model.eval()
+        try:
+            batch = Batch(self.data.train.x.index_select(0, idx), self.data.train.y.index_select(0, idx), idx)
+            self.method(batch, self._student_outputs(batch.x), self._teacher_outputs(batch))
+        finally:
+            self.model.train(was)
+
+    def _student_outputs(self, x: Tensor) -> Outputs:
+        logits = self.model(x)
+        return Outputs(logits, self.student_tap.collect() if self.student_tap is not None else {})
+
+    def _teacher_outputs(self, batch: Batch) -> Optional[Outputs]:
+        if not self.method.needs.teacher:
+            return None
+        if self.cached_logits is not None:
+            return Outputs(self.cached_logits.index_select(0, batch.index))  # type: ignore[arg-type]
+        assert self.teacher is not None
+        logits = self.teacher(batch.x)
+        return Outputs(logits, self.teacher_tap.collect() if self.teacher_tap is not None else {})
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything an exact resume needs (the student's weights are saved separately)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "method_state": self.method.state_dict(),
+            "shuffle_rng": self.indexer.generator.get_state(),
+            "augment_rng": self.augment_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("method_state"):
+            self.method.load_state_dict(state["method_state"])
+        self.indexer.generator.set_state(state["shuffle_rng"])
+        if state.get("augment_rng") is not None:
+            self.augment_rng.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = int(state["epoch"])
+        self.start_epoch = self.epoch + 1
+        self.best_value, self.best_epoch = float(state["best_value"]), int(state["best_epoch"])
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self) -> Tensor:
+        """One epoch of steps; returns the (steps, 1 + terms) loss rows."""
+        model, method, optimizer, fast = self.model, self.method, self.optimizer, self.fast
+        X, Y = self.data.train.x, self.data.train.y
+        clip = self.cfg.grad_clip
+        clip_params = self.trainable_parameters() if clip is not None else []
+        n_values = 1 + len(method.term_weights())
+        model.train()
+        if fast is not None:
+            fast.prepare_for(method)
+        rows: List[Tensor] = []
+        for idx in self.indexer.epoch():
+            xb = X.index_select(0, idx)
+            if fast is not None:  # closed form: one backward entry, no loss graph
+                logits = model(xb)
+                if fast.table is not None:
+                    table_rows = fast.rows(idx)
+                else:  # online teacher, logits only
+                    table_rows = fast.rows_for(Y.index_select(0, idx), self.teacher(xb))  # type: ignore[misc]
+                values, grad = fast(logits.detach(), table_rows)
+                optimizer.zero_grad(set_to_none=True)
+                logits.backward(grad)
+                values = values.narrow(-1, 0, n_values)
+            else:
+                yb = Y.index_select(0, idx)
+                if self.augment is not None:
+                    xb, yb = self.augment(xb, yb, self.augment_rng)
+                batch = Batch(xb, yb, idx)
+                terms = method(batch, self._student_outputs(xb), self._teacher_outputs(batch))
+                total = method.total(terms)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                values = method.term_values(terms, total)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(clip_params, clip)
+            optimizer.step()
+            rows.append(values)
+        return torch.stack(rows).float()
+
+    def epoch_records(self, epoch: int, rows: Tensor, lr: float, train_seconds: float) -> List[Dict[str, Any]]:
+        """One metrics record per student (here: one) for the epoch just trained."""
+        t1 = time.perf_counter()
+        test = evaluate(self.model, self.data.test, self.cfg.eval_batch_size)
+        val = evaluate(self.model, self.data.val, self.cfg.eval_batch_size) if self.data.val is not None else None
+        record = method_record(epoch, rows, self.method, (test["acc"], test["loss"]), lr,
+                               None if val is None else (val["acc"], val["loss"]))
+        record.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1)
+        return [record]
+
+    def fit(self) -> List[FitResult]:
+        """Train from ``start_epoch`` to ``cfg.epochs``; one :class:`FitResult` per student.
+
+        Callbacks see every epoch's records; the best epoch of each student is chosen on
+        validation accuracy when a validation split exists, else on test accuracy.
+        """
+        self.callbacks.on_fit_start(self)
+        try:
+            for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+                self.callbacks.on_epoch_start(self, epoch)
+                t0 = time.perf_counter()
+                rows = self.train_epoch()
+                lr = self.optimizer.param_groups[0]["lr"]
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                records = self.epoch_records(epoch, rows, lr, time.perf_counter() - t0)
+                self.epoch = epoch
+                self.step_rows.append(rows)
+                for m, record in enumerate(records):
+                    if len(self.histories) <= m:
+                        self.histories.append([])
+                    self.histories[m].append(record)
+                if len(records) == 1 and records[0][self.best_metric] > self.best_value:
+                    self.best_value, self.best_epoch = records[0][self.best_metric], epoch
+                seconds = time.perf_counter() - t0
+                for record in records:
+                    record.setdefault("seconds", seconds)
+                self.callbacks.on_epoch_end(self, epoch, records)
+        finally:
+            self.callbacks.on_fit_end(self)
+            self.close()
+        return self.results()
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The single student's records (histories[0])."""
+        return self.histories[0] if self.histories else []
+
+    def close(self) -> None:
+        """Remove the forward hooks the trainer put on the models (they are handed back unmodified)."""
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.remove()
+
+    def results(self) -> List[FitResult]:
+        width = 1 + len(self.method.term_weights())
+        steps = torch.cat(self.step_rows) if self.step_rows else torch.empty(0, width)
+        return [FitResult(self.history, steps, self.best_epoch, self.best_metric)]
+
+
+def method_record(
+    epoch: int,
+    rows: Tensor,
+    method: Distiller,
+    test: "tuple[float, float]",
+    lr: float,
+    val: "Optional[tuple[float, float]]" = None,
+) -> Dict[str, Any]:
+    """One epoch's metrics from its (steps, 1 + terms) loss rows: the mean of the total and of every
+    named term, accuracies, LR, and the method's own values (weights, T). Shared by every trainer."""
+    record: Dict[str, Any] = {"epoch": epoch, "loss_total": float(rows[:, 0].mean())}
+    for j, name in enumerate(method.term_weights(), start=1):
+        record[f"loss_{name}"] = float(rows[:, j].mean())
+    record.update(test_acc=float(test[0]), test_loss=float(test[1]), lr=lr)
+    if method.needs.teacher:
+        record["negative_loss_steps"] = int((rows[:, 0] < 0).sum())
+    record.update(method.epoch_info())
+    if val is not None:
+        record.update(val_acc=float(val[0]), val_loss=float(val[1]))
+    return record

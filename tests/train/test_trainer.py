@@ -1,0 +1,89 @@
+"""The one trainer reproduces the previous loop exactly, for every kind of step."""
+
+import copy
+
+import pytest
+import torch
+
+from kdlab.config import load_recipe
+from kdlab.losses import DistillationObjective
+from kdlab.methods import CE, KD, Batch, Outputs
+from kdlab.pipeline import build_role_model, prepare_data
+from kdlab.schedules import ScheduleHook
+from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
+from kdlab.train import fit
+from kdlab.train.callbacks import ScheduleCallback
+from kdlab.train.trainer import Trainer
+
+FAST = ["teacher.model.hidden=[32]", "student.train.epochs=2", "student.train.optimizer.name=sgd",
+        "student.train.optimizer.lr=0.05", "student.train.grad_clip=1.0"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    recipe = load_recipe("digits-mlp", FAST + ["distill.weight_schedule.name=cosine"])
+    data = prepare_data(recipe)
+    teacher = FrozenTeacher(build_role_model(recipe, "teacher", data))
+    return recipe, data, teacher
+
+
+class PenalisedKD(KD):
+    """A subclass computing its own terms: must go through autograd, never the closed form."""
+
+    def forward(self, batch, student, teacher):
+        return super().forward(batch, student, teacher)
+
+
+class PenalisedObjective(DistillationObjective):
+    def forward(self, s, y, t=None):
+        return super().forward(s, y, t)
+
+
+def _both(setup, method, objective, use_teacher):
+    recipe, data, teacher = setup
+    cfg = recipe.student.train
+    logits = teacher.logits_for(data.train.x) if use_teacher else None
+    hook = ScheduleHook(recipe.distill, cfg.epochs)
+    a = build_role_model(recipe, "student", data)
+    b = copy.deepcopy(a)
+    torch.manual_seed(5)
+    old = fit(a, data, cfg, objective, seed=3, teacher_signal=PrecomputedTeacherLogits(logits) if use_teacher else None,
+              progress=False, before_epoch=hook if use_teacher else None)
+    torch.manual_seed(5)
+    trainer = Trainer(b, method, data, cfg, seed=3, teacher_logits=logits, callbacks=[ScheduleCallback(hook)])
+    (new,) = trainer.fit()
+    return old, new, a, b, trainer
+
+
+@pytest.mark.parametrize("kind", ["closed-form", "autograd"])
+def test_kd_equals_previous_loop(setup, kind):
+    recipe = setup[0]
+    d = recipe.distill
+    method = (KD if kind == "closed-form" else PenalisedKD)(d.loss, d.temperature, d.hard_weight, d.soft_weight)
+    objective = (DistillationObjective if kind == "closed-form" else PenalisedObjective)(d.loss, d.temperature, d.hard_weight, d.soft_weight)
+    old, new, a, b, trainer = _both(setup, method, objective, True)
+    assert (trainer.fast is not None) == (kind == "closed-form")
+    torch.testing.assert_close(new.step_losses, old.step_losses, rtol=1e-6, atol=1e-7)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+    for h_old, h_new in zip(old.history, new.history):
+        for key in ("loss_total", "loss_hard", "loss_soft", "test_acc", "temperature", "hard_weight", "soft_weight", "lr"):
+            assert h_new[key] == pytest.approx(h_old[key], rel=1e-6), key
+    assert new.history[0]["hard_weight"] != new.history[1]["hard_weight"]  # the cosine schedule moved it
+
+
+def test_ce_equals_previous_loop_and_logs_only_its_term(setup):
+    old, new, a, b, trainer = _both(setup, CE(), DistillationObjective(), False)
+    torch.testing.assert_close(new.step_losses, old.step_losses[:, :2], rtol=1e-6, atol=1e-7)
+    assert "loss_soft" not in new.history[0] and "temperature" not in new.history[0]
+
+
+def test_total_is_the_weighted_sum_of_named_terms():
+    method = KD("hinton", 2.0, 0.25, 0.75)
+    s, t = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 0])
+    terms = method(Batch(s, y), Outputs(s), Outputs(t))
+    assert set(terms) == {"hard", "soft"}
+    torch.testing.assert_close(method.total(terms), 0.25 * terms["hard"] + 0.75 * terms["soft"])
+    row = method.term_values(terms, method.total(terms))
+    assert row.shape == (3,) and not row.requires_grad
