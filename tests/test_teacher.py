@@ -42,3 +42,17 @@ def test_cached_logits_computed_once_and_match_forward():
     for _ in range(5):
         cache(idx, x[idx])
     assert len(calls) == 4  # only the comparison forward above, never the cache lookups
+
+
+def test_release_hands_the_teacher_back_as_it_was_given():
+    model = make_teacher()
+    model.train()
+    model[0].weight.requires_grad_(False)  # a user's partly frozen model
+    model[3].eval()                          # ...with one submodule in eval mode
+    modes = {n: m.training for n, m in model.named_modules()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    with FrozenTeacher(model) as frozen:
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+        frozen(torch.randn(2, 4))
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads

@@ -11,11 +11,32 @@ from torch import Tensor, nn
 
 
 class FrozenTeacher(nn.Module):
+    """Eval mode and no gradient for as long as it wraps ``model``; :meth:`release` hands the
+    model back exactly as it was given (its training flags and every ``requires_grad``)."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self._given = ({name: m.training for name, m in model.named_modules()},
+                       {name: p.requires_grad for name, p in model.named_parameters()})
         self.model.requires_grad_(False)
+        self.model.eval()
         super().train(False)
+
+    def release(self) -> nn.Module:
+        """Restore the wrapped model's training modes and ``requires_grad`` flags; returns it."""
+        modes, grads = self._given
+        for name, m in self.model.named_modules():
+            m.training = modes.get(name, m.training)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(grads.get(name, p.requires_grad))
+        return self.model
+
+    def __enter__(self) -> "FrozenTeacher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         """Ignored on purpose: a teacher stays in eval mode even inside ``student.train()`` calls."""

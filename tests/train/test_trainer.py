@@ -87,3 +87,38 @@ def test_total_is_the_weighted_sum_of_named_terms():
     torch.testing.assert_close(method.total(terms), 0.25 * terms["hard"] + 0.75 * terms["soft"])
     row = method.term_values(terms, method.total(terms))
     assert row.shape == (3,) and not row.requires_grad
+
+
+def test_user_dataloader_with_online_teacher_equals_in_memory_fast_path(setup):
+    """Same batches through a user's DataLoader (teacher online, autograd) and in memory (cached
+    teacher logits, closed form): the same training, to float tolerance."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kdlab.data import BatchIndexer
+    from kdlab.data.loaders import LoaderSplits
+
+    recipe, data, teacher = setup
+    cfg = recipe.student.train
+    d = recipe.distill
+
+    class FixedOrder:  # the batch order BatchIndexer(seed=3) gives, epoch after epoch
+        def __init__(self):
+            self.indexer = BatchIndexer(len(data.train), cfg.batch_size, seed=3)
+
+        def __iter__(self):
+            return iter([b.tolist() for b in self.indexer.epoch()])
+
+        def __len__(self):
+            return len(self.indexer)
+
+    loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_sampler=FixedOrder())
+    test_loader = DataLoader(TensorDataset(data.test.x, data.test.y), batch_size=100)
+    a = build_role_model(recipe, "student", data)
+    b = copy.deepcopy(a)
+    (mem,) = Trainer(a, KD(d.loss, d.temperature, d.hard_weight, d.soft_weight), data, cfg, seed=3, teacher=teacher).fit()
+    user = Trainer(b, KD(d.loss, d.temperature, d.hard_weight, d.soft_weight), LoaderSplits(loader, 10, test=test_loader),
+                   cfg, seed=3, teacher=teacher)
+    assert user.fast is None and user.cached_logits is None
+    (got,) = user.fit()
+    torch.testing.assert_close(got.step_losses, mem.step_losses, rtol=1e-4, atol=1e-5)
+    assert [h["test_acc"] for h in got.history] == pytest.approx([h["test_acc"] for h in mem.history], abs=1e-9)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
+from ..data.loaders import LoaderSplits, loader_batches
 from ..methods.base import Batch, Distiller, Outputs
 from ..teacher import FrozenTeacher
 from .callbacks import Callback, CallbackList
@@ -51,6 +52,21 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2000) -> Dict
     model.train(was_training)
     n = max(len(data), 1)
     return {"acc": correct / n, "loss": loss_sum / n}
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: Any, device: Optional[torch.device] = None) -> Dict[str, float]:
+    """:func:`evaluate` over a ``DataLoader`` of ``(x, y[, index])`` batches."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for xb, yb, _ in loader_batches(loader, device):
+        logits = model(xb)
+        correct += int((logits.argmax(1) == yb).sum())
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        n += len(yb)
+    model.train(was_training)
+    return {"acc": correct / max(n, 1), "loss": loss_sum / max(n, 1)}
 
 
 @dataclass
@@ -82,7 +98,7 @@ class Trainer:
         self,
         model: nn.Module,
         method: Distiller,
-        data: DatasetSplits,
+        data: DatasetSplits | LoaderSplits,
         cfg: TrainConfig,
         *,
         seed: int = 0,
@@ -90,17 +106,25 @@ class Trainer:
         teacher_logits: Optional[Tensor] = None,
         augment: Optional[Augment] = None,
         callbacks: Sequence[Callback] = (),
+        device: Optional[torch.device] = None,
     ) -> None:
         self.model, self.method, self.data, self.cfg = model, method, data, cfg
         self.methods = [method]
         self.seed = seed
         self.teacher, self.augment = teacher, augment
         self.callbacks = CallbackList(callbacks)
+        self.device = device
+        if device is not None:
+            for part in (model, method, teacher):
+                if part is not None:
+                    part.to(device)
+        # A user's DataLoader may augment per sample, so its teacher always runs online.
+        self.loaders = data if isinstance(data, LoaderSplits) else None
         needs = method.needs
         if needs.teacher and teacher is None and teacher_logits is None:
             raise ValueError("this method needs a teacher: pass teacher= or teacher_logits=")
         self.cached_logits: Optional[Tensor] = None
-        if needs.teacher_logits and needs.logits_only and augment is None:
+        if needs.teacher_logits and needs.logits_only and augment is None and self.loaders is None:
             if teacher_logits is None:
                 assert teacher is not None
                 teacher_logits = teacher.logits_for(data.train.x, cfg.eval_batch_size)
@@ -115,13 +139,15 @@ class Trainer:
             if needs.teacher_features:
                 assert teacher is not None
                 self.teacher_tap = FeatureTap(teacher.model, needs.teacher_features, role="teacher")
-        self.indexer = BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=seed)
+        n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
+        self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
         self.augment_rng = torch.Generator().manual_seed(seed + 7919)
         if getattr(method, "lazy", False):
             self._build_lazy_parts()
         self.optimizer = OPTIMIZERS.get(cfg.optimizer.name)(self.trainable_parameters(), cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs)
-        self.fast = None if augment is not None else method.fast_path(data.train.y, data.num_classes, self.cached_logits)
+        in_memory = augment is None and self.loaders is None
+        self.fast = method.fast_path(data.train.y, data.num_classes, self.cached_logits) if in_memory else None  # type: ignore[union-attr]
         self.best_metric = "val_acc" if data.val is not None else "test_acc"
         self.best_value, self.best_epoch, self.start_epoch = -1.0, 0, 1
         self.histories: List[List[Dict[str, Any]]] = []
@@ -140,11 +166,15 @@ class Trainer:
 
         Both models run in eval mode so BatchNorm statistics do not see the probe.
         """
-        idx = torch.arange(min(2, len(self.data.train)))
         was = self.model.training
         self.model.eval()
         try:
-            batch = Batch(self.data.train.x.index_select(0, idx), self.data.train.y.index_select(0, idx), idx)
+            if self.loaders is not None:
+                x, y, idx = next(loader_batches(self.loaders.train, self.device))
+            else:
+                idx = torch.arange(min(2, len(self.data.train)))  # type: ignore[arg-type]
+                x, y = self.data.train.x.index_select(0, idx), self.data.train.y.index_select(0, idx)  # type: ignore[union-attr]
+            batch = Batch(x, y, idx)
             self.method(batch, self._student_outputs(batch.x), self._teacher_outputs(batch))
         finally:
             self.model.train(was)
@@ -192,51 +222,66 @@ class Trainer:
         self.best_value, self.best_epoch = float(state["best_value"]), int(state["best_epoch"])
 
     # ------------------------------------------------------------------ training
+    def _batches(self) -> Iterator[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """(x, y, sample indices) for one epoch: a user's loader, or in-memory tensors by index."""
+        if self.loaders is not None:
+            yield from loader_batches(self.loaders.train, self.device)
+            return
+        X, Y = self.data.train.x, self.data.train.y  # type: ignore[union-attr]
+        for idx in self.indexer.epoch():
+            idx = idx.to(X.device)
+            yield X.index_select(0, idx), Y.index_select(0, idx), idx
+
     def train_epoch(self) -> Tensor:
         """One epoch of steps; returns the (steps, 1 + terms) loss rows."""
         model, method, optimizer, fast = self.model, self.method, self.optimizer, self.fast
-        X, Y = self.data.train.x, self.data.train.y
         clip = self.cfg.grad_clip
         clip_params = self.trainable_parameters() if clip is not None else []
-        n_values = 1 + len(method.term_weights())
         model.train()
-        if fast is not None:
-            fast.prepare_for(method)
         rows: List[Tensor] = []
-        for idx in self.indexer.epoch():
-            xb = X.index_select(0, idx)
-            if fast is not None:  # closed form: one backward entry, no loss graph
-                logits = model(xb)
-                if fast.table is not None:
-                    table_rows = fast.rows(idx)
-                else:  # online teacher, logits only
-                    table_rows = fast.rows_for(Y.index_select(0, idx), self.teacher(xb))  # type: ignore[misc]
-                values, grad = fast(logits.detach(), table_rows)
+        if fast is not None:  # closed form: one backward entry, no loss graph
+            X = self.data.train.x  # type: ignore[union-attr]
+            n_values = 1 + len(method.term_weights())
+            fast.prepare_for(method)
+            for idx in self.indexer.epoch():
+                idx = idx.to(X.device)
+                logits = model(X.index_select(0, idx))
+                values, grad = fast(logits.detach(), fast.rows(idx))
                 optimizer.zero_grad(set_to_none=True)
                 logits.backward(grad)
-                values = values.narrow(-1, 0, n_values)
-            else:
-                yb = Y.index_select(0, idx)
-                if self.augment is not None:
-                    xb, yb = self.augment(xb, yb, self.augment_rng)
-                batch = Batch(xb, yb, idx)
-                terms = method(batch, self._student_outputs(xb), self._teacher_outputs(batch))
-                total = method.total(terms)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                values = method.term_values(terms, total)
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(clip_params, clip)
+                optimizer.step()
+                rows.append(values.narrow(-1, 0, n_values))
+            return torch.stack(rows).float()
+        for xb, yb, idx in self._batches():
+            if self.augment is not None:
+                xb, yb = self.augment(xb, yb, self.augment_rng)
+            batch = Batch(xb, yb, idx)
+            terms = method(batch, self._student_outputs(xb), self._teacher_outputs(batch))
+            total = method.total(terms)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(clip_params, clip)
             optimizer.step()
-            rows.append(values)
+            rows.append(method.term_values(terms, total))
         return torch.stack(rows).float()
+
+    def evaluate_split(self, name: str) -> Optional[Dict[str, float]]:
+        """Accuracy and loss on the ``test`` or ``val`` split (None when the data have none)."""
+        split = getattr(self.data, name)
+        if split is None:
+            return None
+        if self.loaders is not None:
+            return evaluate_loader(self.model, split, self.device)
+        return evaluate(self.model, split, self.cfg.eval_batch_size)
 
     def epoch_records(self, epoch: int, rows: Tensor, lr: float, train_seconds: float) -> List[Dict[str, Any]]:
         """One metrics record per student (here: one) for the epoch just trained."""
         t1 = time.perf_counter()
-        test = evaluate(self.model, self.data.test, self.cfg.eval_batch_size)
-        val = evaluate(self.model, self.data.val, self.cfg.eval_batch_size) if self.data.val is not None else None
-        record = method_record(epoch, rows, self.method, (test["acc"], test["loss"]), lr,
+        test, val = self.evaluate_split("test"), self.evaluate_split("val")
+        record = method_record(epoch, rows, self.method, None if test is None else (test["acc"], test["loss"]), lr,
                                None if val is None else (val["acc"], val["loss"]))
         record.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1)
         return [record]
@@ -295,7 +340,7 @@ def method_record(
     epoch: int,
     rows: Tensor,
     method: Distiller,
-    test: "tuple[float, float]",
+    test: "Optional[tuple[float, float]]",
     lr: float,
     val: "Optional[tuple[float, float]]" = None,
 ) -> Dict[str, Any]:
@@ -304,7 +349,9 @@ def method_record(
     record: Dict[str, Any] = {"epoch": epoch, "loss_total": float(rows[:, 0].mean())}
     for j, name in enumerate(method.term_weights(), start=1):
         record[f"loss_{name}"] = float(rows[:, j].mean())
-    record.update(test_acc=float(test[0]), test_loss=float(test[1]), lr=lr)
+    if test is not None:
+        record.update(test_acc=float(test[0]), test_loss=float(test[1]))
+    record["lr"] = lr
     if method.needs.teacher:
         record["negative_loss_steps"] = int((rows[:, 0] < 0).sum())
     record.update(method.epoch_info())
