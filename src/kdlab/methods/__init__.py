@@ -1,0 +1,1 @@
+"""Distillation methods: pure loss functions and the trainable adapters feature methods own."""
