@@ -195,6 +195,7 @@ class AdapterSet(nn.Module):
         if self.locked:
             raise RuntimeError(f"adapter for {student_name!r} -> {teacher_name!r} requested after lock(); build it on the first batch")
         adapter = build_adapter(student_shape, teacher_shape, student_name, teacher_name, device, dtype)
+        adapter.train(self.training)  # a new adapter follows its owner's train/eval mode
         self.adapters[key] = adapter
         self._specs[key] = {
             "student": student_name,
