@@ -267,7 +267,8 @@ def test_layer_table_forward_failure_is_one_line_and_leaves_no_hook():
     model = build_model("cnn", (1, 28, 28), 10, {"channels": [8, 16]}).train()
     with pytest.raises(ConfigError) as err:
         layer_table(model, (3, 28, 28), role="student")
-    assert "\n" not in str(err.value) and str(err.value).startswith("student forward on an input of shape [2, 3, 28, 28]")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("student forward on an input of shape [2, 3, 28, 28]")
     assert all_hooks(model) == 0 and model.training
 
 

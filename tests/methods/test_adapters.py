@@ -179,7 +179,8 @@ def saved(method: nn.Module) -> dict:
 def outputs(method: Method) -> list:
     torch.manual_seed(1)
     fs, ft = torch.randn(4, 3, 8, 8), torch.randn(4, 6, 4, 4)
-    return [*method.adapters("features.2", "layer1", fs, ft), *method.adapters("fc_in", "fc", torch.ones(2, 5), torch.ones(2, 7))]
+    maps = method.adapters("features.2", "layer1", fs, ft)
+    return [*maps, *method.adapters("fc_in", "fc", torch.ones(2, 5), torch.ones(2, 7))]
 
 
 def test_state_dict_round_trip_into_adapters_built_from_the_same_shapes():

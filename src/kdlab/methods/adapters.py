@@ -57,7 +57,9 @@ class PairAdapter(nn.Module):
 class LinearAdapter(PairAdapter):
     """``Linear`` on the last dimension: vectors ``(B, Ds)`` and token sequences ``(B, L, Ds)``."""
 
-    def __init__(self, in_dim: int, out_dim: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, out_dim, device=device, dtype=dtype)
 
@@ -193,7 +195,9 @@ class AdapterSet(nn.Module):
             self._check_shapes(key, student_shape, teacher_shape)
             return self.adapters[key]  # type: ignore[return-value]
         if self.locked:
-            raise RuntimeError(f"adapter for {student_name!r} -> {teacher_name!r} requested after lock(); build it on the first batch")
+            raise RuntimeError(
+                f"adapter for {student_name!r} -> {teacher_name!r} requested after lock(); build it on the first batch"
+            )
         adapter = build_adapter(student_shape, teacher_shape, student_name, teacher_name, device, dtype)
         adapter.train(self.training)  # a new adapter follows its owner's train/eval mode
         self.adapters[key] = adapter
@@ -216,7 +220,9 @@ class AdapterSet(nn.Module):
                 "built for; keep the input size the same for every batch"
             )
 
-    def forward(self, student_name: str, teacher_name: str, student_feat: Tensor, teacher_feat: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, student_name: str, teacher_name: str, student_feat: Tensor, teacher_feat: Tensor
+    ) -> Tuple[Tensor, Tensor]:
         """The pair to compare: adapted student feature and (possibly pooled) teacher feature."""
         adapter = self.build(
             student_name, teacher_name, student_feat.shape, teacher_feat.shape, student_feat.device, student_feat.dtype
@@ -246,12 +252,15 @@ class AdapterSet(nn.Module):
                 if not isinstance(dtype, torch.dtype):
                     raise TypeError(spec["dtype"])
             except (KeyError, TypeError, ValueError, AttributeError):
-                raise CheckpointError(f"checkpoint adapter {key!r} has an unreadable description; was it written by kdlab?") from None
+                raise CheckpointError(
+                    f"checkpoint adapter {key!r} has an unreadable description; was it written by kdlab?"
+                ) from None
             if key in self.adapters:
-                if [s_shape, t_shape] != [self._specs[key]["student_shape"], self._specs[key]["teacher_shape"]]:
+                have_s, have_t = self._specs[key]["student_shape"], self._specs[key]["teacher_shape"]
+                if [s_shape, t_shape] != [have_s, have_t]:
                     raise CheckpointError(
-                        f"checkpoint adapter {s_name!r} -> {t_name!r} was built for {_fmt(s_shape)} -> {_fmt(t_shape)}, "
-                        f"this run has {_fmt(self._specs[key]['student_shape'])} -> {_fmt(self._specs[key]['teacher_shape'])}; "
+                        f"checkpoint adapter {s_name!r} -> {t_name!r} was built for {_fmt(s_shape)} -> "
+                        f"{_fmt(t_shape)}, this run has {_fmt(have_s)} -> {_fmt(have_t)}; "
                         "resume with the same models, layers and input size"
                     )
                 continue

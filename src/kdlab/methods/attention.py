@@ -80,7 +80,7 @@ def at_loss(
         )
     total: Optional[Tensor] = None
     for i, (fs, ft) in enumerate(zip(student_feats, teacher_feats)):
-        s_name, t_name = names[i] if names is not None else (f"pair {i} student", f"pair {i} teacher")
+        s_name, t_name = names[i] if names and i < len(names) else (f"pair {i} student", f"pair {i} teacher")
         _check_map(fs, f"student {s_name!r}")
         _check_map(ft, f"teacher {t_name!r}")
         if fs.size(0) != ft.size(0):
