@@ -67,6 +67,16 @@ class Distiller(nn.Module):
     """
 
     needs: Needs = Needs()
+    #: True when the method creates parts from observed shapes (adapters): the trainer then calls
+    #: :meth:`build` on a probe batch before the optimizer exists, so those parts are trained.
+    lazy: bool = False
+
+    def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
+        """Create shape-dependent parts from one probe batch (default: one forward creates them)."""
+        self(batch, student, teacher)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (1-based), after schedules; stages switch here."""
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:  # pragma: no cover
         """Named, unweighted loss terms (scalar tensors) for this batch."""

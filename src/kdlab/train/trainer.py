@@ -142,7 +142,7 @@ class Trainer:
         n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
         self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
         self.augment_rng = torch.Generator().manual_seed(seed + 7919)
-        if getattr(method, "lazy", False):
+        if method.lazy or not needs.logits_only:  # build adapters; bad layer pairs fail before any training
             self._build_lazy_parts()
         self.optimizer = OPTIMIZERS.get(cfg.optimizer.name)(self.trainable_parameters(), cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs)
@@ -175,13 +175,13 @@ class Trainer:
                 idx = torch.arange(min(2, len(self.data.train)))  # type: ignore[arg-type]
                 x, y = self.data.train.x.index_select(0, idx), self.data.train.y.index_select(0, idx)  # type: ignore[union-attr]
             batch = Batch(x, y, idx)
-            self.method(batch, self._student_outputs(batch.x), self._teacher_outputs(batch))
+            self.method.build(batch, self._student_outputs(batch.x), self._teacher_outputs(batch))
         finally:
             self.model.train(was)
 
     def _student_outputs(self, x: Tensor) -> Outputs:
         logits = self.model(x)
-        return Outputs(logits, self.student_tap.collect() if self.student_tap is not None else {})
+        return Outputs(logits, self.student_tap.outputs() if self.student_tap is not None else {})
 
     def _teacher_outputs(self, batch: Batch) -> Optional[Outputs]:
         if not self.method.needs.teacher:
@@ -190,7 +190,7 @@ class Trainer:
             return Outputs(self.cached_logits.index_select(0, batch.index))  # type: ignore[arg-type]
         assert self.teacher is not None
         logits = self.teacher(batch.x)
-        return Outputs(logits, self.teacher_tap.collect() if self.teacher_tap is not None else {})
+        return Outputs(logits, self.teacher_tap.outputs() if self.teacher_tap is not None else {})
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
@@ -296,6 +296,8 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs + 1):
                 self.callbacks.on_epoch_start(self, epoch)
+                for method in self.methods:
+                    method.start_epoch(epoch)
                 t0 = time.perf_counter()
                 rows = self.train_epoch()
                 lr = self.optimizer.param_groups[0]["lr"]

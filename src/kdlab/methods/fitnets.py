@@ -1,0 +1,110 @@
+"""FitNets hint loss (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015).
+
+The paper trains the student's guided layer, through a regressor r, to predict the teacher's hint
+layer: ``L_HT = 1/2 * ||u_h(x) - r(v_g(x))||^2`` (a sum over elements). Implementations use the
+per-element MEAN instead (mdistiller ``F.mse_loss`` with ``FEAT_WEIGHT`` 100, RepDistiller
+``nn.MSELoss()``), so the loss scale does not depend on the layer's size or the batch size and one
+weight transfers between layer pairs; we do the same. The regressor is the pair's adapter
+(:mod:`kdlab.methods.adapters`), applied before this function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from .adapters import AdapterSet
+from .base import Batch, Needs, Outputs
+from .kd import KD
+from .registry import register_method
+
+__all__ = ["hint_loss", "FitNets", "FitNetsParams"]
+
+
+def hint_loss(student_feat_adapted: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Mean over all elements of ``(student - teacher)^2``; the teacher is a fixed target (detached).
+
+    Detaching here is a safety net: the teacher never receives gradient even if its feature was
+    (wrongly) produced with autograd on.
+    """
+    if student_feat_adapted.shape != teacher_feat.shape:
+        raise ConfigError(
+            f"hint loss needs equal shapes, got student {list(student_feat_adapted.shape)} and teacher "
+            f"{list(teacher_feat.shape)}; pass the student feature through its adapter first"
+        )
+    return F.mse_loss(student_feat_adapted, teacher_feat.detach(), reduction="mean")
+
+
+@dataclass
+class FitNetsParams:
+    """Recipe section ``distill.fitnets``.
+
+    ``pairs``: student module -> teacher module (names from ``kdlab layers``); ``weight``: the hint
+    term's weight (100, mdistiller's FEAT_WEIGHT for this mean-reduced MSE); ``hint_epochs``: the
+    paper's hint-only first stage (only the hint term trains), then hard + soft + hint.
+    """
+
+    pairs: Dict[str, str] = field(default_factory=dict)
+    weight: float = 100.0
+    hint_epochs: int = 0
+
+
+class FitNets(KD):
+    """FitNets: Hinton KD plus a hint term per layer pair, through adapters built on the first batch.
+
+    total = hard_weight·CE + soft_weight·KD(T) + weight·Σ_pairs MSE(adapter(f_s), f_t)
+    """
+
+    lazy = True
+
+    def __init__(self, params: FitNetsParams, coding: str = "hinton", temperature: float = 4.0,
+                 hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
+        super().__init__(coding, temperature, hard_weight, soft_weight)
+        if not params.pairs:
+            raise ConfigError("fitnets needs layer pairs: distill.fitnets.pairs: {student_module: teacher_module} "
+                              "(list the modules with `kdlab layers RECIPE --role student|teacher`)")
+        if not (math.isfinite(params.weight) and params.weight >= 0):
+            raise ConfigError(f"distill.fitnets.weight: must be a finite number >= 0, got {params.weight}")
+        if params.hint_epochs < 0:
+            raise ConfigError(f"distill.fitnets.hint_epochs: must be >= 0, got {params.hint_epochs}")
+        self.pairs = dict(params.pairs)
+        self.hint_weight = float(params.weight)
+        self.hint_epochs = int(params.hint_epochs)
+        self.adapters = AdapterSet()
+        self.epoch = 1
+        self.needs = Needs(teacher_logits=True, student_features=tuple(self.pairs), teacher_features=tuple(self.pairs.values()))
+
+    def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
+        super().build(batch, student, teacher)
+        self.adapters.lock()  # a pair first seen later would have no place in the optimizer
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
+        terms = super().forward(batch, student, teacher)
+        assert teacher is not None
+        hint = sum(hint_loss(*self.adapters(s, t, student.features[s], teacher.features[t])) for s, t in self.pairs.items())
+        terms["hint"] = hint  # type: ignore[assignment]
+        return terms
+
+    def term_weights(self) -> Dict[str, float]:
+        if self.epoch <= self.hint_epochs:  # stage 1: the hint alone
+            return {"hard": 0.0, "soft": 0.0, "hint": self.hint_weight}
+        return {"hard": self.hard_weight, "soft": self.soft_weight, "hint": self.hint_weight}
+
+    def epoch_info(self) -> Dict[str, float]:
+        w = self.term_weights()
+        return {"temperature": self.temperature, "hard_weight": w["hard"], "soft_weight": w["soft"], "hint_weight": w["hint"],
+                "stage": 1 if self.epoch <= self.hint_epochs else 2}
+
+
+@register_method("fitnets", FitNetsParams)
+def build_fitnets(params: FitNetsParams, distill: Any) -> FitNets:
+    """FitNets: hard + Hinton KD + weight·MSE(adapter(student layer), teacher layer) per pair"""
+    return FitNets(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
