@@ -196,7 +196,7 @@ def load_weights(net: nn.Module, path: Path, adapted: set[str], model: str) -> L
                (f"unexpected {', '.join(extra[:3])}" if extra else "")
         raise CheckpointError(f"weights {path} do not fit {model!r} ({what}); use a file saved from the same architecture")
     load: Dict[str, torch.Tensor] = {}
-    fresh: List[str] = []
+    fresh: List[str] = [k for k in own if k in adapted and k not in given]  # e.g. a file saved without its head
     folded: List[str] = []
     for key, value in given.items():
         target = own[key].shape
