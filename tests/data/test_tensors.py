@@ -52,5 +52,5 @@ def test_digits_embedded_default():
 
 
 def test_unknown_dataset():
-    with pytest.raises(ConfigError, match="unknown dataset 'mnsit'; choose one of: digits, fashion-mnist, kmnist, mnist"):
+    with pytest.raises(ConfigError, match="unknown dataset 'mnsit'; choose one of: cifar10, cifar100, digits, fashion-mnist, kmnist, mnist"):
         load_dataset("mnsit")

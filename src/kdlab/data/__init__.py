@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from . import digits, mnist_family  # noqa: F401  (registration)
+from . import cifar, digits, mnist_family  # noqa: F401  (registration)
 from .registry import DATASETS, RawData
 from .tensors import BatchIndexer, DatasetSplits, TensorData, carve_validation, normalize_images
 
