@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 from torch import Tensor, nn
 
 from .config import Recipe, dump_recipe
-from .data import DatasetSplits, load_dataset
+from .data import DatasetSplits, input_spec, load_dataset
 from .errors import ConfigError
 from .losses import DistillationObjective
 from .models import build_model, count_parameters
@@ -88,7 +88,7 @@ def train_role(
     role_cfg = getattr(recipe, role)
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out)
-    meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes)
+    meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
     meta.pop("state_dict")
     if run is not None:
         run.write_config(dump_recipe(recipe))
