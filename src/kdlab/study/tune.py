@@ -152,8 +152,8 @@ def tune(
         base = recipe.to_dict()
         log(f"tune: carving a {DEFAULT_VAL_FRACTION:.0%} validation split from the training set (the test set is not used)")
     data = prepare_data(recipe)
-    cached = cached_teacher(recipe, data, teacher_cache, progress)
-    log(f"teacher: {'reused' if cached.hit else 'trained and cached'} at {cached.path}")
+    cached = cached_teacher(recipe, data, teacher_cache, progress, log)
+    log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

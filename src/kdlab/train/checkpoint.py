@@ -117,6 +117,11 @@ def model_payload(
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, Dict[str, Any]]:
     """Rebuild a model from a checkpoint; returns (model, checkpoint payload)."""
     payload = load_checkpoint(path)
+    return model_from_payload(payload, path), payload
+
+
+def model_from_payload(payload: Dict[str, Any], path: str | os.PathLike) -> nn.Module:
+    """The model a loaded checkpoint payload describes, with its weights (``path`` is for messages)."""
     spec = payload.get("model")
     if not isinstance(spec, dict) or "state_dict" not in payload:
         raise CheckpointError(f"checkpoint {path} holds no model; was it written by an older kdlab?")
@@ -128,4 +133,4 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Dict[str, Any]]:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit model {spec['name']!r}: {str(exc).splitlines()[0]}") from None
-    return model, payload
+    return model
