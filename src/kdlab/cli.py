@@ -130,8 +130,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     _check_resume(args)
     if args.resume and not args.teacher:
         raise KDLabError("--resume for distill needs --teacher CHECKPOINT (the teacher the run started with)")
+    if args.teacher and (args.teacher_epochs is not None or args.teacher_cache):
+        raise KDLabError("--teacher-epochs and --teacher-cache apply only when the teacher comes from the cache; "
+                         "drop them, or drop --teacher to use the cached (or newly trained) recipe teacher")
     recipe = _recipe(args, "student")
-    _report(run_distill(recipe, args.teacher, out=args.out, progress=args.progress, resume=args.resume))
+    _report(run_distill(recipe, args.teacher, out=args.out, progress=args.progress, resume=args.resume,
+                        teacher_cache=args.teacher_cache, log=lambda line: print(line, flush=True)))
     return 0
 
 
@@ -184,9 +188,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .study.report import markdown, write_report
     from .train.rundir import RunDir
 
+    from .study.teacher_cache import check_teacher_cache
+    from .utils import check_output_location
+
     recipe = _recipe(args, None)
+    out = check_output_location(args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare"), "--out folder")
+    check_teacher_cache(args.teacher_cache)
     plots = _want_plots(args.plots)
-    out = args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare")
     result = compare(
         recipe, args.losses, args.seeds, teacher_cache=args.teacher_cache, batched=args.batched,
         target_acc=args.target_acc, progress=args.progress,
@@ -230,10 +238,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .study.tune import tune, tune_report
     from .train.rundir import RunDir
 
+    from .study.teacher_cache import check_teacher_cache
+    from .study.tune import check_storage
+    from .utils import check_output_location
+
     recipe = _recipe(args, None)
-    plots = _want_plots(args.plots)
-    out = Path(args.out) if args.out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-tune")
+    out = check_output_location(Path(args.out) if args.out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-tune"), "--out folder")
     storage = args.storage or str(out / "study.db")
+    check_storage(storage)
+    check_teacher_cache(args.teacher_cache)
+    plots = _want_plots(args.plots)
     result = tune(recipe, args.param, args.trials, args.sampler, storage, args.study_name, args.grid_points,
                   args.teacher_cache, args.progress)
     path = tune_report(result, out, plot=plots)
@@ -267,10 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "student")
     p = add("distill", cmd_distill, "distill the student from a teacher",
             "Distill the student: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || softmax(s/T)). "
-            "Without --teacher the teacher is trained first. The teacher stays in eval mode and its training-set "
+            "Without --teacher the recipe's teacher comes from the teacher cache (trained and cached on first use, "
+            "shared with compare and tune). The teacher's test accuracy is printed. The teacher stays in eval mode and its training-set "
             "logits are computed once per run.")
     _common(p, "student")
-    p.add_argument("--teacher", help="teacher checkpoint (best.pt/last.pt of a train-teacher run)")
+    p.add_argument("--teacher", help="teacher checkpoint (best.pt/last.pt of a train-teacher run); default: the recipe's "
+                                      "teacher from the teacher cache, trained there on first use")
+    p.add_argument("--teacher-epochs", type=int, help="teacher training epochs when the teacher comes from the cache")
+    p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     _distill_flags(p)
     p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",
             "Train a teacher, a scratch student and a distilled student and print their accuracies. Runs on the "
