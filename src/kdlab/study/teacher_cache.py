@@ -216,20 +216,17 @@ def cached_teacher(
             if found is not None:
                 payload, model = found
                 return CachedTeacher(FrozenTeacher(model), path, True, float(payload["metrics"]["test_acc"]), waited)
-            partial = _load_verified(path, key, recipe, data, finished=False)
-            if partial is not None and int(partial[0]["epoch"]) >= recipe.teacher.train.epochs:
-                payload, model = partial  # trained to the end, killed before entry.json was written
-                acc, hit = float(payload["metrics"]["test_acc"]), True
-            else:
-                if partial is None:
-                    _set_aside(path, say)
-                    path.mkdir(parents=True)
-                    atomic_write_json(path / KEY_FILE, key)
-                result = run_teacher(recipe, data, out=path, progress=progress, resume=partial is not None)
-                model, acc, hit = result.model, result.final_acc, False
+            # An unfinished run of this key (no entry.json yet, epochs left) resumes; anything else starts over.
+            partial = None if (path / ENTRY_FILE).exists() else _load_verified(path, key, recipe, data, finished=False)
+            resume = partial is not None and int(partial[0]["epoch"]) < recipe.teacher.train.epochs
+            if not resume:
+                _set_aside(path, say)
+                path.mkdir(parents=True)
+                atomic_write_json(path / KEY_FILE, key)
+            result = run_teacher(recipe, data, out=path, progress=progress, resume=resume)
             atomic_write_json(path / ENTRY_FILE, {"key_digest": _digest(key), "checkpoint_sha256": _sha256(path / "last.pt"),
-                                                  "test_acc": acc})
-            return CachedTeacher(FrozenTeacher(model), path, hit, acc, waited)
+                                                  "test_acc": result.final_acc})
+            return CachedTeacher(FrozenTeacher(result.model), path, False, result.final_acc, waited)
     except OSError as exc:
         raise KDLabError(
             f"teacher cache {root} is unusable ({os_error_reason(exc)}: {exc.filename or path}); "
