@@ -106,3 +106,20 @@ def test_unusable_cache_is_one_line(tmp_path):
     recipe = load_recipe("digits-mlp", FAST)
     with pytest.raises(KDLabError, match="teacher cache .* lies under .* which is a file"):
         _cached(recipe, tmp_path / "file" / "cache")
+
+
+def test_distill_without_teacher_uses_the_cache(tmp_path, capsys):
+    from kdlab.cli import main
+
+    args = ["distill", "digits-mlp", "--teacher-epochs", "1", "--epochs", "1", "--set", "teacher.model.hidden=[16]",
+            "--teacher-cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    first = capsys.readouterr().out
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    second = capsys.readouterr().out
+    assert "teacher: trained and cached at" in first and "teacher: reused from the cache at" in second
+    acc = lambda text: text.split("test acc ")[1].split("%")[0]  # noqa: E731
+    assert acc(first) == acc(second)
+    info = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert info["teacher_reused"] is True and info["teacher_cache"].startswith(str(tmp_path / "cache"))
+    assert not (tmp_path / "a" / "teacher").exists()  # the teacher lives in the cache, not in every run folder
