@@ -4,7 +4,10 @@ The objective is the distilled student's final-epoch accuracy on a validation sp
 the training set — never the test set, which stays untouched for the final report. The study
 lives in a database (SQLite by default), so an interrupted search resumes where it stopped and
 several processes or machines pointed at the same URL share the work; ``trials`` is the number of
-completed trials the study should reach, not the number this process runs.
+completed trials the study should reach, not the number this process runs (workers started at the
+same moment create the study safely and stop at exactly that many). What the trials depend on —
+search space, sampler, recipe, data — is stored with the study; joining it with other settings is
+refused, so results of different searches never mix.
 """
 
 from __future__ import annotations
