@@ -34,7 +34,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from .calling import Adapted, adapt
 from .measure import Meter, NonFiniteResult
-from .probes import (AXIS_WORDS, FORMS, Layout, cross_entropy, exponent, fit, kl, make_probes, round_exponent,
+from .scaling import size_findings, temperature_exponent
+from .probes import (FORMS, Layout, cross_entropy, exponent, fit, kl, make_probes, round_exponent,
                      teacher_entropy, uniform_ce, value_and_grad)
 
 # (shape, k, m, b) of each registered coding; c (the soft weight) is not part of the signature.
@@ -206,31 +207,28 @@ def _diagnose(a: Adapted, meter: Meter, layout: Layout, T1: float, soft_weight: 
         evidence.append(f"label-dependent part = {hw:.6g} × cross-entropy (effective hard weight)")
     elif a.takes_labels:
         notes.append("hard term: the label-dependent part is not a multiple of cross-entropy on the student logits "
-                     "(e.g. CE on s/T, a focal loss); the soft term was judged from how the loss changes with the teacher logits")
-    n = base.full.numel() // 3
-    g_ref = run.form(kl, T1, sizes, seed)[1 if run.teacher_only else 0] * T1 * T1
-    g_our = base.tdiff if run.teacher_only else base.full
-    cos = float(F.cosine_similarity(g_ref[:n], g_our[:n], dim=0)) if float(g_our[:n].norm()) > 0 else 0.0
-    what = "teacher-dependent gradient" if run.teacher_only else "soft gradient"
-    evidence.append(f"probe {layout.text(sizes)}, T={T1:g}: {what} cosine to hinton's {cos:.4f}, "
-                    f"norm ratio {float(g_our[:n].norm() / g_ref[:n].norm()):.4g}")
-
+                     "(e.g. a focal loss or MSE to one-hot labels); the soft term was judged from how the loss changes with the teacher logits")
     warnings, teacher_grad = _teacher_gradient(a, layout, T1, evidence)
 
-    shape_name, fits = None, {}
-    for name in FORMS:
-        fits[name] = run.fit(name, base, T1, sizes, seed)
-        if fits[name][1] < TOL:
-            shape_name = name
-            break
+    shape_name, fits = _match(run, base, T1, sizes, seed)
+    if shape_name is None and a.takes_labels and not run.teacher_only:
+        run.teacher_only = True  # a student-only part besides w·CE (CE on s/T, an entropy term): judge the teacher part
+        shape_name, _ = _match(run, base, T1, sizes, seed)
+        if shape_name is None:
+            run.teacher_only = False
+        else:
+            notes.append(f"hard term: besides {hw:.4g} × cross-entropy the loss has a part that depends on the student "
+                         "only (e.g. the hard CE computed on s/T, or an entropy term); it is not part of the soft term, "
+                         "which was judged from how the loss changes with the teacher logits")
     if shape_name is None:
         best = min(fits, key=lambda k: fits[k][1])
         findings.append("soft term is not proportional to any known form of the KD loss"
                         + ("" if a.takes_T else f" at T={T1:g} (T is fixed inside the function: is -T the value it uses?)"))
         evidence.append(f"closest known form: {best} (relative residual {fits[best][1]:.3g}; a match needs < {TOL:g})")
         return Diagnosis(False, None, findings, evidence, a.describe(), warnings, None, {}, None, hw, teacher_grad, notes)
-    coef, resid, smoothing, form_values = fits[shape_name]
+    coef, resid, smoothing, form_values = run.fit(shape_name, base, T1, sizes, seed)
     r1 = coef[0]
+    _compare_with_hinton(run, base, coef, smoothing, T1, sizes, seed, layout, evidence)
     if FORMS[shape_name][1]:
         findings.append(FORMS[shape_name][1])
     evidence.append(f"soft gradient = {r1:.6g} × that of {shape_name} (mean over positions, no T factor), residual {resid:.1e}")
@@ -263,17 +261,41 @@ def _diagnose(a: Adapted, meter: Meter, layout: Layout, T1: float, soft_weight: 
         evidence.append("scaling exponents: " + ", ".join(f"{d} {x:.3g}" for d, x in raw.items()) + " (expected integers)")
         return Diagnosis(False, None, findings, evidence, a.describe(), warnings, shape_name, {}, None, hw, teacher_grad, notes)
     size_factor = math.prod(sizes[d] ** e for d, e in ex.items())
-    k, c = _temperature_exponent(a, run, ratio, r_base, size_factor, T1, hw, soft_weight, findings, evidence, notes)
+    k, c = temperature_exponent(a, ratio, r_base, size_factor, T1, hw, soft_weight, findings, evidence, notes)
     evidence.append("scaling: " + ", ".join(f"∝ {d}^{e}" for d, e in ex.items()) + (f"; effective soft weight {c:.6g}" if c is not None else ""))
-    _size_findings(ex, findings, notes)
+    size_findings(ex, findings, notes)
     if c is not None and c < 0:
         findings.append("negative soft weight: the student is pushed away from the teacher")
-    findings += meter.extreme(T1, seed)
+    extreme = meter.extreme(T1, seed)
+    findings += extreme
     matches = None
-    if layout.dims == ("B", "K") and not run.teacher_only and not smoothing:
+    if layout.dims == ("B", "K") and not run.teacher_only and not smoothing and not extreme:
         matches = REGISTERED.get((shape_name, k, ex["K"], ex["B"]))
     return Diagnosis(not findings, matches, findings, evidence, a.describe(), warnings, shape_name, {"T": k, **ex}, c, hw,
                      teacher_grad, notes, offset=offset, label_smoothing=eps)
+
+
+def _match(run: _Run, base: _Soft, T: float, sizes: Dict[str, int], seed: int) -> Tuple[Optional[str], Dict[str, Any]]:
+    """The first known form whose gradient the soft part is a multiple of, and every form's fit."""
+    fits: Dict[str, Any] = {}
+    for name in FORMS:
+        fits[name] = run.fit(name, base, T, sizes, seed)
+        if fits[name][1] < TOL:
+            return name, fits
+    return None, fits
+
+
+def _compare_with_hinton(run: _Run, base: _Soft, coef: List[float], smoothing: bool, T: float, sizes: Dict[str, int],
+                         seed: int, layout: Layout, evidence: List[str]) -> None:
+    """Evidence line: the soft gradient against the Hinton loss's on the first probe."""
+    n = base.full.numel() // 3
+    full, tdiff, _ = run.form(kl, T, sizes, seed)
+    g_ref = (tdiff if run.teacher_only else full)[:n] * T * T
+    g_our = (base.tdiff if run.teacher_only else base.full - (coef[1] * base.uniform if smoothing else 0.0))[:n]
+    cos = float(F.cosine_similarity(g_ref, g_our, dim=0)) if float(g_our.norm()) > 0 else 0.0
+    what = "teacher-dependent gradient" if run.teacher_only else "soft gradient"
+    evidence.append(f"probe {layout.text(sizes)}, T={T:g}: {what} cosine to hinton's {cos:.4f}, "
+                    f"norm ratio {float(g_our.norm() / g_ref.norm()):.4g}")
 
 
 def _teacher_gradient(a: Adapted, layout: Layout, T: float, evidence: List[str]) -> Tuple[List[str], bool]:
@@ -307,70 +329,3 @@ def _offset(run: _Run, base: _Soft, coef: List[float], smoothing: bool, form_val
         notes.append(f"the value differs from the matched form by a term that does not depend on the student "
                      f"({offs[0]:.6g} at the probe); the gradient and training are the same")
     return offs[0]
-
-
-def _temperature_exponent(a, run, ratio, r_base, size_factor, T1, hw, soft_weight, findings, evidence, notes):
-    """(k, soft weight c) with r = c · T^k · size_factor; k is None (never NaN-printed) when undeterminable."""
-    if a.takes_T:
-        T2 = T1 * 1.5
-        r2 = ratio(T2)
-        k_raw = exponent(r_base, r2, T1, T2)
-        if not math.isfinite(k_raw):
-            findings.append(f"the T scaling cannot be determined: the soft term's multiple is {r_base:.3g} at T={T1:g} "
-                            f"but {r2:.3g} at T={T2:g} (a sign change)")
-            return None, None
-        evidence.append(f"re-probed at T={T2:g}: soft term ∝ T^{k_raw:.3f}")
-        k = round_exponent(k_raw)
-        c = r_base / (T1 ** (k if k is not None else k_raw) * size_factor)
-    elif abs(math.log(T1)) < 0.01:
-        c = r_base / size_factor  # every power of T is ~1 here
-        notes.append(f"T is fixed at {T1:g} inside the function, where every power of T is 1, so whether the soft term "
-                     "has the T² factor cannot be determined at this T; set the function's T to another value (and -T "
-                     "to match) to check it")
-        return None, c
-    else:
-        if soft_weight is None:
-            soft_weight = 1.0 - hw if hw is not None and 0 < hw < 1 else 1.0
-        c = soft_weight
-        if not (c > 0 and r_base > 0):
-            findings.append(f"the T scaling cannot be determined at T={T1:g}: the soft term's multiple is {r_base:.3g} "
-                            f"with soft weight {c:g}")
-            return None, (r_base / (T1 * T1 * size_factor) if c > 0 else None)
-        k_raw = math.log(r_base / (c * size_factor)) / math.log(T1)
-        k = round_exponent(k_raw)
-        evidence.append(f"T is fixed inside the function, so its exponent assumes soft weight {c:g}: soft term ∝ T^{k_raw:.3f}")
-    if k is None:
-        findings.append(f"the soft term scales as T^{k_raw:.3g} instead of T^2")
-    elif k == 0:
-        findings.append("missing T² factor (gradient T² too small; raising T switches distillation off)")
-    elif k == 1:
-        findings.append("multiplied by T instead of T²")
-    elif k == 3:
-        findings.append("extra factor T (T³ overall; soft term T times too strong)")
-    elif k != 2:
-        findings.append(f"scaled by T^{k} instead of T²")
-    return k, c
-
-
-def _size_findings(ex: Dict[str, int], findings: List[str], notes: List[str]) -> None:
-    m, b = ex["K"], ex["B"]
-    if m == -1:
-        findings.append("reduction='mean' divides by the class count (use 'batchmean')")
-    elif m != 0:
-        findings.append(f"scales as K^{m} with the class count")
-    if b == 1:
-        findings.append("sums over the batch (grows with batch size; use 'batchmean')")
-    elif b != 0:
-        findings.append(f"scales as B^{b} with the batch size")
-    for d, e in ex.items():
-        if d in ("K", "B"):
-            continue
-        word = AXIS_WORDS.get(d, f"positions along {d}")
-        batch = "averaged over the batch" if b == 0 else "summed over the batch"
-        if e == 0:
-            notes.append(f"averaged over {word} ({d}) and {batch}: the loss does not grow with {d}")
-        elif e == 1:
-            notes.append(f"summed over {word} ({d}) but {batch}: the loss grows in proportion to {d} "
-                         f"(each position's gradient does not shrink as {d} grows)")
-        else:
-            findings.append(f"scales as {d}^{e} with the {word}")
