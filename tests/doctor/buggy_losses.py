@@ -101,7 +101,8 @@ class MeanKD(nn.Module):
 
     def forward(self, student_logits, teacher_logits):
         T = self.T
-        return self.weight * F.kl_div(F.log_softmax(student_logits / T, 1), F.softmax(teacher_logits / T, 1), reduction="mean") * T * T
+        kl = F.kl_div(F.log_softmax(student_logits / T, 1), F.softmax(teacher_logits / T, 1), reduction="none")
+        return self.weight * kl.mean() * T * T  # what reduction="mean" computes
 
 
 criterion = DistillKL(T=4.0)  # a module-level instance, as in `criterion_kd = DistillKL(opt.kd_T)`
@@ -221,3 +222,17 @@ def returns_inf(s, t, T):
 
 def raises(student_logits, teacher_logits, T):
     raise RuntimeError("shapes do not match the config")
+
+
+def pushed_away(y_s, y_t):
+    """Negated KL with T fixed inside: the multiple is negative, so T's exponent cannot be read."""
+    return -F.kl_div(F.log_softmax(y_s / TEMP, 1), F.softmax(y_t / TEMP, 1), reduction="batchmean") * TEMP**2
+
+
+def sequence_wrong_axis(student_logits, teacher_logits, T):
+    """(B, L, K) but softmax over dim 1 (the tokens): a real bug for sequence logits."""
+    return F.kl_div(F.log_softmax(student_logits / T, 1), F.softmax(teacher_logits / T, 1), reduction="batchmean") * T * T
+
+
+def sequence_summed_over_batch(student_logits, teacher_logits, T):
+    return F.kl_div(F.log_softmax(student_logits / T, -1), F.softmax(teacher_logits / T, -1), reduction="sum") * T * T

@@ -185,11 +185,15 @@ def diagnose(
     layout = layout or Layout()
     T1 = _temperature(a, temperature)
     meter = Meter(a, layout)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # probes are tiny: intra-op threads only add contention (30x slower on a busy machine)
     try:
         meter.first_call(T1, 0, given_layout)
         d = _diagnose(a, meter, layout, T1, soft_weight)
     except NonFiniteResult as exc:
         d = Diagnosis(False, None, [str(exc)], ["a KD loss must be finite for finite logits"], a.describe())
+    finally:
+        torch.set_num_threads(threads)
     d.guesses = a.guess_lines()
     return d
 
