@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="logit axes: B,K (default), B,L,K for sequences, B,K,H,W for dense prediction; sizes optional (B,L=12,K)")
     p = add("explain", cmd_explain, "walk through one KD loss computation step by step",
             "Compute soft labels, soft/hard predictions, KL, the T^2-scaled soft term, CE and the total for one "
-            "example. Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
+            "example, in log space (logits of any size, e.g. +-1e4, give finite numbers; NaN/inf logits are refused). "
+            "Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
     p.add_argument("--teacher", type=_floats, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1 (first value negative: --teacher=-1,2,3)")
     p.add_argument("--student", type=_floats, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4 (first value negative: --student=-1,2,3)")
     p.add_argument("--label", type=int, default=0, help="true class index")

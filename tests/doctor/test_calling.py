@@ -64,6 +64,13 @@ def test_one_line_errors(call, needles):
         assert needle in str(exc.value)
 
 
+def test_temperature_given_with_arg_is_the_probe_temperature():
+    a = adapt(B.reversed_kl, extra={"temperature": 3.0})
+    assert a.roles["T"] == "temperature" and a.default_T == 3.0 and a.extra == {}
+    with pytest.raises(ConfigError, match="must be a finite number > 0"):
+        adapt(B.reversed_kl, extra={"temperature": -1})
+
+
 def test_values_parse_as_literals_then_yaml():
     assert parse_values(["a=1e-3", "b=mean", "c=[1, 2]", "d=true", "e=None", "f=0.9"]) == {
         "a": 1e-3, "b": "mean", "c": [1, 2], "d": True, "e": None, "f": 0.9}

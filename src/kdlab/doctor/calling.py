@@ -224,6 +224,10 @@ def adapt(
     if init and not is_class:
         raise ConfigError(f"--init applies to a loss class, but {name} is not a class; use --arg NAME=VALUE for its arguments")
     sig = _signature(fn, name)
+    given_T = {k: extra.pop(k) for k in list(extra) if k in T_NAMES and k in sig.parameters}  # --arg T=3: the probe T
+    for k, v in given_T.items():
+        if _positive_number(v) is None:
+            raise ConfigError(f"--arg {k}={v!r}: the temperature must be a finite number > 0")
     params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in extra]
     label = f"{name}{sig}"
     listed = ", ".join(p.name for p in params) or "none"
@@ -245,7 +249,7 @@ def adapt(
     ordered = {r: roles[r] for r in ("student", "teacher", "labels", "T") if r in roles}
     a = Adapted(name, None if is_class else fn, ordered, extra, fn if is_class else None, init, guessed=guessed)
     if "T" in roles:
-        a.default_T = _positive_number(sig.parameters[roles["T"]].default)
+        a.default_T = _positive_number(given_T.get(roles["T"], sig.parameters[roles["T"]].default))
     elif is_class:
         a.init_T, a.default_T = _init_kwargs(fn, init)
     else:
