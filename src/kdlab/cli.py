@@ -215,10 +215,13 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose, load_function, parse_args
+    from .doctor import diagnose, load_function, parse_layout, parse_values
 
     fn = load_function(args.function)
-    d = diagnose(fn, args.temperature, args.soft_weight, parse_args(args.args))
+    layout = parse_layout(args.shape) if args.shape else None
+    d = diagnose(fn, args.temperature, args.soft_weight, parse_values(args.args, "--arg"),
+                 init=parse_values(args.init, "--init"), student_arg=args.student_arg, teacher_arg=args.teacher_arg,
+                 layout=layout)
     print("\n".join(d.lines()))
     return 0 if d.correct else 1
 
@@ -329,19 +332,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
             "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
     p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",
-            "Run MODULE:FUNCTION on probe logits, compare values and gradients with the Hinton loss and name the known "
-            "pitfall it matches (probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, gradient "
-            "into the teacher, sum over the batch), with the evidence. Exit code 0: correct; 1: a problem was found.")
-    p.add_argument("function", help="package.module:function or path/to/file.py:function")
+            "Run MODULE:FUNCTION (a function, an nn.Module loss class or a module-level loss instance) on probe logits, "
+            "compare its gradient, then its value, with the Hinton loss and name the known pitfall it matches "
+            "(probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, gradient into the teacher, "
+            "sum over the batch, NaN at extreme logits), with the evidence. A constant offset (soft-target cross-entropy "
+            "= KL + teacher entropy) and hard-term changes (label smoothing) are notes. Argument roles are read from the "
+            "names (student_logits, y_s, outputs, ...; teacher_logits, y_t, soft_labels, ...); guesses are printed. "
+            "Exit code 0: correct; 1: a problem was found; 2: the function could not be checked.")
+    p.add_argument("function", help="package.module:NAME or path/to/file.py:NAME (function, loss class or loss instance)")
     p.add_argument("-T", "--temperature", type=float, help="temperature to probe at; required when the function takes no T argument")
     p.add_argument("--soft-weight", type=float, help="the soft-term weight you intend (only used when T is fixed inside the function)")
     p.add_argument("--arg", dest="args", action="append", default=[], metavar="NAME=VALUE",
                    help="value for another parameter of the function, e.g. --arg alpha=0.9 (repeatable)")
+    p.add_argument("--init", action="append", default=[], metavar="NAME=VALUE",
+                   help="constructor argument when NAME is a loss class, e.g. --init T=4 (YAML value, finite; repeatable)")
+    p.add_argument("--student-arg", metavar="NAME", help="the parameter that receives the student logits")
+    p.add_argument("--teacher-arg", metavar="NAME", help="the parameter that receives the teacher logits")
+    p.add_argument("--shape", metavar="AXES",
+                   help="logit axes: B,K (default), B,L,K for sequences, B,K,H,W for dense prediction; sizes optional (B,L=12,K)")
     p = add("explain", cmd_explain, "walk through one KD loss computation step by step",
             "Compute soft labels, soft/hard predictions, KL, the T^2-scaled soft term, CE and the total for one "
-            "example. Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
-    p.add_argument("--teacher", type=_floats, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1")
-    p.add_argument("--student", type=_floats, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4")
+            "example, in log space (logits of any size, e.g. +-1e4, give finite numbers; NaN/inf logits are refused). "
+            "Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
+    p.add_argument("--teacher", type=_floats, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1 (first value negative: --teacher=-1,2,3)")
+    p.add_argument("--student", type=_floats, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4 (first value negative: --student=-1,2,3)")
     p.add_argument("--label", type=int, default=0, help="true class index")
     p.add_argument("-T", "--temperature", type=float, default=2.0, help="temperature T > 0")
     p.add_argument("--hard-weight", type=float, default=1.0, help="weight of CE")
