@@ -130,8 +130,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     _check_resume(args)
     if args.resume and not args.teacher:
         raise KDLabError("--resume for distill needs --teacher CHECKPOINT (the teacher the run started with)")
+    if args.teacher and (args.teacher_epochs is not None or args.teacher_cache):
+        raise KDLabError("--teacher-epochs and --teacher-cache apply only when the teacher comes from the cache; "
+                         "drop them, or drop --teacher to use the cached (or newly trained) recipe teacher")
     recipe = _recipe(args, "student")
-    _report(run_distill(recipe, args.teacher, out=args.out, progress=args.progress, resume=args.resume))
+    _report(run_distill(recipe, args.teacher, out=args.out, progress=args.progress, resume=args.resume,
+                        teacher_cache=args.teacher_cache, log=lambda line: print(line, flush=True)))
     return 0
 
 
@@ -184,9 +188,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .study.report import markdown, write_report
     from .train.rundir import RunDir
 
+    from .study.teacher_cache import check_teacher_cache
+    from .utils import check_output_location
+
     recipe = _recipe(args, None)
+    out = check_output_location(args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare"), "--out folder")
+    check_teacher_cache(args.teacher_cache)
     plots = _want_plots(args.plots)
-    out = args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare")
     result = compare(
         recipe, args.losses, args.seeds, teacher_cache=args.teacher_cache, batched=args.batched,
         target_acc=args.target_acc, progress=args.progress,
@@ -207,10 +215,13 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose, load_function, parse_args
+    from .doctor import diagnose, load_function, parse_layout, parse_values
 
     fn = load_function(args.function)
-    d = diagnose(fn, args.temperature, args.soft_weight, parse_args(args.args))
+    layout = parse_layout(args.shape) if args.shape else None
+    d = diagnose(fn, args.temperature, args.soft_weight, parse_values(args.args, "--arg"),
+                 init=parse_values(args.init, "--init"), student_arg=args.student_arg, teacher_arg=args.teacher_arg,
+                 layout=layout)
     print("\n".join(d.lines()))
     return 0 if d.correct else 1
 
@@ -230,10 +241,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .study.tune import tune, tune_report
     from .train.rundir import RunDir
 
+    from .study.teacher_cache import check_teacher_cache
+    from .study.tune import check_storage
+    from .utils import check_output_location
+
     recipe = _recipe(args, None)
-    plots = _want_plots(args.plots)
-    out = Path(args.out) if args.out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-tune")
+    out = check_output_location(Path(args.out) if args.out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-tune"), "--out folder")
     storage = args.storage or str(out / "study.db")
+    check_storage(storage)
+    check_teacher_cache(args.teacher_cache)
+    plots = _want_plots(args.plots)
     result = tune(recipe, args.param, args.trials, args.sampler, storage, args.study_name, args.grid_points,
                   args.teacher_cache, args.progress)
     path = tune_report(result, out, plot=plots)
@@ -267,10 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "student")
     p = add("distill", cmd_distill, "distill the student from a teacher",
             "Distill the student: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || softmax(s/T)). "
-            "Without --teacher the teacher is trained first. The teacher stays in eval mode and its training-set "
+            "Without --teacher the recipe's teacher comes from the teacher cache (trained and cached on first use, "
+            "shared with compare and tune). The teacher's test accuracy is printed. The teacher stays in eval mode and its training-set "
             "logits are computed once per run.")
     _common(p, "student")
-    p.add_argument("--teacher", help="teacher checkpoint (best.pt/last.pt of a train-teacher run)")
+    p.add_argument("--teacher", help="teacher checkpoint (best.pt/last.pt of a train-teacher run); default: the recipe's "
+                                      "teacher from the teacher cache, trained there on first use")
+    p.add_argument("--teacher-epochs", type=int, help="teacher training epochs when the teacher comes from the cache")
+    p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     _distill_flags(p)
     p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",
             "Train a teacher, a scratch student and a distilled student and print their accuracies. Runs on the "
@@ -311,19 +332,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
             "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
     p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",
-            "Run MODULE:FUNCTION on probe logits, compare values and gradients with the Hinton loss and name the known "
-            "pitfall it matches (probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, gradient "
-            "into the teacher, sum over the batch), with the evidence. Exit code 0: correct; 1: a problem was found.")
-    p.add_argument("function", help="package.module:function or path/to/file.py:function")
+            "Run MODULE:FUNCTION (a function, an nn.Module loss class or a module-level loss instance) on probe logits, "
+            "compare its gradient, then its value, with the Hinton loss and name the known pitfall it matches "
+            "(probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, gradient into the teacher, "
+            "sum over the batch, NaN at extreme logits), with the evidence. A constant offset (soft-target cross-entropy "
+            "= KL + teacher entropy) and hard-term changes (label smoothing) are notes. Argument roles are read from the "
+            "names (student_logits, y_s, outputs, ...; teacher_logits, y_t, soft_labels, ...); guesses are printed. "
+            "Exit code 0: correct; 1: a problem was found; 2: the function could not be checked.")
+    p.add_argument("function", help="package.module:NAME or path/to/file.py:NAME (function, loss class or loss instance)")
     p.add_argument("-T", "--temperature", type=float, help="temperature to probe at; required when the function takes no T argument")
     p.add_argument("--soft-weight", type=float, help="the soft-term weight you intend (only used when T is fixed inside the function)")
     p.add_argument("--arg", dest="args", action="append", default=[], metavar="NAME=VALUE",
                    help="value for another parameter of the function, e.g. --arg alpha=0.9 (repeatable)")
+    p.add_argument("--init", action="append", default=[], metavar="NAME=VALUE",
+                   help="constructor argument when NAME is a loss class, e.g. --init T=4 (YAML value, finite; repeatable)")
+    p.add_argument("--student-arg", metavar="NAME", help="the parameter that receives the student logits")
+    p.add_argument("--teacher-arg", metavar="NAME", help="the parameter that receives the teacher logits")
+    p.add_argument("--shape", metavar="AXES",
+                   help="logit axes: B,K (default), B,L,K for sequences, B,K,H,W for dense prediction; sizes optional (B,L=12,K)")
     p = add("explain", cmd_explain, "walk through one KD loss computation step by step",
             "Compute soft labels, soft/hard predictions, KL, the T^2-scaled soft term, CE and the total for one "
-            "example. Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
-    p.add_argument("--teacher", type=_floats, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1")
-    p.add_argument("--student", type=_floats, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4")
+            "example, in log space (logits of any size, e.g. +-1e4, give finite numbers; NaN/inf logits are refused). "
+            "Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
+    p.add_argument("--teacher", type=_floats, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1 (first value negative: --teacher=-1,2,3)")
+    p.add_argument("--student", type=_floats, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4 (first value negative: --student=-1,2,3)")
     p.add_argument("--label", type=int, default=0, help="true class index")
     p.add_argument("-T", "--temperature", type=float, default=2.0, help="temperature T > 0")
     p.add_argument("--hard-weight", type=float, default=1.0, help="weight of CE")

@@ -7,15 +7,17 @@ prints; anything it does can be done from Python with these functions.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor, nn
 
 from .config import Recipe, dump_recipe
-from .data import DatasetSplits, load_dataset
+from .data import DatasetSplits, input_spec, load_dataset
 from .errors import ConfigError
 from .losses import DistillationObjective
 from .models import build_model, count_parameters
@@ -88,7 +90,7 @@ def train_role(
     role_cfg = getattr(recipe, role)
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out)
-    meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes)
+    meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
     meta.pop("state_dict")
     if run is not None:
         run.write_config(dump_recipe(recipe))
@@ -132,8 +134,29 @@ def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any =
     return train_role(recipe, "student", "scratch", data, DistillationObjective(), out, progress=progress, resume=resume)
 
 
-def load_teacher(path: str | os.PathLike, data: DatasetSplits) -> FrozenTeacher:
-    """Load a teacher checkpoint and check it fits ``data``."""
+def warn(message: str) -> None:
+    """A one-line warning on stderr: the run goes on, but the user must know (e.g. a dubious teacher)."""
+    print(f"kdlab: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def checkpoint_role(path: str | os.PathLike, payload: Dict[str, Any]) -> Optional[str]:
+    """"teacher" or "student" as the checkpoint records it (older ones: from the run.json beside it)."""
+    role = payload.get("role")
+    if isinstance(role, str):
+        return role
+    try:
+        kind = json.loads((Path(path).parent / "run.json").read_text()).get("role")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {"teacher": "teacher", "scratch": "student", "distill": "student", "tune": "student"}.get(kind)
+
+
+def load_teacher(path: str | os.PathLike, data: DatasetSplits, student_parameters: Optional[int] = None) -> FrozenTeacher:
+    """Load a teacher checkpoint and check it fits ``data``.
+
+    A checkpoint saved as a student, or a teacher with fewer parameters than ``student_parameters``,
+    is accepted (it may be deliberate, e.g. self-distillation) but with a one-line warning on stderr.
+    """
     model, payload = load_model(path)
     spec = payload["model"]
     if int(spec["num_classes"]) != data.num_classes:
@@ -146,7 +169,25 @@ def load_teacher(path: str | os.PathLike, data: DatasetSplits) -> FrozenTeacher:
             f"input shape mismatch: teacher {path} expects {tuple(spec['in_shape'])}, dataset {data.name!r} gives "
             f"{tuple(data.in_shape)}; use a teacher trained on {data.name}"
         )
+    role = checkpoint_role(path, payload)
+    if role is not None and role != "teacher":
+        warn(f"checkpoint {path} was saved as a {role}, not a teacher; distilling from it anyway "
+             "(pass a train-teacher checkpoint if this was a mistake)")
+    if student_parameters is not None:
+        _warn_if_smaller(count_parameters(model, trainable_only=False), student_parameters, f"teacher {path}")
     return FrozenTeacher(model)
+
+
+def _warn_if_smaller(teacher_parameters: int, student_parameters: int, what: str) -> None:
+    if teacher_parameters < student_parameters:
+        warn(f"{what} has {teacher_parameters:,} parameters, fewer than the student's {student_parameters:,}; "
+             "distilling from a smaller teacher rarely helps (check --teacher and the recipe's student)")
+
+
+def count_student_parameters(recipe: Recipe, data: DatasetSplits) -> int:
+    """Parameter count of the recipe's student (built on the CPU, no training)."""
+    cfg = recipe.student.model
+    return count_parameters(build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where="student.model"))
 
 
 def distill_objective(recipe: Recipe, loss: Optional[str] = None) -> DistillationObjective:
@@ -162,19 +203,37 @@ def run_distill(
     out: Any = None,
     progress: Optional[bool] = None,
     resume: bool = False,
+    teacher_cache: Optional[str | os.PathLike] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> RunResult:
-    """Distill the recipe's student from ``teacher`` (a model, a checkpoint path, or None to train one)."""
-    data = data or prepare_data(recipe)
-    info: Dict[str, Any] = {}
+    """Distill the recipe's student from ``teacher``: a model, a checkpoint path, or None for the
+    recipe's teacher from the teacher cache (trained and cached there on first use, like ``compare``).
+
+    ``log`` receives one line naming the teacher used and its test accuracy.
+    """
+    from .study.teacher_cache import cached_teacher, check_teacher_cache
+    from .train.loop import evaluate
+
     if teacher is None:
-        teacher_run = run_teacher(recipe, data, None if out is None else Path(out) / "teacher", progress)
-        info["teacher_run"] = str(teacher_run.path)
-        teacher = teacher_run.model
-        out = None if out is None else Path(out) / "student"
+        check_teacher_cache(teacher_cache)  # before loading data or training anything
+    data = data or prepare_data(recipe)
+    say = log or (lambda _msg: None)
+    info: Dict[str, Any] = {}
+    n_student = count_student_parameters(recipe, data)
+    if teacher is None:
+        cached = cached_teacher(recipe, data, teacher_cache, progress, say)
+        say(cached.describe())
+        info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
+        frozen = cached.teacher
+        _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the recipe's teacher")
     elif isinstance(teacher, (str, os.PathLike)):
         info["teacher_checkpoint"] = str(teacher)
-        teacher = load_teacher(teacher, data)
-    frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
+        frozen = load_teacher(teacher, data, n_student)
+        info["teacher_test_acc"] = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
+        say(f"teacher: checkpoint {teacher}, test acc {100 * info['teacher_test_acc']:.2f}% (measured now on {data.name})")
+    else:  # a model the caller holds (and has measured)
+        frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
+        _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
     return train_role(recipe, "student", "distill", data, distill_objective(recipe), out, frozen, progress, resume, info)
 
 

@@ -81,3 +81,54 @@ def test_cli_tune(tmp_path, capsys, monkeypatch):
     assert main(["tune", "digits-mlp", "--param", "T=5:1", "--out", str(tmp_path / "bad")]) == 2
     assert "LOW must be < HIGH" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_changed_search_space_or_recipe_is_refused(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST + ["student.train.epochs=1", "student.model.hidden=[8]"])
+    kw = dict(storage=str(tmp_path / "s.db"), teacher_cache=tmp_path / "cache", progress=False, log=_quiet)
+    tune(recipe, ["T=1:10"], 1, "random", **kw)
+    for params, sampler, r, needle in [
+        (["T=1:5"], "random", recipe, "different search space"),
+        (["T=1:10", "soft_weight=0:1"], "random", recipe, "different search space"),
+        (["T=1:10"], "tpe", recipe, "different sampler"),
+        (["T=1:10"], "random", load_recipe("digits-mlp", FAST + ["student.train.epochs=2", "student.model.hidden=[8]"]),
+         "student.train.epochs: 1 vs 2"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            tune(r, params, 2, sampler, **kw)
+    assert tune(recipe, ["T=1:10"], 2, "random", **kw).trials[-1]["state"] == "COMPLETE"  # same settings resume
+
+
+def test_grid_points_below_one_refused(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST)
+    for points in (0, -3):
+        with pytest.raises(ConfigError, match="--grid-points must be >= 1"):
+            tune(recipe, ["T=1:3"], 2, "grid", storage=str(tmp_path / "g.db"), grid_points=points, log=_quiet)
+    assert not (tmp_path / "g.db").exists()
+
+
+def test_concurrent_workers_share_one_study_and_stop_at_n(tmp_path):
+    """Two real workers started at the same moment on a fresh storage: both run, N trials in total."""
+    import optuna
+    import os
+    import subprocess
+    import sys
+
+    from tests.catalogue.harness import SRC
+
+    db = tmp_path / "shared.db"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "KDLAB_TEACHER_CACHE": str(tmp_path / "cache")}
+    args = ["tune", "digits-mlp", "--param", "T=1:5", "--trials", "4", "--sampler", "random", "--storage", str(db),
+            "--no-plots", "--no-progress", "--teacher-epochs", "1", "--student-epochs", "1",
+            "--set", "teacher.model.hidden=[16]", "--set", "student.model.hidden=[8]"]
+    procs = [subprocess.Popen([sys.executable, "-m", "kdlab", *args, "--out", str(tmp_path / f"w{i}")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "Error" not in err and "Traceback" not in err
+    study = optuna.load_study(study_name="digits-mlp-tune", storage=f"sqlite:///{db}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4 and "RUNNING" not in states and "FAIL" not in states
+    assert all("trials in " in out for out, _ in outs)

@@ -7,7 +7,9 @@ from typing import Optional
 
 from . import cifar, digits, mnist_family  # noqa: F401  (registration)
 from .registry import DATASETS, RawData
-from .tensors import BatchIndexer, DatasetSplits, TensorData, carve_validation, normalize_images
+from .tensors import (
+    BatchIndexer, DatasetSplits, TensorData, carve_validation, data_fingerprint, input_spec, normalize_images, tensor_fingerprint,
+)
 
 
 def load_dataset(
@@ -23,6 +25,8 @@ def load_dataset(
     validation split is removed), so neither validation nor test data leak into them.
     """
     raw = DATASETS.get(name)(Path(data_dir) if data_dir else None, download)
+    split = f"val_fraction={val_fraction!r};seed={seed if val_fraction else None}"
+    fingerprint = tensor_fingerprint([raw.train_x, raw.train_y, raw.test_x, raw.test_y], split)
     train_raw = TensorData(raw.train_x, raw.train_y)
     train_raw, val_raw = carve_validation(train_raw, val_fraction, seed)
     train_x, mean, std = normalize_images(train_raw.x)
@@ -36,8 +40,8 @@ def load_dataset(
         test=TensorData(test_x, raw.test_y),
         classes=raw.classes,
         val=val,
-        info={"source": raw.source, "mean": mean, "std": std},
+        info={"source": raw.source, "mean": mean, "std": std, "pixel_max": raw.pixel_max, "fingerprint": fingerprint},
     )
 
 
-__all__ = ["DATASETS", "RawData", "BatchIndexer", "DatasetSplits", "TensorData", "load_dataset"]
+__all__ = ["DATASETS", "RawData", "BatchIndexer", "DatasetSplits", "TensorData", "data_fingerprint", "input_spec", "load_dataset"]

@@ -33,4 +33,5 @@ def load_digits(data_dir: Optional[Path] = None, download: bool = False) -> RawD
     test_mask = np.zeros(len(labels), dtype=bool)
     test_mask[test_idx] = True
     tr, te = torch.from_numpy(~test_mask), torch.from_numpy(test_mask)
-    return RawData(images[tr], labels[tr], images[te], labels[te], [str(i) for i in range(10)], "scikit-learn load_digits")
+    return RawData(images[tr], labels[tr], images[te], labels[te], [str(i) for i in range(10)], "scikit-learn load_digits",
+                   pixel_max=16.0)

@@ -21,6 +21,7 @@ class RawData:
     test_y: Tensor
     classes: List[str]
     source: str
+    pixel_max: float = 255.0  # the stored pixel value that means "white" (recorded so raw inputs can be scaled)
 
 
 # loader(data_dir, download) -> RawData

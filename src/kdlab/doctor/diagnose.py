@@ -2,16 +2,23 @@
 
 Method (all on random float64 probe logits, so nothing depends on a dataset):
 
-1. If the function takes labels, its hard term is separated out: for three label sets the output
-   must be ``a·CE(s, y) + soft``; ``a`` is the effective hard weight.
-2. The soft part (value and gradient w.r.t. the student logits, over three probes) is matched
-   against the *shapes* of known codings — KL(p‖q), probabilities fed as KL input, reversed
+1. If the function takes labels, its hard term is separated out: over three label sets the
+   label-dependent part must be ``a·CE(s, y)``; ``a`` is the effective hard weight. When it is
+   not (CE on s/T, focal loss, …) that is a hard-term note, and the soft term is judged from the
+   *teacher-dependent* part alone (loss(t) − loss(t′)), which no hard term can touch.
+2. The gradient of the soft part w.r.t. the student logits is matched first (it is what trains)
+   against the shapes of known codings — KL(p‖q), probabilities fed as KL input, reversed
    KL(q‖p), student logits not divided by T — by least squares: a shape matches when the soft
-   part is a constant multiple r of it (relative residual < 1e-5).
-3. The multiple is decomposed as r = c · T^k · K^m · B^b by re-probing with another temperature
-   (when T is an argument), class count K and batch size B: k = 2 is the correct T², m = −1 is
-   ``reduction='mean'``, b = 1 is a sum over the batch; c is the effective soft weight.
-4. Finally the teacher logits are given ``requires_grad`` to see whether gradient reaches them.
+   gradient is a constant multiple r of it (relative residual < 1e-5), optionally plus a multiple
+   of cross-entropy to the uniform distribution (label smoothing: a hard-term note). The value
+   is compared afterwards: a difference that does not depend on the student (soft-target CE =
+   KL + the teacher's entropy) is a note, not a problem.
+3. The multiple is decomposed as r = c · T^k · K^m · B^b · L^l… by re-probing with another
+   temperature (when T is an argument or a constructor argument), class count K, batch size B
+   and each position axis (``--shape B,L,K``): k = 2 is the correct T², m = −1 is
+   ``reduction='mean'``, b = 1 a sum over the batch, l = 1 a sum over tokens; c is the soft weight.
+4. The teacher logits are given ``requires_grad`` to see whether gradient reaches them, and the
+   loss is evaluated at extreme logits, where ``log(softmax(x))`` turns into NaN.
 """
 
 from __future__ import annotations
@@ -26,36 +33,11 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .calling import Adapted, adapt
+from .measure import Meter, NonFiniteResult
+from .scaling import size_findings, temperature_exponent
+from .probes import (FORMS, Layout, cross_entropy, exponent, fit, kl, make_probes, round_exponent,
+                     teacher_entropy, uniform_ce, value_and_grad)
 
-Shape = Callable[[Tensor, Tensor, float], Tensor]
-
-
-def _kl(s: Tensor, t: Tensor, T: float) -> Tensor:
-    log_q, log_p = F.log_softmax(s / T, 1), F.log_softmax(t / T, 1)
-    return (log_p.exp() * (log_p - log_q)).sum() / s.shape[0]
-
-
-def _prob_input(s: Tensor, t: Tensor, T: float) -> Tensor:
-    q, p = F.softmax(s / T, 1), F.softmax(t / T, 1)
-    return (torch.xlogy(p, p) - p * q).sum() / s.shape[0]
-
-
-def _reversed(s: Tensor, t: Tensor, T: float) -> Tensor:
-    log_q, log_p = F.log_softmax(s / T, 1), F.log_softmax(t / T, 1)
-    return (log_q.exp() * (log_q - log_p)).sum() / s.shape[0]
-
-
-def _unsoftened(s: Tensor, t: Tensor, T: float) -> Tensor:
-    log_q, log_p = F.log_softmax(s, 1), F.log_softmax(t / T, 1)
-    return (log_p.exp() * (log_p - log_q)).sum() / s.shape[0]
-
-
-SHAPES: Dict[str, Tuple[Shape, Optional[str]]] = {
-    "KL(teacher || student)": (_kl, None),
-    "probabilities as KL input": (_prob_input, "student probabilities passed where KLDivLoss expects log-probabilities"),
-    "reversed KL": (_reversed, "reversed KL direction: KL(student || teacher) instead of KL(teacher || student)"),
-    "student not softened": (_unsoftened, "student logits not divided by T (only the teacher is softened)"),
-}
 # (shape, k, m, b) of each registered coding; c (the soft weight) is not part of the signature.
 REGISTERED = {
     ("KL(teacher || student)", 2, 0, 0): "hinton",
@@ -81,207 +63,273 @@ class Diagnosis:
     soft_weight: Optional[float] = None
     hard_weight: Optional[float] = None
     teacher_grad: bool = False
+    notes: List[str] = field(default_factory=list)  # not problems: constant offset, hard-term changes, reductions
+    guesses: List[str] = field(default_factory=list)  # "doctor: using ..." lines, printed first
+    offset: Optional[float] = None  # loss − matched form at the first probe, when not 0
+    label_smoothing: Optional[float] = None
 
     def lines(self) -> List[str]:
-        head = "CORRECT: matches the Hinton loss" if self.correct else "PROBLEM: " + "; ".join(self.findings)
-        out = [f"called as {self.call}", head] + [f"WARNING: {w}" for w in self.warnings]
+        if self.correct:
+            head = ("CORRECT: same gradient as the Hinton loss (its value differs by a constant, see NOTE)"
+                    if self.offset is not None else "CORRECT: matches the Hinton loss")
+        else:
+            head = "PROBLEM: " + "; ".join(self.findings)
+        out = self.guesses + [f"called as {self.call}", head] + [f"WARNING: {w}" for w in self.warnings]
+        out += [f"NOTE: {n}" for n in self.notes]
         if self.matches:
             out.append(f"same as kdlab's registered coding '{self.matches}' (see `kdlab losses`)")
         return out + ["evidence:"] + [f"  {e}" for e in self.evidence]
 
 
-def _probes(K: int, B: int, seed: int, n: int = 3) -> List[Tuple[Tensor, Tensor, Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        s = torch.randn(B, K, generator=g, dtype=torch.float64) * 2.0
-        t = torch.randn(B, K, generator=g, dtype=torch.float64) * 3.0
-        y = torch.randint(0, K, (B,), generator=g)
-        out.append((s, t, y))
-    return out
-
-
-def _vec(value: float, grad: Tensor) -> Tensor:
-    """A probe's value and gradient as one vector, so shapes are fitted on both at once."""
-    return torch.cat([torch.tensor([value], dtype=torch.float64), grad.flatten()])
-
-
-def _value_and_grad(fn: Callable[[Tensor], Tensor], s: Tensor) -> Tuple[float, Tensor]:
-    s = s.detach().clone().requires_grad_(True)
-    v = fn(s)
-    if not v.requires_grad:
-        return float(v.detach()), torch.zeros_like(s)
-    (g,) = torch.autograd.grad(v, s, allow_unused=True)
-    return float(v.detach()), torch.zeros_like(s) if g is None else g.detach()
-
-
 @dataclass
 class _Soft:
-    vec: Tensor  # values and gradients of the soft part over the probes
+    full: Tensor  # d(loss − hard term)/ds over the probes
+    tdiff: Tensor  # d(loss(t) − loss(t′))/ds: the teacher-dependent part only
+    values: List[float]  # loss − hard term, per probe
+    uniform: Tensor  # d(uniform CE)/ds: the label-smoothing column
+    uniform_values: List[float]
     hard_weight: Optional[float]
-    note: Optional[str] = None
+    linear: bool  # the label-dependent part is a multiple of cross-entropy
 
 
-def _soft_part(a: Adapted, T: Optional[float], K: int, B: int, seed: int) -> _Soft:
-    parts, hard_weights, note = [], [], None
-    for s, t, y in _probes(K, B, seed):
-        if not a.takes_labels:
-            v, g = _value_and_grad(lambda x: a.call(x, t, None, T), s)
-            parts.append(_vec(v, g))
-            continue
-        ys = [y, (y + 1) % K, (y + 3) % K]
-        vg = [_value_and_grad(lambda x, yy=yy: a.call(x, t, yy, T), s) for yy in ys]
-        ce = [_value_and_grad(lambda x, yy=yy: F.cross_entropy(x, yy), s) for yy in ys]
-        w = (vg[0][0] - vg[1][0]) / (ce[0][0] - ce[1][0])
-        predicted = vg[0][0] + w * (ce[2][0] - ce[0][0])
-        if abs(predicted - vg[2][0]) > TOL * max(1.0, abs(vg[2][0])):
-            note = "the label-dependent part is not a multiple of batch-mean cross-entropy on the student logits"
-        hard_weights.append(w)
-        v = vg[0][0] - w * ce[0][0]
-        g = vg[0][1] - w * ce[0][1]
-        parts.append(_vec(v, g))
-    hw = sum(hard_weights) / len(hard_weights) if hard_weights else None
-    return _Soft(torch.cat(parts), hw, note)
+class _Run:
+    """The probes of one diagnosis: measured soft parts and reference forms on the same inputs."""
+
+    def __init__(self, a: Adapted, meter: Meter, layout: Layout, teacher_only: bool = False):
+        self.a, self.meter, self.layout, self.cd = a, meter, layout, layout.class_dim
+        self.teacher_only = teacher_only
+
+    def soft(self, T: float, sizes: Dict[str, int], seed: int) -> _Soft:
+        full, tdiff, values, uni, uni_values, weights, linear = [], [], [], [], [], [], True
+        K = sizes["K"]
+        for p in make_probes(self.layout, sizes, seed):
+            v, g = self.meter.value_grad(p.s, p.t, p.y, T)
+            tdiff.append(g - self.meter.value_grad(p.s, p.t2, p.y, T)[1])
+            uv, ug = value_and_grad(lambda x: uniform_ce(x, self.cd), p.s)
+            uni.append(ug.flatten())
+            uni_values.append(uv)
+            if self.a.takes_labels:
+                ys = [(p.y + 1) % K, (p.y + 3) % K]
+                other = [self.meter.value_grad(p.s, p.t, yy, T) for yy in ys]
+                ce = [value_and_grad(lambda x, yy=yy: cross_entropy(x, yy, self.cd), p.s) for yy in [p.y] + ys]
+                diff = lambda a, b: torch.cat([torch.tensor([a[0] - b[0]], dtype=torch.float64), (a[1] - b[1]).flatten()])  # noqa: E731
+                (w,), resid = fit(torch.cat([diff((v, g), o) for o in other]), [torch.cat([diff(ce[0], c) for c in ce[1:]])])
+                linear = linear and resid < TOL
+                weights.append(w)
+                v, g = v - w * ce[0][0], g - w * ce[0][1]
+            full.append(g.flatten())
+            tdiff[-1] = tdiff[-1].flatten()
+            values.append(v)
+        hw = sum(weights) / len(weights) if weights else None
+        return _Soft(torch.cat(full), torch.cat(tdiff), values, torch.cat(uni), uni_values, hw, linear)
+
+    def form(self, fn: Callable, T: float, sizes: Dict[str, int], seed: int) -> Tuple[Tensor, Tensor, List[float]]:
+        full, tdiff, values = [], [], []
+        for p in make_probes(self.layout, sizes, seed):
+            v, g = value_and_grad(lambda x: fn(x, p.t, T, self.cd), p.s)
+            g2 = value_and_grad(lambda x: fn(x, p.t2, T, self.cd), p.s)[1]
+            full.append(g.flatten())
+            tdiff.append((g - g2).flatten())
+            values.append(v)
+        return torch.cat(full), torch.cat(tdiff), values
+
+    def fit(self, name: str, soft: _Soft, T: float, sizes: Dict[str, int], seed: int,
+            smoothing: Optional[bool] = None) -> Tuple[List[float], float, bool, List[float]]:
+        """(coefficients, residual, label-smoothing column used, the form's values)."""
+        full, tdiff, values = self.form(FORMS[name][0], T, sizes, seed)
+        if self.teacher_only:
+            coef, resid = fit(soft.tdiff, [tdiff])
+            return coef, resid, False, values
+        if not smoothing:
+            coef, resid = fit(soft.full, [full])
+            if resid < TOL or smoothing is False or not self.a.takes_labels:
+                return coef, resid, False, values
+        coef, resid = fit(soft.full, [full, soft.uniform])
+        return coef, resid, True, values
 
 
-def _shape_vec(shape: Shape, T: float, K: int, B: int, seed: int) -> Tensor:
-    parts = []
-    for s, t, _ in _probes(K, B, seed):
-        v, g = _value_and_grad(lambda x: shape(x, t, T), s)
-        parts.append(_vec(v, g))
-    return torch.cat(parts)
-
-
-def _fit(u: Tensor, v: Tensor) -> Tuple[float, float]:
-    """Least-squares multiple r with u ≈ r·v, and the relative residual."""
-    r = float(u @ v / (v @ v))
-    return r, float((u - r * v).norm() / max(float(u.norm()), 1e-300))
-
-
-def _exponent(r1: float, r2: float, x1: float, x2: float) -> float:
-    if r1 == 0 or r2 == 0 or (r1 > 0) != (r2 > 0):
-        return float("nan")
-    return math.log(r1 / r2) / math.log(x1 / x2)
-
-
-def _round(x: float) -> Optional[int]:
-    return int(round(x)) if not math.isnan(x) and abs(x - round(x)) < 0.01 else None
+def _temperature(a: Adapted, temperature: Optional[float]) -> float:
+    if temperature is not None:
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"-T must be > 0 (and finite), got {temperature}; give the temperature to probe at, e.g. -T 4")
+        if a.init_T and a.init_T in a.init and a.init[a.init_T] != temperature:
+            raise ConfigError(f"-T {temperature:g} and --init {a.init_T}={a.init[a.init_T]} disagree; give the temperature once")
+        a.default_T_source = None
+        return float(temperature)
+    if a.default_T is not None:
+        return a.default_T
+    if a.takes_T:
+        return 4.0
+    raise ConfigError(f"{a.describe()} takes no temperature argument; pass the T it uses with -T")
 
 
 def diagnose(
-    fn: Callable[..., Any],
+    fn: Any,
     temperature: Optional[float] = None,
     soft_weight: Optional[float] = None,
     extra: Optional[Dict[str, Any]] = None,
+    *,
+    init: Optional[Dict[str, Any]] = None,
+    student_arg: Optional[str] = None,
+    teacher_arg: Optional[str] = None,
+    layout: Optional[Layout] = None,
 ) -> Diagnosis:
-    """Compare ``fn`` with the Hinton loss and name the known pitfall it matches (or none).
+    """Compare ``fn`` (function, loss class or instance, or an :class:`Adapted`) with the Hinton loss.
 
-    ``temperature`` is the T to probe at; it is required when ``fn`` takes no T argument (a
-    closure or constant T). ``soft_weight`` is the weight you intend on the soft term; it is
-    only needed to read T's exponent when T cannot be varied (default 1, or 1 − hard weight when
-    the function mixes in cross-entropy with a weight below 1).
+    ``temperature`` is the T to probe at; it is required when ``fn`` takes no T (a closure or
+    constant T). ``soft_weight`` is the weight you intend on the soft term; it is only needed to
+    read T's exponent when T cannot be varied. ``layout`` gives logits more axes (``B,L,K``).
     """
-    a = adapt(fn, extra)
-    if not a.takes_T and temperature is None:
-        raise ConfigError(f"{a.describe()} takes no temperature argument; pass the T it uses with -T")
-    if temperature is not None and not temperature > 0:
-        raise ConfigError(f"-T must be > 0, got {temperature}")
-    T1 = float(temperature if temperature is not None else 4.0)
-    K1, B1, seed = 10, 8, 0
+    a = fn if isinstance(fn, Adapted) else adapt(fn, extra, init, student_arg, teacher_arg)
+    given_layout = layout is not None
+    layout = layout or Layout()
+    T1 = _temperature(a, temperature)
+    meter = Meter(a, layout)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # probes are tiny: intra-op threads only add contention (30x slower on a busy machine)
+    try:
+        meter.first_call(T1, 0, given_layout)
+        d = _diagnose(a, meter, layout, T1, soft_weight)
+    except NonFiniteResult as exc:
+        d = Diagnosis(False, None, [str(exc)], ["a KD loss must be finite for finite logits"], a.describe())
+    finally:
+        torch.set_num_threads(threads)
+    d.guesses = a.guess_lines()
+    return d
+
+
+def _diagnose(a: Adapted, meter: Meter, layout: Layout, T1: float, soft_weight: Optional[float]) -> Diagnosis:
+    seed, sizes = 0, dict(layout.sizes)
     evidence: List[str] = []
     findings: List[str] = []
+    notes: List[str] = []
+    run = _Run(a, meter, layout)
+    base = run.soft(T1, sizes, seed)
+    run.teacher_only = not base.linear
+    hw = base.hard_weight
+    if a.takes_labels and base.linear:
+        evidence.append(f"label-dependent part = {hw:.6g} × cross-entropy (effective hard weight)")
+    elif a.takes_labels:
+        notes.append("hard term: the label-dependent part is not a multiple of cross-entropy on the student logits "
+                     "(e.g. a focal loss or MSE to one-hot labels); the soft term was judged from how the loss changes with the teacher logits")
+    warnings, teacher_grad = _teacher_gradient(a, layout, T1, evidence)
 
-    base = _soft_part(a, T1, K1, B1, seed)
-    hinton = _shape_vec(_kl, T1, K1, B1, seed) * T1 * T1
-    ref_val, our_val = float(hinton[0]), float(base.vec[0])
-    g_ref, g_our = hinton[1 : 1 + B1 * K1], base.vec[1 : 1 + B1 * K1]
-    cos = float(F.cosine_similarity(g_ref, g_our, dim=0)) if float(g_our.norm()) > 0 else float("nan")
-    evidence.append(f"probe (B={B1}, K={K1}, T={T1:g}): soft value yours {our_val:.6g} vs hinton {ref_val:.6g}; "
-                    f"gradient cosine to hinton's {cos:.4f}, norm ratio {float(g_our.norm() / g_ref.norm()):.4g}")
-    if base.hard_weight is not None:
-        evidence.append(f"label-dependent part = {base.hard_weight:.6g} × cross-entropy (effective hard weight)")
-    if base.note:
-        findings.append(base.note)
-
-    # Teacher gradient.
-    s, t, y = _probes(K1, B1, seed, 1)[0]
-    t_req = t.clone().requires_grad_(True)
-    out = a.call(s.clone().requires_grad_(True), t_req, y if a.takes_labels else None, T1)
-    teacher_grad = False
-    if out.requires_grad:
-        (gt,) = torch.autograd.grad(out, t_req, allow_unused=True)
-        teacher_grad = gt is not None and float(gt.abs().max()) > 0
-    warnings: List[str] = []
-    if teacher_grad:
-        warnings.append("gradient flows into the teacher logits unless the caller computes them under no_grad "
-                        "(detach them inside the loss to be safe)")
-        evidence.append(f"d(loss)/d(teacher logits) has max |value| {float(gt.abs().max()):.3g}; the correct loss gives 0")
-
-    # Shape.
-    shape_name, r1 = None, float("nan")
-    fits = {}
-    for name, (shape, _) in SHAPES.items():
-        r, resid = _fit(base.vec, _shape_vec(shape, T1, K1, B1, seed))
-        fits[name] = (r, resid)
-        if resid < TOL and shape_name is None:
-            shape_name, r1 = name, r
+    shape_name, fits = _match(run, base, T1, sizes, seed)
+    if shape_name is None and a.takes_labels and not run.teacher_only:
+        run.teacher_only = True  # a student-only part besides w·CE (CE on s/T, an entropy term): judge the teacher part
+        shape_name, _ = _match(run, base, T1, sizes, seed)
+        if shape_name is None:
+            run.teacher_only = False
+        else:
+            notes.append(f"hard term: besides {hw:.4g} × cross-entropy the loss has a part that depends on the student "
+                         "only (e.g. the hard CE computed on s/T, or an entropy term); it is not part of the soft term, "
+                         "which was judged from how the loss changes with the teacher logits")
     if shape_name is None:
-        best = min(fits, key=lambda n: fits[n][1])
+        best = min(fits, key=lambda k: fits[k][1])
         findings.append("soft term is not proportional to any known form of the KD loss"
                         + ("" if a.takes_T else f" at T={T1:g} (T is fixed inside the function: is -T the value it uses?)"))
         evidence.append(f"closest known form: {best} (relative residual {fits[best][1]:.3g}; a match needs < {TOL:g})")
-        return Diagnosis(False, None, findings, evidence, a.describe(), warnings, None, {}, None, base.hard_weight, teacher_grad)
-    if SHAPES[shape_name][1]:
-        findings.append(SHAPES[shape_name][1])
-    evidence.append(f"soft part = {r1:.6g} × {shape_name} (batch-mean, no T factor), residual {fits[shape_name][1]:.1e}")
+        return Diagnosis(False, None, findings, evidence, a.describe(), warnings, None, {}, None, hw, teacher_grad, notes)
+    coef, resid, smoothing, form_values = run.fit(shape_name, base, T1, sizes, seed)
+    r1 = coef[0]
+    _compare_with_hinton(run, base, coef, smoothing, T1, sizes, seed, layout, evidence)
+    if FORMS[shape_name][1]:
+        findings.append(FORMS[shape_name][1])
+    evidence.append(f"soft gradient = {r1:.6g} × that of {shape_name} (mean over positions, no T factor), residual {resid:.1e}")
 
-    def ratio(T: float, K: int, B: int) -> float:
-        soft = _soft_part(a, T, K, B, seed + 1)
-        return _fit(soft.vec, _shape_vec(SHAPES[shape_name][0], T, K, B, seed + 1))[0]
+    eps = None
+    if smoothing:
+        u = coef[1]
+        total = (hw or 0.0) + u
+        eps = u / total if total else None
+        if eps is not None and 0 < eps < 1:
+            notes.append(f"hard term: cross-entropy with label smoothing {eps:.4g} (hard weight {total:.6g}); "
+                         "a change to the hard term, not to the soft term")
+            hw = total
+        else:
+            notes.append(f"hard term: plus {u:.4g} × cross-entropy to the uniform distribution (a student-only term)")
+    offset = None if run.teacher_only else _offset(run, base, coef, smoothing, form_values, T1, sizes, seed, notes)
 
-    r_base = ratio(T1, K1, B1)
-    m_raw = _exponent(r_base, ratio(T1, 6, B1), K1, 6)
-    b_raw = _exponent(r_base, ratio(T1, K1, 20), B1, 20)
-    m, b = _round(m_raw), _round(b_raw)
-    if m is None or b is None:
-        findings.append("the soft term scales oddly with the class count or batch size")
-        evidence.append(f"scaling exponents: classes {m_raw:.3g}, batch {b_raw:.3g} (expected 0 and 0)")
-        return Diagnosis(False, None, findings, evidence, a.describe(), warnings, shape_name, {}, None, base.hard_weight, teacher_grad)
-    if a.takes_T:
-        T2 = T1 * 1.5
-        k_raw = _exponent(r_base, ratio(T2, K1, B1), T1, T2)
-        k = _round(k_raw)
-        c = r_base / (T1 ** (k if k is not None else k_raw) * K1**m * B1**b)
-        evidence.append(f"re-probed at T={T2:g}: soft term ∝ T^{k_raw:.3f}")
-    else:
-        if soft_weight is None:
-            hw = base.hard_weight
-            soft_weight = 1.0 - hw if hw is not None and 0 < hw < 1 else 1.0
-        c = soft_weight
-        k_raw = math.log(abs(r_base) / (c * K1**m * B1**b)) / math.log(T1) if T1 != 1 and r_base != 0 else float("nan")
-        k = _round(k_raw)
-        evidence.append(f"T is fixed inside the function, so its exponent assumes soft weight {c:g}: soft term ∝ T^{k_raw:.3f}")
-    evidence.append(f"scaling: ∝ K^{m} in the class count, ∝ B^{b} in the batch size; effective soft weight {c:.6g}")
-    if k is None:
-        findings.append(f"the soft term scales as T^{k_raw:.3g} instead of T^2")
-    elif k == 0:
-        findings.append("missing T² factor (gradient T² too small; raising T switches distillation off)")
-    elif k == 1:
-        findings.append("multiplied by T instead of T²")
-    elif k == 3:
-        findings.append("extra factor T (T³ overall; soft term T times too strong)")
-    elif k != 2:
-        findings.append(f"scaled by T^{k} instead of T²")
-    if m == -1:
-        findings.append("reduction='mean' divides by the class count (use 'batchmean')")
-    elif m != 0:
-        findings.append(f"scales as K^{m} with the class count")
-    if b == 1:
-        findings.append("sums over the batch (grows with batch size; use 'batchmean')")
-    elif b != 0:
-        findings.append(f"scales as B^{b} with the batch size")
-    if c < 0:
+    def ratio(T: float, **change: int) -> float:
+        s2 = {**sizes, **change}
+        return run.fit(shape_name, run.soft(T, s2, seed + 1), T, s2, seed + 1, smoothing)[0][0]
+
+    r_base = ratio(T1)
+    raw = {"K": exponent(r_base, ratio(T1, K=sizes["K"] + 4), sizes["K"], sizes["K"] + 4),
+           "B": exponent(r_base, ratio(T1, B=sizes["B"] + 12), sizes["B"], sizes["B"] + 12)}
+    for d in layout.positions:
+        raw[d] = exponent(r_base, ratio(T1, **{d: sizes[d] + 4}), sizes[d], sizes[d] + 4)
+    ex = {d: round_exponent(x) for d, x in raw.items()}
+    if any(e is None for e in ex.values()):
+        findings.append("the soft term scales oddly with " + ", ".join(d for d, e in ex.items() if e is None))
+        evidence.append("scaling exponents: " + ", ".join(f"{d} {x:.3g}" for d, x in raw.items()) + " (expected integers)")
+        return Diagnosis(False, None, findings, evidence, a.describe(), warnings, shape_name, {}, None, hw, teacher_grad, notes)
+    size_factor = math.prod(sizes[d] ** e for d, e in ex.items())
+    k, c = temperature_exponent(a, ratio, r_base, size_factor, T1, hw, soft_weight, findings, evidence, notes)
+    evidence.append("scaling: " + ", ".join(f"∝ {d}^{e}" for d, e in ex.items()) + (f"; effective soft weight {c:.6g}" if c is not None else ""))
+    size_findings(ex, findings, notes)
+    if c is not None and c < 0:
         findings.append("negative soft weight: the student is pushed away from the teacher")
-    matches = REGISTERED.get((shape_name, k, m, b))
-    correct = not findings
-    return Diagnosis(correct, matches, findings, evidence, a.describe(), warnings, shape_name, {"T": k, "K": m, "B": b}, c, base.hard_weight, teacher_grad)
+    extreme = meter.extreme(T1, seed)
+    findings += extreme
+    matches = None
+    if layout.dims == ("B", "K") and not run.teacher_only and not smoothing and not extreme:
+        matches = REGISTERED.get((shape_name, k, ex["K"], ex["B"]))
+    return Diagnosis(not findings, matches, findings, evidence, a.describe(), warnings, shape_name, {"T": k, **ex}, c, hw,
+                     teacher_grad, notes, offset=offset, label_smoothing=eps)
+
+
+def _match(run: _Run, base: _Soft, T: float, sizes: Dict[str, int], seed: int) -> Tuple[Optional[str], Dict[str, Any]]:
+    """The first known form whose gradient the soft part is a multiple of, and every form's fit."""
+    fits: Dict[str, Any] = {}
+    for name in FORMS:
+        fits[name] = run.fit(name, base, T, sizes, seed)
+        if fits[name][1] < TOL:
+            return name, fits
+    return None, fits
+
+
+def _compare_with_hinton(run: _Run, base: _Soft, coef: List[float], smoothing: bool, T: float, sizes: Dict[str, int],
+                         seed: int, layout: Layout, evidence: List[str]) -> None:
+    """Evidence line: the soft gradient against the Hinton loss's on the first probe."""
+    n = base.full.numel() // 3
+    full, tdiff, _ = run.form(kl, T, sizes, seed)
+    g_ref = (tdiff if run.teacher_only else full)[:n] * T * T
+    g_our = (base.tdiff if run.teacher_only else base.full - (coef[1] * base.uniform if smoothing else 0.0))[:n]
+    cos = float(F.cosine_similarity(g_ref, g_our, dim=0)) if float(g_our.norm()) > 0 else 0.0
+    what = "teacher-dependent gradient" if run.teacher_only else "soft gradient"
+    evidence.append(f"probe {layout.text(sizes)}, T={T:g}: {what} cosine to hinton's {cos:.4f}, "
+                    f"norm ratio {float(g_our.norm() / g_ref.norm()):.4g}")
+
+
+def _teacher_gradient(a: Adapted, layout: Layout, T: float, evidence: List[str]) -> Tuple[List[str], bool]:
+    p = make_probes(layout, layout.sizes, 0, 1)[0]
+    t_req = p.t.clone().requires_grad_(True)
+    out = a.call(p.s.clone().requires_grad_(True), t_req, p.y if a.takes_labels else None, T)
+    if not out.requires_grad:
+        return [], False
+    (gt,) = torch.autograd.grad(out, t_req, allow_unused=True)
+    if gt is None or not float(gt.abs().max()) > 0:
+        return [], False
+    evidence.append(f"d(loss)/d(teacher logits) has max |value| {float(gt.abs().max()):.3g}; the correct loss gives 0")
+    return ["gradient flows into the teacher logits unless the caller computes them under no_grad "
+            "(detach them inside the loss to be safe)"], True
+
+
+def _offset(run: _Run, base: _Soft, coef: List[float], smoothing: bool, form_values: List[float], T: float,
+            sizes: Dict[str, int], seed: int, notes: List[str]) -> Optional[float]:
+    """Value − the matched form: a note when it is a student-independent constant (gradients already matched)."""
+    u = coef[1] if smoothing else 0.0
+    offs = [v - coef[0] * f - u * uv for v, f, uv in zip(base.values, form_values, base.uniform_values)]
+    scale = max(1.0, *(abs(v) for v in base.values))
+    if max(abs(o) for o in offs) <= 1e-6 * scale:
+        return None
+    ent = [coef[0] * teacher_entropy(p.t, T, run.cd) for p in make_probes(run.layout, sizes, seed)]
+    if all(abs(o - e) <= 1e-6 * scale for o, e in zip(offs, ent)):
+        notes.append(f"the value is the Hinton loss plus {coef[0]:.6g} × the teacher's entropy H(softmax(t/T)) "
+                     f"({offs[0]:.6g} at the probe): soft-target cross-entropy = KL + H(teacher); the offset does not "
+                     "depend on the student, so the gradient and training are the same")
+    else:
+        notes.append(f"the value differs from the matched form by a term that does not depend on the student "
+                     f"({offs[0]:.6g} at the probe); the gradient and training are the same")
+    return offs[0]

@@ -157,8 +157,8 @@ def compare(
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()
     data = data or prepare_data(recipe)
-    cached = cached_teacher(recipe, data, teacher_cache, progress)
-    log(f"teacher: {'reused' if cached.hit else 'trained and cached'} at {cached.path} (test acc {100 * cached.test_acc:.2f}%)")
+    cached = cached_teacher(recipe, data, teacher_cache, progress, log)
+    log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
     probe = build_role_model(recipe, "student", data)

@@ -1,29 +1,50 @@
-"""A teacher is trained once per (dataset, teacher config, seed) and reused by every study.
+"""A teacher is trained once per (data, teacher config, seed) and reused by every study.
 
-The cache key hashes exactly what determines the teacher's weights — dataset name and validation
-split, the teacher's model and training config, the seed — and nothing else, so changing the
-student, the loss or T reuses the teacher, while changing e.g. the teacher's epochs retrains it.
-An interrupted teacher run resumes from its ``last.pt``.
+The cache key hashes exactly what determines the teacher's weights — the dataset's name, its
+content fingerprint (a hash of the image and label tensors and the validation split, so changed
+files under the same name never reuse a teacher trained on the old ones), the teacher's model and
+training config, the seed — and nothing else: changing the student, the loss or T reuses the
+teacher, while changing e.g. the teacher's epochs retrains it.
+
+An entry is trusted only when it proves what it holds: ``key.json`` equals the expected key,
+``entry.json`` (written once training finished) names the sha256 of ``last.pt``, and the
+checkpoint itself is a teacher with the expected model spec. Anything else — a foreign checkpoint
+copied in, a half-written entry of another config — is moved aside and retrained, never reused.
+An interrupted run of the same key resumes from its ``last.pt``.
+
+Concurrent runs serialise on an ``fcntl.flock`` lock next to the entry: a run that finds another
+process training the same teacher waits for it and then reuses its result. The kernel drops the
+lock when its holder dies (even by SIGKILL), so a crashed run never leaves a stale lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from ..config import Recipe
-from ..data import DatasetSplits
+from ..data import DatasetSplits, data_fingerprint
 from ..data.mnist_family import default_cache_dir
-from ..errors import CheckpointError
+from ..errors import KDLabError
 from ..teacher import FrozenTeacher
-from ..train.checkpoint import load_checkpoint
-from ..utils import atomic_write_json
+from ..train.checkpoint import load_checkpoint, model_from_payload
+from ..utils import atomic_write_json, check_output_location, os_error_reason
 
-CACHE_FORMAT = 1
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows: no locking; concurrent runs may train the same teacher twice)
+    fcntl = None  # type: ignore[assignment]
+
+CACHE_FORMAT = 2
+KEY_FILE = "key.json"
+ENTRY_FILE = "entry.json"
 
 
 def teacher_cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
@@ -34,19 +55,36 @@ def teacher_cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     return Path(env).expanduser() if env else default_cache_dir() / "teachers"
 
 
-def teacher_key(recipe: Recipe) -> Dict[str, Any]:
-    """Everything that determines the trained teacher's weights."""
+def check_teacher_cache(cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """One-line error now (before any training) when the cache folder cannot be written."""
+    return check_output_location(teacher_cache_root(cache_dir), "teacher cache")
+
+
+def _data(recipe: Recipe, data: Optional[DatasetSplits]) -> DatasetSplits:
+    if data is not None:
+        return data
+    from ..pipeline import prepare_data
+
+    return prepare_data(recipe)
+
+
+def teacher_key(recipe: Recipe, data: Optional[DatasetSplits] = None) -> Dict[str, Any]:
+    """Everything that determines the trained teacher's weights (``data`` defaults to the recipe's)."""
     d = recipe.dataset
     return {
         "format": CACHE_FORMAT,
-        "dataset": {"name": d.name, "val_fraction": d.val_fraction},
+        "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(_data(recipe, data))},
         "teacher": recipe.to_dict()["teacher"],
         "seed": recipe.seed,
     }
 
 
-def teacher_cache_path(recipe: Recipe, cache_dir: Optional[str | os.PathLike] = None) -> Path:
-    digest = hashlib.sha256(json.dumps(teacher_key(recipe), sort_keys=True).encode()).hexdigest()[:16]
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def teacher_cache_path(recipe: Recipe, cache_dir: Optional[str | os.PathLike] = None, data: Optional[DatasetSplits] = None) -> Path:
+    digest = _digest(teacher_key(recipe, data))[:16]
     return teacher_cache_root(cache_dir) / f"{recipe.dataset.name}-{recipe.teacher.model.name}-{digest}"
 
 
@@ -55,18 +93,103 @@ class CachedTeacher:
     teacher: FrozenTeacher
     path: Path
     hit: bool  # True when no training was needed
-    test_acc: float
+    test_acc: float  # of exactly this teacher (the weights returned), on this data's test split
+    waited: bool = False  # another process held the entry (was training it) when we asked
+
+    def describe(self) -> str:
+        """One line for the user: which teacher is used, where it came from, how good it is."""
+        how = "reused from the cache" if self.hit else "trained and cached"
+        if self.waited:
+            how += " (after waiting for another process)"
+        return f"teacher: {how} at {self.path}, test acc {100 * self.test_acc:.2f}%"
 
 
-def _finished(last: Path) -> Tuple[int, float]:
-    """(last completed epoch, its test accuracy) of a cached teacher run; (0, nan) if none."""
-    if not last.is_file():
-        return 0, float("nan")
+def _normal(obj: Any) -> Any:
+    """JSON round trip, so tuples and lists (and int/float keys) compare as they were stored."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
     try:
-        state = load_checkpoint(last)
-        return int(state.get("epoch", 0)), float(state["metrics"]["test_acc"])
-    except (CheckpointError, KeyError, TypeError):
-        return 0, float("nan")  # a damaged cache entry is retrained, not trusted
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkpoint_fits(payload: Dict[str, Any], recipe: Recipe, data: DatasetSplits) -> bool:
+    """The checkpoint says it is this recipe's teacher for this data's shape and classes."""
+    expected = {"name": recipe.teacher.model.name, "params": dict(recipe.teacher.model.params),
+                "in_shape": list(data.in_shape), "num_classes": data.num_classes}
+    return payload.get("role", "teacher") == "teacher" and _normal(payload.get("model")) == _normal(expected)
+
+
+def _load_verified(path: Path, key: Dict[str, Any], recipe: Recipe, data: DatasetSplits, finished: bool):
+    """(payload, model) of the entry's ``last.pt`` if it provably holds ``key``'s teacher, else None.
+
+    ``finished=True`` also demands ``entry.json`` with the checkpoint's sha256 and all epochs done.
+    """
+    last = path / "last.pt"
+    if _normal(_read_json(path / KEY_FILE)) != _normal(key) or not last.is_file():
+        return None
+    if finished:
+        entry = _read_json(path / ENTRY_FILE)
+        if not isinstance(entry, dict) or entry.get("key_digest") != _digest(key) or entry.get("checkpoint_sha256") != _sha256(last):
+            return None
+    try:
+        payload = load_checkpoint(last)
+        if not _checkpoint_fits(payload, recipe, data):
+            return None
+        epoch = int(payload["epoch"])
+        float(payload["metrics"]["test_acc"])
+        if finished and epoch < recipe.teacher.train.epochs:
+            return None
+        return payload, model_from_payload(payload, last)
+    except (KDLabError, KeyError, TypeError, ValueError):
+        return None  # a damaged or foreign entry is retrained, not trusted
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path, log: Callable[[str], None]) -> Iterator[bool]:
+    """Hold the entry's lock for the ``with`` block; yields True if another process held it first."""
+    if fcntl is None:  # pragma: no cover
+        yield False
+        return
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    waited = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            log(f"teacher: waiting for process {holder}, which is training this teacher into {path}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield waited
+    finally:
+        os.close(fd)  # releases the lock; the file stays (unlinking a lock file races with waiters)
+
+
+def _set_aside(path: Path, log: Callable[[str], None]) -> None:
+    """Move an entry that cannot be trusted out of the way (kept for inspection, never reused)."""
+    if not path.exists():
+        return
+    if not (path / "last.pt").exists():
+        shutil.rmtree(path)  # nothing trained yet: only config files of an interrupted start
+        return
+    aside = path.with_name(f"{path.name}.rejected-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(path, aside)
+    log(f"teacher: cache entry {path} does not hold this teacher (foreign or stale checkpoint); moved it to {aside} and retraining")
 
 
 def cached_teacher(
@@ -74,16 +197,38 @@ def cached_teacher(
     data: DatasetSplits,
     cache_dir: Optional[str | os.PathLike] = None,
     progress: Optional[bool] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> CachedTeacher:
-    """The recipe's trained teacher, from the cache or trained (and cached) now."""
-    from ..pipeline import load_teacher, run_teacher
+    """The recipe's trained teacher, from the cache or trained (and cached) now.
 
-    path = teacher_cache_path(recipe, cache_dir)
-    last = path / "last.pt"
-    done, acc = _finished(last)
-    if done >= recipe.teacher.train.epochs:
-        return CachedTeacher(load_teacher(last, data), path, True, acc)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / "key.json", teacher_key(recipe))
-    result = run_teacher(recipe, data, out=path, progress=progress, resume=done > 0)
-    return CachedTeacher(FrozenTeacher(result.model), path, False, result.final_acc)
+    The returned ``test_acc`` belongs to the returned weights, whichever process trained them.
+    """
+    from ..pipeline import run_teacher
+
+    say = log or (lambda _msg: None)
+    root = check_teacher_cache(cache_dir)
+    key = teacher_key(recipe, data)
+    path = teacher_cache_path(recipe, cache_dir, data)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _entry_lock(path, say) as waited:
+            found = _load_verified(path, key, recipe, data, finished=True)
+            if found is not None:
+                payload, model = found
+                return CachedTeacher(FrozenTeacher(model), path, True, float(payload["metrics"]["test_acc"]), waited)
+            # An unfinished run of this key (no entry.json yet, epochs left) resumes; anything else starts over.
+            partial = None if (path / ENTRY_FILE).exists() else _load_verified(path, key, recipe, data, finished=False)
+            resume = partial is not None and int(partial[0]["epoch"]) < recipe.teacher.train.epochs
+            if not resume:
+                _set_aside(path, say)
+                path.mkdir(parents=True)
+                atomic_write_json(path / KEY_FILE, key)
+            result = run_teacher(recipe, data, out=path, progress=progress, resume=resume)
+            atomic_write_json(path / ENTRY_FILE, {"key_digest": _digest(key), "checkpoint_sha256": _sha256(path / "last.pt"),
+                                                  "test_acc": result.final_acc})
+            return CachedTeacher(FrozenTeacher(result.model), path, False, result.final_acc, waited)
+    except OSError as exc:
+        raise KDLabError(
+            f"teacher cache {root} is unusable ({os_error_reason(exc)}: {exc.filename or path}); "
+            "free space or pass --teacher-cache / $KDLAB_TEACHER_CACHE pointing at a writable folder"
+        ) from None

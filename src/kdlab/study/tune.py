@@ -4,23 +4,36 @@ The objective is the distilled student's final-epoch accuracy on a validation sp
 the training set — never the test set, which stays untouched for the final report. The study
 lives in a database (SQLite by default), so an interrupted search resumes where it stopped and
 several processes or machines pointed at the same URL share the work; ``trials`` is the number of
-completed trials the study should reach, not the number this process runs.
+completed trials the study should reach, not the number this process runs (workers started at the
+same moment create the study safely and stop at exactly that many). What the trials depend on —
+search space, sampler, recipe, data — is stored with the study; joining it with other settings is
+refused, so results of different searches never mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from ..errors import ConfigError, KDLabError
 from ..pipeline import distill_objective, prepare_data, train_role
-from .teacher_cache import cached_teacher
+from ..data import data_fingerprint
+from ..utils import check_output_location
+from .teacher_cache import cached_teacher, check_teacher_cache
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows: study creation is only retried, not locked)
+    fcntl = None  # type: ignore[assignment]
 
 ALIASES = {
     "T": "distill.temperature",
@@ -32,6 +45,8 @@ ALIASES = {
     "batch_size": "student.train.batch_size",
 }
 DEFAULT_VAL_FRACTION = 0.1
+CREATE_ATTEMPTS = 5
+HEARTBEAT_SECONDS = 10
 
 
 @dataclass
@@ -94,6 +109,28 @@ class TuneResult:
     params: List[SearchParam]
 
 
+def _sqlite_path(storage: str) -> Optional[Path]:
+    """The SQLite file behind ``storage`` (a plain path or ``sqlite:///`` URL); None for other databases."""
+    if "://" not in storage:
+        return Path(storage).expanduser()
+    if storage.startswith("sqlite:///"):
+        rest = storage[len("sqlite:///"):]
+        return Path(rest).expanduser() if rest and not rest.startswith(":memory:") else None
+    return None
+
+
+def check_storage(storage: str) -> None:
+    """One line now, before any training, when an SQLite storage path cannot hold the study."""
+    path = _sqlite_path(storage)
+    if path is None:
+        return
+    if path.is_dir():
+        raise KDLabError(f"tune storage {path} is a folder; pass a file path such as {path / 'study.db'}")
+    check_output_location(path.parent, "tune storage folder")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise KDLabError(f"tune storage {path} is not writable (permission denied); fix its permissions or pass another --storage")
+
+
 def _storage_url(storage: str) -> str:
     """A database URL; a plain path becomes an SQLite file (its folder is created)."""
     if "://" in storage:
@@ -101,6 +138,118 @@ def _storage_url(storage: str) -> str:
     path = Path(storage).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Recipe keys that cannot change a trial's result (where files go, what the recipe is called).
+_NEUTRAL_KEYS = ("name", "out_dir", "dataset.data_dir", "dataset.download")
+
+
+def study_settings(recipe_dict: Dict[str, Any], space: Sequence[SearchParam], sampler: str, grid_points: int,
+                   fingerprint: str) -> Dict[str, Any]:
+    """What a study's trials depend on, stored in its user attrs: a resumed study must match it.
+
+    The searched keys are left out of the recipe (every trial sets them), as are keys that do not
+    affect results; the data are identified by content, not by folder.
+    """
+    searched = {p.key for p in space}
+    recipe = {k: v for k, v in _flat(recipe_dict).items()
+              if k not in _NEUTRAL_KEYS and not any(k == s or k.startswith(s + ".") for s in searched)}
+    return {
+        "space": [{"name": p.name, "key": p.key, "low": p.low, "high": p.high, "log": p.log, "choices": p.choices} for p in space],
+        "sampler": sampler,
+        "grid_points": grid_points if sampler == "grid" else None,
+        "recipe": recipe,
+        "data_fingerprint": fingerprint,
+    }
+
+
+def _settings_difference(stored: Dict[str, Any], wanted: Dict[str, Any]) -> Optional[str]:
+    """None when equal, else a short description of the first kind of difference."""
+    stored, wanted = json.loads(json.dumps(stored)), json.loads(json.dumps(wanted))
+    if stored.get("space") != wanted["space"]:
+        show = lambda sp: " ".join(  # noqa: E731
+            f"{p['name']}={','.join(map(str, p['choices']))}" if p["choices"] is not None
+            else f"{p['name']}={p['low']:g}:{p['high']:g}{':log' if p['log'] else ''}" for p in sp or [])
+        return f"search space (it has --param {show(stored.get('space'))}, this run asks for {show(wanted['space'])})"
+    for key in ("sampler", "grid_points", "data_fingerprint"):
+        if stored.get(key) != wanted[key]:
+            return f"{key.replace('_', ' ')} ({stored.get(key)} vs {wanted[key]})"
+    old, new = stored.get("recipe") or {}, wanted["recipe"]
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if keys:
+        return "recipe (" + ", ".join(f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in keys[:4]) + (", ..." if len(keys) > 4 else "") + ")"
+    return None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Optional[Path]) -> Iterator[None]:
+    """Serialise study creation between workers sharing one SQLite file (no-op without one)."""
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_study(storage: str, name: str, sampler: Any, settings: Dict[str, Any]) -> tuple[Any, bool]:
+    """Create the study or join it, safely when several workers start at the same moment.
+
+    Optuna's ``create_study(load_if_exists=True)`` can still race on a fresh database (two workers
+    creating the tables or the study row at once → IntegrityError). On SQLite, creation is done
+    under a file lock next to the database; on server databases, a lost race is retried as a
+    ``load_study``. The study's settings are stored in its user attrs on creation and checked on
+    every join, so a changed search space never mixes into an existing study. Returns
+    ``(study, created)``.
+    """
+    import optuna
+
+    url = _storage_url(storage)
+    sqlite = _sqlite_path(storage)
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            with _file_lock(sqlite):
+                with warnings.catch_warnings():  # heartbeats are marked experimental; a warning would break one-line output
+                    warnings.simplefilter("ignore")
+                    rdb = optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                        heartbeat_interval=HEARTBEAT_SECONDS,  # a killed worker's trial is failed, not RUNNING forever
+                    )
+                study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", sampler=sampler,
+                                            load_if_exists=True)
+                stored = study.user_attrs.get("kdlab_settings")
+                created = stored is None
+                if created:
+                    study.set_user_attr("kdlab_settings", settings)
+                    stored = settings
+            break
+        except Exception as exc:  # bad URL, unreachable database, corrupt file, lost creation race …
+            race = isinstance(exc, optuna.exceptions.DuplicatedStudyError) or any(
+                w in f"{type(exc).__name__} {exc}" for w in ("IntegrityError", "already exists", "database is locked"))
+            if not race or attempt == CREATE_ATTEMPTS - 1:
+                raise ConfigError(f"cannot open study storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
+                                  "check the path or URL (a plain path makes an SQLite file)") from None
+            time.sleep(0.2 * (attempt + 1))
+    diff = _settings_difference(stored, settings)
+    if diff is not None:
+        raise ConfigError(f"study {name!r} in {url} was created with a different {diff}; repeat the original settings "
+                          "to resume it, or pass a new --study-name (or --storage) to start a new study")
+    return study, created
 
 
 def _sampler(name: str, params: Sequence[SearchParam], seed: int, grid_points: int):
@@ -143,6 +292,10 @@ def tune(
         raise ConfigError("give at least one --param, e.g. --param T=1:10")
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if grid_points < 1:
+        raise ConfigError(f"--grid-points must be >= 1, got {grid_points}")
+    check_storage(storage)
+    check_teacher_cache(teacher_cache)
     base = recipe.to_dict()
     for p in space:  # validate every key and both ends of every range before any training
         for value in (p.choices or [p.low, p.high]):
@@ -152,22 +305,26 @@ def tune(
         base = recipe.to_dict()
         log(f"tune: carving a {DEFAULT_VAL_FRACTION:.0%} validation split from the training set (the test set is not used)")
     data = prepare_data(recipe)
-    cached = cached_teacher(recipe, data, teacher_cache, progress)
-    log(f"teacher: {'reused' if cached.hit else 'trained and cached'} at {cached.path}")
-    logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = _storage_url(storage)
     name = study_name or f"{recipe.name}-tune"
-    try:
-        study = optuna.create_study(
-            study_name=name, storage=url, direction="maximize",
-            sampler=_sampler(sampler, space, recipe.seed, grid_points), load_if_exists=True,
-        )
-    except Exception as exc:  # bad URL, unreachable database, locked file …
-        raise ConfigError(f"cannot open study storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    settings = study_settings(base, space, sampler, grid_points, data_fingerprint(data))
+    study, created = open_study(storage, name, _sampler(sampler, space, recipe.seed, grid_points), settings)
+    if not created:  # joining or resuming: a sampler seeded like the first worker's would re-propose its trials
+        study.sampler = _sampler(sampler, space, hash((recipe.seed, len(study.trials), os.getpid())) % 2**31, grid_points)
+    url = _storage_url(storage)
+
+    cached = cached_teacher(recipe, data, teacher_cache, progress, log)
+    log(cached.describe())
+    logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
 
     def objective(trial: Any) -> float:
+        # Several workers may start a trial at once; the storage numbers trials atomically, so a trial
+        # with ``trials`` complete-or-running trials before it is one too many: it stops its worker.
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=counted) if t.number < trial.number]
+        if len(ahead) >= trials:
+            trial.study.stop()
+            raise optuna.TrialPruned(f"the study already has {trials} complete or running trials")
         values = {p.name: _suggest(trial, p) for p in space}
         r = recipe_from_dict(apply_overrides(base, [f"{p.key}={values[p.name]!r}" for p in space]))
         t0 = time.perf_counter()
@@ -180,8 +337,10 @@ def tune(
 
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     if done < trials:
+        # MaxTrialsCallback stops after a trial once the study has ``trials`` complete ones; the check in
+        # ``objective`` keeps concurrent workers from overshooting by starting one more each.
         stop = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,))
-        study.optimize(objective, n_trials=trials - done, callbacks=[stop], catch=())
+        study.optimize(objective, callbacks=[stop], catch=())
     rows = [
         {"number": t.number, "state": t.state.name, **t.params, "val_acc": t.value, "seconds": t.user_attrs.get("seconds")}
         for t in study.trials
