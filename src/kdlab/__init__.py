@@ -12,4 +12,13 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "kd_loss",
+    "distill",
 ]
+
+
+def __getattr__(name: str):  # lazy: `import kdlab` stays light for the command line
+    if name in ("distill", "DistillResult"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kdlab' has no attribute {name!r}")
