@@ -112,3 +112,16 @@ def test_new_commands_have_help_without_format_leftovers(command, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0 and "%%" not in out and "usage: kdlab " + command in out
+
+
+def test_layers_lists_module_names_and_shapes(capsys):
+    assert main(["layers", "digits-mlp", "--role", "student", "--set", "student.model.hidden=[12]"]) == 0
+    out = capsys.readouterr().out
+    assert "net.0   Linear" in out and "[2, 12]" in out and "teacher" not in out
+
+
+def test_methods_lists_registered_methods(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hinton", "fitnets", "at", "ce"):
+        assert name in out

@@ -205,6 +205,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .features import format_layer_table, layer_table
+    from .pipeline import build_role_model, prepare_data
+
+    recipe = _recipe(args, None)
+    data = prepare_data(recipe)
+    roles = [args.role] if args.role else ["teacher", "student"]
+    for i, role in enumerate(roles):
+        model = build_role_model(recipe, role, data)
+        spec = getattr(recipe, role).model
+        print(("\n" if i else "") + f"{role}: {spec.name} on {data.name} input {list(data.in_shape)} (batch of 2)")
+        print(format_layer_table(layer_table(model, data.in_shape, role=role)))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .methods import METHODS
+
+    for name in METHODS.names():
+        entry = METHODS.get(name)
+        fields = ", ".join(f"{f.name}" for f in dataclasses.fields(entry.params)) if entry.params else ""
+        print(f"{name:10s} {entry.summary}" + (f" [distill.{name}: {fields}]" if fields else ""))
+    return 0
+
+
 def cmd_losses(args: argparse.Namespace) -> int:
     from .losses import SOFT_LOSSES
 
@@ -329,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="study name inside the storage (default: <recipe>-tune)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write the PNG (default: if matplotlib is installed)")
+    p = add("layers", cmd_layers, "list the recipe's model modules with their output shapes",
+            "Print every named module of the recipe's teacher and/or student with its type, output shape on a batch of "
+            "2 of the dataset's inputs, and parameter count: the names FitNets/attention-transfer layer pairs use "
+            "(distill.fitnets.pairs: {student_module: teacher_module}).")
+    p.add_argument("recipe", nargs="?", default=None, help="bundled recipe name or YAML path (default: mnist-mlp)")
+    p.add_argument("--role", choices=["teacher", "student"], help="only this model (default: both)")
+    p.add_argument("--dataset", help="dataset name")
+    p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p = add("methods", cmd_methods, "list the registered distillation methods",
+            "List every registered distillation method with its recipe parameter section.")
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
             "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
     p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",
