@@ -32,8 +32,8 @@ def test_top_level_help_lists_commands(capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["distill", "digits-mlp", "-T", "0"], "distill.temperature: must be > 0"),
-        (["distill", "digits-mlp", "--soft-weight", "-1"], "distill.soft_weight: must be >= 0"),
+        (["distill", "digits-mlp", "-T", "0"], "distill.temperature: must be a finite number > 0"),
+        (["distill", "digits-mlp", "--soft-weight", "-1"], "distill.soft_weight: must be a finite number >= 0"),
         (["train-teacher", "digits-mlp", "--set", "teacher.train.epoch=1"], "teacher.train.epoch: unknown key"),
         (["train-teacher", "digits-mlp", "--set", "teacher.train.epochs=many"], "expected int, got 'many'"),
         (["train-student", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
@@ -63,7 +63,7 @@ def test_bad_input_exit_2_one_line_nothing_written(args, message, tmp_path, caps
 def test_subprocess_error_has_no_traceback(tmp_path):
     proc = run_cli("distill", "digits-mlp", "--temperature", "-3", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["kdlab: error: distill.temperature: must be > 0, got -3.0"]
+    assert proc.stderr.strip().splitlines() == ["kdlab: error: distill.temperature: must be a finite number > 0, got -3.0 (see `kdlab distill --help`)"]
 
 
 def test_corrupt_teacher_checkpoint(tmp_path, capsys):
