@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Callable, help: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description, epilog=EPILOG)
-        p.set_defaults(func=func, command_prog=p.prog)
+        p.set_defaults(func=func, command_prog=p.prog, command_parser=p)
         return p
 
     p = add("train-teacher", cmd_train_teacher, "train the recipe's teacher on hard labels",
@@ -381,7 +381,9 @@ EXIT_BROKEN_PIPE = 141
 
 def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the hint points at its --help
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except KDLabError as exc:
