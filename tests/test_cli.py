@@ -181,8 +181,9 @@ def test_command_errors_point_at_the_subcommand_help(capsys):
     assert capsys.readouterr().err.endswith("(see `kdlab recipes --help`)\n")
 
 
-@pytest.mark.parametrize("command", [["recipes"], ["losses"], ["recipes", "mnist-mlp"]])
-@pytest.mark.parametrize("unbuffered", ["", "1"])
+@pytest.mark.parametrize(
+    "command,unbuffered", [(["recipes"], ""), (["recipes"], "1"), (["losses"], ""), (["recipes", "mnist-mlp"], "1")]
+)
 def test_closed_stdout_ends_quietly(command, unbuffered):
     """`kdlab recipes | head -1`: a reader that has gone away is not an error worth a traceback.
 
