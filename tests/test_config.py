@@ -127,6 +127,14 @@ def test_seed_bounds_are_what_the_seeded_libraries_accept():
         optuna.samplers.TPESampler(seed=-1)
 
 
+def test_override_values_are_parsed_strictly_and_echoed_short():
+    with pytest.raises(ConfigError, match=r"override 'teacher.model={hidden: \[1\], hidden: \[2\]}': key 'hidden' appears twice"):
+        load_recipe("mnist-mlp", ["teacher.model={hidden: [1], hidden: [2]}"])
+    with pytest.raises(ConfigError, match=r"^override 'seed=9+\.\.\.9+': a number has more than \d+ digits") as exc:
+        load_recipe("mnist-mlp", ["seed=" + "9" * 5000])
+    assert len(str(exc.value)) < 200
+
+
 def test_overrides_take_precedence_and_parse_yaml_values():
     r = load_recipe("mnist-mlp", ["student.train.epochs=3", "distill.temperature=4", "teacher.model.hidden=[10, 10]"])
     assert r.student.train.epochs == 3 and r.distill.temperature == 4.0
@@ -147,7 +155,12 @@ def test_overrides_take_precedence_and_parse_yaml_values():
         (b"teacher:\n  model: mlp\n", r"teacher.model: expected a mapping of keys, got 'mlp'; write teacher.model.name: mlp"),
         (b"distill:\n  temperature: .nan\n", r"distill.temperature: must be a finite number > 0, got nan"),
         (b"seed: 1e30\n", r"seed: expected int, got '1e30'"),
-        (b"dataset:\n  val_fraction: [" + b"0, " * 100 + b"0]\n", r"dataset.val_fraction: expected float, got \[0, 0, .*\.\.\.$"),
+        (b"seed: 1\nseed: 2\n", r"recipe .*bad.yaml: key 'seed' appears twice \(lines 1 and 2\); keep one"),
+        (b"teacher:\n  train:\n    epochs: 1\nteacher:\n  model:\n    dropout: 0.1\n", r"key 'teacher' appears twice \(lines 1 and 4\)"),
+        (b"seed: " + b"9" * 5000 + b"\n", r"recipe .*bad.yaml: a number has more than \d+ digits"),
+        (b"seed: " + b"9" * 4000 + b"\n", r"seed: must be an integer in \[0, 4294967295\] .*, got 9{10,}\.\.\.9+$"),
+        (b"? [1]\n: 2\n", r"invalid YAML at line 1 \(found unhashable key\)"),
+        (b"dataset:\n  val_fraction: [" + b"0, " * 100 + b"0]\n", r"dataset.val_fraction: expected float, got \[0, 0, 0, 0, 0, 0, \.\.\.\]$"),
     ],
 )
 def test_bad_recipe_files(tmp_path, content, message):

@@ -11,6 +11,8 @@ import copy
 import dataclasses
 import math
 import re
+import reprlib
+import sys
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -177,10 +179,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """repr cut to one readable piece: a pasted list or binary junk must not flood the error line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
+def _short(value: Any) -> str:
+    """repr cut to one readable piece: a pasted list, a huge number or binary junk must not flood
+    the error line (reprlib also stops a self-referencing YAML alias from expanding)."""
+    return _REPR.repr(value)
 
 
 def _build(cls: Any, data: Any, where: str) -> Any:
@@ -228,18 +234,18 @@ def non_negative(value: float, key: str) -> None:
 def fraction(value: float, key: str) -> None:
     """A finite number in [0, 1): dropout rates, momentum, held-out fractions."""
     if not (math.isfinite(value) and 0.0 <= value < 1.0):
-        raise ConfigError(f"{key}: must be a number in [0, 1), got {value}")
+        raise ConfigError(f"{key}: must be a number in [0, 1), got {_short(value)}")
 
 
 def count(value: int, key: str, high: int = MAX_COUNT) -> None:
     """An integer in [1, high]; huge values would overflow torch's C integers deep inside a run."""
     if not 1 <= value <= high:
-        raise ConfigError(f"{key}: must be an integer in [1, {high}], got {value}")
+        raise ConfigError(f"{key}: must be an integer in [1, {high}], got {_short(value)}")
 
 
 def _check_ranges(r: Recipe) -> None:
     if not 0 <= r.seed <= MAX_SEED:
-        raise ConfigError(f"seed: must be an integer in [0, {MAX_SEED}] (the range numpy and Optuna accept), got {r.seed}")
+        raise ConfigError(f"seed: must be an integer in [0, {MAX_SEED}] (the range numpy and Optuna accept), got {_short(r.seed)}")
     _check_text(r)
     positive(r.distill.temperature, "distill.temperature")
     non_negative(r.distill.hard_weight, "distill.hard_weight")
@@ -332,6 +338,34 @@ def _to_plain(obj: Any) -> Any:
 # files and overrides
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last value silently, so a second ``teacher:`` block would drop the first one.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise ConfigError(f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                      f"keep one")
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key; SafeLoader reports it below
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse with :class:`_StrictLoader`; a number beyond Python's digit limit is a ConfigError, not a traceback."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ValueError:  # int('9' * 5000) exceeds Python's limit for integer string conversion
+        raise ConfigError(f"a number has more than {sys.get_int_max_str_digits()} digits; no kdlab value is that large") from None
+
+
 def bundled_recipes() -> List[str]:
     folder = resources.files("kdlab") / "recipes"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
@@ -359,11 +393,14 @@ def read_recipe_dict(spec: str) -> Dict[str, Any]:
             raise ConfigError(f"unknown recipe {spec!r}; give a YAML path or one of: {', '.join(bundled_recipes())}")
         text = res.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"recipe {spec}: invalid YAML{at}; fix the syntax") from None
+        problem = getattr(exc, "problem", None)
+        raise ConfigError(f"recipe {spec}: invalid YAML{at}{f' ({problem})' if problem else ''}; fix the syntax") from None
+    except ConfigError as exc:
+        raise ConfigError(f"recipe {spec}: {exc}") from None
     if data is None:  # an empty file would silently train the built-in defaults
         raise ConfigError(f"recipe {spec} is empty; start from a bundled one: kdlab recipes mnist-mlp > {Path(spec).name}")
     if not isinstance(data, dict):
@@ -374,15 +411,17 @@ def read_recipe_dict(spec: str) -> Dict[str, Any]:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. teacher.train.epochs=5")
+        raise ConfigError(f"override {_short(text)}: expected KEY=VALUE, e.g. teacher.train.epochs=5")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: empty key")
+        raise ConfigError(f"override {_short(text)}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except ConfigError as exc:
+        raise ConfigError(f"override {_short(text)}: {exc}") from None
     return key.split("."), value
 
 
@@ -404,11 +443,11 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
+                raise ConfigError(f"override {_short(item)}: {'.'.join(path[: i + 1])} is not a section")
             node = child
         if isinstance(node.get(path[-1]), dict) and not isinstance(value, dict):
             # ``--set teacher=`` would otherwise swap the whole section for the built-in defaults
-            raise ConfigError(f"override {item!r}: {'.'.join(path)} is a section; set one of its keys, "
+            raise ConfigError(f"override {_short(item)}: {'.'.join(path)} is a section; set one of its keys, "
                               f"e.g. {'.'.join(path + _first_leaf(node[path[-1]]))}=VALUE")
         node[path[-1]] = value
     return data

@@ -94,6 +94,10 @@ CASES = [
     ("recipe-is-a-folder", ["compare", "recipe.yaml"], {"recipe.yaml": None}, ["recipe recipe.yaml is a folder"]),
     ("top-level-list", ["demo", "r.yaml"], {"r.yaml": b"- 1\n- 2\n"}, ["recipe r.yaml: top level must be a mapping", "list"]),
     ("invalid-yaml", ["tune", "r.yaml", "--param", "T=1:2"], {"r.yaml": b"seed: [1,\n"}, ["recipe r.yaml: invalid YAML at line"]),
+    ("duplicate-key", ["train-teacher", "r.yaml"], {"r.yaml": b"teacher:\n  train:\n    epochs: 1\nteacher:\n  model:\n    dropout: 0.1\n"},
+     ["recipe r.yaml: key 'teacher' appears twice (lines 1 and 4); keep one"]),
+    ("number-too-long", ["distill", "r.yaml"], {"r.yaml": b"seed: " + b"9" * 5000 + b"\n"},
+     ["recipe r.yaml: a number has more than"]),
     ("missing-file", ["train-student", "missing.yaml"], {}, ["recipe file missing.yaml not found"]),
     ("unknown-bundled-name", ["recipes", "mnist-xl"], {}, ["unknown recipe 'mnist-xl'"]),
     # integers that would overflow torch, numpy or Optuna

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import reprlib
 from typing import Any, Callable, Dict, Mapping, Sequence
 
 from torch import nn
@@ -25,6 +26,9 @@ def model_params(name: str) -> Dict[str, Any]:
     }
 
 
+_REPR = reprlib.Repr()  # values in messages stay short, whatever was pasted into the recipe
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
 # Widths must fit torch's C int shapes; anything near this bound fails on memory and says so.
 MAX_WIDTH = 2**31 - 1
 
@@ -32,7 +36,7 @@ MAX_WIDTH = 2**31 - 1
 def _check_rate(value: Any, key: str) -> None:
     """A dropout-like probability: a real number in [0, 1) (NaN passes ``p < 0 or p > 1`` in torch)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value < 1):
-        raise ConfigError(f"{key}: must be a number in [0, 1), got {value!r}")
+        raise ConfigError(f"{key}: must be a number in [0, 1), got {_REPR.repr(value)}")
 
 
 def _check_widths(value: Any, key: str) -> None:
@@ -41,12 +45,12 @@ def _check_widths(value: Any, key: str) -> None:
         or not value
         or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH for v in value)
     ):
-        raise ConfigError(f"{key}: must be a non-empty list of integers in [1, {MAX_WIDTH}], e.g. [64, 32], got {value!r}")
+        raise ConfigError(f"{key}: must be a non-empty list of integers in [1, {MAX_WIDTH}], e.g. [64, 32], got {_REPR.repr(value)}")
 
 
 def _check_float(value: Any, key: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        raise ConfigError(f"{key}: must be a finite number, got {_REPR.repr(value)}")
 
 
 # Value checks by parameter name, shared by every model that uses the name; any other parameter whose
