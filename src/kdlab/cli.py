@@ -274,7 +274,6 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text}")
         return value
 
-    parse.__name__ = "int"  # argparse names the type in some messages
     return parse
 
 
