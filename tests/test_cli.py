@@ -32,8 +32,8 @@ def test_top_level_help_lists_commands(capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["distill", "digits-mlp", "-T", "0"], "distill.temperature: must be > 0"),
-        (["distill", "digits-mlp", "--soft-weight", "-1"], "distill.soft_weight: must be >= 0"),
+        (["distill", "digits-mlp", "-T", "0"], "distill.temperature: must be a finite number > 0"),
+        (["distill", "digits-mlp", "--soft-weight", "-1"], "distill.soft_weight: must be a finite number >= 0"),
         (["train-teacher", "digits-mlp", "--set", "teacher.train.epoch=1"], "teacher.train.epoch: unknown key"),
         (["train-teacher", "digits-mlp", "--set", "teacher.train.epochs=many"], "expected int, got 'many'"),
         (["train-student", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
@@ -63,7 +63,7 @@ def test_bad_input_exit_2_one_line_nothing_written(args, message, tmp_path, caps
 def test_subprocess_error_has_no_traceback(tmp_path):
     proc = run_cli("distill", "digits-mlp", "--temperature", "-3", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["kdlab: error: distill.temperature: must be > 0, got -3.0"]
+    assert proc.stderr.strip().splitlines() == ["kdlab: error: distill.temperature: must be a finite number > 0, got -3.0 (see `kdlab distill --help`)"]
 
 
 def test_corrupt_teacher_checkpoint(tmp_path, capsys):
@@ -125,3 +125,98 @@ def test_methods_lists_registered_methods(capsys):
     out = capsys.readouterr().out
     for name in ("hinton", "fitnets", "at", "ce"):
         assert name in out
+
+
+FLOAT_FLAGS = [
+    ("train-teacher", "--lr"), ("train-student", "--val-fraction"), ("distill", "-T"), ("distill", "--hard-weight"),
+    ("distill", "--soft-weight"), ("demo", "--temperature"), ("compare", "--soft-weight"), ("compare", "--target-acc"),
+    ("tune", "--val-fraction"),
+]
+
+
+@pytest.mark.parametrize("command,flag", FLOAT_FLAGS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "Infinity"])
+def test_float_flags_refuse_non_finite_values(command, flag, value, capsys):
+    """Python's float() accepts 'nan' and 'inf'; every float flag must not."""
+    extra = ["--param", "T=1:2"] if command == "tune" else []
+    with pytest.raises(SystemExit) as exc:
+        main([command, "digits-mlp", *extra, f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert f"must be a finite number, got '{value}'" in err and f"(see `kdlab {command} --help`)" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["compare", "--seeds", "0"], "argument --seeds: must be an integer in [1, 10000], got 0"),
+        (["compare", "--seeds", "99999999999999999999"], "argument --seeds: must be an integer in [1, 10000]"),
+        (["compare", "--seeds", "2.5"], "argument --seeds: expected an integer in [1, 10000], got '2.5'"),
+        (["compare", "--target-acc", "0"], "argument --target-acc: must be an accuracy in (0, 1] or a percentage in (1, 100], got '0'"),
+        (["compare", "--target-acc", "101"], "argument --target-acc: must be an accuracy in (0, 1]"),
+        (["compare", "--target-acc", "-5"], "argument --target-acc: must be an accuracy in (0, 1]"),
+        (["compare", "--target-acc", "1e400"], "argument --target-acc: must be a finite number, got '1e400'"),
+        (["tune", "--param", "T=1:2", "--trials", "0"], "argument --trials: must be an integer in [1, 2147483647], got 0"),
+        (["tune", "--param", "T=1:2", "--trials", "inf"], "argument --trials: expected an integer"),
+        (["train-student", "--epochs", "nan"], "argument --epochs: invalid int value: 'nan'"),
+    ],
+)
+def test_command_options_out_of_range(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("text,fraction", [("95", 0.95), ("0.95", 0.95), ("1", 1.0), ("100", 1.0), ("1e-3", 0.001)])
+def test_target_acc_accepts_fractions_and_percentages(text, fraction):
+    from kdlab.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "--target-acc", text])
+    assert args.target_acc == pytest.approx(fraction)
+
+
+def test_float_flag_in_scientific_notation_reaches_the_recipe():
+    """--lr 1e-5 becomes the override text 'lr=1e-05', which YAML 1.1 would read as a string."""
+    from kdlab.cli import _overrides, build_parser
+    from kdlab.config import load_recipe
+
+    args = build_parser().parse_args(["train-student", "digits-mlp", "--lr", "1e-5"])
+    assert load_recipe("digits-mlp", _overrides(args, "student")).student.train.optimizer.lr == 1e-5
+
+
+def test_command_errors_point_at_the_subcommand_help(capsys):
+    assert main(["recipes", "no-such-recipe"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdlab: error: unknown recipe 'no-such-recipe'") and err.endswith("(see `kdlab recipes --help`)\n")
+    with pytest.raises(SystemExit):
+        main(["recipes", "--bogus"])
+    assert capsys.readouterr().err.endswith("(see `kdlab recipes --help`)\n")
+
+
+@pytest.mark.parametrize(
+    "command,unbuffered", [(["recipes"], ""), (["recipes"], "1"), (["losses"], ""), (["recipes", "mnist-mlp"], "1")]
+)
+def test_closed_stdout_ends_quietly(command, unbuffered):
+    """`kdlab recipes | head -1`: a reader that has gone away is not an error worth a traceback.
+
+    The read end is closed before the process starts, so every write fails (deterministic); with
+    PYTHONUNBUFFERED the failure comes from print(), without it from the final flush at exit.
+    """
+    import os
+
+    from tests.catalogue.harness import SRC
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = SRC
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "kdlab", *command], stdout=write, stderr=subprocess.PIPE, text=True,
+                              env=env, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.stderr == ""
+    assert proc.returncode == 141  # 128 + SIGPIPE, what the shell reports for git or cat in the same spot

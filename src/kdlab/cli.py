@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -30,14 +32,14 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
     g.add_argument("--dataset", help="dataset name: digits (embedded), mnist, fashion-mnist, kmnist")
     g.add_argument("--data-dir", help="folder holding <dataset>/ with the four IDX .gz files (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
     g.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
-    g.add_argument("--val-fraction", type=float, help="fraction of the training set held out for validation")
+    g.add_argument("--val-fraction", type=_finite_float, help="fraction of the training set held out for validation")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help="seed for weights, shuffling and dropout (default: from the recipe)")
     g.add_argument("--out", help="run folder to write (default: runs/<recipe>-<kind>-<timestamp>)")
     if role is not None:
         g.add_argument("--epochs", type=int, help=f"{role} training epochs")
         g.add_argument("--batch-size", type=int, help=f"{role} batch size")
-        g.add_argument("--lr", type=float, help=f"{role} learning rate")
+        g.add_argument("--lr", type=_finite_float, help=f"{role} learning rate")
         g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     else:
         g.add_argument("--teacher-epochs", type=int, help="teacher training epochs")
@@ -52,9 +54,9 @@ def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
     g = p.add_argument_group("distillation (total = hard_weight*CE + soft_weight*soft_loss)")
     if loss:
         g.add_argument("--loss", help="soft loss coding (default: hinton = KL(batchmean) x T^2); see `kdlab losses`")
-    g.add_argument("-T", "--temperature", type=float, help="softmax temperature T > 0")
-    g.add_argument("--hard-weight", type=float, help="weight of the hard-label cross-entropy")
-    g.add_argument("--soft-weight", type=float, help="weight of the soft (teacher) term")
+    g.add_argument("-T", "--temperature", type=_finite_float, help="softmax temperature T > 0")
+    g.add_argument("--hard-weight", type=_finite_float, help="weight of the hard-label cross-entropy")
+    g.add_argument("--soft-weight", type=_finite_float, help="weight of the soft (teacher) term")
 
 
 FLAG_KEYS: Dict[str, str] = {
@@ -287,9 +289,45 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+# Upper bounds for the command's own counts: beyond these a run could never finish, and a huge
+# value would otherwise fail deep inside (memory for the seed grid, C integers in Optuna/SQLite).
+MAX_SEEDS = 10_000
+MAX_TRIALS = 2**31 - 1
+
+
+def _finite_float(text: str) -> float:
+    """``type=float`` without the 'nan'/'inf' that Python's float() accepts."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """``type=int`` restricted to [low, high], with the range in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text}")
+        return value
+
+    return parse
+
+
 def _percent(text: str) -> float:
-    value = float(text)
-    return value / 100 if value > 1 else value
+    """An accuracy as a fraction in (0, 1] or a percentage in (1, 100]; returned as a fraction."""
+    value = _finite_float(text)
+    fraction = value / 100 if value > 1 else value
+    if not 0 < fraction <= 1:
+        raise argparse.ArgumentTypeError(f"must be an accuracy in (0, 1] or a percentage in (1, 100], got {text!r}")
+    return fraction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Callable, help: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description, epilog=EPILOG)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, command_prog=p.prog, command_parser=p)
         return p
 
     p = add("train-teacher", cmd_train_teacher, "train the recipe's teacher on hard labels",
@@ -332,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, None)
     p.add_argument("--losses", default="hinton,softmax-input,extra-T",
                    help="comma-separated loss codings (see `kdlab losses`); scratch is always added")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds, starting at the recipe seed (default 5)")
+    p.add_argument("--seeds", type=_int_in(1, MAX_SEEDS), default=5, help="number of seeds, starting at the recipe seed (default 5)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
                    help="train all students in one batched step (default: when the student has no dropout/BatchNorm)")
@@ -349,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], required=True, metavar="NAME=LOW:HIGH",
                    help="search dimension: T=1:10, soft_weight=0:1, lr=1e-4:1e-2:log, distill.loss=hinton,no-T2, or any "
                         "recipe key (repeatable; aliases T, soft_weight, hard_weight, lr, weight_decay, batch_size)")
-    p.add_argument("--trials", type=int, default=20, help="completed trials the study should reach (default 20)")
+    p.add_argument("--trials", type=_int_in(1, MAX_TRIALS), default=20, help="completed trials the study should reach (default 20)")
     p.add_argument("--sampler", choices=["grid", "random", "tpe"], default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--grid-points", type=int, default=5, help="points per range for --sampler grid (default 5)")
     p.add_argument("--storage", help="SQLite file or database URL (default: OUT/study.db)")
@@ -406,18 +444,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+# Exit status when stdout's reader goes away (``kdlab recipes | head -1``): 128 + SIGPIPE, what the
+# shell reports for git, cat or seq in the same pipe, so ``set -o pipefail`` scripts see it the same way.
+EXIT_BROKEN_PIPE = 141
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the hint points at its --help
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except KDLabError as exc:
         msg = " ".join(str(exc).split())
-        print(f"kdlab: error: {msg}", file=sys.stderr)
+        print(f"kdlab: error: {msg} (see `{args.command_prog} --help`)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlab: interrupted; completed epochs and checkpoints are kept", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise 'Exception ignored'."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status (argparse's own exits raise SystemExit as usual).
+
+    A closed stdout ends quietly with status 141, the recipe of Python's signal documentation:
+    catch BrokenPipeError and point stdout at /dev/null before exiting.
+    """
+    try:
+        try:
+            code = _run(argv)
+        finally:
+            sys.stdout.flush()  # surface a closed pipe here (also after --help's SystemExit), not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,10 +33,15 @@ def test_unknown_parameter_names_the_key():
 
 
 def test_bad_values_are_config_errors():
-    with pytest.raises(ConfigError, match="hidden must be a list"):
+    with pytest.raises(ConfigError, match=r"model.hidden: must be a non-empty list of integers in \[1, 2147483647\]"):
         build_model("mlp", MNIST, 10, {"hidden": 20})
-    with pytest.raises(ConfigError, match="dropout"):
+    with pytest.raises(ConfigError, match=r"model.dropout: must be a number in \[0, 1\), got 1.5"):
         build_model("mlp", MNIST, 10, {"dropout": 1.5})
+    # NaN passes torch's own `p < 0 or p > 1` check and would silently turn every activation into NaN
+    with pytest.raises(ConfigError, match=r"teacher.model.dropout: must be a number in \[0, 1\), got nan"):
+        build_model("cnn", MNIST, 10, {"dropout": float("nan")}, where="teacher.model")
+    with pytest.raises(ConfigError, match=r"model.channels: must be a non-empty list of integers"):
+        build_model("cnn", MNIST, 10, {"channels": [8, True]})
     with pytest.raises(ConfigError, match="unknown model 'resnet'"):
         build_model("resnet", MNIST, 10)
 

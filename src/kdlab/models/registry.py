@@ -9,6 +9,8 @@ such a name is used.
 from __future__ import annotations
 
 import inspect
+import math
+import reprlib
 from typing import Any, Callable, Dict, Mapping, Sequence
 
 from torch import nn
@@ -80,20 +82,65 @@ def _passes_extra_params(name: str) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(MODELS.get(name)).parameters.values())
 
 
-def check_model_params(name: str, params: Mapping[str, Any], where: str = "model") -> None:
-    """Reject parameters model ``name`` does not accept, naming the offending key.
+_REPR = reprlib.Repr()  # values in messages stay short, whatever was pasted into the recipe
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
 
+# Widths must fit torch's C int shapes; anything near this bound fails on memory and says so.
+MAX_WIDTH = 2**31 - 1
+
+
+def _check_rate(value: Any, key: str) -> None:
+    """A dropout-like probability: a real number in [0, 1) (NaN passes ``p < 0 or p > 1`` in torch)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value < 1):
+        raise ConfigError(f"{key}: must be a number in [0, 1), got {_REPR.repr(value)}")
+
+
+def _check_widths(value: Any, key: str) -> None:
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH for v in value)
+    ):
+        raise ConfigError(f"{key}: must be a non-empty list of integers in [1, {MAX_WIDTH}], e.g. [64, 32], got {_REPR.repr(value)}")
+
+
+def _check_float(value: Any, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {_REPR.repr(value)}")
+
+
+# Value checks by parameter name, shared by every model that uses the name; any other parameter whose
+# default is a float must at least be a finite number.
+PARAM_CHECKS: Dict[str, Callable[[Any, str], None]] = {
+    "dropout": _check_rate,
+    "hidden": _check_widths,
+    "channels": _check_widths,
+}
+
+
+def check_model_params(name: str, params: Mapping[str, Any], where: str = "model") -> None:
+    """Reject parameters model ``name`` does not accept or values out of range, naming the key.
+
+    Runs when the recipe is loaded, so a bad value fails before any data is read or folder made.
     Builders with ``**kwargs`` pass extra keys on to a library constructor, which alone knows
     them; a wrong key there surfaces from :func:`build_model` as a one-line error naming it.
     """
     if _passes_extra_params(name):
+        for key, value in params.items():
+            if key in PARAM_CHECKS:
+                PARAM_CHECKS[key](value, f"{where}.{key}")
+            elif isinstance(value, float):
+                _check_float(value, f"{where}.{key}")
         return
     accepted = model_params(name)
-    for key in params:
+    for key, value in params.items():
         if key not in accepted:
             raise ConfigError(
                 f"{where}.{key}: unknown parameter for model {name!r}; accepted: {', '.join(accepted) or 'none'}"
             )
+        check = PARAM_CHECKS.get(key, _check_float if isinstance(accepted[key], float) else None)
+        if check is not None:
+            check(value, f"{where}.{key}")
 
 
 def build_model(
@@ -106,6 +153,11 @@ def build_model(
         return MODELS.get(name)(tuple(in_shape), int(num_classes), **params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot build {name!r} with {params}: {exc}") from None
+    except (RuntimeError, MemoryError) as exc:  # e.g. widths too large to allocate
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "alloc" in reason.lower() or isinstance(exc, MemoryError):
+            raise ConfigError(f"{where}: cannot build {name!r} with {params}: not enough memory; use smaller layers") from None
+        raise
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

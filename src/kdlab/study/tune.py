@@ -88,6 +88,8 @@ def parse_param(text: str) -> SearchParam:
             low, high = float(parts[0]), float(parts[1])
         except ValueError:
             raise ConfigError(f"--param {text!r}: LOW and HIGH must be numbers") from None
+        if not (math.isfinite(low) and math.isfinite(high)):  # float() accepts 'inf' and 'nan'
+            raise ConfigError(f"--param {text!r}: LOW and HIGH must be finite numbers, got {parts[0]} and {parts[1]}")
         if not low < high:
             raise ConfigError(f"--param {text!r}: LOW must be < HIGH")
         if log and low <= 0:
