@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.pipeline import prepare_data, run_distill, run_student, run_teacher
 
 

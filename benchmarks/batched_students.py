@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.pipeline import prepare_data
 from kdlab.study.compare import compare
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.data.mnist_family import MNIST, data_root, locate
 from kdlab.pipeline import build_role_model, distill_objective, prepare_data
 from kdlab.losses import DistillationObjective

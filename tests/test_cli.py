@@ -99,7 +99,7 @@ def test_recipes_command(capsys):
 
 def test_data_dir_with_quotes_and_backslashes_survives_the_override(tmp_path):
     from kdlab.cli import _overrides, build_parser
-    from kdlab.config import load_recipe
+    from kdlab.recipes import load_recipe
 
     weird = str(tmp_path / "it's a \\ \"dir\"")
     args = build_parser().parse_args(["train-student", "mnist-mlp", "--data-dir", weird])
@@ -179,7 +179,7 @@ def test_target_acc_accepts_fractions_and_percentages(text, fraction):
 def test_float_flag_in_scientific_notation_reaches_the_recipe():
     """--lr 1e-5 becomes the override text 'lr=1e-05', which YAML 1.1 would read as a string."""
     from kdlab.cli import _overrides, build_parser
-    from kdlab.config import load_recipe
+    from kdlab.recipes import load_recipe
 
     args = build_parser().parse_args(["train-student", "digits-mlp", "--lr", "1e-5"])
     assert load_recipe("digits-mlp", _overrides(args, "student")).student.train.optimizer.lr == 1e-5

@@ -1,7 +1,7 @@
 import pytest
 
 from kdlab import ConfigError
-from kdlab.config import apply_overrides, bundled_recipes, dump_recipe, load_recipe, recipe_from_dict
+from kdlab.recipes import apply_overrides, bundled_recipes, dump_recipe, load_recipe, recipe_from_dict
 
 
 def test_bundled_recipes_have_the_published_protocols():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kdlab import ConfigError
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.pipeline import prepare_data, run_demo, run_distill, run_student, run_teacher
 from kdlab.teacher import FrozenTeacher
 

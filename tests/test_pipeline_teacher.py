@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.pipeline import prepare_data, run_distill, run_student, run_teacher
 
 FAST = ["teacher.model.hidden=[32]", "teacher.train.epochs=1", "student.train.epochs=1"]

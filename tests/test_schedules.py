@@ -3,7 +3,7 @@ import math
 import pytest
 
 from kdlab import ConfigError
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.pipeline import prepare_data, run_distill, run_teacher
 from kdlab.schedules import scheduled_values
 

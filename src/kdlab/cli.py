@@ -91,7 +91,7 @@ def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
 
 
 def _recipe(args: argparse.Namespace, role: Optional[str], default: str = "mnist-mlp"):
-    from .config import load_recipe
+    from .recipes import load_recipe
 
     return load_recipe(args.recipe or default, _overrides(args, role))
 
@@ -142,7 +142,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .config import bundled_recipes
+    from .recipes import bundled_recipes
     from .pipeline import run_demo
 
     dataset = args.dataset or "digits"
@@ -159,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from .config import bundled_recipes, dump_recipe, load_recipe
+    from .recipes import bundled_recipes, dump_recipe, load_recipe
 
     if args.name:
         print(dump_recipe(load_recipe(args.name, args.overrides)), end="")

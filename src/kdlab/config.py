@@ -1,8 +1,10 @@
-"""Typed recipe configuration: YAML → validated dataclasses, with ``key.path=value`` overrides.
+"""The recipe schema: typed dataclasses, coercion of plain values into them, and range checks.
 
-Validation happens once, up front, and every problem becomes a one-line :class:`ConfigError`
-naming the offending key (``teacher.train.epochs: expected int, got 'ten'``), so a typo never
-surfaces as a traceback twenty minutes into a run.
+Every problem becomes a one-line :class:`ConfigError` naming the offending key
+(``teacher.train.epochs: expected int, got 'ten'``), so a typo never surfaces as a traceback
+twenty minutes into a run. This module knows types and ranges only; which names exist (models,
+losses, methods, datasets) is checked against the registries by :mod:`kdlab.recipes`, which also
+reads YAML and applies ``key.path=value`` overrides.
 """
 
 from __future__ import annotations
@@ -12,14 +14,9 @@ import dataclasses
 import math
 import re
 import reprlib
-import sys
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
-
-import yaml
 
 from .errors import ConfigError
 
@@ -93,14 +90,25 @@ class TemperatureScheduleConfig:
 
 @dataclass
 class DistillConfig:
-    """total = hard_weight · CE(student, labels) + soft_weight · loss(student, teacher, T)."""
+    """How the student learns from the teacher.
 
+    ``method`` names a registered method (``hinton``: total = hard_weight · CE + soft_weight ·
+    loss(student, teacher, T); ``fitnets``, ``at``, …). A method's own parameters live in a section
+    named after it (``distill.fitnets: {pairs: …}``), kept here as plain data in ``sections`` and
+    validated against the method's dataclass when the recipe is resolved.
+    """
+
+    method: str = "hinton"
     loss: str = "hinton"
     temperature: float = 4.0
     hard_weight: float = 0.5
     soft_weight: float = 0.5
     weight_schedule: WeightScheduleConfig = field(default_factory=WeightScheduleConfig)
     temperature_schedule: TemperatureScheduleConfig = field(default_factory=TemperatureScheduleConfig)
+    sections: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+_DISTILL_FIELDS = frozenset(f for f in DistillConfig.__dataclass_fields__ if f != "sections")
 
 
 @dataclass
@@ -197,17 +205,29 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'recipe'}: expected a mapping of keys, got {_short(data)}")
     prefix = f"{where}." if where else ""
+    if cls is DistillConfig:  # mappings under unknown keys are method sections (checked by name later)
+        data = dict(data)
+        sections = {k: data.pop(k) for k in list(data) if k not in _DISTILL_FIELDS and isinstance(data[k], dict)}
+        if "sections" in data:
+            raise ConfigError(f"{prefix}sections: not a key; write a method's parameters as distill.<method>: {{...}}")
+        built = _build_fields(cls, data, prefix)
+        built.sections = {k: dict(v) for k, v in sections.items()}
+        return built
     if cls is ModelConfig:
         data = dict(data)
         name = data.pop("name", ModelConfig.name)
         if not isinstance(name, str):
             raise ConfigError(f"{prefix}name: expected str, got {name!r}")
         return ModelConfig(name=name, params=data)
+    return _build_fields(cls, data, prefix)
+
+
+def _build_fields(cls: Any, data: Dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
     kwargs = {}
     for key, value in data.items():
-        if key not in hints:
+        if key not in hints or key == "sections":
             raise ConfigError(f"{prefix}{key}: unknown key; valid keys here: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
@@ -270,7 +290,6 @@ def _check_ranges(r: Recipe) -> None:
         positive(t.scheduler.gamma, f"{role}.train.scheduler.gamma")
         if t.grad_clip is not None:
             positive(t.grad_clip, f"{role}.train.grad_clip")
-    _check_names(r)
 
 
 def _check_text(r: Recipe) -> None:
@@ -283,30 +302,6 @@ def _check_text(r: Recipe) -> None:
             raise ConfigError(f"{key}: must be a usable folder path, got {value!r}")
 
 
-def _check_names(r: Recipe) -> None:
-    # Imported here: the registries import torch-heavy modules the config layer should not need.
-    from .data import DATASETS
-    from .losses import SOFT_LOSSES
-    from .models import MODELS, check_model_params
-    from .schedules import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
-    from .train.optim import OPTIMIZERS, SCHEDULERS
-
-    def known(registry: Any, name: str, key: str) -> None:
-        if name not in registry:
-            raise ConfigError(f"{key}: unknown value {name!r}; choose one of: {', '.join(registry.names())}")
-
-    known(DATASETS, r.dataset.name, "dataset.name")
-    known(SOFT_LOSSES, r.distill.loss, "distill.loss")
-    known(WEIGHT_SCHEDULES, r.distill.weight_schedule.name, "distill.weight_schedule.name")
-    known(TEMPERATURE_SCHEDULES, r.distill.temperature_schedule.name, "distill.temperature_schedule.name")
-    for role in ("teacher", "student"):
-        rc: RoleConfig = getattr(r, role)
-        known(MODELS, rc.model.name, f"{role}.model.name")
-        check_model_params(rc.model.name, rc.model.params, f"{role}.model")
-        known(OPTIMIZERS, rc.train.optimizer.name, f"{role}.train.optimizer.name")
-        known(SCHEDULERS, rc.train.scheduler.name, f"{role}.train.scheduler.name")
-
-
 def _check_all_finite(obj: Any, where: str = "") -> None:
     """Safety net behind the range checks: no float field anywhere may be NaN or infinite."""
     for f in dataclasses.fields(obj):
@@ -317,7 +312,8 @@ def _check_all_finite(obj: Any, where: str = "") -> None:
             raise ConfigError(f"{key}: must be a finite number, got {value}")
 
 
-def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
+def schema_from_dict(data: Dict[str, Any]) -> Recipe:
+    """The recipe's types, ranges and finiteness checked; names are resolved by :mod:`kdlab.recipes`."""
     recipe = _build(Recipe, data, "")
     _check_ranges(recipe)
     _check_all_finite(recipe)
@@ -327,6 +323,9 @@ def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
 def _to_plain(obj: Any) -> Any:
     if isinstance(obj, ModelConfig):
         return {"name": obj.name, **copy.deepcopy(obj.params)}
+    if isinstance(obj, DistillConfig):
+        plain = {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "sections"}
+        return {**plain, **copy.deepcopy(obj.sections)}
     if dataclasses.is_dataclass(obj):
         return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -334,130 +333,3 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
-# ---------------------------------------------------------------------------------------------
-# files and overrides
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
-
-    PyYAML keeps the last value silently, so a second ``teacher:`` block would drop the first one.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
-        seen: Dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                if key in seen:
-                    raise ConfigError(f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
-                                      f"keep one")
-                seen[key] = key_node.start_mark.line + 1
-            except TypeError:  # an unhashable key; SafeLoader reports it below
-                pass
-        return super().construct_mapping(node, deep=deep)
-
-
-def _load_yaml(text: str) -> Any:
-    """Parse with :class:`_StrictLoader`; a number beyond Python's digit limit is a ConfigError, not a traceback."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except ValueError:  # int('9' * 5000) exceeds Python's limit for integer string conversion
-        raise ConfigError(f"a number has more than {sys.get_int_max_str_digits()} digits; no kdlab value is that large") from None
-
-
-def bundled_recipes() -> List[str]:
-    folder = resources.files("kdlab") / "recipes"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def read_recipe_dict(spec: str) -> Dict[str, Any]:
-    """Raw dict of a bundled recipe name (``mnist-mlp``) or a path to a YAML file."""
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if path.is_dir():
-            raise ConfigError(f"recipe {spec} is a folder; give a YAML file or one of: {', '.join(bundled_recipes())}")
-        if not path.is_file():
-            raise ConfigError(f"recipe file {spec} not found; give a YAML path or one of: {', '.join(bundled_recipes())}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"recipe {spec} is not a UTF-8 text file; give a YAML recipe (see `kdlab recipes mnist-mlp`)") from None
-        except OSError as exc:
-            from .utils import os_error_reason
-
-            raise ConfigError(f"cannot read recipe {spec} ({os_error_reason(exc)}); check the path and its permissions") from None
-    else:
-        res = resources.files("kdlab") / "recipes" / f"{spec}.yaml"
-        if not res.is_file():
-            raise ConfigError(f"unknown recipe {spec!r}; give a YAML path or one of: {', '.join(bundled_recipes())}")
-        text = res.read_text(encoding="utf-8")
-    try:
-        data = _load_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
-        raise ConfigError(f"recipe {spec}: invalid YAML{at}{f' ({problem})' if problem else ''}; fix the syntax") from None
-    except ConfigError as exc:
-        raise ConfigError(f"recipe {spec}: {exc}") from None
-    if data is None:  # an empty file would silently train the built-in defaults
-        raise ConfigError(f"recipe {spec} is empty; start from a bundled one: kdlab recipes mnist-mlp > {Path(spec).name}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {spec}: top level must be a mapping of keys, got {type(data).__name__}; "
-                          f"see `kdlab recipes mnist-mlp` for the layout")
-    return data
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {_short(text)}: expected KEY=VALUE, e.g. teacher.train.epochs=5")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {_short(text)}: empty key")
-    try:
-        value = _load_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    except ConfigError as exc:
-        raise ConfigError(f"override {_short(text)}: {exc}") from None
-    return key.split("."), value
-
-
-def _first_leaf(section: Dict[str, Any]) -> List[str]:
-    """Key path to the first non-section value under ``section`` (for an example in a message)."""
-    for key, value in section.items():
-        return [str(key)] + (_first_leaf(value) if isinstance(value, dict) else [])
-    return ["name"]
-
-
-def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Return a copy of ``data`` with each ``a.b.c=value`` applied (values parsed as YAML)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {_short(item)}: {'.'.join(path[: i + 1])} is not a section")
-            node = child
-        if isinstance(node.get(path[-1]), dict) and not isinstance(value, dict):
-            # ``--set teacher=`` would otherwise swap the whole section for the built-in defaults
-            raise ConfigError(f"override {_short(item)}: {'.'.join(path)} is a section; set one of its keys, "
-                              f"e.g. {'.'.join(path + _first_leaf(node[path[-1]]))}=VALUE")
-        node[path[-1]] = value
-    return data
-
-
-def load_recipe(spec: str | None = None, overrides: Sequence[str] = ()) -> Recipe:
-    """Load a bundled recipe by name or a YAML path, apply overrides, validate."""
-    data = read_recipe_dict(spec) if spec else {}
-    return recipe_from_dict(apply_overrides(data, overrides))
-
-
-def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

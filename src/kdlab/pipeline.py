@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor, nn
 
-from .config import Recipe, dump_recipe
+from .config import Recipe
+from .recipes import dump_recipe
 from .data import DatasetSplits, input_spec, load_dataset
 from .errors import ConfigError
 from .losses import DistillationObjective

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, Batch, Outputs
 from kdlab.methods.attention import ATParams, AttentionTransfer, attention_map

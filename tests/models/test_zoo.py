@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kdlab import ConfigError
-from kdlab.config import recipe_from_dict
+from kdlab.recipes import recipe_from_dict
 from kdlab.errors import CheckpointError
 from kdlab.models import MODELS, build_model, check_model_params, model_params
 from kdlab.models.registry import ModelRegistry

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.losses import DistillationObjective
 from kdlab.methods import CE, KD
 from kdlab.models import build_model

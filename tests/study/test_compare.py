@@ -5,7 +5,7 @@ import pytest
 
 from kdlab import ConfigError
 from kdlab.cli import main
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.study.compare import compare, parse_variants
 from kdlab.study.report import write_report
 from kdlab.study.teacher_cache import teacher_cache_path

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.data import DATASETS, RawData
 from kdlab.data.digits import load_digits
 from kdlab.pipeline import prepare_data
@@ -65,7 +65,7 @@ def test_foreign_or_swapped_checkpoint_is_retrained_never_reused(tmp_path):
 
 SCRIPT = """
 import json, sys
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.pipeline import prepare_data
 from kdlab.study.teacher_cache import cached_teacher
 recipe = load_recipe("digits-mlp", sys.argv[2:])

@@ -4,7 +4,7 @@ import pytest
 
 from kdlab import ConfigError
 from kdlab.cli import main
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.study.tune import parse_param, tune, tune_report
 
 FAST = ["teacher.model.hidden=[16]", "teacher.train.epochs=1", "student.train.epochs=2"]
@@ -38,7 +38,7 @@ def test_tune_uses_validation_split_resumes_and_reports(tmp_path):
     assert all(1 <= r["T"] <= 10 and 0 <= r["soft_weight"] <= 1 for r in done)
 
     # The objective is validation accuracy: retrain the best trial by hand and compare.
-    from kdlab.config import apply_overrides, recipe_from_dict
+    from kdlab.recipes import apply_overrides, recipe_from_dict
     from kdlab.pipeline import distill_objective, prepare_data, train_role
     from kdlab.study.teacher_cache import cached_teacher
 

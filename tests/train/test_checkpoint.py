@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from kdlab import CheckpointError
-from kdlab.config import OptimizerConfig, SchedulerConfig, load_recipe
+from kdlab.config import OptimizerConfig, SchedulerConfig
+from kdlab.recipes import load_recipe
 from kdlab.data import load_dataset
 from kdlab.models import build_model
 from kdlab.pipeline import prepare_data, run_teacher

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdlab import CheckpointError
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.losses import DistillationObjective
 from kdlab.pipeline import build_role_model, prepare_data, run_teacher
 from kdlab.train import RunDir, evaluate, fit, load_checkpoint, load_model

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from kdlab.config import load_recipe
+from kdlab.recipes import load_recipe
 from kdlab.losses import DistillationObjective
 from kdlab.methods import CE, KD, Batch, Outputs
 from kdlab.pipeline import build_role_model, prepare_data

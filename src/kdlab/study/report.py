@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..config import dump_recipe
+from ..recipes import dump_recipe
 from ..utils import atomic_write, atomic_write_json, atomic_write_text, environment
 from .compare import REFERENCE, CompareResult
 from .stats import Summary

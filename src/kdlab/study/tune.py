@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from ..config import Recipe, apply_overrides, recipe_from_dict
+from ..config import Recipe
+from ..recipes import apply_overrides, recipe_from_dict
 from ..errors import ConfigError, KDLabError
 from ..pipeline import distill_objective, prepare_data, train_role
 from ..data import data_fingerprint
