@@ -23,7 +23,9 @@ from .schedules import ScheduleHook
 from .teacher import CachedTeacherLogits, FrozenTeacher, PrecomputedTeacherLogits
 from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
-from .utils import seed_everything
+from .train.loop import Callback
+from .train.rundir import check_new_run_folder, file_sha256
+from .utils import check_output_location, seed_everything
 
 ROLE_SEED_OFFSET = {"teacher": 0, "student": 1}
 
@@ -61,10 +63,25 @@ def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Modul
     return build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where=f"{role}.model")
 
 
-def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike]) -> Optional[RunDir]:
+def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike], resume: bool) -> Optional[RunDir]:
+    """The run folder: ``out`` (refused when it already holds a run, unless resuming) or a new one."""
     if out is False:  # type: ignore[comparison-overlap]
         return None
-    return RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+    if out:
+        return RunDir(check_output_location(out, "run folder") if resume else check_new_run_folder(out))
+    check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
+    return RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+
+
+class _RecordRun(Callback):
+    """Writes ``config.yaml`` and ``run.json`` once training can start, so a refused resume writes nothing."""
+
+    def __init__(self, run: RunDir, recipe: Recipe, kind: str, info: Dict[str, Any], resumed: bool) -> None:
+        self.run, self.recipe, self.kind, self.info, self.resumed = run, recipe, kind, info, resumed
+
+    def on_fit_start(self, start_epoch: int, epochs: int) -> None:
+        self.run.write_config(dump_recipe(self.recipe))
+        self.run.write_run_info(self.recipe.seed, self.kind, self.info, resumed=self.resumed)
 
 
 def train_role(
@@ -87,16 +104,13 @@ def train_role(
     """
     role_cfg = getattr(recipe, role)
     model = build_role_model(recipe, role, data)
-    run = _run_dir(recipe, kind, out)
+    run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes)
     meta.pop("state_dict")
+    callbacks = []
     if run is not None:
-        run.write_config(dump_recipe(recipe))
-        run.write_run_info(
-            recipe.seed,
-            kind,
-            {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})},
-        )
+        info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
+        callbacks.append(_RecordRun(run, recipe, kind, info, resume))
     signal: Any = None
     if teacher_logits is not None:
         signal = PrecomputedTeacherLogits(teacher_logits)
@@ -116,6 +130,7 @@ def train_role(
         progress=progress,
         before_epoch=ScheduleHook(recipe.distill, role_cfg.train.epochs) if signal is not None else None,
         desc=kind,
+        callbacks=callbacks,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 
@@ -172,8 +187,8 @@ def run_distill(
         teacher = teacher_run.model
         out = None if out is None else Path(out) / "student"
     elif isinstance(teacher, (str, os.PathLike)):
-        info["teacher_checkpoint"] = str(teacher)
-        teacher = load_teacher(teacher, data)
+        path, teacher = teacher, load_teacher(teacher, data)
+        info.update(teacher_checkpoint=str(Path(path).resolve()), teacher_sha256=file_sha256(path))  # checked on --resume
     frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
     return train_role(recipe, "student", "distill", data, distill_objective(recipe), out, frozen, progress, resume, info)
 
@@ -197,7 +212,7 @@ class DemoResult:
 def run_demo(recipe: Recipe, out: Optional[str | os.PathLike] = None, progress: Optional[bool] = None) -> DemoResult:
     """Teacher, scratch student and distilled student on one dataset, in one run folder."""
     data = prepare_data(recipe)
-    root = RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
+    root = RunDir(check_new_run_folder(out)) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
     root.write_config(dump_recipe(recipe))
     teacher = run_teacher(recipe, data, root.path / "teacher", progress)
     scratch = run_student(recipe, data, root.path / "scratch", progress)

@@ -85,5 +85,6 @@ def cached_teacher(
         return CachedTeacher(load_teacher(last, data), path, True, acc)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path / "key.json", teacher_key(recipe))
-    result = run_teacher(recipe, data, out=path, progress=progress, resume=done > 0)
+    # resume=True also covers a run killed before its first checkpoint: it then starts at epoch 1
+    result = run_teacher(recipe, data, out=path, progress=progress, resume=True)
     return CachedTeacher(FrozenTeacher(result.model), path, False, result.final_acc)
