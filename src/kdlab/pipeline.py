@@ -101,6 +101,8 @@ def train_role(
 
     The teacher signal is ``teacher_logits`` (training-set logits computed once, e.g. shared by
     many students of a study) or, failing that, logits computed from ``teacher`` for this run.
+    ``out`` must not already hold a run unless ``resume`` (then ``recipe`` should be the run's own,
+    as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
     """
     role_cfg = getattr(recipe, role)
     model = build_role_model(recipe, role, data)
@@ -212,7 +214,7 @@ class DemoResult:
 def run_demo(recipe: Recipe, out: Optional[str | os.PathLike] = None, progress: Optional[bool] = None) -> DemoResult:
     """Teacher, scratch student and distilled student on one dataset, in one run folder."""
     data = prepare_data(recipe)
-    root = RunDir(check_new_run_folder(out)) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
+    root = RunDir(check_new_run_folder(out, "choose another --out")) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
     root.write_config(dump_recipe(recipe))
     teacher = run_teacher(recipe, data, root.path / "teacher", progress)
     scratch = run_student(recipe, data, root.path / "scratch", progress)

@@ -171,7 +171,8 @@ class EpochLog(Callback):
         if "val_acc" in record:
             parts.append(f"val acc {100 * record['val_acc']:.2f}%")
         parts.append(f"test acc {100 * record['test_acc']:.2f}%")
-        parts.append(f"{record.get('seconds', record['train_seconds'] + record['eval_seconds']):.1f} s")
+        seconds = record["seconds"] if "seconds" in record else record["train_seconds"] + record["eval_seconds"]
+        parts.append(f"{seconds:.1f} s")
         print(f"{self.desc} epoch {record['epoch']}/{epochs}: {', '.join(parts)}", file=sys.stderr, flush=True)
 
 

@@ -136,18 +136,19 @@ def run_files(path: str | os.PathLike) -> List[str]:
     return found + sorted(p.name for p in path.glob("*.pt"))
 
 
-def check_new_run_folder(path: str | os.PathLike) -> Path:
+RESUME_OR_OVERWRITE = "pass --resume to continue it, --overwrite to move it aside and start afresh, or choose another --out"
+
+
+def check_new_run_folder(path: str | os.PathLike, fix: str = RESUME_OR_OVERWRITE) -> Path:
     """``path`` may receive a new run: nothing there yet, or an empty folder, or one without run files.
 
-    Refuses a folder that already holds a run, so a new run never mixes into (or clobbers) an old one.
+    Refuses a folder that already holds a run, so a new run never mixes into (or clobbers) an old one;
+    ``fix`` is what the error tells the user to do instead.
     """
     path = check_output_location(path, "run folder")
     found = run_files(path)
     if found:
-        raise KDLabError(
-            f"--out {path} already holds a run ({', '.join(found[:4])}); pass --resume to continue it, --overwrite to "
-            "move it aside and start afresh, or choose another --out"
-        )
+        raise KDLabError(f"--out {path} already holds a run ({', '.join(found[:4])}); {fix}")
     return path
 
 
