@@ -25,7 +25,9 @@ from .schedules import ScheduleHook
 from .teacher import CachedTeacherLogits, FrozenTeacher, PrecomputedTeacherLogits
 from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
-from .utils import seed_everything
+from .train.loop import Callback
+from .train.rundir import check_new_run_folder, file_sha256
+from .utils import check_output_location, seed_everything
 
 ROLE_SEED_OFFSET = {"teacher": 0, "student": 1}
 
@@ -63,10 +65,25 @@ def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Modul
     return build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where=f"{role}.model")
 
 
-def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike]) -> Optional[RunDir]:
+def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike], resume: bool) -> Optional[RunDir]:
+    """The run folder: ``out`` (refused when it already holds a run, unless resuming) or a new one."""
     if out is False:  # type: ignore[comparison-overlap]
         return None
-    return RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+    if out:
+        return RunDir(check_output_location(out, "run folder") if resume else check_new_run_folder(out))
+    check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
+    return RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+
+
+class _RecordRun(Callback):
+    """Writes ``config.yaml`` and ``run.json`` once training can start, so a refused resume writes nothing."""
+
+    def __init__(self, run: RunDir, recipe: Recipe, kind: str, info: Dict[str, Any], resumed: bool) -> None:
+        self.run, self.recipe, self.kind, self.info, self.resumed = run, recipe, kind, info, resumed
+
+    def on_fit_start(self, start_epoch: int, epochs: int) -> None:
+        self.run.write_config(dump_recipe(self.recipe))
+        self.run.write_run_info(self.recipe.seed, self.kind, self.info, resumed=self.resumed)
 
 
 def train_role(
@@ -86,19 +103,18 @@ def train_role(
 
     The teacher signal is ``teacher_logits`` (training-set logits computed once, e.g. shared by
     many students of a study) or, failing that, logits computed from ``teacher`` for this run.
+    ``out`` must not already hold a run unless ``resume`` (then ``recipe`` should be the run's own,
+    as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
     """
     role_cfg = getattr(recipe, role)
     model = build_role_model(recipe, role, data)
-    run = _run_dir(recipe, kind, out)
+    run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
     meta.pop("state_dict")
+    callbacks = []
     if run is not None:
-        run.write_config(dump_recipe(recipe))
-        run.write_run_info(
-            recipe.seed,
-            kind,
-            {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})},
-        )
+        info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
+        callbacks.append(_RecordRun(run, recipe, kind, info, resume))
     signal: Any = None
     if teacher_logits is not None:
         signal = PrecomputedTeacherLogits(teacher_logits)
@@ -118,6 +134,7 @@ def train_role(
         progress=progress,
         before_epoch=ScheduleHook(recipe.distill, role_cfg.train.epochs) if signal is not None else None,
         desc=kind,
+        callbacks=callbacks,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 
@@ -224,11 +241,13 @@ def run_distill(
         cached = cached_teacher(recipe, data, teacher_cache, progress, say)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
+        last = cached.path / "last.pt"  # checked on --resume like a --teacher file
+        info.update(teacher_checkpoint=str(last.resolve()), teacher_sha256=file_sha256(last))
         frozen = cached.teacher
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the recipe's teacher")
     elif isinstance(teacher, (str, os.PathLike)):
-        info["teacher_checkpoint"] = str(teacher)
-        frozen = load_teacher(teacher, data, n_student)
+        frozen = load_teacher(teacher, data, n_student)  # a missing or unsafe file fails here, in one line
+        info.update(teacher_checkpoint=str(Path(teacher).resolve()), teacher_sha256=file_sha256(teacher))  # checked on --resume
         info["teacher_test_acc"] = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
         say(f"teacher: checkpoint {teacher}, test acc {100 * info['teacher_test_acc']:.2f}% (measured now on {data.name})")
     else:  # a model the caller holds (and has measured)
@@ -256,7 +275,7 @@ class DemoResult:
 def run_demo(recipe: Recipe, out: Optional[str | os.PathLike] = None, progress: Optional[bool] = None) -> DemoResult:
     """Teacher, scratch student and distilled student on one dataset, in one run folder."""
     data = prepare_data(recipe)
-    root = RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
+    root = RunDir(check_new_run_folder(out, "choose another --out")) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
     root.write_config(dump_recipe(recipe))
     teacher = run_teacher(recipe, data, root.path / "teacher", progress)
     scratch = run_student(recipe, data, root.path / "scratch", progress)

@@ -24,7 +24,6 @@ says why and callers fall back to one-by-one training.
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -39,7 +38,7 @@ from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..losses import DistillationObjective
 from ..models.dropout import FastDropout
 from ..teacher import PrecomputedTeacherLogits
-from ..train.loop import FitResult, closed_form_step, epoch_record
+from ..train.loop import FitResult, closed_form_step, epoch_record, progress_display
 from ..train.optim import OPTIMIZERS, build_scheduler
 from .grouped_mlp import GroupedMLP, linear_chain
 
@@ -146,7 +145,7 @@ def fit_batched(
         n = max(len(split), 1)
         return (correct / n).T, (loss / n).T  # (V, S)
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show, epoch_logs = progress_display(progress, f"{desc} (mean)")
     bar = tqdm(total=cfg.epochs * len(indexers[0]), desc=desc, disable=not show, leave=False, unit="step", mininterval=0.5)
     try:
         for epoch in range(1, cfg.epochs + 1):
@@ -213,6 +212,11 @@ def fit_batched(
                     rec.update(train_seconds=train_seconds / M, eval_seconds=eval_seconds / M, batched_students=M)
                     histories[index(v, s)].append(rec)
             bar.set_postfix({"mean test_acc": f"{float(test_acc.mean()):.4f}"}, refresh=False)
+            if epoch_logs:
+                mean = {"epoch": epoch, "loss_total": float(epoch_rows[..., 0].mean()), "test_acc": float(test_acc.mean()),
+                        "seconds": time.perf_counter() - t0}
+                for cb in epoch_logs:
+                    cb.on_epoch_end(mean, cfg.epochs)
     finally:
         bar.close()
 
