@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
             "many seeds distillation won. Runs on the embedded scikit-learn digits by default (no download); "
             "--dataset mnist for the real thing.")
     _common(p, None)
-    p.add_argument("--seeds", type=int, default=5, help="seeds (scratch + distilled student each), starting at --seed (default 5)")
+    p.add_argument("--seeds", type=int, default=10, help="seeds (a scratch and a distilled student each), starting at --seed (default 10)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False, help="also write compare's PNG plots (default: off)")
     _distill_flags(p)
