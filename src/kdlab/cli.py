@@ -148,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"T={recipe.distill.temperature}, hard_weight={recipe.distill.hard_weight}, soft_weight={recipe.distill.soft_weight}",
           flush=True)
     result = run_demo(recipe, args.seeds, out=args.out, progress=args.progress, teacher_cache=args.teacher_cache,
-                      plots=bool(args.plots) and _want_plots(True))
+                      plots=bool(args.plots) and _want_plots(None))
     print(result.table())
     print(f"run folder: {result.out}")
     return 0

@@ -258,7 +258,7 @@ class DemoResult:
         """What the interval says, in words (the interval, not the mean, decides)."""
         g = self.gain.diff
         if g.n < 2:
-            return "one seed gives no interval; run --seeds 5 or more"
+            return "one seed gives no interval; run --seeds 10"
         if g.ci_low > 0:
             return "distillation helps: the whole 95% interval is above zero"
         if g.ci_high < 0:
@@ -341,7 +341,7 @@ def run_demo(
     from .utils import atomic_write_json, atomic_write_text, check_output_location
 
     if seeds < 2:
-        raise ConfigError(f"--seeds must be >= 2 so the demo can give an interval, got {seeds}; e.g. --seeds 5")
+        raise ConfigError(f"--seeds must be >= 2 so the demo can give an interval, got {seeds}; e.g. --seeds 10")
     path = Path(out) if out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-demo")
     check_output_location(path, "demo output folder")
     if path.is_dir() and any(path.iterdir()):

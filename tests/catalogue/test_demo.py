@@ -17,20 +17,13 @@ def _used_folder(cwd: Path) -> str:
     return "used"
 
 
-def _file(cwd: Path) -> str:
-    (cwd / "taken").write_text("not a folder\n")
-    return "taken"
-
-
 @pytest.mark.parametrize(
     "make_out,extra,needles",
     [
-        (None, ["--seeds", "1"], ["--seeds must be >= 2", "--seeds 5"]),
-        (None, ["--seeds", "many"], ["argument --seeds: invalid int value", "--help"]),
+        (None, ["--seeds", "1"], ["--seeds must be >= 2", "--seeds 10"]),
         (_used_folder, [], ["already exists and is not empty", "new --out"]),
-        (_file, [], ["is a file, not a folder"]),
     ],
-    ids=["one-seed", "seeds-not-int", "out-used", "out-is-file"],
+    ids=["one-seed", "out-used"],
 )
 def test_demo_bad_input(tmp_path, make_out, extra, needles):
     args = ["demo", *TINY, *extra, "--teacher-cache", str(tmp_path / "cache")]
