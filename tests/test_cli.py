@@ -1,7 +1,10 @@
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from kdlab.cli import main
 
@@ -73,11 +76,27 @@ def test_corrupt_teacher_checkpoint(tmp_path, capsys):
     assert "is corrupt or not a kdlab checkpoint" in capsys.readouterr().err
 
 
-def test_demo_prints_table(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")] + FAST) == 0
+def test_demo_prints_paired_difference_recomputed_from_its_per_seed_accuracies(tmp_path, capsys):
+    """The printed mean ± std, paired difference, interval and win count follow from demo.json's accuracies."""
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--out", str(out_dir), "--seeds", "4", "--seed", "3", "--teacher-cache", str(tmp_path / "cache")]
+                + FAST) == 0
     out = capsys.readouterr().out
-    assert "| teacher |" in out and "| student (scratch) |" in out and "| student (distilled) |" in out
-    assert "dataset digits" in out
+    saved = json.loads((out_dir / "demo.json").read_text())
+    assert [r["seed"] for r in saved["per_seed"]] == [3, 4, 5, 6]
+    scratch = np.array([r["scratch_acc"] for r in saved["per_seed"]]) * 100
+    distilled = np.array([r["distilled_acc"] for r in saved["per_seed"]]) * 100
+    diff = distilled - scratch
+    low, high = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+    assert stats.ttest_rel(distilled, scratch).pvalue == pytest.approx(saved["distilled_minus_scratch"]["p_value"], abs=1e-9)
+    wins = int((diff > 0).sum())
+    assert f"| student, scratch | 1,930 | {scratch.mean():.2f} ± {scratch.std(ddof=1):.2f} | 4 (3–6) |" in out
+    assert f"| student, distilled | 1,930 | {distilled.mean():.2f} ± {distilled.std(ddof=1):.2f} | 4 (3–6) |" in out
+    assert f"distilled − scratch (paired by seed): {diff.mean():+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}]" in out
+    assert f"distilled ahead on {wins}/4 seeds" in out
+    assert "per seed, distilled − scratch (points): " + ", ".join(f"{s}: {d:+.2f}" for s, d in zip(range(3, 7), diff)) in out
+    assert "| teacher | 2,410 |" in out and "dataset digits" in out
+    assert f"run folder: {out_dir}" in out and (out_dir / "report.md").is_file()
 
 
 def test_train_then_distill_from_checkpoint(tmp_path, capsys):

@@ -254,30 +254,3 @@ def run_distill(
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
     return train_role(recipe, "student", "distill", data, distill_objective(recipe), out, frozen, progress, resume, info)
-
-
-@dataclass
-class DemoResult:
-    teacher: RunResult
-    scratch: RunResult
-    distilled: RunResult
-    out: Path
-
-    def table(self) -> str:
-        rows = [("teacher", self.teacher), ("student (scratch)", self.scratch), ("student (distilled)", self.distilled)]
-        lines = ["| model | parameters | final test acc | best test acc | seconds |", "| --- | ---: | ---: | ---: | ---: |"]
-        for name, r in rows:
-            secs = sum(h["train_seconds"] + h["eval_seconds"] for h in r.fit.history)
-            lines.append(f"| {name} | {r.parameters:,} | {100 * r.final_acc:.2f}% | {100 * r.best_acc:.2f}% | {secs:.1f} |")
-        return "\n".join(lines)
-
-
-def run_demo(recipe: Recipe, out: Optional[str | os.PathLike] = None, progress: Optional[bool] = None) -> DemoResult:
-    """Teacher, scratch student and distilled student on one dataset, in one run folder."""
-    data = prepare_data(recipe)
-    root = RunDir(check_new_run_folder(out, "choose another --out")) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
-    root.write_config(dump_recipe(recipe))
-    teacher = run_teacher(recipe, data, root.path / "teacher", progress)
-    scratch = run_student(recipe, data, root.path / "scratch", progress)
-    distilled = run_distill(recipe, teacher.model, data, root.path / "distill", progress)
-    return DemoResult(teacher, scratch, distilled, root.path)

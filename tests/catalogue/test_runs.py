@@ -54,8 +54,8 @@ def _changed_teacher(case: Path) -> None:
 
 CASES = {
     "existing-run": (["train-student", "digits-mlp", *TINY, "--out", "run"], ["already holds a run", "--resume", "--overwrite"], None),
-    "resume-changed-lr": (["train-student", "--out", "run", "--resume", "--lr", "0.01"],
-                          ["student.train.optimizer.lr: run has 0.001, command line gives 0.01", "student.train.epochs"], None),
+    "resume-changed-lr": (["train-student", "--out", "run", "--resume", "--lr", "0.05"],
+                          ["student.train.optimizer.lr: run has 0.01, command line gives 0.05", "student.train.epochs"], None),
     "resume-other-recipe": (["train-student", "mnist-mlp", "--out", "run", "--resume"], ["dataset.name: run has 'digits', command line gives 'mnist'"], None),
     "resume-fewer-epochs": (["train-student", "--out", "run", "--resume", "--epochs", "1"], ["already trained 2 epochs", "--epochs 2 or more"], None),
     "resume-no-run": (["train-student", "--out", "empty", "--resume"], ["holds no run to resume", "drop --resume"], None),

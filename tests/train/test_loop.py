@@ -108,7 +108,8 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, codin
     from kdlab.teacher import CachedTeacherLogits, FrozenTeacher, OnlineTeacherLogits
     from kdlab.train.optim import build_optimizer
 
-    recipe = load_recipe("digits-mlp", ["student.train.epochs=2", "student.train.optimizer.name=sgd", "student.train.optimizer.momentum=0.9"])
+    recipe = load_recipe("digits-mlp", ["student.train.epochs=2", "student.train.optimizer.name=sgd", "student.train.optimizer.momentum=0.9",
+                                        "student.train.optimizer.lr=0.001", "student.train.scheduler.name=constant"])  # the loop below has no scheduler
     torch.manual_seed(0)
     teacher = FrozenTeacher(build_role_model(recipe, "teacher", digits))
     T, hw, sw = 3.0, 0.3, 0.7

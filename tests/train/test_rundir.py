@@ -59,10 +59,10 @@ def test_resume_recipe_is_the_runs_own_and_lists_every_difference(tmp_path):
     assert same.student.train.epochs == 2 and same.seed == 3
     # the bundled recipe's own epochs (100) and seed (0) are not requests: seed differs -> refused
     with pytest.raises(ConfigError) as info:
-        resume_recipe(run.path, "student", "digits-mlp", ["student.train.optimizer.lr=0.01"])
+        resume_recipe(run.path, "student", "digits-mlp", ["student.train.optimizer.lr=0.05"])
     msg = str(info.value)
     assert "seed: run has 3, command line gives 0" in msg
-    assert "student.train.optimizer.lr: run has 0.001, command line gives 0.01" in msg
+    assert "student.train.optimizer.lr: run has 0.01, command line gives 0.05" in msg
     assert "student.train.epochs" not in msg.split(". A resumed")[0]
     assert ", ".join(mutable_on_resume("student")) in msg
     # with the same recipe and seed the recipe file's epochs are ignored; explicit ones extend
