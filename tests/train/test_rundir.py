@@ -72,7 +72,7 @@ def test_resume_recipe_is_the_runs_own_and_lists_every_difference(tmp_path):
     moved = resume_recipe(run.path, "student", None, ['dataset.data_dir="/elsewhere"', "dataset.download=false"])
     assert moved.dataset.data_dir == "/elsewhere" and moved.dataset.download is False
     # the teacher's epochs are not the student run's to change; nor is the model
-    with pytest.raises(ConfigError, match=r"teacher.train.epochs: run has 20, command line gives 3"):
+    with pytest.raises(ConfigError, match=r"teacher.train.epochs: run has 50, command line gives 3"):
         resume_recipe(run.path, "student", None, ["teacher.train.epochs=3"])
     with pytest.raises(ConfigError, match=r"student.model.dropout: run has 0.0, command line gives 0.1"):
         resume_recipe(run.path, "student", None, ["student.model.dropout=0.1"])
