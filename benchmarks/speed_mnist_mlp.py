@@ -31,7 +31,7 @@ from torch import nn
 
 from kdlab.recipes import load_recipe
 from kdlab.data.mnist_family import MNIST, data_root, locate
-from kdlab.pipeline import build_role_model, distill_objective, prepare_data
+from kdlab.pipeline import build_role_model, distill_method, prepare_data
 from kdlab.losses import DistillationObjective
 from kdlab.teacher import CachedTeacherLogits, FrozenTeacher
 from kdlab.train import fit
@@ -124,7 +124,7 @@ class Kdlab:
             t0 = time.perf_counter()
             self.signal = CachedTeacherLogits(FrozenTeacher(self.teacher), self.data.train.x)
             self.cache_s = time.perf_counter() - t0
-        res = fit(self.student, self.data, self.recipe.student.train, distill_objective(self.recipe),
+        res = fit(self.student, self.data, self.recipe.student.train, distill_method(self.recipe),
                   teacher_signal=self.signal, progress=False)
         return res.history[0]["train_seconds"]
 

@@ -1,7 +1,10 @@
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from kdlab.cli import main
 
@@ -73,11 +76,27 @@ def test_corrupt_teacher_checkpoint(tmp_path, capsys):
     assert "is corrupt or not a kdlab checkpoint" in capsys.readouterr().err
 
 
-def test_demo_prints_table(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")] + FAST) == 0
+def test_demo_prints_paired_difference_recomputed_from_its_per_seed_accuracies(tmp_path, capsys):
+    """The printed mean ± std, paired difference, interval and win count follow from demo.json's accuracies."""
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--out", str(out_dir), "--seeds", "4", "--seed", "3", "--teacher-cache", str(tmp_path / "cache")]
+                + FAST) == 0
     out = capsys.readouterr().out
-    assert "| teacher |" in out and "| student (scratch) |" in out and "| student (distilled) |" in out
-    assert "dataset digits" in out
+    saved = json.loads((out_dir / "demo.json").read_text())
+    assert [r["seed"] for r in saved["per_seed"]] == [3, 4, 5, 6]
+    scratch = np.array([r["scratch_acc"] for r in saved["per_seed"]]) * 100
+    distilled = np.array([r["distilled_acc"] for r in saved["per_seed"]]) * 100
+    diff = distilled - scratch
+    low, high = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+    assert stats.ttest_rel(distilled, scratch).pvalue == pytest.approx(saved["distilled_minus_scratch"]["p_value"], abs=1e-9)
+    wins = int((diff > 0).sum())
+    assert f"| student, scratch | 1,930 | {scratch.mean():.2f} ± {scratch.std(ddof=1):.2f} | 4 (3–6) |" in out
+    assert f"| student, distilled | 1,930 | {distilled.mean():.2f} ± {distilled.std(ddof=1):.2f} | 4 (3–6) |" in out
+    assert f"distilled − scratch (paired by seed): {diff.mean():+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}]" in out
+    assert f"distilled ahead on {wins}/4 seeds" in out
+    assert "per seed, distilled − scratch (points): " + ", ".join(f"{s}: {d:+.2f}" for s, d in zip(range(3, 7), diff)) in out
+    assert "| teacher | 2,410 |" in out and "dataset digits" in out
+    assert f"run folder: {out_dir}" in out and (out_dir / "report.md").is_file()
 
 
 def test_train_then_distill_from_checkpoint(tmp_path, capsys):
@@ -220,3 +239,98 @@ def test_closed_stdout_ends_quietly(command, unbuffered):
         os.close(write)
     assert proc.stderr == ""
     assert proc.returncode == 141  # 128 + SIGPIPE, what the shell reports for git or cat in the same spot
+
+
+# --- run folders, resume, progress, file-system errors (issue 9, parts 1, 3, 4, 5, 10) ------------
+
+TINY = ["train-student", "digits-mlp", "--set", "student.model.hidden=[8]"]
+
+
+def _metrics(folder):
+    import json
+
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_existing_run_is_refused_and_overwrite_moves_it_aside(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main([*TINY, "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    first = (run / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*TINY, "--epochs", "2", "--no-progress", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert main([*TINY, "--epochs", "2", "--no-progress", "--out", str(run), "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("r.replaced-")]
+    assert len(aside) == 1 and str(aside[0]) in err
+    assert (aside[0] / "last.pt").read_bytes() == first and [m["epoch"] for m in _metrics(aside[0])] == [1]
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2]
+    (tmp_path / "empty").mkdir()
+    assert main([*TINY, "--epochs", "1", "--no-progress", "--out", str(tmp_path / "empty")]) == 0  # an empty folder is fine
+
+
+def test_resume_uses_the_runs_own_epochs_and_more_epochs_extend_it(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main([*TINY, "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    assert main(["train-student", "--out", str(run), "--resume", "--no-progress"]) == 0  # not the recipe's 100
+    assert [m["epoch"] for m in _metrics(run)] == [1]
+    assert main(["train-student", "digits-mlp", "--set", "student.model.hidden=[8]", "--out", str(run), "--resume",
+                 "--epochs", "3", "--data-dir", str(tmp_path), "--no-download", "--progress"]) == 0
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]
+
+
+def test_distill_resume_takes_the_recorded_teacher(tmp_path, capsys):
+    assert main(["train-teacher", "digits-mlp", "--set", "teacher.model.hidden=[16]", "--epochs", "1", "--no-progress",
+                 "--out", str(tmp_path / "t")]) == 0
+    teacher = tmp_path / "t" / "best.pt"
+    args = ["distill", "digits-mlp", "--set", "student.model.hidden=[8]", "--no-progress", "--out", str(tmp_path / "s")]
+    assert main([*args, "--epochs", "1", "--teacher", str(teacher)]) == 0
+    assert main(["distill", "--out", str(tmp_path / "s"), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert main(["distill", "--out", str(tmp_path / "s"), "--resume", "--epochs", "3", "--no-progress", "--teacher", str(teacher)]) == 0
+    assert [m["epoch"] for m in _metrics(tmp_path / "s")] == [1, 2, 3]
+
+
+def test_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    assert main([*TINY, "--epochs", "2", "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("scratch epoch 1/2: loss ") and "test acc" in lines[1]
+    assert main([*TINY, "--epochs", "2", "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_non_finite_loss_is_one_line_exit_2_and_no_checkpoint(tmp_path, capsys):
+    code = main([*TINY, "--epochs", "2", "--out", str(tmp_path / "r"), "--set", "student.train.optimizer.lr=1.0e+30"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("kdlab: error: training diverged: the hard loss is nan at epoch 1, step 2 of 12")
+    assert not list((tmp_path / "r").glob("*.pt")) and not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("victim", ["last.pt", "metrics.jsonl"])
+def test_disk_full_mid_run_is_one_line_and_the_run_resumes_to_the_same_metrics(tmp_path, capsys, monkeypatch, victim):
+    import errno
+    import os
+
+    args = [*TINY, "--epochs", "3", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    real_fsync, seen = os.fsync, []
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{victim}."):
+            seen.append(fd)
+            if len(seen) == 2:  # the second epoch's write
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run = tmp_path / "r"
+    assert main([*args, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write {run / victim}: disk full" in err
+    monkeypatch.undo()
+    assert not list(run.glob(".*.tmp"))
+    assert main(["train-student", "--out", str(run), "--resume", "--no-progress"]) == 0
+    timing = {"train_seconds", "eval_seconds", "seconds"}
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
+    assert strip(_metrics(run)) == strip(_metrics(tmp_path / "ref"))

@@ -1,9 +1,12 @@
+import json
+
 import pytest
 import torch
 
 from kdlab import ConfigError
+from kdlab.pipeline import prepare_data, run_distill, run_student, run_teacher
 from kdlab.recipes import load_recipe
-from kdlab.pipeline import prepare_data, run_demo, run_distill, run_student, run_teacher
+from kdlab.study.demo import run_demo
 from kdlab.teacher import FrozenTeacher
 
 FAST = ["teacher.model.hidden=[64]", "teacher.train.epochs=2", "student.train.epochs=2"]
@@ -65,14 +68,31 @@ def test_distill_from_checkpoint_and_mismatch(setup, tmp_path):
         run_distill(recipe, tmp_path / "t" / "best.pt", fake, out=False, progress=False)
 
 
-def test_demo_table(tmp_path):
+def test_demo_pairs_scratch_and_distilled_students_over_seeds(tmp_path):
     recipe = load_recipe("digits-mlp", FAST)
-    demo = run_demo(recipe, out=tmp_path / "demo", progress=False)
-    table = demo.table()
-    assert "student (distilled)" in table and "teacher" in table
-    assert (tmp_path / "demo" / "teacher" / "best.pt").is_file()
-    assert (tmp_path / "demo" / "distill" / "metrics.jsonl").is_file()
-    assert isinstance(demo.distilled.model, torch.nn.Module) and not isinstance(demo.distilled.model, FrozenTeacher)
+    demo = run_demo(recipe, seeds=3, out=tmp_path / "demo", progress=False, teacher_cache=tmp_path / "cache", log=lambda _: None)
+    assert demo.seeds == [0, 1, 2] and demo.study.variants == ["scratch", "hinton"]
+    assert demo.scratch_acc == [demo.study.run("scratch", s).final_acc for s in demo.seeds]
+    assert demo.distilled_acc == [demo.study.run("hinton", s).final_acc for s in demo.seeds]
+    assert demo.gain.diff.mean == pytest.approx(demo.distilled.mean - demo.scratch.mean)
+    assert demo.wins + demo.ties <= 3 and demo.student_parameters == 64 * 20 + 20 + 20 * 20 + 20 + 210
+    saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert [r["scratch_acc"] for r in saved["per_seed"]] == demo.scratch_acc
+    assert (tmp_path / "demo" / "demo.md").read_text().endswith(demo.table() + "\n")
+    assert (tmp_path / "demo" / "results.json").is_file() and (tmp_path / "demo" / "report.md").is_file()
+
+
+def test_demo_refuses_one_seed_and_a_used_folder(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST)
+    with pytest.raises(ConfigError, match="--seeds must be >= 2"):
+        run_demo(recipe, seeds=1, out=tmp_path / "one", teacher_cache=tmp_path / "cache")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "report.md").write_text("earlier run")
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        run_demo(recipe, seeds=2, out=used, teacher_cache=tmp_path / "cache")
+    assert not (tmp_path / "one").exists() and not (tmp_path / "cache").exists()
+    assert [p.name for p in used.iterdir()] == ["report.md"]
 
 
 def test_scratch_student(setup):

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import DistillConfig, OptimizerConfig, SchedulerConfig, TrainConfig, _build
+from .config import DistillConfig, TrainConfig, _build
 from .data.loaders import LoaderSplits, unpack_batch
 from .errors import ConfigError
-from .methods import METHODS, Distiller
+from .methods import Distiller, build_method
 from .models import count_parameters
 from .teacher import FrozenTeacher
 from .train.callbacks import epoch_progress
@@ -53,17 +53,6 @@ def _loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Optional[Da
     if isinstance(data, Dataset):
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
     raise ConfigError(f"expected a torch DataLoader or Dataset, got {type(data).__name__}")
-
-
-def build_method(name: str, distill: DistillConfig, params: Optional[Dict[str, Any]] = None) -> Distiller:
-    """The registered method ``name`` with its parameters validated against its dataclass."""
-    entry = METHODS.get(name)
-    params = dict(params or {})
-    if entry.params is None:
-        if params:
-            raise ConfigError(f"method {name!r} takes no parameters, got {', '.join(params)}")
-        return entry.factory(None, distill)
-    return entry.factory(_build(entry.params, params, f"distill.{name}"), distill)
 
 
 def distill(

@@ -26,6 +26,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+RESUME_HELP = (
+    "continue the run in --out from its last.pt with the run's own recorded config; the command line may differ "
+    "from it only in --epochs / {role}.train.epochs (more epochs extend a finished run, fewer than done are refused), "
+    "--data-dir / --no-download (data moved) and --progress; any other difference is refused"
+)
+RUN_KINDS = {"teacher": "train-teacher", "scratch": "train-student", "distill": "distill"}
+
+
 def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
     p.add_argument("recipe", nargs="?", default=None, help="bundled recipe name or YAML path (default: mnist-mlp; demo: the embedded dataset)")
     g = p.add_argument_group("data")
@@ -40,7 +48,9 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
         g.add_argument("--epochs", type=int, help=f"{role} training epochs")
         g.add_argument("--batch-size", type=int, help=f"{role} batch size")
         g.add_argument("--lr", type=_finite_float, help=f"{role} learning rate")
-        g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+        g.add_argument("--resume", action="store_true", help=RESUME_HELP.format(role=role))
+        g.add_argument("--overwrite", action="store_true",
+                       help="if --out already holds a run, move it aside to <out>.replaced-<timestamp> and start afresh")
     else:
         g.add_argument("--teacher-epochs", type=int, help="teacher training epochs")
         g.add_argument("--student-epochs", type=int, help="student training epochs (scratch and distilled)")
@@ -101,6 +111,69 @@ def _check_resume(args: argparse.Namespace) -> None:
         raise KDLabError("--resume needs --out pointing at the run folder to continue")
 
 
+def _run_recipe(args: argparse.Namespace, role: str, kind: str):
+    """The recipe to train and the --out folder, after every check that may refuse the command.
+
+    Nothing is written before this returns (``--overwrite`` then moves the old run aside, printing where).
+    A resume uses the run's own config.yaml; see RESUME_HELP for what may differ.
+    """
+    from .errors import ConfigError
+    from .train.rundir import epochs_done, move_aside, read_run_info, resume_recipe, run_files
+    from .utils import check_output_location
+
+    _check_resume(args)
+    if args.resume:
+        if args.overwrite:
+            raise KDLabError("--resume continues the run in --out and --overwrite moves it aside; pass only one of them")
+        path = check_output_location(args.out, "--out")
+        if not (path / "config.yaml").is_file():
+            raise KDLabError(f"--out {path} holds no run to resume (no config.yaml); drop --resume to start a new run there")
+        started_as = read_run_info(path).get("role")
+        if started_as in RUN_KINDS and started_as != kind:
+            raise KDLabError(f"{path} is a {started_as} run; resume it with `kdlab {RUN_KINDS[started_as]} --resume --out {path}`")
+        recipe = resume_recipe(path, role, args.recipe, _overrides(args, role))
+        done, epochs = epochs_done(path), getattr(recipe, role).train.epochs
+        if epochs < done:
+            raise ConfigError(f"cannot resume {path} with {role}.train.epochs={epochs}: it has already trained {done} epochs; "
+                              f"pass --epochs {done} or more")
+        return recipe, str(path)
+    recipe = _recipe(args, role)
+    if not args.out:
+        check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
+        return recipe, None
+    path = check_output_location(args.out, "--out")
+    if run_files(path):
+        if not args.overwrite:
+            from .train.rundir import check_new_run_folder
+
+            check_new_run_folder(path)  # raises: says how to resume or overwrite
+        print(f"kdlab: --overwrite: moved the existing run {path} aside to {move_aside(path)}", file=sys.stderr)
+    return recipe, str(path)
+
+
+def _resume_teacher(args: argparse.Namespace) -> str:
+    """The teacher checkpoint of the distill run being resumed: the one recorded in its run.json."""
+    import os
+
+    from .train.rundir import file_sha256, read_run_info
+
+    info = read_run_info(Path(args.out))
+    recorded, digest = info.get("teacher_checkpoint"), info.get("teacher_sha256")
+    if args.teacher and recorded:
+        same = (os.path.samefile(args.teacher, recorded) if os.path.exists(args.teacher) and os.path.exists(recorded)
+                else Path(args.teacher).resolve() == Path(recorded).resolve())
+        if not same:
+            raise KDLabError(f"--teacher {args.teacher} is not the teacher {args.out} was started with ({recorded}); "
+                             "omit --teacher to use that one, or start a new run")
+    teacher = args.teacher or recorded
+    if not teacher:
+        raise KDLabError(f"{args.out}/run.json records no teacher checkpoint; pass --teacher CHECKPOINT (the teacher the run started with)")
+    if digest and os.path.isfile(teacher) and file_sha256(teacher) != digest:
+        raise KDLabError(f"teacher checkpoint {teacher} has changed since {args.out} was started (sha256 differs); "
+                         "restore that file or start a new run")
+    return teacher
+
+
 def _report(result) -> None:
     final, best = result.fit.final, result.fit.best
     print(f"{result.role}: final test acc {100 * result.final_acc:.2f}% (epoch {final['epoch']}), "
@@ -113,47 +186,47 @@ def _report(result) -> None:
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from .pipeline import run_teacher
 
-    _check_resume(args)
-    _report(run_teacher(_recipe(args, "teacher"), out=args.out, progress=args.progress, resume=args.resume))
+    recipe, out = _run_recipe(args, "teacher", "teacher")
+    _report(run_teacher(recipe, out=out, progress=args.progress, resume=args.resume))
     return 0
 
 
 def cmd_train_student(args: argparse.Namespace) -> int:
     from .pipeline import run_student
 
-    _check_resume(args)
-    _report(run_student(_recipe(args, "student"), out=args.out, progress=args.progress, resume=args.resume))
+    recipe, out = _run_recipe(args, "student", "scratch")
+    _report(run_student(recipe, out=out, progress=args.progress, resume=args.resume))
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from .pipeline import run_distill
 
-    _check_resume(args)
-    if args.resume and not args.teacher:
-        raise KDLabError("--resume for distill needs --teacher CHECKPOINT (the teacher the run started with)")
     if args.teacher and (args.teacher_epochs is not None or args.teacher_cache):
         raise KDLabError("--teacher-epochs and --teacher-cache apply only when the teacher comes from the cache; "
                          "drop them, or drop --teacher to use the cached (or newly trained) recipe teacher")
-    recipe = _recipe(args, "student")
-    _report(run_distill(recipe, args.teacher, out=args.out, progress=args.progress, resume=args.resume,
+    recipe, out = _run_recipe(args, "student", "distill")
+    teacher = _resume_teacher(args) if args.resume else args.teacher
+    _report(run_distill(recipe, teacher, out=out, progress=args.progress, resume=args.resume,
                         teacher_cache=args.teacher_cache, log=lambda line: print(line, flush=True)))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .recipes import bundled_recipes
-    from .pipeline import run_demo
+    from .study.demo import run_demo
 
     dataset = args.dataset or "digits"
     default = f"{dataset}-mlp" if f"{dataset}-mlp" in bundled_recipes() else "mnist-mlp"
     recipe = _recipe(args, None, default)
-    print(f"kdlab demo: recipe {recipe.name}, dataset {recipe.dataset.name}, T={recipe.distill.temperature}, "
-          f"hard_weight={recipe.distill.hard_weight}, soft_weight={recipe.distill.soft_weight}", flush=True)
-    result = run_demo(recipe, out=args.out, progress=args.progress)
+    st = recipe.student.train
+    print(f"kdlab demo: recipe {recipe.name}, dataset {recipe.dataset.name}, {args.seeds} seeds from {recipe.seed}; "
+          f"student {st.epochs} epochs, {st.optimizer.name} lr {st.optimizer.lr}; loss {recipe.distill.loss}, "
+          f"T={recipe.distill.temperature}, hard_weight={recipe.distill.hard_weight}, soft_weight={recipe.distill.soft_weight}",
+          flush=True)
+    result = run_demo(recipe, args.seeds, out=args.out, progress=args.progress, teacher_cache=args.teacher_cache,
+                      plots=bool(args.plots) and _want_plots(None))
     print(result.table())
-    gain = result.distilled.final_acc - result.scratch.final_acc
-    print(f"distillation vs scratch student: {100 * gain:+.2f} points (final epoch, one seed)")
     print(f"run folder: {result.out}")
     return 0
 
@@ -359,9 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     _distill_flags(p)
     p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",
-            "Train a teacher, a scratch student and a distilled student and print their accuracies. Runs on the "
-            "embedded scikit-learn digits by default (no download); --dataset mnist for the real thing.")
+            "Train a teacher (or reuse it from the teacher cache), then for each of --seeds seeds a scratch and a "
+            "distilled student from the same initial weights and batch order (batched, like `kdlab compare`). Prints "
+            "both students' mean ± std, the paired difference distilled − scratch with its 95% interval and on how "
+            "many seeds distillation won. Runs on the embedded scikit-learn digits by default (no download); "
+            "--dataset mnist for the real thing.")
     _common(p, None)
+    p.add_argument("--seeds", type=int, default=10, help="seeds (a scratch and a distilled student each), starting at --seed (default 10)")
+    p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False, help="also write compare's PNG plots (default: off)")
     _distill_flags(p)
     p = add("compare", cmd_compare, "compare KD loss codings over several seeds, with statistics",
             "Train the teacher once (cached by its config and seed), then for each seed a scratch student and one "

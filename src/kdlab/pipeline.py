@@ -7,6 +7,7 @@ prints; anything it does can be done from Python with these functions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,13 +21,15 @@ from .config import Recipe
 from .recipes import dump_recipe
 from .data import DatasetSplits, input_spec, load_dataset
 from .errors import ConfigError
-from .losses import DistillationObjective
+from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
 from .schedules import ScheduleHook
-from .teacher import CachedTeacherLogits, FrozenTeacher, PrecomputedTeacherLogits
+from .teacher import FrozenTeacher, PrecomputedTeacherLogits
 from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
-from .utils import seed_everything
+from .train.callbacks import Callback, ScheduleCallback
+from .train.rundir import check_new_run_folder, file_sha256
+from .utils import check_output_location, seed_everything
 
 ROLE_SEED_OFFSET = {"teacher": 0, "student": 1}
 
@@ -64,10 +67,25 @@ def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Modul
     return build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where=f"{role}.model")
 
 
-def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike]) -> Optional[RunDir]:
+def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike], resume: bool) -> Optional[RunDir]:
+    """The run folder: ``out`` (refused when it already holds a run, unless resuming) or a new one."""
     if out is False:  # type: ignore[comparison-overlap]
         return None
-    return RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+    if out:
+        return RunDir(check_output_location(out, "run folder") if resume else check_new_run_folder(out))
+    check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
+    return RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+
+
+class _RecordRun(Callback):
+    """Writes ``config.yaml`` and ``run.json`` once training can start, so a refused resume writes nothing."""
+
+    def __init__(self, run: RunDir, recipe: Recipe, kind: str, info: Dict[str, Any], resumed: bool) -> None:
+        self.run, self.recipe, self.kind, self.info, self.resumed = run, recipe, kind, info, resumed
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.run.write_config(dump_recipe(self.recipe))
+        self.run.write_run_info(self.recipe.seed, self.kind, self.info, resumed=self.resumed)
 
 
 def train_role(
@@ -75,7 +93,7 @@ def train_role(
     role: str,
     kind: str,
     data: DatasetSplits,
-    objective: DistillationObjective,
+    method: Distiller,
     out: Any,
     teacher: Optional[FrozenTeacher] = None,
     progress: Optional[bool] = None,
@@ -83,42 +101,38 @@ def train_role(
     extra_info: Optional[Dict[str, Any]] = None,
     teacher_logits: Optional[Tensor] = None,
 ) -> RunResult:
-    """Build the ``role`` model with its seeded weights and train it with ``objective``.
+    """Build the ``role`` model with its seeded weights and train it with ``method``.
 
-    The teacher signal is ``teacher_logits`` (training-set logits computed once, e.g. shared by
-    many students of a study) or, failing that, logits computed from ``teacher`` for this run.
+    The teacher reaches the method as ``teacher_logits`` (training-set logits computed once, e.g.
+    shared by many students of a study) or ``teacher`` (the trainer caches its logits when the
+    method needs nothing else, and runs it online for features).
+    ``out`` must not already hold a run unless ``resume`` (then ``recipe`` should be the run's own,
+    as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
     """
     role_cfg = getattr(recipe, role)
     model = build_role_model(recipe, role, data)
-    run = _run_dir(recipe, kind, out)
+    run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
     meta.pop("state_dict")
+    callbacks = []
     if run is not None:
-        run.write_config(dump_recipe(recipe))
-        run.write_run_info(
-            recipe.seed,
-            kind,
-            {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})},
-        )
-    signal: Any = None
-    if teacher_logits is not None:
-        signal = PrecomputedTeacherLogits(teacher_logits)
-    elif teacher is not None:
-        signal = CachedTeacherLogits(teacher, data.train.x, role_cfg.train.eval_batch_size)
+        info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
+        callbacks.append(_RecordRun(run, recipe, kind, info, resume))
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
     result = fit(
         model,
         data,
         role_cfg.train,
-        objective,
+        method,
         seed=recipe.seed,
-        teacher_signal=signal,
+        teacher_signal=PrecomputedTeacherLogits(teacher_logits) if teacher_logits is not None else None,
+        teacher=teacher if teacher_logits is None else None,
         run=run,
         checkpoint_meta=meta,
         resume=resume,
         progress=progress,
-        before_epoch=ScheduleHook(recipe.distill, role_cfg.train.epochs) if signal is not None else None,
         desc=kind,
+        callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs))],
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 
@@ -126,13 +140,13 @@ def train_role(
 def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
     """Train the recipe's teacher on hard labels."""
     data = data or prepare_data(recipe)
-    return train_role(recipe, "teacher", "teacher", data, DistillationObjective(), out, progress=progress, resume=resume)
+    return train_role(recipe, "teacher", "teacher", data, CE(), out, progress=progress, resume=resume)
 
 
 def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
     """Train the recipe's student from scratch on hard labels (the baseline distillation must beat)."""
     data = data or prepare_data(recipe)
-    return train_role(recipe, "student", "scratch", data, DistillationObjective(), out, progress=progress, resume=resume)
+    return train_role(recipe, "student", "scratch", data, CE(), out, progress=progress, resume=resume)
 
 
 def warn(message: str) -> None:
@@ -191,10 +205,11 @@ def count_student_parameters(recipe: Recipe, data: DatasetSplits) -> int:
     return count_parameters(build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where="student.model"))
 
 
-def distill_objective(recipe: Recipe, loss: Optional[str] = None) -> DistillationObjective:
-    """The recipe's objective; ``loss`` swaps the soft-loss coding (as ``kdlab compare`` does)."""
-    d = recipe.distill
-    return DistillationObjective(loss or d.loss, d.temperature, d.hard_weight, d.soft_weight)
+def distill_method(recipe: Recipe, loss: Optional[str] = None) -> Distiller:
+    """The recipe's method (``distill.method`` with its ``distill.<method>`` section); ``loss``
+    swaps the soft-loss coding (as ``kdlab compare`` does)."""
+    d = recipe.distill if loss is None else dataclasses.replace(recipe.distill, loss=loss)
+    return build_method(d.method, d, d.sections.get(d.method))
 
 
 def run_distill(
@@ -225,41 +240,16 @@ def run_distill(
         cached = cached_teacher(recipe, data, teacher_cache, progress, say)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
+        last = cached.path / "last.pt"  # checked on --resume like a --teacher file
+        info.update(teacher_checkpoint=str(last.resolve()), teacher_sha256=file_sha256(last))
         frozen = cached.teacher
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the recipe's teacher")
     elif isinstance(teacher, (str, os.PathLike)):
-        info["teacher_checkpoint"] = str(teacher)
-        frozen = load_teacher(teacher, data, n_student)
+        frozen = load_teacher(teacher, data, n_student)  # a missing or unsafe file fails here, in one line
+        info.update(teacher_checkpoint=str(Path(teacher).resolve()), teacher_sha256=file_sha256(teacher))  # checked on --resume
         info["teacher_test_acc"] = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
         say(f"teacher: checkpoint {teacher}, test acc {100 * info['teacher_test_acc']:.2f}% (measured now on {data.name})")
     else:  # a model the caller holds (and has measured)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
-    return train_role(recipe, "student", "distill", data, distill_objective(recipe), out, frozen, progress, resume, info)
-
-
-@dataclass
-class DemoResult:
-    teacher: RunResult
-    scratch: RunResult
-    distilled: RunResult
-    out: Path
-
-    def table(self) -> str:
-        rows = [("teacher", self.teacher), ("student (scratch)", self.scratch), ("student (distilled)", self.distilled)]
-        lines = ["| model | parameters | final test acc | best test acc | seconds |", "| --- | ---: | ---: | ---: | ---: |"]
-        for name, r in rows:
-            secs = sum(h["train_seconds"] + h["eval_seconds"] for h in r.fit.history)
-            lines.append(f"| {name} | {r.parameters:,} | {100 * r.final_acc:.2f}% | {100 * r.best_acc:.2f}% | {secs:.1f} |")
-        return "\n".join(lines)
-
-
-def run_demo(recipe: Recipe, out: Optional[str | os.PathLike] = None, progress: Optional[bool] = None) -> DemoResult:
-    """Teacher, scratch student and distilled student on one dataset, in one run folder."""
-    data = prepare_data(recipe)
-    root = RunDir(out) if out else RunDir.new(recipe.out_dir, f"{recipe.name}-demo")
-    root.write_config(dump_recipe(recipe))
-    teacher = run_teacher(recipe, data, root.path / "teacher", progress)
-    scratch = run_student(recipe, data, root.path / "scratch", progress)
-    distilled = run_distill(recipe, teacher.model, data, root.path / "distill", progress)
-    return DemoResult(teacher, scratch, distilled, root.path)
+    return train_role(recipe, "student", "distill", data, distill_method(recipe), out, frozen, progress, resume, info)

@@ -15,28 +15,92 @@ from typing import Any, Callable, Dict, IO
 import numpy as np
 import torch
 
+from .errors import KDLabError
+
+
+class WriteError(KDLabError, OSError):
+    """A file could not be written (disk full, permission denied, ...), phrased for one line.
+
+    A :class:`~kdlab.errors.KDLabError`, so the CLI prints it as one line (exit 2), and still an
+    :class:`OSError`, so code that already handles I/O failures (e.g. a download fallback) keeps working.
+    """
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` via a temporary file in the same folder and ``os.replace``.
 
-    A crash or Ctrl-C mid-write leaves the old file (or nothing), never a half-written one.
+    A crash or Ctrl-C mid-write leaves the old file (or nothing), never a half-written one; the
+    temporary ``.NAME.*.tmp`` a SIGKILL may leave is removed by :func:`remove_stale_temp_files`.
+    An OSError (disk full, read-only, permission) becomes a one-line :class:`WriteError`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        _test_pause(f"{path.name}.tmp")
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        tmp = None
+    except OSError as exc:
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(f"cannot write {path}: {os_error_reason(exc)}; free some space or choose another location "
+                         "(nothing was half-written)", exc.errno) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    _test_pause(path.name)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files :func:`atomic_write` leaves when a process is killed mid-write.
+
+    Only called on a folder this process is about to own (a run being started or resumed).
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+_PAUSE_COUNTS: Dict[str, int] = {}
+
+
+def _test_pause(point: str) -> None:
+    """TEST-ONLY hook so crash tests can SIGKILL/SIGINT at an exact spot; inert unless the env var is set.
+
+    ``KDLAB_TEST_PAUSE_AFTER=NAME#N`` pauses the N-th time ``NAME`` (a file name) has just been
+    written, or ``NAME.tmp`` has been written but not yet renamed into place. The process then
+    creates the file named by ``KDLAB_TEST_PAUSE_SIGNAL`` and sleeps until it is killed.
+    """
+    spec = os.environ.get("KDLAB_TEST_PAUSE_AFTER")
+    if not spec:
+        return
+    name, _, count = spec.partition("#")
+    if name != point:
+        return
+    _PAUSE_COUNTS[point] = _PAUSE_COUNTS.get(point, 0) + 1
+    if _PAUSE_COUNTS[point] == int(count or 1):
+        signal_file = os.environ.get("KDLAB_TEST_PAUSE_SIGNAL")
+        if signal_file:
+            Path(signal_file).touch()
+        import time
+
+        time.sleep(600)
 
 
 def check_output_location(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -46,8 +110,6 @@ def check_output_location(path: str | os.PathLike, what: str = "output folder") 
     removed at once (``os.access`` is not enough: it answers yes to root on a read-only mount).
     Commands call this before any training, so a typo in ``--out`` costs seconds, not an hour.
     """
-    from .errors import KDLabError
-
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise KDLabError(f"{what} {path} is a file, not a folder; pass a folder path")

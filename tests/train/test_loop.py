@@ -108,7 +108,8 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, codin
     from kdlab.teacher import CachedTeacherLogits, FrozenTeacher, OnlineTeacherLogits
     from kdlab.train.optim import build_optimizer
 
-    recipe = load_recipe("digits-mlp", ["student.train.epochs=2", "student.train.optimizer.name=sgd", "student.train.optimizer.momentum=0.9"])
+    recipe = load_recipe("digits-mlp", ["student.train.epochs=2", "student.train.optimizer.name=sgd", "student.train.optimizer.momentum=0.9",
+                                        "student.train.optimizer.lr=0.001", "student.train.scheduler.name=constant"])  # the loop below has no scheduler
     torch.manual_seed(0)
     teacher = FrozenTeacher(build_role_model(recipe, "teacher", digits))
     T, hw, sw = 3.0, 0.3, 0.7
@@ -167,3 +168,141 @@ def test_an_objective_subclass_is_trained_through_its_own_forward(digits):
     # same hard loss on the first step (same weights, same batch); the total includes the penalty
     assert penalised.step_losses[0, 1] == pytest.approx(plain.step_losses[0, 1].item(), rel=1e-5)
     assert penalised.step_losses[0, 0] > penalised.step_losses[0, 1] + 1e-3
+
+
+# --- non-finite losses (issue 9, part 4) -----------------------------------------------------------
+
+TINY = ["student.model.hidden=[8]", "student.train.epochs=3"]
+
+
+def _fingerprint(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_huge_lr_closed_form_stops_at_the_first_bad_step_and_keeps_the_last_good_checkpoint(tmp_path, digits):
+    from kdlab.pipeline import run_student
+    from kdlab.train.loop import NonFiniteLossError
+
+    # epoch 1 at lr 1e-3, then the step scheduler multiplies it by 1e30: epoch 2 diverges
+    recipe = load_recipe("digits-mlp", TINY + ["student.train.scheduler.name=step", "student.train.scheduler.step_size=1",
+                                                "student.train.scheduler.gamma=1.0e+30"])
+    saved = {}
+
+    def snapshot_after_epoch_1(epoch, objective):
+        if epoch == 2:
+            saved.update(_fingerprint(tmp_path / "run"))
+
+    model = build_role_model(recipe, "student", digits)
+    with pytest.raises(NonFiniteLossError) as info:
+        fit(model, digits, recipe.student.train, DistillationObjective(), run=RunDir(tmp_path / "run"), progress=False,
+            before_epoch=snapshot_after_epoch_1)
+    err = info.value
+    assert (err.epoch, err.term) == (2, "hard") and 1 <= err.step <= 12
+    assert f"epoch 2, step {err.step} of 12" in str(err) and "kept the last good checkpoint" in str(err)
+    assert _fingerprint(tmp_path / "run") == saved, "nothing of the diverged epoch was written"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    best = load_checkpoint(tmp_path / "run" / "best.pt")["state_dict"]
+    assert best and all(torch.isfinite(t).all() for t in best.values())
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 2 of 12; the model was not saved"):
+        run_student(load_recipe("digits-mlp", TINY + ["student.train.optimizer.lr=1.0e+30"]), digits, out=False, progress=False)
+
+
+class _Poisoned(DistillationObjective):
+    """Autograd path: the soft term becomes NaN at one (epoch, step), or the total's gradient infinite."""
+
+    def __init__(self, at, what, steps_per_epoch=12):
+        super().__init__("hinton", 3.0, 0.5, 0.5)
+        self.calls, self.at, self.what, self.steps = 0, at, what, steps_per_epoch
+
+    def forward(self, student_logits, labels, teacher_logits=None):
+        terms = super().forward(student_logits, labels, teacher_logits)
+        self.calls += 1
+        if self.calls == self.at:
+            if self.what == "soft":
+                terms["soft"] = terms["soft"] * float("nan")
+                terms["total"] = self.hard_weight * terms["hard"] + self.soft_weight * terms["soft"]
+            else:
+                terms["total"] = _InfiniteGrad.apply(terms["total"])
+        return terms
+
+
+class _InfiniteGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+@pytest.mark.parametrize("what,at,expect", [("soft", 12 + 3, (2, 3, "soft")), ("grad", 12, (1, 12, "weights"))])
+def test_autograd_nan_names_epoch_step_and_term(tmp_path, digits, what, at, expect):
+    from kdlab.teacher import CachedTeacherLogits, FrozenTeacher
+    from kdlab.train.loop import NonFiniteLossError
+
+    recipe = load_recipe("digits-mlp", TINY)
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(build_role_model(recipe, "teacher", digits))
+    model = build_role_model(recipe, "student", digits)
+    with pytest.raises(NonFiniteLossError) as info:
+        fit(model, digits, recipe.student.train, _Poisoned(at, what), teacher_signal=CachedTeacherLogits(teacher, digits.train.x),
+            run=RunDir(tmp_path / "run"), progress=False)
+    assert (info.value.epoch, info.value.step, info.value.term) == expect
+    epochs_saved = [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] \
+        if (tmp_path / "run" / "metrics.jsonl").exists() else []
+    assert epochs_saved == list(range(1, expect[0]))
+    assert (tmp_path / "run" / "last.pt").exists() == (expect[0] > 1)
+
+
+# --- callbacks and progress (issue 9, part 10) -----------------------------------------------------
+
+
+def test_callbacks_run_once_per_epoch_outside_the_hot_loop(digits, capsys):
+    from kdlab.train.loop import Callback, EpochLog
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.starts, self.records = [], []
+
+        def on_fit_start(self, trainer):
+            self.starts.append((trainer.start_epoch, trainer.cfg.epochs))
+
+        def on_epoch_end(self, trainer, epoch, records):
+            self.records.extend(dict(r) for r in records)
+
+    recipe = load_recipe("digits-mlp", TINY)
+    rec = Recorder()
+    result = fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, DistillationObjective(),
+                 progress=None, callbacks=[rec], desc="scratch")
+    assert rec.starts == [(1, 3)] and rec.records == result.history
+    lines = capsys.readouterr().err.splitlines()  # stderr is captured: not a terminal -> one line per epoch
+    assert [line.split(":")[0] for line in lines] == ["scratch epoch 1/3", "scratch epoch 2/3", "scratch epoch 3/3"]
+    assert f"test acc {100 * result.history[-1]['test_acc']:.2f}%" in lines[-1]
+    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, DistillationObjective(), progress=False)
+    assert capsys.readouterr().err == ""
+    assert isinstance(EpochLog("x", 3, bar=False), Callback)
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, digits):
+    from kdlab.pipeline import run_student
+
+    first = run_student(load_recipe("digits-mlp", TINY[:1] + ["student.train.epochs=2"]), digits, out=tmp_path / "r", progress=False)
+    more = run_student(load_recipe("digits-mlp", TINY[:1] + ["student.train.epochs=4"]), digits, out=tmp_path / "r", progress=False, resume=True)
+    assert [h["epoch"] for h in more.fit.history] == [1, 2, 3, 4] and len(more.fit.step_losses) == 2 * 12
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 4
+    changed = [not torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), more.model.state_dict().values())]
+    assert any(changed), "the extension trained"
+    assert "epochs: 4" in (tmp_path / "r" / "config.yaml").read_text()
+    assert len(json.loads((tmp_path / "r" / "run.json").read_text())["resumed"]) == 1
+
+
+def test_existing_run_is_never_mixed_into(tmp_path, digits):
+    from kdlab import KDLabError
+    from kdlab.pipeline import run_student
+
+    run_student(load_recipe("digits-mlp", TINY[:1] + ["student.train.epochs=1"]), digits, out=tmp_path / "r", progress=False)
+    before = _fingerprint(tmp_path / "r")
+    with pytest.raises(KDLabError, match="already holds a run"):
+        run_student(load_recipe("digits-mlp", TINY), digits, out=tmp_path / "r", progress=False)
+    assert _fingerprint(tmp_path / "r") == before

@@ -7,6 +7,6 @@ Adapters (:mod:`.adapters`) are the trainable parts feature methods own.
 from . import attention, fitnets, kd  # noqa: F401  (registration)
 from .base import Batch, Distiller, Needs, Outputs
 from .kd import CE, KD
-from .registry import METHODS, MethodEntry, register_method
+from .registry import METHODS, MethodEntry, build_method, register_method
 
-__all__ = ["Batch", "Distiller", "Needs", "Outputs", "CE", "KD", "METHODS", "MethodEntry", "register_method"]
+__all__ = ["Batch", "Distiller", "Needs", "Outputs", "CE", "KD", "METHODS", "MethodEntry", "build_method", "register_method"]

@@ -7,7 +7,7 @@ adds a method in one place; recipes and ``--method`` pick it by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..registry import Registry
 
@@ -31,3 +31,20 @@ def register_method(name: str, params: Optional[type] = None) -> Callable[[Calla
         return factory
 
     return decorator
+
+
+def build_method(name: str, distill: Any, params: Optional[Dict[str, Any]] = None) -> Any:
+    """The registered method ``name``, its parameters (plain data) validated against its dataclass.
+
+    ``distill`` is the recipe's :class:`~kdlab.config.DistillConfig` (T, weights, coding).
+    """
+    from ..config import _build
+    from ..errors import ConfigError
+
+    entry = METHODS.get(name)
+    params = dict(params or {})
+    if entry.params is None:
+        if params:
+            raise ConfigError(f"method {name!r} takes no parameters, got {', '.join(params)}")
+        return entry.factory(None, distill)
+    return entry.factory(_build(entry.params, params, f"distill.{name}"), distill)

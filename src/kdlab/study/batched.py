@@ -38,7 +38,7 @@ from ..methods.base import Batch, Distiller, Outputs
 from ..models.dropout import FastDropout
 from ..train.callbacks import Callback, CallbackList
 from ..train.optim import OPTIMIZERS, build_scheduler
-from ..train.trainer import FitResult, Trainer, method_record
+from ..train.trainer import FitResult, Trainer, check_finite, method_record
 from .grouped_mlp import GroupedMLP, linear_chain
 
 
@@ -209,6 +209,15 @@ class BatchedTrainer(Trainer):
                 rec.update(train_seconds=train_seconds / self.M, eval_seconds=eval_seconds / self.M, batched_students=self.M)
                 records.append(rec)
         return records
+
+    def check_finite(self, epoch: int, rows: Tensor) -> None:
+        """Every student's losses and weights, once per epoch; the error names the student."""
+        for v, method in enumerate(self.methods):
+            names = ["total", *method.term_weights()]
+            for s in range(self.S):
+                m = s * self.V + v
+                check_finite(rows[:, v, s, : len(names)], names, epoch, (p[m] for p in self.params.values()),
+                             "the students were not saved", f" (variant {v + 1}, seed {self.seeds[s]})")
 
     def results(self) -> List[FitResult]:
         """One FitResult per student, seed-major; the students are updated in place."""

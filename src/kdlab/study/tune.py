@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from ..config import Recipe
 from ..recipes import apply_overrides, recipe_from_dict
 from ..errors import ConfigError, KDLabError
-from ..pipeline import distill_objective, prepare_data, train_role
+from ..pipeline import distill_method, prepare_data, train_role
 from ..data import data_fingerprint
 from ..utils import check_output_location
 from .teacher_cache import cached_teacher, check_teacher_cache
@@ -331,7 +331,7 @@ def tune(
         values = {p.name: _suggest(trial, p) for p in space}
         r = recipe_from_dict(apply_overrides(base, [f"{p.key}={values[p.name]!r}" for p in space]))
         t0 = time.perf_counter()
-        result = train_role(r, "student", "tune", data, distill_objective(r), out=False, progress=progress, teacher_logits=logits)
+        result = train_role(r, "student", "tune", data, distill_method(r), out=False, progress=progress, teacher_logits=logits)
         val = float(result.fit.final["val_acc"])
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         log(f"trial {trial.number}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())

@@ -85,16 +85,23 @@ class EpochProgress(Callback):
             self._tqdm = tqdm(total=self.epochs, initial=trainer.start_epoch - 1, desc=self.desc, leave=False, unit="epoch")
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
-        key = trainer.best_metric
-        acc = sum(float(r[key]) for r in records) / len(records)
-        loss = sum(float(r["loss_total"]) for r in records) / len(records)
-        what = f"{key} {100 * acc:.2f}%" if len(records) == 1 else f"mean {key} {100 * acc:.2f}% over {len(records)} students"
+        """``distill epoch 3/20: loss 0.4120, test acc 95.12%, 0.5 s`` (means over batched students)."""
+        n = len(records)
+
+        def mean(key: str) -> float:
+            return sum(float(r[key]) for r in records) / n
+
+        parts = [f"loss {mean('loss_total'):.4f}"]
+        for key in ("val_acc", "test_acc"):
+            if key in records[0]:
+                parts.append(f"{'mean ' if n > 1 else ''}{key.replace('_', ' ')} {100 * mean(key):.2f}%")
         if self._tqdm is not None:
-            self._tqdm.set_postfix_str(what, refresh=False)
+            self._tqdm.set_postfix_str(", ".join(parts), refresh=False)
             self._tqdm.update()
-        else:
-            secs = records[0].get("seconds", 0.0)
-            print(f"{self.desc} epoch {epoch}/{self.epochs}: loss {loss:.4f}, {what}, {secs:.1f} s", file=sys.stderr, flush=True)
+            return
+        seconds = records[0].get("seconds", 0.0)
+        who = f" ({n} students)" if n > 1 else ""
+        print(f"{self.desc} epoch {epoch}/{self.epochs}{who}: {', '.join(parts)}, {seconds:.1f} s", file=sys.stderr, flush=True)
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         if self._tqdm is not None:

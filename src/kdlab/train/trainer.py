@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+import math
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..data.loaders import LoaderSplits, loader_batches
+from ..errors import KDLabError
 from ..methods.base import Batch, Distiller, Outputs
 from ..teacher import FrozenTeacher
 from .callbacks import Callback, CallbackList
@@ -67,6 +69,43 @@ def evaluate_loader(model: nn.Module, loader: Any, device: Optional[torch.device
         n += len(yb)
     model.train(was_training)
     return {"acc": correct / max(n, 1), "loss": loss_sum / max(n, 1)}
+
+
+class NonFiniteLossError(KDLabError):
+    """Training produced a NaN/inf loss (or weights); that epoch was not saved."""
+
+    def __init__(self, message: str, epoch: int, step: int, term: str) -> None:
+        super().__init__(message)
+        self.epoch, self.step, self.term = epoch, step, term
+
+
+ADVICE = "lower the learning rate, set train.grad_clip or check the loss, then start a new run"
+
+
+def check_finite(rows: Tensor, names: Sequence[str], epoch: int, params: Iterable[Tensor], kept: str, who: str = "") -> None:
+    """Raise :class:`NonFiniteLossError` naming the first bad step of the epoch and its loss term.
+
+    ``rows`` are the epoch's (steps, 1 + terms) losses, ``names`` their columns (``total`` first).
+    Called once per epoch, before evaluation or any checkpoint, so no per-step host sync is
+    needed and a diverged model never reaches a checkpoint. The parameters are checked too: a
+    finite last loss can still be followed by an update that overflows the weights.
+    """
+    bad_rows = ~torch.isfinite(rows).all(1)
+    if not bool(bad_rows.any()):
+        if all(bool(torch.isfinite(p).all()) for p in params):
+            return
+        raise NonFiniteLossError(
+            f"training diverged{who}: the weights became non-finite after the last step of epoch {epoch} (every loss "
+            f"was finite); {kept}; {ADVICE}", epoch, len(rows), "weights",
+        )
+    step = int(bad_rows.nonzero()[0, 0])
+    values = dict(zip(names, rows[step].tolist()))
+    # Name the term that went bad; total only when every named term is fine (an objective's own extra term).
+    term = next((n for n in names[1:] if not math.isfinite(values[n])), "total")
+    raise NonFiniteLossError(
+        f"training diverged{who}: the {term} loss is {values[term]} at epoch {epoch}, step {step + 1} of {len(rows)}; "
+        f"{kept}; {ADVICE}", epoch, step + 1, term,
+    )
 
 
 @dataclass
@@ -153,6 +192,8 @@ class Trainer:
         self.histories: List[List[Dict[str, Any]]] = []
         self.step_rows: List[Tensor] = []
         self.epoch = 0
+        #: What a divergence error says about saved weights; a run folder's callback sets it.
+        self.saved_note: Callable[[int], str] = lambda epoch: "the model was not saved"
 
     # ------------------------------------------------------------------ parts a method owns
     def trainable_parameters(self) -> List[nn.Parameter]:
@@ -268,6 +309,11 @@ class Trainer:
             rows.append(method.term_values(terms, total))
         return torch.stack(rows).float()
 
+    def check_finite(self, epoch: int, rows: Tensor) -> None:
+        """Stop with one line at the epoch's first non-finite loss, before anything is saved."""
+        names = ["total", *self.method.term_weights()]
+        check_finite(rows, names, epoch, self.trainable_parameters(), self.saved_note(epoch))
+
     def evaluate_split(self, name: str) -> Optional[Dict[str, float]]:
         """Accuracy and loss on the ``test`` or ``val`` split (None when the data have none)."""
         split = getattr(self.data, name)
@@ -303,6 +349,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 if self.scheduler is not None:
                     self.scheduler.step()
+                self.check_finite(epoch, rows)
                 records = self.epoch_records(epoch, rows, lr, time.perf_counter() - t0)
                 self.epoch = epoch
                 self.step_rows.append(rows)
