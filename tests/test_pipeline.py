@@ -98,3 +98,28 @@ def test_demo_refuses_one_seed_and_a_used_folder(tmp_path):
 def test_scratch_student(setup):
     recipe, data, _ = setup
     assert run_student(recipe, data, out=False, progress=False).parameters == 64 * 20 + 20 + 20 * 20 + 20 + 210
+
+
+def test_augmented_distillation_runs_the_teacher_online_on_the_augmented_batch(tmp_path):
+    """With an augment section the teacher sees every augmented batch (no logit cache)."""
+    from kdlab.pipeline import run_distill
+    from kdlab.teacher import FrozenTeacher
+
+    recipe = load_recipe("digits-mlp", ["teacher.model.hidden=[16]", "student.train.epochs=1",
+                                        "augment={crop: 1, flip: true, mixup: 0.2}"])
+    data = prepare_data(recipe)
+    teacher = FrozenTeacher(run_teacher(load_recipe("digits-mlp", ["teacher.model.hidden=[16]", "teacher.train.epochs=1"]),
+                                        data, out=False, progress=False).model)
+    seen = []
+    handle = teacher.model.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    result = run_distill(recipe, teacher, data, out=False, progress=False)
+    handle.remove()
+    steps = -(-len(data.train) // recipe.student.train.batch_size)
+    assert len(seen) == steps  # one teacher forward per step, none for a cache
+    assert not any(torch.equal(x, data.train.x[: len(x)]) for x in seen)
+    assert result.fit.history[0]["loss_total"] == result.fit.history[0]["loss_total"]  # finite
+
+
+def test_a_bad_augment_section_is_one_line():
+    with pytest.raises(ConfigError, match="augment"):
+        load_recipe("digits-mlp", ["augment={crop: -1}"])

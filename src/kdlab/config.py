@@ -120,6 +120,9 @@ class Recipe:
     teacher: RoleConfig = field(default_factory=RoleConfig)
     student: RoleConfig = field(default_factory=RoleConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # Per-sample augmentation of the students' training batches (kdlab.data.augment.AugmentConfig:
+    # crop, flip, autoaugment, randaugment, mixup, cutmix); checked when the recipe is resolved.
+    augment: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return _to_plain(self)

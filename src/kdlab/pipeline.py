@@ -118,6 +118,16 @@ def train_role(
     if run is not None:
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
         callbacks.append(_RecordRun(run, recipe, kind, info, resume))
+    augment = None
+    if role == "student" and recipe.augment:  # the teacher's own training stays un-augmented
+        from .data.augment import build_augment
+
+        augment = build_augment(recipe.augment, data.num_classes, data.info.get("mean"), data.info.get("std"))
+        if not augment.cfg.enabled:
+            augment = None
+        elif teacher_logits is not None and kind != "scratch":
+            raise ConfigError("augmented batches need the teacher itself (it must see the same augmented images), not "
+                              "precomputed logits; this command does not support the recipe's augment section yet — remove it")
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
     result = fit(
         model,
@@ -133,6 +143,7 @@ def train_role(
         progress=progress,
         desc=kind,
         callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs))],
+        augment=augment,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 

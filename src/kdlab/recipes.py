@@ -65,6 +65,9 @@ def check_names(r: Recipe) -> None:
     known(DATASETS, r.dataset.name, "dataset.name")
     known(SOFT_LOSSES, r.distill.loss, "distill.loss")
     check_method(r)
+    from .data.augment import AugmentConfig
+
+    AugmentConfig.from_dict(r.augment, "augment")
     known(WEIGHT_SCHEDULES, r.distill.weight_schedule.name, "distill.weight_schedule.name")
     known(TEMPERATURE_SCHEDULES, r.distill.temperature_schedule.name, "distill.temperature_schedule.name")
     for role in ("teacher", "student"):

@@ -154,6 +154,9 @@ def compare(
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     variants = parse_variants(losses)
+    if recipe.augment:
+        raise ConfigError("kdlab compare shares one set of cached teacher logits, which augmented batches cannot use; "
+                          "remove the recipe's augment section (or use kdlab distill per setting)")
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()
     data = data or prepare_data(recipe)

@@ -74,6 +74,7 @@ def fit(
     before_epoch: Optional[Callable[[int, Any], None]] = None,
     desc: str = "train",
     callbacks: Sequence[Callback] = (),
+    augment: Optional[Callable[[Tensor, Tensor, torch.Generator], Any]] = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``cfg.epochs`` epochs, evaluating after each.
 
@@ -95,8 +96,10 @@ def fit(
         teacher = _SignalTeacher(teacher_signal)  # type: ignore[assignment]
     cbs = [_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks,
            RunCallback(run, checkpoint_meta or {}) if run is not None else None, epoch_progress(progress, desc, cfg.epochs)]
-    trainer = Trainer(model, method, data, cfg, seed=seed, teacher=teacher, teacher_logits=logits,
-                      callbacks=[c for c in cbs if c is not None])
+    if augment is not None and logits is not None and method.needs.teacher:
+        raise ValueError("augmented batches need the teacher model (it must see the same augmented images), not cached logits")
+    trainer = Trainer(model, method, data, cfg, seed=seed, teacher=teacher, teacher_logits=logits if augment is None else None,
+                      callbacks=[c for c in cbs if c is not None], augment=augment)
     if run is not None:
         trainer.saved_note = lambda epoch: (f"kept the last good checkpoint {run.file('last.pt')} (epoch {epoch - 1})"
                                             if epoch > 1 else "no checkpoint was written")
