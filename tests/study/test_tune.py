@@ -132,3 +132,17 @@ def test_concurrent_workers_share_one_study_and_stop_at_n(tmp_path):
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 4 and "RUNNING" not in states and "FAIL" not in states
     assert all("trials in " in out for out, _ in outs)
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_does_not_count(tmp_path):
+    """lr 1e30 makes training non-finite: that trial is FAIL, the study still reaches N completed."""
+    from kdlab import KDLabError
+
+    recipe = load_recipe("digits-mlp", FAST)
+    kw = dict(teacher_cache=tmp_path / "cache", progress=False, log=_quiet)
+    result = tune(recipe, ["lr=1.0e+30,0.001,0.002"], 2, "grid", storage=str(tmp_path / "a.db"), **kw)
+    states = [(r["state"], r["lr"]) for r in result.trials]
+    assert sum(s == "COMPLETE" for s, _ in states) == 2
+    assert all(lr == 1e30 for s, lr in states if s == "FAIL") and all(lr < 1 for s, lr in states if s == "COMPLETE")
+    with pytest.raises(KDLabError, match="every trial diverged"):
+        tune(recipe, ["lr=1.0e+30,1.0e+31"], 1, "grid", storage=str(tmp_path / "b.db"), **kw)

@@ -27,6 +27,7 @@ from ..config import Recipe
 from ..recipes import apply_overrides, recipe_from_dict
 from ..errors import ConfigError, KDLabError
 from ..pipeline import distill_method, prepare_data, train_role
+from ..train.trainer import NonFiniteLossError
 from ..data import data_fingerprint
 from ..utils import check_output_location
 from .teacher_cache import cached_teacher, check_teacher_cache
@@ -320,6 +321,7 @@ def tune(
     log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    failures: List[int] = []  # trials of this worker whose training diverged (recorded as FAIL)
 
     def objective(trial: Any) -> float:
         # Several workers may start a trial at once; the storage numbers trials atomically, so a trial
@@ -331,7 +333,15 @@ def tune(
         values = {p.name: _suggest(trial, p) for p in space}
         r = recipe_from_dict(apply_overrides(base, [f"{p.key}={values[p.name]!r}" for p in space]))
         t0 = time.perf_counter()
-        result = train_role(r, "student", "tune", data, distill_method(r), out=False, progress=progress, teacher_logits=logits)
+        try:
+            result = train_role(r, "student", "tune", data, distill_method(r), out=False, progress=progress, teacher_logits=logits)
+        except NonFiniteLossError as exc:  # a diverging setting is a result of the search, not a crash
+            failures.append(trial.number)
+            log(f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in values.items()) + f" -> diverged ({exc.term} "
+                f"loss non-finite at epoch {exc.epoch}, step {exc.step}); recorded as failed")
+            if len(failures) >= max(trials, 3):
+                trial.study.stop()
+            raise
         val = float(result.fit.final["val_acc"])
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         log(f"trial {trial.number}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
@@ -343,7 +353,10 @@ def tune(
         # MaxTrialsCallback stops after a trial once the study has ``trials`` complete ones; the check in
         # ``objective`` keeps concurrent workers from overshooting by starting one more each.
         stop = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,))
-        study.optimize(objective, callbacks=[stop], catch=())
+        study.optimize(objective, callbacks=[stop], catch=(NonFiniteLossError,))
+        if failures and not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+            raise KDLabError(f"every trial diverged ({len(failures)} in this worker); narrow the ranges (e.g. a lower lr) "
+                             "or set student.train.grad_clip")
     rows = [
         {"number": t.number, "state": t.state.name, **t.params, "val_acc": t.value, "seconds": t.user_attrs.get("seconds")}
         for t in study.trials
