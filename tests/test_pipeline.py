@@ -123,3 +123,19 @@ def test_augmented_distillation_runs_the_teacher_online_on_the_augmented_batch(t
 def test_a_bad_augment_section_is_one_line():
     with pytest.raises(ConfigError, match="augment"):
         load_recipe("digits-mlp", ["augment={crop: -1}"])
+
+
+def test_device_setting_resolves_and_refuses_what_is_not_there():
+    import torch
+
+    from kdlab.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    recipe = load_recipe("digits-mlp", ["device=auto"])
+    assert prepare_data(recipe).train.x.device.type == resolve_device("auto").type
+    with pytest.raises(ConfigError, match="device: unknown device 'gpu'"):
+        load_recipe("digits-mlp", ["device=gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device is available"):
+            load_recipe("digits-mlp", ["device=cuda"])

@@ -43,6 +43,7 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
     g.add_argument("--val-fraction", type=_finite_float, help="fraction of the training set held out for validation")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help="seed for weights, shuffling and dropout (default: from the recipe)")
+    g.add_argument("--device", help="where to train: cpu (default), cuda, cuda:N, or auto (cuda when available)")
     g.add_argument("--out", help="run folder to write (default: runs/<recipe>-<kind>-<timestamp>)")
     if role is not None:
         g.add_argument("--epochs", type=int, help=f"{role} training epochs")
@@ -74,6 +75,7 @@ FLAG_KEYS: Dict[str, str] = {
     "data_dir": "dataset.data_dir",
     "val_fraction": "dataset.val_fraction",
     "seed": "seed",
+    "device": "device",
     "loss": "distill.loss",
     "temperature": "distill.temperature",
     "hard_weight": "distill.hard_weight",

@@ -116,6 +116,8 @@ class Recipe:
     name: str = "custom"
     seed: int = 0
     out_dir: str = "runs"
+    # cpu (the tested default), cuda, cuda:N, or auto (cuda when available, else cpu)
+    device: str = "cpu"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
     student: RoleConfig = field(default_factory=RoleConfig)

@@ -29,6 +29,7 @@ from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback, ScheduleCallback
 from .train.rundir import check_new_run_folder, file_sha256
+from .device import resolve_device
 from .utils import check_output_location, seed_everything
 
 ROLE_SEED_OFFSET = {"teacher": 0, "student": 1}
@@ -52,8 +53,9 @@ class RunResult:
 
 
 def prepare_data(recipe: Recipe) -> DatasetSplits:
+    """The recipe's dataset as in-memory tensors on the recipe's device."""
     d = recipe.dataset
-    return load_dataset(d.name, d.data_dir, d.download, d.val_fraction, recipe.seed)
+    return load_dataset(d.name, d.data_dir, d.download, d.val_fraction, recipe.seed).to(resolve_device(recipe.device))
 
 
 def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Module:
@@ -64,7 +66,8 @@ def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Modul
     """
     cfg = getattr(recipe, role).model
     seed_everything(recipe.seed + ROLE_SEED_OFFSET[role])
-    return build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where=f"{role}.model")
+    model = build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where=f"{role}.model")
+    return model.to(data.train.x.device)
 
 
 def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike], resume: bool) -> Optional[RunDir]:
@@ -128,6 +131,8 @@ def train_role(
         elif teacher_logits is not None and kind != "scratch":
             raise ConfigError("augmented batches need the teacher itself (it must see the same augmented images), not "
                               "precomputed logits; this command does not support the recipe's augment section yet — remove it")
+    if teacher is not None:
+        teacher.to(data.train.x.device)
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
     result = fit(
         model,

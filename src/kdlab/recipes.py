@@ -62,6 +62,9 @@ def check_names(r: Recipe) -> None:
         if name not in registry:
             raise ConfigError(f"{key}: unknown value {name!r}; choose one of: {', '.join(registry.names())}")
 
+    from .device import resolve_device
+
+    resolve_device(r.device)
     known(DATASETS, r.dataset.name, "dataset.name")
     known(SOFT_LOSSES, r.distill.loss, "distill.loss")
     check_method(r)

@@ -54,3 +54,16 @@ def test_digits_embedded_default():
 def test_unknown_dataset():
     with pytest.raises(ConfigError, match="unknown dataset 'mnsit'; choose one of: cifar10, cifar100, digits, fashion-mnist, kmnist, mnist"):
         load_dataset("mnsit")
+
+
+def test_digits_split_is_sklearns_stratified_split():
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    _, test_idx = train_test_split(np.arange(len(bunch.target)), test_size=0.2, stratify=bunch.target, random_state=0)
+    data = load_dataset("digits")
+    assert sorted(data.test.y.tolist()) == sorted(bunch.target[test_idx].tolist())
+    counts = np.bincount(data.test.y.numpy(), minlength=10) / np.bincount(bunch.target, minlength=10)
+    assert np.allclose(counts, 0.2, atol=0.02)  # every class contributes 20 %

@@ -30,6 +30,9 @@ class TensorData:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device) -> "TensorData":
+        return TensorData(self.x.to(device), self.y.to(device))
+
     def subset(self, idx: Tensor) -> "TensorData":
         return TensorData(self.x.index_select(0, idx), self.y.index_select(0, idx))
 
@@ -52,6 +55,13 @@ class DatasetSplits:
     @property
     def in_shape(self) -> Tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    def to(self, device: torch.device) -> "DatasetSplits":
+        """The same splits with every tensor on ``device`` (no copy when already there)."""
+        if self.train.x.device == torch.device(device):
+            return self
+        return DatasetSplits(self.name, self.train.to(device), self.test.to(device), self.classes,
+                             None if self.val is None else self.val.to(device), dict(self.info))
 
     def eval_split(self) -> Tuple[str, TensorData]:
         """Validation split when one was carved, else the test split."""

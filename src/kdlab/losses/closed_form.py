@@ -69,7 +69,7 @@ class ClosedFormObjective:
         self.table: Optional[Tensor] = None
         self.kind = "kl"
         self.params: Optional[Tuple[float, float, float, float]] = None
-        self._coef: Dict[Tuple[int, torch.dtype], _Coefficients] = {}
+        self._coef: Dict[Tuple[int, torch.dtype, torch.device], _Coefficients] = {}
 
     @staticmethod
     def supports(objective: DistillationObjective) -> bool:
@@ -130,9 +130,9 @@ class ClosedFormObjective:
         assert self.table is not None, "no table: pass teacher_logits (or distill=False) and call prepare()"
         return self.table.index_select(0, idx)
 
-    def _coefficients(self, B: int, dtype: torch.dtype) -> _Coefficients:
+    def _coefficients(self, B: int, dtype: torch.dtype, device: torch.device) -> _Coefficients:
         """Logit scales, gradient weights per slice, and the matrix from the sums to (total, hard, soft)."""
-        key = (B, dtype)
+        key = (B, dtype, device)
         if key not in self._coef:
             assert self.params is not None, "call prepare(T, hard_w, soft_w) first"
             T, hw, sw, c = self.params
@@ -145,7 +145,8 @@ class ClosedFormObjective:
             else:
                 scales, weights = [[1.0]], (1.0 / B,)
                 to_values = [[-1.0 / B, 0.0], [-1.0 / B, 0.0], [float("nan"), float("nan")]]
-            self._coef[key] = (torch.tensor(scales, dtype=dtype), weights, torch.tensor(to_values, dtype=dtype).T.contiguous())
+            self._coef[key] = (torch.tensor(scales, dtype=dtype, device=device), weights,
+                               torch.tensor(to_values, dtype=dtype, device=device).T.contiguous())
         return self._coef[key]
 
     @torch.no_grad()
@@ -162,7 +163,7 @@ class ClosedFormObjective:
             )
         B, K, S = logits.shape[-2], self.K, self.slices
         rows = rows.to(logits.dtype)
-        scales, weights, to_values = self._coefficients(B, logits.dtype)
+        scales, weights, to_values = self._coefficients(B, logits.dtype, logits.device)
         # narrow/select rather than [..., a:b]: Python-level indexing costs more than the arithmetic here
         log_probs = F.log_softmax(logits.unsqueeze(-2).mul(scales), -1)  # (..., B, S, K): log q₁, log q
         negent = rows.narrow(-1, (S + 1) * K, 1).sum(-2)

@@ -78,7 +78,8 @@ class BatchedTrainer(Trainer):
         teacher_logits: Optional[Tensor] = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        V, S = len(students), len(seeds)
+        S = len(seeds)
+        V = len(students)
         if V == 0 or S == 0 or any(len(row) != S for row in students) or len(methods) != V:
             raise ValueError("students must be a non-empty variants × seeds grid with one method per variant")
         if any(m.needs.teacher for m in methods) and teacher_logits is None:
@@ -134,7 +135,7 @@ class BatchedTrainer(Trainer):
 
     def train_epoch(self) -> Tensor:
         """One epoch for every student; returns (steps, V, S, width) loss rows (NaN-padded)."""
-        S, V, M, params = self.S, self.V, self.M, self.params
+        S, M, params = self.S, self.M, self.params
         X, Y = self.data.train.x, self.data.train.y
         fast, step_fns, methods, opt = self.fast, self.step_fns, self.methods, self.optimizer
         any_fast, any_autograd = any(f is not None for f in fast), any(f is None for f in fast)
@@ -145,7 +146,7 @@ class BatchedTrainer(Trainer):
         rows: List[Tensor] = []
         for batch in zip(*(ix.epoch() for ix in self.indexers)):
             idx = torch.stack(batch)  # (S, B)
-            flat_idx = idx.reshape(-1)
+            flat_idx = idx.reshape(-1).to(X.device)
             B = idx.shape[1]
             xb = X.index_select(0, flat_idx).view(S, B, *X.shape[1:])
             logits = self.per_seed_inputs(self._grid(params), xb)  # (S, V, B, C)
@@ -183,8 +184,9 @@ class BatchedTrainer(Trainer):
         S, V = self.S, self.V
         self.base.eval()
         g = self._grid(self.params)
-        correct = torch.zeros(S, V)
-        loss = torch.zeros(S, V)
+        device = next(iter(self.params.values())).device
+        correct = torch.zeros(S, V, device=device)
+        loss = torch.zeros(S, V, device=device)
         bs = self.cfg.eval_batch_size
         for xb, yb in zip(split.x.split(bs), split.y.split(bs)):
             logits = self.shared_inputs(g, xb)  # (S, V, n, C)

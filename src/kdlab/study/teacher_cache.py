@@ -215,7 +215,7 @@ def cached_teacher(
             found = _load_verified(path, key, recipe, data, finished=True)
             if found is not None:
                 payload, model = found
-                return CachedTeacher(FrozenTeacher(model), path, True, float(payload["metrics"]["test_acc"]), waited)
+                return CachedTeacher(FrozenTeacher(model.to(data.train.x.device)), path, True, float(payload["metrics"]["test_acc"]), waited)
             # An unfinished run of this key (no entry.json yet, epochs left) resumes; anything else starts over.
             partial = None if (path / ENTRY_FILE).exists() else _load_verified(path, key, recipe, data, finished=False)
             resume = partial is not None and int(partial[0]["epoch"]) < recipe.teacher.train.epochs

@@ -213,8 +213,9 @@ class Trainer:
             if self.loaders is not None:
                 x, y, idx = next(loader_batches(self.loaders.train, self.device))
             else:
-                idx = torch.arange(min(2, len(self.data.train)))  # type: ignore[arg-type]
-                x, y = self.data.train.x.index_select(0, idx), self.data.train.y.index_select(0, idx)  # type: ignore[union-attr]
+                train = self.data.train  # type: ignore[union-attr]
+                idx = torch.arange(min(2, len(train)), device=train.x.device)
+                x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
             batch = Batch(x, y, idx)
             self.method.build(batch, self._student_outputs(batch.x), self._teacher_outputs(batch))
         finally:
