@@ -334,3 +334,45 @@ def test_disk_full_mid_run_is_one_line_and_the_run_resumes_to_the_same_metrics(t
     timing = {"train_seconds", "eval_seconds", "seconds"}
     strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
     assert strip(_metrics(run)) == strip(_metrics(tmp_path / "ref"))
+
+
+USER_MODULE = '''
+import torch
+from torch import nn
+from kdlab.models import MODELS
+from kdlab.methods import KD, register_method
+
+
+class Tiny(nn.Module):
+    def __init__(self, in_shape, num_classes, width=6):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), width), nn.ReLU())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@MODELS.register("user-tiny")
+def user_tiny(in_shape, num_classes, width: int = 6):
+    return Tiny(in_shape, num_classes, width)
+
+
+@register_method("user-kd")
+def build_user_kd(params, distill):
+    """a user's own method: Hinton KD under another name"""
+    return KD(distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+'''
+
+
+def test_user_registered_models_and_methods_work_from_the_cli(tmp_path):
+    (tmp_path / "mykd.py").write_text(USER_MODULE)
+    flags = ["--import", "mykd", "--set", "student.model={name: user-tiny, width: 5}", "--set", "teacher.model={name: user-tiny}",
+             "--set", "distill.method=user-kd", "--teacher-epochs", "1", "--epochs", "1", "--no-progress",
+             "--teacher-cache", str(tmp_path / "cache")]
+    proc = run_cli("distill", "digits-mlp", *flags, "--out", "run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "imports:\n- mykd" in config and "method: user-kd" in config and "name: user-tiny" in config
+    bad = run_cli("train-student", "digits-mlp", "--import", "no_such_mod", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot import 'no_such_mod'" in bad.stderr

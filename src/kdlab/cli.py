@@ -43,6 +43,9 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
     g.add_argument("--val-fraction", type=_finite_float, help="fraction of the training set held out for validation")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help="seed for weights, shuffling and dropout (default: from the recipe)")
+    g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so the models/datasets/losses/methods it registers can be named (repeatable; "
+                        "recorded in the recipe as imports)")
     g.add_argument("--device", help="where to train: cpu (default), cuda, cuda:N, or auto (cuda when available)")
     g.add_argument("--out", help="run folder to write (default: runs/<recipe>-<kind>-<timestamp>)")
     if role is not None:
@@ -105,7 +108,7 @@ def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
 def _recipe(args: argparse.Namespace, role: Optional[str], default: str = "mnist-mlp"):
     from .recipes import load_recipe
 
-    return load_recipe(args.recipe or default, _overrides(args, role))
+    return load_recipe(args.recipe or default, _overrides(args, role), getattr(args, "imports", None) or ())
 
 
 def _check_resume(args: argparse.Namespace) -> None:
@@ -481,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(distill.fitnets.pairs: {student_module: teacher_module}).")
     p.add_argument("recipe", nargs="?", default=None, help="bundled recipe name or YAML path (default: mnist-mlp)")
     p.add_argument("--role", choices=["teacher", "student"], help="only this model (default: both)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register models), repeatable")
     p.add_argument("--dataset", help="dataset name")
     p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")

@@ -118,6 +118,9 @@ class Recipe:
     out_dir: str = "runs"
     # cpu (the tested default), cuda, cuda:N, or auto (cuda when available, else cpu)
     device: str = "cpu"
+    # Python modules imported before names are resolved, so models, datasets, losses and methods a
+    # user registers in their own package are usable from recipes and the command line.
+    imports: List[str] = field(default_factory=list)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
     student: RoleConfig = field(default_factory=RoleConfig)
@@ -187,6 +190,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif origin in (dict, Dict):
         if isinstance(value, dict):
             return dict(value)
+    elif origin in (list, List):
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     else:  # pragma: no cover - schema error, not user error
         raise TypeError(f"unsupported config type {tp}")
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")

@@ -20,10 +20,36 @@ from .errors import ConfigError
 
 
 def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
-    """A recipe from plain data: schema, ranges and every name checked."""
+    """A recipe from plain data: schema, ranges, the user's ``imports``, and every name checked."""
     recipe = schema_from_dict(data)
+    import_user_modules(recipe.imports)
     check_names(recipe)
     return recipe
+
+
+def import_user_modules(modules: Sequence[str]) -> None:
+    """Import the modules that register a user's models, datasets, losses or methods.
+
+    The working directory is importable (as with ``python -m``), so ``--import mypkg.models`` finds
+    ``./mypkg/models.py``. A failing import is one line naming the module and the error.
+    """
+    import importlib
+    import os
+
+    for name in modules:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"imports: expected module names like mypkg.models, got {_short(name)}")
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as exc:
+            raise ConfigError(f"imports: cannot import {name!r} ({type(exc).__name__}: {exc}); check the module name "
+                              "and that its folder is the working directory or on PYTHONPATH") from None
+        except ConfigError:
+            raise
+        except Exception as exc:  # the user's module itself failed
+            raise ConfigError(f"imports: importing {name!r} raised {type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
 
 def check_method(r: Recipe) -> None:
@@ -197,10 +223,15 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
     return data
 
 
-def load_recipe(spec: str | None = None, overrides: Sequence[str] = ()) -> Recipe:
-    """Load a bundled recipe by name or a YAML path, apply overrides, validate."""
-    data = read_recipe_dict(spec) if spec else {}
-    return recipe_from_dict(apply_overrides(data, overrides))
+def load_recipe(spec: str | None = None, overrides: Sequence[str] = (), imports: Sequence[str] = ()) -> Recipe:
+    """Load a bundled recipe by name or a YAML path, apply overrides, add ``imports``, validate."""
+    data = apply_overrides(read_recipe_dict(spec) if spec else {}, overrides)
+    if imports:
+        listed = data.get("imports") or []
+        if not isinstance(listed, list):
+            raise ConfigError(f"imports: expected a list of module names, got {_short(listed)}")
+        data["imports"] = list(dict.fromkeys([*listed, *imports]))
+    return recipe_from_dict(data)
 
 
 def dump_recipe(recipe: Recipe) -> str:
