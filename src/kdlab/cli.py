@@ -163,6 +163,17 @@ def _resume_teacher(args: argparse.Namespace) -> str:
     from .train.rundir import file_sha256, read_run_info
 
     info = read_run_info(Path(args.out))
+    several, digests = info.get("teacher_checkpoints"), info.get("teacher_sha256s")
+    if isinstance(several, list) and several:  # a multi-teacher run: the same checkpoints, unchanged
+        if args.teacher:
+            raise KDLabError(f"{args.out} was distilled from {len(several)} teachers; omit --teacher to resume with them")
+        for path, digest in zip(several, digests or [None] * len(several)):
+            if not os.path.isfile(path):
+                raise KDLabError(f"teacher checkpoint {path} of {args.out} is missing; restore it or start a new run")
+            if digest and file_sha256(path) != digest:
+                raise KDLabError(f"teacher checkpoint {path} has changed since {args.out} was started (sha256 differs); "
+                                 "restore that file or start a new run")
+        return several  # type: ignore[return-value]
     recorded, digest = info.get("teacher_checkpoint"), info.get("teacher_sha256")
     if args.teacher and recorded:
         same = (os.path.samefile(args.teacher, recorded) if os.path.exists(args.teacher) and os.path.exists(recorded)

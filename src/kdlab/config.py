@@ -123,6 +123,9 @@ class Recipe:
     imports: List[str] = field(default_factory=list)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
+    # Several teachers (each trained and cached like ``teacher``); when given, they replace
+    # ``teacher`` and the student learns from the mean of their logits.
+    teachers: List[RoleConfig] = field(default_factory=list)
     student: RoleConfig = field(default_factory=RoleConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     # Per-sample augmentation of the students' training batches (kdlab.data.augment.AugmentConfig:
@@ -290,8 +293,8 @@ def _check_ranges(r: Recipe) -> None:
     positive(r.distill.temperature_schedule.min, "distill.temperature_schedule.min")
     non_negative(r.distill.temperature_schedule.step, "distill.temperature_schedule.step")
     fraction(r.dataset.val_fraction, "dataset.val_fraction")
-    for role in ("teacher", "student"):
-        t: TrainConfig = getattr(r, role).train
+    for role, rc in role_configs(r):
+        t: TrainConfig = rc.train
         count(t.epochs, f"{role}.train.epochs")
         count(t.batch_size, f"{role}.train.batch_size")
         count(t.eval_batch_size, f"{role}.train.eval_batch_size")
@@ -302,6 +305,12 @@ def _check_ranges(r: Recipe) -> None:
         positive(t.scheduler.gamma, f"{role}.train.scheduler.gamma")
         if t.grad_clip is not None:
             positive(t.grad_clip, f"{role}.train.grad_clip")
+
+
+def role_configs(r: Recipe) -> List[tuple]:
+    """(key, RoleConfig) for the teacher(s) and the student, keyed as a message should name them."""
+    teachers = [(f"teachers[{i}]", t) for i, t in enumerate(r.teachers)] or [("teacher", r.teacher)]
+    return [*teachers, ("student", r.student)]
 
 
 def _check_text(r: Recipe) -> None:

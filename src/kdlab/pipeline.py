@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
 from .schedules import ScheduleHook
-from .teacher import FrozenTeacher, PrecomputedTeacherLogits
+from .teacher import FrozenTeacher, PrecomputedTeacherLogits, TeacherEnsemble
 from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback, ScheduleCallback
@@ -230,7 +230,7 @@ def distill_method(recipe: Recipe, loss: Optional[str] = None) -> Distiller:
 
 def run_distill(
     recipe: Recipe,
-    teacher: FrozenTeacher | nn.Module | str | os.PathLike | None = None,
+    teacher: FrozenTeacher | nn.Module | str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     data: Optional[DatasetSplits] = None,
     out: Any = None,
     progress: Optional[bool] = None,
@@ -238,8 +238,9 @@ def run_distill(
     teacher_cache: Optional[str | os.PathLike] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> RunResult:
-    """Distill the recipe's student from ``teacher``: a model, a checkpoint path, or None for the
-    recipe's teacher from the teacher cache (trained and cached there on first use, like ``compare``).
+    """Distill the recipe's student from ``teacher``: a model, a checkpoint path (or a list of them:
+    their ensemble), or None for the recipe's teacher(s) from the teacher cache (trained and cached
+    there on first use, like ``compare``; several ``teachers`` are averaged).
 
     ``log`` receives one line naming the teacher used and its test accuracy.
     """
@@ -256,10 +257,20 @@ def run_distill(
         cached = cached_teacher(recipe, data, teacher_cache, progress, say)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
-        last = cached.path / "last.pt"  # checked on --resume like a --teacher file
-        info.update(teacher_checkpoint=str(last.resolve()), teacher_sha256=file_sha256(last))
+        lasts = [path / "last.pt" for path in cached.paths]  # checked on --resume like a --teacher file
+        if len(lasts) == 1:
+            info.update(teacher_checkpoint=str(lasts[0].resolve()), teacher_sha256=file_sha256(lasts[0]))
+        else:
+            info.update(teacher_checkpoints=[str(x.resolve()) for x in lasts], teacher_sha256s=[file_sha256(x) for x in lasts],
+                        teacher_member_test_accs=[m.test_acc for m in cached.members])
         frozen = cached.teacher
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the recipe's teacher")
+    elif isinstance(teacher, (list, tuple)):  # several checkpoints: their ensemble (a resumed multi-teacher run)
+        members = [load_teacher(t, data, n_student).release() for t in teacher]
+        frozen = FrozenTeacher(TeacherEnsemble(members))
+        info.update(teacher_checkpoints=[str(Path(t).resolve()) for t in teacher], teacher_sha256s=[file_sha256(t) for t in teacher])
+        info["teacher_test_acc"] = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
+        say(f"teacher: mean of {len(members)} checkpoints, test acc {100 * info['teacher_test_acc']:.2f}% (measured now)")
     elif isinstance(teacher, (str, os.PathLike)):
         frozen = load_teacher(teacher, data, n_student)  # a missing or unsafe file fails here, in one line
         info.update(teacher_checkpoint=str(Path(teacher).resolve()), teacher_sha256=file_sha256(teacher))  # checked on --resume

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
-from .config import Recipe, RoleConfig, _build, _short, schema_from_dict
+from .config import Recipe, _build, _short, role_configs, schema_from_dict
 from .errors import ConfigError
 
 
@@ -99,8 +99,7 @@ def check_names(r: Recipe) -> None:
     AugmentConfig.from_dict(r.augment, "augment")
     known(WEIGHT_SCHEDULES, r.distill.weight_schedule.name, "distill.weight_schedule.name")
     known(TEMPERATURE_SCHEDULES, r.distill.temperature_schedule.name, "distill.temperature_schedule.name")
-    for role in ("teacher", "student"):
-        rc: RoleConfig = getattr(r, role)
+    for role, rc in role_configs(r):
         known(MODELS, rc.model.name, f"{role}.model.name")
         check_model_params(rc.model.name, rc.model.params, f"{role}.model")
         known(OPTIMIZERS, rc.train.optimizer.name, f"{role}.train.optimizer.name")

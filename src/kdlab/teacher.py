@@ -79,3 +79,20 @@ class OnlineTeacherLogits:
 
     def __call__(self, idx: Tensor, xb: Tensor) -> Tensor:
         return self.teacher(xb)
+
+
+class TeacherEnsemble(nn.Module):
+    """Several teachers as one: the mean of their logits (equal weights).
+
+    Members keep their module names under ``members.<i>.`` (``members.0.layer3``), so feature
+    methods can tap any member by name.
+    """
+
+    def __init__(self, members: "list[nn.Module]") -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a teacher ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)

@@ -25,9 +25,10 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ..config import Recipe
 from ..data import DatasetSplits, data_fingerprint
@@ -95,9 +96,18 @@ class CachedTeacher:
     hit: bool  # True when no training was needed
     test_acc: float  # of exactly this teacher (the weights returned), on this data's test split
     waited: bool = False  # another process held the entry (was training it) when we asked
+    members: List["CachedTeacher"] = field(default_factory=list)  # the recipe's teachers, when several
+
+    @property
+    def paths(self) -> List[Path]:
+        """Every cache entry behind this teacher (one, or one per member)."""
+        return [m.path for m in self.members] or [self.path]
 
     def describe(self) -> str:
         """One line for the user: which teacher is used, where it came from, how good it is."""
+        if self.members:
+            parts = ", ".join(f"{100 * m.test_acc:.2f}% ({'reused' if m.hit else 'trained'})" for m in self.members)
+            return f"teacher: mean of {len(self.members)} cached teachers [{parts}], ensemble test acc {100 * self.test_acc:.2f}%"
         how = "reused from the cache" if self.hit else "trained and cached"
         if self.waited:
             how += " (after waiting for another process)"
@@ -202,8 +212,21 @@ def cached_teacher(
     """The recipe's trained teacher, from the cache or trained (and cached) now.
 
     The returned ``test_acc`` belongs to the returned weights, whichever process trained them.
+    With ``recipe.teachers`` each is cached on its own and the result is their ensemble.
     """
     from ..pipeline import run_teacher
+
+    if recipe.teachers:
+        from ..teacher import TeacherEnsemble
+        from ..train.trainer import evaluate
+
+        members = [cached_teacher(dataclasses.replace(recipe, teacher=t, teachers=[]), data, cache_dir, progress, log)
+                   for t in recipe.teachers]
+        if len(members) == 1:
+            return members[0]
+        ensemble = FrozenTeacher(TeacherEnsemble([m.teacher.release() for m in members]))
+        acc = evaluate(ensemble, data.test, recipe.teacher.train.eval_batch_size)["acc"]
+        return CachedTeacher(ensemble, members[0].path, all(m.hit for m in members), acc, any(m.waited for m in members), members)
 
     say = log or (lambda _msg: None)
     root = check_teacher_cache(cache_dir)

@@ -1,0 +1,52 @@
+"""A list of teachers in a recipe: each cached on its own, the student learns from their mean."""
+
+import json
+
+import pytest
+import torch
+
+from kdlab import ConfigError
+from kdlab.pipeline import prepare_data, run_distill
+from kdlab.recipes import load_recipe
+from kdlab.teacher import TeacherEnsemble
+
+TWO = ["teachers=[{model: {name: mlp, hidden: [16]}, train: {epochs: 1}}, "
+       "{model: {name: cnn, channels: [4, 8]}, train: {epochs: 1}}]", "student.train.epochs=1"]
+
+
+def test_two_teachers_of_different_architectures_are_averaged(tmp_path):
+    recipe = load_recipe("digits-mlp", TWO)
+    data = prepare_data(recipe)
+    lines = []
+    result = run_distill(recipe, None, data, out=tmp_path / "run", progress=False, teacher_cache=tmp_path / "cache", log=lines.append)
+    assert "mean of 2 cached teachers" in lines[-1]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert len(info["teacher_checkpoints"]) == 2 and len(info["teacher_sha256s"]) == 2
+    assert result.fit.final["epoch"] == 1
+    # the ensemble's logits are the plain mean of its members'
+    members = [torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)]
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(TeacherEnsemble(members)(x), (members[0](x) + members[1](x)) / 2)
+    # a second run reuses both cached teachers
+    again = []
+    run_distill(recipe, None, data, out=False, progress=False, teacher_cache=tmp_path / "cache", log=again.append)
+    assert again[-1].count("reused") == 2
+
+
+def test_a_multi_teacher_run_resumes_with_its_own_teachers(tmp_path):
+    from tests.catalogue.harness import run_cli
+
+    flags = ["--set", TWO[0], "--teacher-cache", str(tmp_path / "cache"), "--no-progress"]
+    first = run_cli(["distill", "digits-mlp", *flags, "--epochs", "1", "--out", "run"], tmp_path)
+    assert first.code == 0, first.err
+    more = run_cli(["distill", "--out", "run", "--resume", "--epochs", "2", "--no-progress"], tmp_path)
+    assert more.code == 0, more.err
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_teachers_are_validated_one_line():
+    with pytest.raises(ConfigError, match=r"teachers\[1\].model.name: unknown value 'resnet'"):
+        load_recipe("digits-mlp", ["teachers=[{model: {name: mlp}}, {model: {name: resnet}}]"])
+    with pytest.raises(ConfigError, match=r"teachers\[0\].train.epochs"):
+        load_recipe("digits-mlp", ["teachers=[{train: {epochs: 0}}]"])
