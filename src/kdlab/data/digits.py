@@ -20,13 +20,18 @@ TEST_FRACTION = 0.2
 @DATASETS.register("digits")
 def load_digits(data_dir: Optional[Path] = None, download: bool = False) -> RawData:
     from sklearn.datasets import load_digits as sk_load_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = sk_load_digits()
     images = torch.from_numpy((bunch.images / 16.0).astype(np.float32))  # (N, 8, 8) in [0, 1]
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    # stratified: 20 % of every class goes to test; sorted so the order does not depend on the split's shuffle
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION, stratify=bunch.target, random_state=0)
-    tr, te = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
+    rng = np.random.default_rng(0)
+    test_idx = []
+    for c in range(10):  # stratified: 20 % of every class goes to test
+        members = np.flatnonzero(bunch.target == c)
+        rng.shuffle(members)
+        test_idx.extend(members[: int(round(len(members) * TEST_FRACTION))])
+    test_mask = np.zeros(len(labels), dtype=bool)
+    test_mask[test_idx] = True
+    tr, te = torch.from_numpy(~test_mask), torch.from_numpy(test_mask)
     return RawData(images[tr], labels[tr], images[te], labels[te], [str(i) for i in range(10)], "scikit-learn load_digits",
                    pixel_max=16.0)
