@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Batch, Needs, Outputs
+from .base import Batch, Outputs, layer_pair_needs
 from .kd import KD
 from .registry import register_method
 
@@ -120,15 +120,12 @@ class AttentionTransfer(KD):
     def __init__(self, params: ATParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__(coding, temperature, hard_weight, soft_weight)
-        if not params.pairs:
-            raise ConfigError("at needs layer pairs: distill.at.pairs: {student_module: teacher_module} "
-                              "(list the modules with `kdlab layers RECIPE --role student|teacher`)")
+        self.needs = layer_pair_needs("at", params.pairs)
         for key, value in (("weight", params.weight), ("p", params.p)):
             if not (math.isfinite(value) and (value > 0 if key == "p" else value >= 0)):
                 raise ConfigError(f"distill.at.{key}: must be a finite number {'> 0' if key == 'p' else '>= 0'}, got {value}")
         self.pairs = dict(params.pairs)
         self.at_weight, self.p = float(params.weight), float(params.p)
-        self.needs = Needs(teacher_logits=True, student_features=tuple(self.pairs), teacher_features=tuple(self.pairs.values()))
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         terms = super().forward(batch, student, teacher)

@@ -112,3 +112,14 @@ class Distiller(nn.Module):
     def term_values(self, terms: Mapping[str, Tensor], total: Tensor) -> Tensor:
         """[total, *terms] as one detached vector, the per-step row the trainer keeps."""
         return torch.stack([total, *(terms[k] for k in self.term_weights())]).detach()
+
+
+def layer_pair_needs(method: str, pairs: Mapping[str, str]) -> Needs:
+    """What a method comparing named layers needs: teacher logits (for its KD term) and both sides'
+    features. No pairs is a one-line error pointing at ``kdlab layers``."""
+    from ..errors import ConfigError
+
+    if not pairs:
+        raise ConfigError(f"{method} needs layer pairs: distill.{method}.pairs: {{student_module: teacher_module}} "
+                          "(list the modules with `kdlab layers RECIPE --role student|teacher`)")
+    return Needs(teacher_logits=True, student_features=tuple(pairs), teacher_features=tuple(pairs.values()))

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .adapters import AdapterSet
-from .base import Batch, Needs, Outputs
+from .base import Batch, Outputs, layer_pair_needs
 from .kd import KD
 from .registry import register_method
 
@@ -65,9 +65,7 @@ class FitNets(KD):
     def __init__(self, params: FitNetsParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__(coding, temperature, hard_weight, soft_weight)
-        if not params.pairs:
-            raise ConfigError("fitnets needs layer pairs: distill.fitnets.pairs: {student_module: teacher_module} "
-                              "(list the modules with `kdlab layers RECIPE --role student|teacher`)")
+        self.needs = layer_pair_needs("fitnets", params.pairs)
         if not (math.isfinite(params.weight) and params.weight >= 0):
             raise ConfigError(f"distill.fitnets.weight: must be a finite number >= 0, got {params.weight}")
         if params.hint_epochs < 0:
@@ -77,7 +75,6 @@ class FitNets(KD):
         self.hint_epochs = int(params.hint_epochs)
         self.adapters = AdapterSet()
         self.epoch = 1
-        self.needs = Needs(teacher_logits=True, student_features=tuple(self.pairs), teacher_features=tuple(self.pairs.values()))
 
     def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
         super().build(batch, student, teacher)
