@@ -109,7 +109,7 @@ def test_attention_transfer_on_cnns_equals_the_reference_expression(digits):
         ft = [ref_t.features[:3](x), ref_t.features(x)]
     expected_at = sum((at(a) - at(b)).pow(2).mean() for a, b in zip(fs, ft))
     row = trainer.train_epoch()[0]
-    assert float(row[3]) == pytest.approx(float(expected_at), rel=1e-5)
+    assert float(row[3]) == pytest.approx(float(expected_at.detach()), rel=1e-5)
     assert trainer.method.term_weights()["at"] == 1000.0
 
 
