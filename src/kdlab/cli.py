@@ -6,14 +6,14 @@ Every user mistake ends as exit code 2 with exactly one line on stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from . import __version__
+from .cli_recipe import FLAG_KEYS, RESUME_HELP, _overrides, _recipe, _resume_teacher, _run_recipe  # noqa: F401
+from .cli_types import MAX_SEEDS, MAX_TRIALS, _finite_float, _floats, _int_in, _percent  # noqa: F401
 from .errors import KDLabError
 
 EPILOG = "Recipes: a bundled name (see `kdlab recipes`) or a path to a YAML file. Docs: README.md."
@@ -24,14 +24,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-RESUME_HELP = (
-    "continue the run in --out from its last.pt with the run's own recorded config; the command line may differ "
-    "from it only in --epochs / {role}.train.epochs (more epochs extend a finished run, fewer than done are refused), "
-    "--data-dir / --no-download (data moved) and --progress; any other difference is refused"
-)
-RUN_KINDS = {"teacher": "train-teacher", "scratch": "train-student", "distill": "distill"}
 
 
 def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
@@ -71,123 +63,6 @@ def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
     g.add_argument("-T", "--temperature", type=_finite_float, help="softmax temperature T > 0")
     g.add_argument("--hard-weight", type=_finite_float, help="weight of the hard-label cross-entropy")
     g.add_argument("--soft-weight", type=_finite_float, help="weight of the soft (teacher) term")
-
-
-FLAG_KEYS: Dict[str, str] = {
-    "dataset": "dataset.name",
-    "data_dir": "dataset.data_dir",
-    "val_fraction": "dataset.val_fraction",
-    "seed": "seed",
-    "device": "device",
-    "loss": "distill.loss",
-    "temperature": "distill.temperature",
-    "hard_weight": "distill.hard_weight",
-    "soft_weight": "distill.soft_weight",
-    "teacher_epochs": "teacher.train.epochs",
-    "student_epochs": "student.train.epochs",
-}
-ROLE_FLAG_KEYS: Dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.optimizer.lr"}
-
-
-def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
-    out: List[str] = []
-    for dest, key in FLAG_KEYS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            out.append(f"{key}={value}" if dest != "data_dir" else f"{key}={json.dumps(value)}")  # any path, quoted
-    if role is not None:
-        for dest, key in ROLE_FLAG_KEYS.items():
-            value = getattr(args, dest, None)
-            if value is not None:
-                out.append(f"{role}.{key}={value}")
-    if getattr(args, "no_download", False):
-        out.append("dataset.download=false")
-    return out + list(args.overrides)
-
-
-def _recipe(args: argparse.Namespace, role: Optional[str], default: str = "mnist-mlp"):
-    from .recipes import load_recipe
-
-    return load_recipe(args.recipe or default, _overrides(args, role), getattr(args, "imports", None) or ())
-
-
-def _check_resume(args: argparse.Namespace) -> None:
-    if getattr(args, "resume", False) and not args.out:
-        raise KDLabError("--resume needs --out pointing at the run folder to continue")
-
-
-def _run_recipe(args: argparse.Namespace, role: str, kind: str):
-    """The recipe to train and the --out folder, after every check that may refuse the command.
-
-    Nothing is written before this returns (``--overwrite`` then moves the old run aside, printing where).
-    A resume uses the run's own config.yaml; see RESUME_HELP for what may differ.
-    """
-    from .errors import ConfigError
-    from .train.rundir import epochs_done, move_aside, read_run_info, resume_recipe, run_files
-    from .utils import check_output_location
-
-    _check_resume(args)
-    if args.resume:
-        if args.overwrite:
-            raise KDLabError("--resume continues the run in --out and --overwrite moves it aside; pass only one of them")
-        path = check_output_location(args.out, "--out")
-        if not (path / "config.yaml").is_file():
-            raise KDLabError(f"--out {path} holds no run to resume (no config.yaml); drop --resume to start a new run there")
-        started_as = read_run_info(path).get("role")
-        if started_as in RUN_KINDS and started_as != kind:
-            raise KDLabError(f"{path} is a {started_as} run; resume it with `kdlab {RUN_KINDS[started_as]} --resume --out {path}`")
-        recipe = resume_recipe(path, role, args.recipe, _overrides(args, role))
-        done, epochs = epochs_done(path), getattr(recipe, role).train.epochs
-        if epochs < done:
-            raise ConfigError(f"cannot resume {path} with {role}.train.epochs={epochs}: it has already trained {done} epochs; "
-                              f"pass --epochs {done} or more")
-        return recipe, str(path)
-    recipe = _recipe(args, role)
-    if not args.out:
-        check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
-        return recipe, None
-    path = check_output_location(args.out, "--out")
-    if run_files(path):
-        if not args.overwrite:
-            from .train.rundir import check_new_run_folder
-
-            check_new_run_folder(path)  # raises: says how to resume or overwrite
-        print(f"kdlab: --overwrite: moved the existing run {path} aside to {move_aside(path)}", file=sys.stderr)
-    return recipe, str(path)
-
-
-def _resume_teacher(args: argparse.Namespace) -> str:
-    """The teacher checkpoint of the distill run being resumed: the one recorded in its run.json."""
-    import os
-
-    from .train.rundir import file_sha256, read_run_info
-
-    info = read_run_info(Path(args.out))
-    several, digests = info.get("teacher_checkpoints"), info.get("teacher_sha256s")
-    if isinstance(several, list) and several:  # a multi-teacher run: the same checkpoints, unchanged
-        if args.teacher:
-            raise KDLabError(f"{args.out} was distilled from {len(several)} teachers; omit --teacher to resume with them")
-        for path, digest in zip(several, digests or [None] * len(several)):
-            if not os.path.isfile(path):
-                raise KDLabError(f"teacher checkpoint {path} of {args.out} is missing; restore it or start a new run")
-            if digest and file_sha256(path) != digest:
-                raise KDLabError(f"teacher checkpoint {path} has changed since {args.out} was started (sha256 differs); "
-                                 "restore that file or start a new run")
-        return several  # type: ignore[return-value]
-    recorded, digest = info.get("teacher_checkpoint"), info.get("teacher_sha256")
-    if args.teacher and recorded:
-        same = (os.path.samefile(args.teacher, recorded) if os.path.exists(args.teacher) and os.path.exists(recorded)
-                else Path(args.teacher).resolve() == Path(recorded).resolve())
-        if not same:
-            raise KDLabError(f"--teacher {args.teacher} is not the teacher {args.out} was started with ({recorded}); "
-                             "omit --teacher to use that one, or start a new run")
-    teacher = args.teacher or recorded
-    if not teacher:
-        raise KDLabError(f"{args.out}/run.json records no teacher checkpoint; pass --teacher CHECKPOINT (the teacher the run started with)")
-    if digest and os.path.isfile(teacher) and file_sha256(teacher) != digest:
-        raise KDLabError(f"teacher checkpoint {teacher} has changed since {args.out} was started (sha256 differs); "
-                         "restore that file or start a new run")
-    return teacher
 
 
 def _report(result) -> None:
@@ -256,13 +131,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         for name in bundled_recipes():
             print(name)
     return 0
-
-
-def _floats(text: str) -> list:
-    try:
-        return [float(x) for x in text.replace("[", "").replace("]", "").split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -380,45 +248,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 # Upper bounds for the command's own counts: beyond these a run could never finish, and a huge
 # value would otherwise fail deep inside (memory for the seed grid, C integers in Optuna/SQLite).
-MAX_SEEDS = 10_000
-MAX_TRIALS = 2**31 - 1
-
-
-def _finite_float(text: str) -> float:
-    """``type=float`` without the 'nan'/'inf' that Python's float() accepts."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    """``type=int`` restricted to [low, high], with the range in the message."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text}")
-        return value
-
-    return parse
-
-
-def _percent(text: str) -> float:
-    """An accuracy as a fraction in (0, 1] or a percentage in (1, 100]; returned as a fraction."""
-    value = _finite_float(text)
-    fraction = value / 100 if value > 1 else value
-    if not 0 < fraction <= 1:
-        raise argparse.ArgumentTypeError(f"must be an accuracy in (0, 1] or a percentage in (1, 100], got {text!r}")
-    return fraction
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="kdlab", description="Knowledge distillation for PyTorch: train a teacher, distill a student, compare.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")

@@ -1,0 +1,140 @@
+"""From parsed arguments to a validated recipe and run folder: flags as recipe overrides, and the
+rules for ``--out``, ``--resume`` and ``--overwrite``.
+
+Kept apart from argument parsing and printing: every check that may refuse a training command
+happens here, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .errors import KDLabError
+
+FLAG_KEYS: Dict[str, str] = {
+    "dataset": "dataset.name",
+    "data_dir": "dataset.data_dir",
+    "val_fraction": "dataset.val_fraction",
+    "seed": "seed",
+    "device": "device",
+    "loss": "distill.loss",
+    "temperature": "distill.temperature",
+    "hard_weight": "distill.hard_weight",
+    "soft_weight": "distill.soft_weight",
+    "teacher_epochs": "teacher.train.epochs",
+    "student_epochs": "student.train.epochs",
+}
+ROLE_FLAG_KEYS: Dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.optimizer.lr"}
+
+
+def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
+    out: List[str] = []
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            out.append(f"{key}={value}" if dest != "data_dir" else f"{key}={json.dumps(value)}")  # any path, quoted
+    if role is not None:
+        for dest, key in ROLE_FLAG_KEYS.items():
+            value = getattr(args, dest, None)
+            if value is not None:
+                out.append(f"{role}.{key}={value}")
+    if getattr(args, "no_download", False):
+        out.append("dataset.download=false")
+    return out + list(args.overrides)
+
+
+def _recipe(args: argparse.Namespace, role: Optional[str], default: str = "mnist-mlp"):
+    from .recipes import load_recipe
+
+    return load_recipe(args.recipe or default, _overrides(args, role), getattr(args, "imports", None) or ())
+
+
+RESUME_HELP = (
+    "continue the run in --out from its last.pt with the run's own recorded config; the command line may differ "
+    "from it only in --epochs / {role}.train.epochs (more epochs extend a finished run, fewer than done are refused), "
+    "--data-dir / --no-download (data moved) and --progress; any other difference is refused"
+)
+RUN_KINDS = {"teacher": "train-teacher", "scratch": "train-student", "distill": "distill"}
+
+
+def _check_resume(args: argparse.Namespace) -> None:
+    if getattr(args, "resume", False) and not args.out:
+        raise KDLabError("--resume needs --out pointing at the run folder to continue")
+
+
+def _run_recipe(args: argparse.Namespace, role: str, kind: str):
+    """The recipe to train and the --out folder, after every check that may refuse the command.
+
+    Nothing is written before this returns (``--overwrite`` then moves the old run aside, printing where).
+    A resume uses the run's own config.yaml; see RESUME_HELP for what may differ.
+    """
+    from .errors import ConfigError
+    from .train.rundir import epochs_done, move_aside, read_run_info, resume_recipe, run_files
+    from .utils import check_output_location
+
+    _check_resume(args)
+    if args.resume:
+        if args.overwrite:
+            raise KDLabError("--resume continues the run in --out and --overwrite moves it aside; pass only one of them")
+        path = check_output_location(args.out, "--out")
+        if not (path / "config.yaml").is_file():
+            raise KDLabError(f"--out {path} holds no run to resume (no config.yaml); drop --resume to start a new run there")
+        started_as = read_run_info(path).get("role")
+        if started_as in RUN_KINDS and started_as != kind:
+            raise KDLabError(f"{path} is a {started_as} run; resume it with `kdlab {RUN_KINDS[started_as]} --resume --out {path}`")
+        recipe = resume_recipe(path, role, args.recipe, _overrides(args, role))
+        done, epochs = epochs_done(path), getattr(recipe, role).train.epochs
+        if epochs < done:
+            raise ConfigError(f"cannot resume {path} with {role}.train.epochs={epochs}: it has already trained {done} epochs; "
+                              f"pass --epochs {done} or more")
+        return recipe, str(path)
+    recipe = _recipe(args, role)
+    if not args.out:
+        check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
+        return recipe, None
+    path = check_output_location(args.out, "--out")
+    if run_files(path):
+        if not args.overwrite:
+            from .train.rundir import check_new_run_folder
+
+            check_new_run_folder(path)  # raises: says how to resume or overwrite
+        print(f"kdlab: --overwrite: moved the existing run {path} aside to {move_aside(path)}", file=sys.stderr)
+    return recipe, str(path)
+
+
+def _resume_teacher(args: argparse.Namespace) -> str:
+    """The teacher checkpoint of the distill run being resumed: the one recorded in its run.json."""
+    import os
+
+    from .train.rundir import file_sha256, read_run_info
+
+    info = read_run_info(Path(args.out))
+    several, digests = info.get("teacher_checkpoints"), info.get("teacher_sha256s")
+    if isinstance(several, list) and several:  # a multi-teacher run: the same checkpoints, unchanged
+        if args.teacher:
+            raise KDLabError(f"{args.out} was distilled from {len(several)} teachers; omit --teacher to resume with them")
+        for path, digest in zip(several, digests or [None] * len(several)):
+            if not os.path.isfile(path):
+                raise KDLabError(f"teacher checkpoint {path} of {args.out} is missing; restore it or start a new run")
+            if digest and file_sha256(path) != digest:
+                raise KDLabError(f"teacher checkpoint {path} has changed since {args.out} was started (sha256 differs); "
+                                 "restore that file or start a new run")
+        return several  # type: ignore[return-value]
+    recorded, digest = info.get("teacher_checkpoint"), info.get("teacher_sha256")
+    if args.teacher and recorded:
+        same = (os.path.samefile(args.teacher, recorded) if os.path.exists(args.teacher) and os.path.exists(recorded)
+                else Path(args.teacher).resolve() == Path(recorded).resolve())
+        if not same:
+            raise KDLabError(f"--teacher {args.teacher} is not the teacher {args.out} was started with ({recorded}); "
+                             "omit --teacher to use that one, or start a new run")
+    teacher = args.teacher or recorded
+    if not teacher:
+        raise KDLabError(f"{args.out}/run.json records no teacher checkpoint; pass --teacher CHECKPOINT (the teacher the run started with)")
+    if digest and os.path.isfile(teacher) and file_sha256(teacher) != digest:
+        raise KDLabError(f"teacher checkpoint {teacher} has changed since {args.out} was started (sha256 differs); "
+                         "restore that file or start a new run")
+    return teacher
