@@ -38,7 +38,8 @@ from ..methods.base import Batch, Distiller, Outputs
 from ..models.dropout import FastDropout
 from ..train.callbacks import Callback, CallbackList
 from ..train.optim import OPTIMIZERS, build_scheduler
-from ..train.trainer import FitResult, Trainer, check_finite, method_record
+from ..train.records import FitResult, check_finite, method_record
+from ..train.trainer import Trainer
 from .grouped_mlp import GroupedMLP, linear_chain
 
 

@@ -218,7 +218,7 @@ def cached_teacher(
 
     if recipe.teachers:
         from ..teacher import TeacherEnsemble
-        from ..train.trainer import evaluate
+        from ..train.records import evaluate
 
         members = [cached_teacher(dataclasses.replace(recipe, teacher=t, teachers=[]), data, cache_dir, progress, log)
                    for t in recipe.teachers]

@@ -27,7 +27,7 @@ from ..config import Recipe
 from ..recipes import apply_overrides, recipe_from_dict
 from ..errors import ConfigError, KDLabError
 from ..pipeline import distill_method, prepare_data, train_role
-from ..train.trainer import NonFiniteLossError
+from ..train.records import NonFiniteLossError
 from ..data import data_fingerprint
 from ..utils import check_output_location
 from .teacher_cache import cached_teacher, check_teacher_cache

@@ -24,7 +24,8 @@ from ..teacher import FrozenTeacher, PrecomputedTeacherLogits
 from .callbacks import Callback, EpochProgress, epoch_progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .rundir import RunDir
-from .trainer import FitResult, NonFiniteLossError, Trainer, evaluate
+from .records import FitResult, NonFiniteLossError, evaluate
+from .trainer import Trainer
 
 TeacherSignal = Callable[[Tensor, Tensor], Tensor]
 EpochLog = EpochProgress  # the one-line-per-epoch display, under the name earlier code used
