@@ -24,10 +24,11 @@ Both terms are unchanged when either side's embeddings are scaled by a positive 
 or reflected (any orthogonal matrix) or translated: distances scale uniformly and are divided by
 their mean, angles do not see scale or position.
 
-Small batches: with N = 2 both terms are exactly 0 by the formulas (the one distance normalises
-to 1 on both sides; every triplet is degenerate). With N = 1 the reference divides by the mean of
-an empty set (NaN); here both terms are a documented **0** (still connected to the graph) so a
-last batch of one sample cannot stop a run. Nothing relational is learned from such batches.
+Small batches: with N = 2 both terms are 0 by the formulas up to rounding (the one distance
+normalises to 1 on both sides; every triplet is degenerate); with N = 1 the reference divides by
+the mean of an empty set (NaN). For N < 3 both terms here are an exact, documented **0** (still
+connected to the student's graph, zero gradient), so a last batch of one or two samples — and the
+trainer's two-sample probe batch — cannot stop a run. Nothing relational is learned from them.
 
 Weights and total. The paper's defaults are λ_D = 25 and λ_A = 50 (mdistiller ``RKD``). Our total is
 
@@ -107,15 +108,15 @@ def _pair(student: Tensor, teacher: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _zero(s: Tensor) -> Tensor:
-    """0 that depends on the student (a batch too small for any relation)."""
+    """0 that depends on the student (a batch too small for relations: N < 3)."""
     return s.sum() * 0.0
 
 
 def rkd_distance_loss(student: Tensor, teacher: Tensor, eps: float = EPS) -> Tensor:
     """Distance-wise RKD: ``smooth_l1(d_s / mean(d_s > 0), d_t / mean(d_t > 0))`` over the N×N
-    matrices (reference ``RkdDistance``); 0 for a batch of one."""
+    matrices (reference ``RkdDistance``); exactly 0 for batches of fewer than 3."""
     s, t = _pair(student, teacher)
-    if s.size(0) < 2:
+    if s.size(0) < 3:
         return _zero(s)
     with torch.no_grad():
         t_d = pdist(t, squared=False, eps=eps)
@@ -133,9 +134,9 @@ def _angles(e: Tensor) -> Tensor:
 
 def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """Angle-wise RKD: ``smooth_l1`` between the cosines ``<e_ij, e_kj>`` of all N³ triplets
-    (reference ``RKdAngle``); 0 for a batch of one (and, by the formula, of two)."""
+    (reference ``RKdAngle``); exactly 0 for batches of fewer than 3 (no non-degenerate triplet)."""
     s, t = _pair(student, teacher)
-    if s.size(0) < 2:
+    if s.size(0) < 3:
         return _zero(s)
     with torch.no_grad():
         t_angle = _angles(t)
