@@ -4,7 +4,7 @@ Importing this package registers every built-in method: ``ce``, ``hinton``, ``fi
 Adapters (:mod:`.adapters`) are the trainable parts feature methods own.
 """
 
-from . import attention, fitnets, kd  # noqa: F401  (registration)
+from . import attention, crd, fitnets, kd  # noqa: F401  (registration)
 from .base import Batch, Distiller, Needs, Outputs
 from .kd import CE, KD
 from .registry import METHODS, MethodEntry, build_method, register_method
