@@ -14,7 +14,8 @@ from torch import nn
 
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, Batch, Outputs, build_method
-from kdlab.methods.rkd import RKD, LinearInputTap, RKDParams, pdist, rkd_angle_loss, rkd_distance_loss, rkd_embedding
+from kdlab.features import PENULTIMATE, FeatureTap
+from kdlab.methods.rkd import RKD, RKDParams, pdist, rkd_angle_loss, rkd_distance_loss, rkd_embedding
 from kdlab.pipeline import build_role_model, prepare_data
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
@@ -212,8 +213,9 @@ def test_bad_shapes_and_parameters_are_one_line_errors():
         with pytest.raises(ConfigError, match=match) as e:
             build_method("rkd", distill, bad)
         assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="no nn.Linear"):
-        RKD().attach(nn.Sequential(nn.Conv2d(1, 2, 3)), nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ConfigError, match="no nn.Linear") as e:
+        FeatureTap(nn.Sequential(nn.Conv2d(1, 2, 3)), RKD().needs.student_features, "student")
+    assert "\n" not in str(e.value)
 
 
 def test_registry_entry_defaults_and_weights():
@@ -255,16 +257,16 @@ class HeadFirst(nn.Module):
         return self.head(self.body(x))
 
 
-def test_linear_input_tap_records_the_classifiers_input_and_leaves_no_hook():
+def test_penultimate_tap_records_the_classifiers_input_and_leaves_no_hook():
     model = HeadFirst()
     x = torch.randn(2, 5)
-    with LinearInputTap(model, "student") as tap:
+    with FeatureTap(model, [PENULTIMATE], "student") as tap:
         with pytest.raises(ConfigError, match="no nn.Linear of the student ran"):
-            tap.value
+            tap[PENULTIMATE]
         model(x)
-        assert tap.layer == "head" and torch.equal(tap.value, model.body(x))
+        assert tap.penultimate_layer == "head" and torch.equal(tap[PENULTIMATE], model.body(x))
         copy.deepcopy(model)(torch.randn(3, 5))  # a copy of the model does not report here
-        assert tap.value.size(0) == 2
+        assert tap[PENULTIMATE].size(0) == 2
     assert not tap.active
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
 
@@ -306,14 +308,14 @@ def test_default_penultimate_layer_through_the_trainer(digits):
     before = copy.deepcopy(teacher.state_dict())
     ref_s, ref_t = copy.deepcopy(student), copy.deepcopy(teacher)
     method = build_method("rkd", recipe.distill, {})
-    with FrozenTeacher(teacher) as frozen, method.attach(student, frozen):
+    with FrozenTeacher(teacher) as frozen:
         trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
         assert trainer.cached_logits is None  # the teacher runs online for its embeddings
         expected, ref_d, ref_a = _first_step(trainer, digits, ref_s, ref_t, (0.5, 0.5, 25.0, 50.0))
         row = trainer.train_epoch()[0]
         assert float(row[0]) == pytest.approx(float(expected), rel=1e-5)
         assert float(row[3]) == pytest.approx(float(ref_d), rel=1e-5) and float(row[4]) == pytest.approx(float(ref_a), rel=1e-5)
-        assert method._taps["student"].layer == "net.2" and method._taps["teacher"].layer == "net.3"
+        assert trainer.student_tap.penultimate_layer == "net.2" and trainer.teacher_tap.penultimate_layer == "net.3"
         trainer.start_epoch = 2
         (result,) = trainer.fit()
     assert {"loss_rkd_distance", "loss_rkd_angle", "distance_weight", "angle_weight"} <= set(result.history[-1])
@@ -342,7 +344,7 @@ def test_named_layers_through_the_trainer_equal_the_default_on_mlps(digits):
     assert torch.load(state, weights_only=True)["method_state"] == {}  # resume: nothing of RKD's to restore
 
 
-def test_named_conv_maps_are_pooled_and_unattached_defaults_fail_in_one_line(digits):
+def test_named_conv_maps_are_pooled_and_typos_fail_in_one_line(digits):
     recipe, teacher, student = _models(CNN, digits)
     method = RKD(RKDParams(student_layer="features.5", teacher_layer="features.2"), "hinton", 3.0, 0.5, 0.5)
     trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
@@ -354,8 +356,7 @@ def test_named_conv_maps_are_pooled_and_unattached_defaults_fail_in_one_line(dig
     trainer.close()
     ref_d, ref_a = reference_rkd(fs, ft)
     assert float(row[3]) == pytest.approx(float(ref_d), rel=1e-4) and float(row[4]) == pytest.approx(float(ref_a), rel=1e-4)
-    with pytest.raises(ConfigError, match="not attached") as e:  # no layer named, no attach
-        Trainer(student, RKD(), digits, recipe.student.train, teacher=FrozenTeacher(teacher))
-    assert "\n" not in str(e.value)
+    default = Trainer(student, RKD(), digits, recipe.student.train, teacher=FrozenTeacher(teacher))  # the CNNs' classifier inputs
+    default.close()
     with pytest.raises(ConfigError, match="closest"):  # a typo in a named layer
         Trainer(student, RKD(RKDParams(student_layer="feature.5")), digits, recipe.student.train, teacher=FrozenTeacher(teacher))

@@ -71,6 +71,10 @@ class Distiller(nn.Module):
     #: :meth:`build` on a probe batch before the optimizer exists, so those parts are trained.
     lazy: bool = False
 
+    def setup(self, num_samples: int, seed: int) -> None:
+        """Called by the trainer once, before :meth:`build`: the training-set size (memory banks
+        indexed by sample) and the run's seed (a method's own random draws). Default: nothing."""
+
     def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
         """Create shape-dependent parts from one probe batch (default: one forward creates them)."""
         self(batch, student, teacher)

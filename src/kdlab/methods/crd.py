@@ -16,31 +16,38 @@ Distillation", ICLR 2020), following the authors' code (github.com/HobbitLong/Re
 The student embedding is scored against the TEACHER bank and vice versa, as in the reference.
 The teacher feature is detached (the teacher head ``embed_t`` still trains, as in the reference).
 
-Bank size: ``num_samples`` (the training-set size) when given; otherwise the banks GROW lazily to
-``max(index) + 1`` rounded up to a multiple of 256 — new rows are random unit-ish rows as at
-initialisation; N in K/N and in Z is the current bank size. Z is estimated on the first batch seen
-after :meth:`build` (the probe never sets Z and never writes the banks). K is capped by N − 1.
+Bank size: ``num_samples`` when given, else the training-set size the trainer reports through
+:meth:`CRD.setup` (which also seeds the negative sampler with the run's seed). Used without a
+trainer and without ``num_samples``, the banks GROW lazily to ``max(index) + 1`` rounded up to a
+multiple of 256 (new rows random as at initialisation); N in K/N and in Z is the current bank size.
+Z is estimated on the first batch seen after :meth:`build` (the probe never sets Z and never writes
+the banks). K is capped by N − 1.
+
+Negatives: drawn uniformly from the whole bank (ContrastMemory's own AliasMethod draw, used when
+no ``contrast_idx`` is given). RepDistiller's CIFAR training script instead has its dataset draw
+negatives from other classes only (``CIFAR100InstanceSample``); with K ≪ N the difference is a
+few same-class negatives per sample.
 
 Default weights (RepDistiller ``train_student.py --distill crd``): CE 1 (``-r 1``), KD 0 or 1
 (``-a 0``; the paper's "CRD+KD" uses 1), CRD 0.8 (``-b 0.8``); here CE and KD keep the recipe's
 ``hard_weight``/``soft_weight`` and CRD has ``distill.crd.weight`` (0.8).
 
-NOT done: the default "penultimate feature = input of the last nn.Linear" via a pre-hook — the
-Distiller interface gives ``build`` no access to the models, so ``student_layer``/``teacher_layer``
-(module names, hooked by the trainer) are required.
+Embeddings: the named layers' outputs, or by default each model's penultimate feature (the input
+of its last ``nn.Linear``, :data:`~kdlab.features.PENULTIMATE`), as in the reference (``feat[-1]``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..features import PENULTIMATE
 from .base import Batch, Needs, Outputs
 from .kd import KD
 from .registry import register_method
@@ -115,11 +122,15 @@ class CRD(KD):
                               ("num_samples", p.num_samples is None or (isinstance(p.num_samples, int) and p.num_samples >= 2), "an integer >= 2 or null")):
             if not ok:
                 raise ConfigError(f"distill.crd.{key}: must be {what}, got {getattr(p, key)!r}")
-        if not p.student_layer or not p.teacher_layer:
-            raise ConfigError("crd needs distill.crd.student_layer and distill.crd.teacher_layer (penultimate modules; "
-                              "list them with `kdlab layers RECIPE --role student|teacher`)")
+        for key in ("student_layer", "teacher_layer"):
+            value = getattr(p, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"distill.crd.{key}: must be a module name like 'layer4' (omit it for the input of "
+                                  f"the last nn.Linear), got {value!r}")
         self.p = p
-        self.needs = Needs(teacher_logits=True, student_features=(p.student_layer,), teacher_features=(p.teacher_layer,), indices=True)
+        self.student_feature, self.teacher_feature = p.student_layer or PENULTIMATE, p.teacher_layer or PENULTIMATE
+        self.needs = Needs(teacher_logits=True, student_features=(self.student_feature,),
+                           teacher_features=(self.teacher_feature,), indices=True)
         self.crd_weight = float(p.weight)
         self.embed_s: Optional[nn.Linear] = None
         self.embed_t: Optional[nn.Linear] = None
@@ -149,6 +160,12 @@ class CRD(KD):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def setup(self, num_samples: int, seed: int) -> None:
+        """Banks of one row per training sample; the negative sampler seeded with the run's seed."""
+        self.generator.manual_seed(int(seed))
+        if self.p.num_samples is None and self.bank_size == 0:
+            self._grow(int(num_samples))
 
     # ---- parts -------------------------------------------------------------------------------
     def _grow(self, n: int) -> None:
@@ -211,7 +228,7 @@ class CRD(KD):
         assert teacher is not None
         if batch.index is None:
             raise ConfigError("crd needs sample indices (batch.index); wrap a user Dataset in kdlab.data.loaders.IndexedDataset")
-        terms["crd"] = self.crd_loss(student.features[self.p.student_layer], teacher.features[self.p.teacher_layer], batch.index)
+        terms["crd"] = self.crd_loss(student.features[self.student_feature], teacher.features[self.teacher_feature], batch.index)
         return terms
 
     def term_weights(self) -> Dict[str, float]:
@@ -224,5 +241,4 @@ class CRD(KD):
 @register_method("crd", CRDParams)
 def build_crd(params: CRDParams, distill: Any) -> CRD:
     """CRD: hard + Hinton KD + weight·NCE(student/teacher embeddings vs momentum memory banks)"""
-    return CRD(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight,
-               seed=int(getattr(distill, "seed", 0) or 0))
+    return CRD(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)

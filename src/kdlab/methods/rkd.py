@@ -40,13 +40,11 @@ mdistiller objective (a weight-0 term is logged but not added).
 
 Embeddings. By default each side's embedding is its *penultimate feature*: the INPUT of the last
 ``nn.Linear`` the model's forward runs (the classifier of an MLP, a CNN, a ResNet's ``fc``, a
-ViT's head) — what mdistiller calls ``pooled_feat``. The trainer's :class:`~kdlab.features.FeatureTap`
-records module OUTPUTS by name, and a method is not given the models, so the default is recorded
-by :class:`LinearInputTap` (forward pre-hooks, defined here) once :meth:`RKD.attach` has been called
-with the two models; :meth:`RKD.detach` removes every hook. A named layer
-(``distill.rkd.student_layer`` / ``teacher_layer``) is supplied by the trainer's tap as usual and
-needs no attach. Any embedding is made a vector per sample: 4-D maps ``(B, C, H, W)`` are
-average-pooled to ``(B, C)`` (``adaptive_avg_pool2d`` to 1×1), other shapes are flattened to ``(B, −1)``.
+ViT's head) — what mdistiller calls ``pooled_feat``; the trainer's
+:class:`~kdlab.features.FeatureTap` records it under the name :data:`~kdlab.features.PENULTIMATE`.
+A named layer (``distill.rkd.student_layer`` / ``teacher_layer``) is a module OUTPUT hooked the same
+way. Any embedding is made a vector per sample: 4-D maps ``(B, C, H, W)`` are average-pooled to
+``(B, C)`` (``adaptive_avg_pool2d`` to 1×1), other shapes are flattened to ``(B, −1)``.
 
 Memory: the angle term holds ``N×N×D`` difference vectors and ``N³`` cosines per side.
 """
@@ -55,19 +53,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
+from torch import Tensor
 
 from ..errors import ConfigError
+from ..features import PENULTIMATE
 from .base import Batch, Needs, Outputs
 from .kd import KD
 from .registry import register_method
 
-__all__ = ["pdist", "rkd_embedding", "rkd_distance_loss", "rkd_angle_loss", "LinearInputTap", "RKDParams", "RKD"]
+__all__ = ["pdist", "rkd_embedding", "rkd_distance_loss", "rkd_angle_loss", "RKDParams", "RKD"]
 
 EPS = 1e-12
 """``pdist``'s clamp of squared distances (the reference's ``eps``)."""
@@ -143,86 +141,13 @@ def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return F.smooth_l1_loss(_angles(s), t_angle, reduction="mean")
 
 
-class LinearInputTap:
-    """The input of the last ``nn.Linear`` that ``model``'s forward runs, recorded by forward pre-hooks.
-
-    Every ``nn.Linear`` of the model gets a pre-hook keeping a reference to its input (the latest
-    call wins) and the root gets a pre-hook that forgets the previous forward, so after a forward
-    :attr:`value` is the input of the Linear layer that ran last — the classifier's input, whatever
-    order the modules were registered in. Only references are kept: the student's value carries its
-    graph until the next forward. Hooks check the module they were registered on, so deep copies of
-    the model (which copy hook dicts) do not report here. :meth:`remove` leaves the model as it was.
-    """
-
-    def __init__(self, model: nn.Module, role: str = "model") -> None:
-        self.role = role
-        linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ConfigError(
-                f"rkd: the {role} has no nn.Linear, so it has no default penultimate feature; name one with "
-                f"distill.rkd.{role}_layer (see kdlab layers RECIPE --role {role})"
-            )
-        self._last: Optional[Tuple[str, Tensor]] = None
-        self._handles: List[RemovableHandle] = [model.register_forward_pre_hook(self._reset_hook(model))]
-        for name, module in linears:
-            self._handles.append(module.register_forward_pre_hook(self._record_hook(name, module)))
-
-    def _reset_hook(self, root: nn.Module) -> Callable[..., None]:
-        def reset(module: nn.Module, args: Any) -> None:
-            if module is root:
-                self._last = None
-
-        return reset
-
-    def _record_hook(self, name: str, target: nn.Module) -> Callable[..., None]:
-        def record(module: nn.Module, args: Any) -> None:
-            if module is target and args and isinstance(args[0], Tensor):
-                self._last = (name, args[0])
-
-        return record
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
-    @property
-    def layer(self) -> Optional[str]:
-        """Name of the Linear whose input was recorded in the latest forward (None before one)."""
-        return None if self._last is None else self._last[0]
-
-    @property
-    def value(self) -> Tensor:
-        if self._last is None:
-            raise ConfigError(
-                f"rkd: no nn.Linear of the {self.role} ran in its latest forward; name a layer with "
-                f"distill.rkd.{self.role}_layer (see kdlab layers RECIPE --role {self.role})"
-            )
-        return self._last[1]
-
-    def remove(self) -> None:
-        """Remove every hook and drop the recorded input; safe to call twice."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._last = None
-
-    def __enter__(self) -> "LinearInputTap":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "LinearInputTap":
-        return self  # never copy the model it watches (a copied method shares the tap)
-
-
 @dataclass
 class RKDParams:
     """Recipe section ``distill.rkd``.
 
     ``distance_weight`` (25) and ``angle_weight`` (50): the paper's λ_D and λ_A. ``student_layer`` /
     ``teacher_layer``: module names whose outputs are the embeddings (4-D maps are average-pooled);
-    omitted: the input of the model's last ``nn.Linear`` (penultimate feature, see :meth:`RKD.attach`).
+    omitted: the input of the model's last ``nn.Linear`` (:data:`~kdlab.features.PENULTIMATE`).
     """
 
     distance_weight: float = 25.0
@@ -236,9 +161,7 @@ class RKD(KD):
 
     total = hard_weight·CE + soft_weight·KD(T) + distance_weight·distance + angle_weight·angle
 
-    A side whose layer is not named uses the input of its model's last ``nn.Linear``; call
-    :meth:`attach` with the two models (before building the :class:`~kdlab.train.trainer.Trainer`)
-    to install the pre-hooks that record it, and :meth:`detach` afterwards.
+    A side whose layer is not named uses the input of its model's last ``nn.Linear`` (penultimate).
     """
 
     def __init__(self, params: Optional[RKDParams] = None, coding: str = "hinton", temperature: float = 4.0,
@@ -258,80 +181,16 @@ class RKD(KD):
                 )
         self.distance_weight, self.angle_weight = float(p.distance_weight), float(p.angle_weight)
         self.student_layer, self.teacher_layer = p.student_layer, p.teacher_layer
-        # Named layers come from the trainer's taps. An unnamed teacher side taps the teacher's root
-        # ("", its logits, unused) only so the trainer runs the teacher online on every batch.
-        self.needs = Needs(
-            teacher_logits=True,
-            student_features=(self.student_layer,) if self.student_layer else (),
-            teacher_features=(self.teacher_layer or "",),
-        )
-        self._taps: Dict[str, LinearInputTap] = {}
-
-    # ------------------------------------------------------------------ default embeddings
-    def attach(self, student: nn.Module, teacher: nn.Module) -> "RKD":
-        """Install :class:`LinearInputTap` pre-hooks on each model whose layer is not named.
-
-        ``teacher`` may be the :class:`~kdlab.teacher.FrozenTeacher` or the model it wraps. Attaching
-        again replaces the previous taps. Returns ``self``, a context manager that detaches on exit::
-
-            with method.attach(student, teacher):
-                Trainer(student, method, data, cfg, teacher=frozen).fit()
-        """
-        from ..teacher import FrozenTeacher
-
-        self.detach()
-        if isinstance(teacher, FrozenTeacher):
-            teacher = teacher.model
-        taps: Dict[str, LinearInputTap] = {}
-        try:
-            if not self.student_layer:
-                taps["student"] = LinearInputTap(student, "student")
-            if not self.teacher_layer:
-                taps["teacher"] = LinearInputTap(teacher, "teacher")
-        except ConfigError:
-            for tap in taps.values():
-                tap.remove()
-            raise
-        self._taps = taps
-        return self
-
-    def detach(self) -> None:
-        """Remove the pre-hooks :meth:`attach` installed (the models are left as they were)."""
-        for tap in self._taps.values():
-            tap.remove()
-        self._taps = {}
-
-    def __enter__(self) -> "RKD":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
-
-    def _embedding(self, role: str, out: Outputs) -> Tensor:
-        layer = self.student_layer if role == "student" else self.teacher_layer
-        if layer:
-            return out.features[layer]
-        tap = self._taps.get(role)
-        if tap is None:
-            raise ConfigError(
-                f"rkd: no {role} layer named and the models are not attached; set distill.rkd.{role}_layer "
-                f"(see kdlab layers RECIPE --role {role}) or call method.attach(student, teacher) for the input of "
-                "the last nn.Linear"
-            )
-        value = tap.value
-        if value.size(0) != out.logits.size(0):
-            raise ConfigError(
-                f"rkd: the {role}'s recorded input of {tap.layer!r} has batch size {value.size(0)}, its logits "
-                f"{out.logits.size(0)}; the recorded forward is not this batch's"
-            )
-        return value
+        self.student_feature = self.student_layer or PENULTIMATE
+        self.teacher_feature = self.teacher_layer or PENULTIMATE
+        self.needs = Needs(teacher_logits=True, student_features=(self.student_feature,),
+                           teacher_features=(self.teacher_feature,))
 
     # ------------------------------------------------------------------ Distiller
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         terms = super().forward(batch, student, teacher)
         assert teacher is not None
-        s = self._embedding("student", student)
-        t = self._embedding("teacher", teacher)
+        s, t = student.features[self.student_feature], teacher.features[self.teacher_feature]
         terms["rkd_distance"] = rkd_distance_loss(s, t)
         terms["rkd_angle"] = rkd_angle_loss(s, t)
         return terms

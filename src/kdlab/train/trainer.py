@@ -93,6 +93,7 @@ class Trainer:
                 self.teacher_tap = FeatureTap(teacher.model, needs.teacher_features, role="teacher")
         n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
         self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
+        method.setup(n_train, seed)
         self.augment_rng = torch.Generator().manual_seed(seed + 7919)
         if method.lazy or not needs.logits_only:  # build adapters; bad layer pairs fail before any training
             self._build_lazy_parts()
