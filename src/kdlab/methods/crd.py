@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..features import PENULTIMATE
-from .base import Batch, Needs, Outputs
+from .base import Batch, Needs, Outputs, RunContext
 from .kd import KD
 from .registry import register_method
 
@@ -161,11 +161,11 @@ class CRD(KD):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def setup(self, num_samples: int, seed: int) -> None:
+    def setup(self, ctx: RunContext) -> None:
         """Banks of one row per training sample; the negative sampler seeded with the run's seed."""
-        self.generator.manual_seed(int(seed))
+        self.generator.manual_seed(int(ctx.seed))
         if self.p.num_samples is None and self.bank_size == 0:
-            self._grow(int(num_samples))
+            self._grow(int(ctx.num_samples))
 
     # ---- parts -------------------------------------------------------------------------------
     def _grow(self, n: int) -> None:
