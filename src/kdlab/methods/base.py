@@ -87,7 +87,8 @@ class Distiller(nn.Module):
 
     #: Stage name and weights set by a staged recipe (:class:`kdlab.train.stages.StageCallback`):
     #: they replace :meth:`term_weights` (terms a stage does not list weigh 0). None: no stage.
-    stage: Optional[str] = None
+    stage: Optional[int] = None  # 1-based
+    stage_name: Optional[str] = None
     stage_weights: Optional[Dict[str, float]] = None
 
     def setup(self, ctx: RunContext) -> None:
