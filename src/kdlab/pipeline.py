@@ -251,13 +251,19 @@ def run_distill(
     from .study.teacher_cache import cached_teacher, check_teacher_cache
     from .train.loop import evaluate
 
-    if teacher is None:
+    method = distill_method(recipe)
+    own_teacher = teacher is None and not method.needs.teacher  # e.g. self-ema: the student is its own teacher
+    if teacher is None and not own_teacher:
         check_teacher_cache(teacher_cache)  # before loading data or training anything
     data = data or prepare_data(recipe)
     say = log or (lambda _msg: None)
     info: Dict[str, Any] = {}
     n_student = count_student_parameters(recipe, data)
-    if teacher is None:
+    frozen: Optional[FrozenTeacher] = None
+    if own_teacher:
+        say(f"teacher: none trained or loaded; method {recipe.distill.method!r} is its own teacher")
+        info["teacher"] = "none (the method's own)"
+    elif teacher is None:
         cached = cached_teacher(recipe, data, teacher_cache, progress, say)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
@@ -283,4 +289,4 @@ def run_distill(
     else:  # a model the caller holds (and has measured)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
-    return train_role(recipe, "student", "distill", data, distill_method(recipe), out, frozen, progress, resume, info)
+    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info)

@@ -83,6 +83,10 @@ class Trainer:
             self.cached_logits = teacher_logits
         elif needs.teacher and teacher is None:
             raise ValueError("features or augmented batches need the teacher model itself, not cached logits")
+        n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
+        self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
+        # before any hook is on the models: a method may copy the student (an EMA teacher)
+        method.setup(RunContext(n_train, seed, model, teacher.model if teacher is not None else None, self._val_accuracy()))
         self.student_tap = self.teacher_tap = None
         if needs.student_features or needs.teacher_features:
             from ..features import FeatureTap
@@ -91,9 +95,6 @@ class Trainer:
             if needs.teacher_features:
                 assert teacher is not None
                 self.teacher_tap = FeatureTap(teacher.model, needs.teacher_features, role="teacher")
-        n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
-        self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
-        method.setup(RunContext(n_train, seed, model, teacher.model if teacher is not None else None, self._val_accuracy()))
         self.augment_rng = torch.Generator().manual_seed(seed + 7919)
         if method.lazy or not needs.logits_only:  # build adapters; bad layer pairs fail before any training
             self._build_lazy_parts()
