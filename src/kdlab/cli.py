@@ -189,7 +189,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name in METHODS.names():
         entry = METHODS.get(name)
         fields = ", ".join(f"{f.name}" for f in dataclasses.fields(entry.params)) if entry.params else ""
-        print(f"{name:10s} {entry.summary}" + (f" [distill.{name}: {fields}]" if fields else ""))
+        print(f"{name:13s} {entry.summary}" + (f" [distill.{name}: {fields}]" if fields else ""))
     return 0
 
 
@@ -268,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Train the student from scratch on hard labels: the baseline a distilled student must beat.")
     _common(p, "student")
     p = add("distill", cmd_distill, "distill the student from a teacher",
-            "Distill the student: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || softmax(s/T)). "
+            "Distill the student with --method (default hinton: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || "
+            "softmax(s/T)); fitnets, at, rkd, crd, dkd, multi-teacher, self-ema add their own terms, set in the recipe's "
+            "distill.<method> section or with --set distill.<method>.<key>=VALUE; see `kdlab methods`). "
             "Without --teacher the recipe's teacher comes from the teacher cache (trained and cached on first use, "
             "shared with compare and tune). The teacher's test accuracy is printed. The teacher stays in eval mode and its training-set "
             "logits are computed once per run.")
@@ -278,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-epochs", type=int, help="teacher training epochs when the teacher comes from the cache")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     _distill_flags(p)
+    p.add_argument("--method", help="distillation method (default: the recipe's distill.method, hinton); see `kdlab methods`")
     p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",
             "Train a teacher (or reuse it from the teacher cache), then for each of --seeds seeds a scratch and a "
             "distilled student from the same initial weights and batch order (batched, like `kdlab compare`). Prints "
