@@ -118,32 +118,28 @@ class CompareResult:
         return paired([r.final_acc for r in self.of(variant)], [r.final_acc for r in self.of(REFERENCE)])
 
 
-def parse_variants(losses: Sequence[str] | str) -> List[str]:
-    """``scratch`` first, then each named loss once, in the given order; unknown names fail early."""
-    items = [x.strip() for x in (losses.split(",") if isinstance(losses, str) else losses) if x.strip()]
+def _parse(names: Sequence[str] | str, registry: Any, flag: str, example: str) -> List[str]:
+    """``scratch`` first, then each name once, in the given order; unknown names fail early, in one line."""
+    items = [x.strip() for x in (names.split(",") if isinstance(names, str) else names) if x.strip()]
     if not items:
-        raise ConfigError("--losses is empty; name at least one loss, e.g. --losses hinton,softmax-input")
+        raise ConfigError(f"{flag} is empty; name at least one, e.g. {flag} {example}")
     variants = [SCRATCH]
     for name in items:
         if name != SCRATCH:
-            SOFT_LOSSES.get(name)  # raises a one-line error listing the valid losses
+            registry.get(name)  # raises a one-line error listing the registered names
         if name not in variants:
             variants.append(name)
     return variants
+
+
+def parse_variants(losses: Sequence[str] | str) -> List[str]:
+    """Loss-coding variants: ``scratch`` first, then each named coding once."""
+    return _parse(losses, SOFT_LOSSES, "--losses", "hinton,softmax-input")
 
 
 def parse_methods(methods: Sequence[str] | str) -> List[str]:
-    """``scratch`` first, then each named method once; unknown names fail early, in one line."""
-    items = [x.strip() for x in (methods.split(",") if isinstance(methods, str) else methods) if x.strip()]
-    if not items:
-        raise ConfigError("--methods is empty; name at least one method, e.g. --methods hinton,fitnets (see `kdlab methods`)")
-    variants = [SCRATCH]
-    for name in items:
-        if name != SCRATCH:
-            METHODS.get(name)  # raises a one-line error listing the registered methods
-        if name not in variants:
-            variants.append(name)
-    return variants
+    """Method variants: ``scratch`` first, then each named method once (see ``kdlab methods``)."""
+    return _parse(methods, METHODS, "--methods", "hinton,fitnets")
 
 
 def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
