@@ -166,3 +166,11 @@ def test_config_errors_are_one_line(override, message):
     with pytest.raises(ConfigError) as err:
         load_recipe("digits-mlp", [override])
     assert str(err.value) == message
+
+
+def test_kdlab_env_names_the_cpu_bf16_support(capsys):
+    from kdlab.cli import main
+
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "AMX" in out and "AVX-512-BF16" in out and "precision auto" in out and "torch:" in out
