@@ -35,13 +35,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", default="digits-mlp")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     cpu = cpu_info()
     print(f"cpu: {cpu['model']} ({cpu['capability']}); recipe {args.recipe} teacher, {args.seeds} seeds")
     acc = {True: [], False: []}
     secs = {True: [], False: []}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for flush in (True, False):
             recipe = load_recipe(args.recipe, [*args.overrides, f"seed={seed}", f"teacher.train.flush_denormal={str(flush).lower()}",
                                                "teacher.train.tensorboard=false"])
