@@ -10,11 +10,17 @@ so accuracy should agree within seed noise.
 Measured 2026-12-01 on an Intel Xeon VM (2 cores, AVX-512 + AMX-BF16, torch 2.14.1, 2 threads),
 `python benchmarks/flush_denormal.py --recipe digits-mlp --seeds 3` (teacher MLP 64-1200-1200-10,
 dropout 0.5, 50 epochs). The host was overloaded by other jobs (load average 9-11 on 2 cores, so a
-run took ~6 minutes instead of seconds) and the benchmark was stopped after the first seed:
+run took up to ~6 minutes instead of seconds); seed 0 came from a first call stopped after one
+seed, seeds 1-2 from `--seeds 2 --first-seed 1`:
 
     seed 0: flush 97.77% (364.5 s), no flush 97.77% (345.8 s)
+    seed 1: flush 97.49% (87.6 s), no flush 97.49% (53.2 s)
+    seed 2: flush 97.77% (41.1 s), no flush 97.77% (30.1 s)
+    paired difference flush − no flush: mean +0.00 points, range +0.00 to +0.00
 
-Same accuracy to the last test image (the wall times only reflect the load). The speed side is in
+Same test accuracy on every seed, to the last image (seed-to-seed spread: 0.28 points). The wall
+times here only reflect the shared host's load, which fell during the runs; they are not a speed
+comparison (a fresh 50-epoch digits teacher barely reaches subnormal values). The speed side is in
 the project notes: the MNIST MLP teacher from its epoch-20 checkpoint took 18.8 ms/step, 10.0 ms/step
 with ``torch.set_flush_denormal(True)`` (fresh model: 10 ms either way). Re-run with ``--seeds 5``
 on a quiet host for the seed-noise comparison.
