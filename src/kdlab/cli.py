@@ -56,6 +56,9 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
                    help="override any recipe value, e.g. --set teacher.model.dropout=0.3 (repeatable)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress bars (default: only when stderr is a terminal)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard event files into the run folder (default: the recipe's train.tensorboard, on; "
+                        "needs the tensorboard package)")
 
 
 def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
@@ -159,11 +162,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     losses = args.losses if args.losses is not None or args.methods is not None else DEFAULT_LOSSES
     result = compare(
         recipe, losses, args.seeds, methods=args.methods, teacher_cache=args.teacher_cache, batched=args.batched,
-        target_acc=args.target_acc, progress=args.progress,
+        target_acc=args.target_acc, progress=args.progress, tensorboard_dir=Path(out) / "tb",
     )
     path = write_report(result, out, plots=plots)
     print(markdown(result).split("\n\nFiles:")[0])
     print(f"report: {path / 'report.md'}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .utils import environment
+
+    info = environment()
+    cpu = info.pop("cpu")
+    print(f"cpu: {cpu['model']}; torch kernels {cpu['capability']}; AMX {'yes' if cpu['amx'] else 'no'}, "
+          f"AVX-512-BF16 {'yes' if cpu['avx512_bf16'] else 'no'} -> precision auto = {'bf16' if cpu['bf16_native'] else 'fp32'} on the CPU")
+    if "cuda" in info:
+        cuda = info.pop("cuda")
+        print(f"cuda: {cuda['device']}; precision auto = {'bf16' if cuda['bf16'] else 'fp16'}")
+    from .train.callbacks import tensorboard_available
+
+    info["tensorboard"] = "installed" if tensorboard_available() else "not installed (no event files)"
+    for key, value in info.items():
+        print(f"{key}: {value}")
     return 0
 
 
@@ -372,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--temperature", type=float, default=2.0, help="temperature T > 0")
     p.add_argument("--hard-weight", type=float, default=1.0, help="weight of CE")
     p.add_argument("--soft-weight", type=float, default=0.5, help="weight of the T^2-scaled KL")
+    add("env", cmd_env, "show versions and what this machine offers for mixed precision",
+        "Print the library versions, the CPU (torch's kernel level, AMX / AVX-512-BF16: what precision: auto picks) "
+        "and CUDA device, as recorded in every run.json.")
     p = add("recipes", cmd_recipes, "list bundled recipes or print one, resolved",
             "Without NAME: list bundled recipes. With NAME: print the validated recipe after --set overrides.")
     p.add_argument("name", nargs="?", help="recipe name or YAML path")

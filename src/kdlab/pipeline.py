@@ -89,7 +89,8 @@ class _RecordRun(Callback):
 
     def on_fit_start(self, trainer: Any) -> None:
         self.run.write_config(dump_recipe(self.recipe))
-        self.run.write_run_info(self.recipe.seed, self.kind, self.info, resumed=self.resumed)
+        facts = trainer.run_facts() if hasattr(trainer, "run_facts") else {}
+        self.run.write_run_info(self.recipe.seed, self.kind, {**self.info, **facts}, resumed=self.resumed)
 
 
 def train_role(
@@ -104,6 +105,7 @@ def train_role(
     resume: bool = False,
     extra_info: Optional[Dict[str, Any]] = None,
     teacher_logits: Optional[Tensor] = None,
+    callbacks: Sequence[Optional[Callback]] = (),
 ) -> RunResult:
     """Build the ``role`` model with its seeded weights and train it with ``method``.
 
@@ -121,7 +123,7 @@ def train_role(
     run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
     meta.pop("state_dict")
-    callbacks = []
+    callbacks = [c for c in callbacks if c is not None]
     if run is not None:
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
         callbacks.append(_RecordRun(run, recipe, kind, info, resume))

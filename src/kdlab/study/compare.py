@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -30,8 +31,9 @@ from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, prepare_data, train_role
 from ..schedules import ScheduleHook
 from ..train.callbacks import ScheduleCallback, epoch_progress
+from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
-from .batched import batching_blocker, fit_batched
+from .batched import batching_blocker, fit_batched, train_blocker
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from .teacher_cache import cached_teacher
 
@@ -173,6 +175,7 @@ def compare(
     target_acc: Optional[float] = None,
     progress: Optional[bool] = None,
     log=print,
+    tensorboard_dir: Optional[str | os.PathLike] = None,
 ) -> CompareResult:
     """Train the teacher once, then a scratch student and one student per loss (or per method), for each seed.
 
@@ -181,6 +184,8 @@ def compare(
     methods have a closed form, the others one by one; ``True`` insists, ``False`` forbids.
     ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
     reads as "epochs until the student matches what scratch training reaches at the end".
+    ``tensorboard_dir``: one TensorBoard run per student, ``<dir>/<variant>-seed<k>``, so the
+    variants overlay (when the student's ``train.tensorboard`` is on).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -212,7 +217,7 @@ def compare(
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
     probe = build_role_model(recipe, "student", data)
-    blocker = batching_blocker(probe)
+    blocker = batching_blocker(probe) or train_blocker(recipe.student.train)
     if batched and blocker:
         raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
     use_batch = blocker is None if batched is None else batched
@@ -225,12 +230,17 @@ def compare(
     batch_variants = [v for v in variants if v not in single] if use_batch else []
     cfg = recipe.student.train
     runs: Dict[tuple, StudentRun] = {}
+    tb_names = [f"{v}-seed{s}" for s in seed_list for v in batch_variants]  # seed-major, like the batched records
+
+    def tensorboard(names: List[str]):
+        return tensorboard_callback(Path(tensorboard_dir), cfg, names) if tensorboard_dir is not None else None
+
     if batch_variants:
         grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in batch_variants]
         t0 = time.perf_counter()
         results = fit_batched(
             grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg, teacher_logits=logits,
-            callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)),
+            callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)), tensorboard(tb_names),
                        epoch_progress(progress, f"{len(batch_variants)}x{len(seed_list)} students", cfg.epochs)],
         )
         share = (time.perf_counter() - t0) / (len(batch_variants) * len(seed_list))
@@ -247,7 +257,7 @@ def compare(
             r = train_role(
                 recipes[s], "student", v, data, method, out=False, progress=progress,
                 teacher=cached.teacher if needs.teacher and not shared else None,
-                teacher_logits=logits if shared else None,
+                teacher_logits=logits if shared else None, callbacks=[tensorboard([f"{v}-seed{s}"])],
             )
             f = r.fit
             runs[(v, s)] = StudentRun(v, s, f.history, f.step_losses, f.best_epoch, f.best_metric, time.perf_counter() - t0)
