@@ -5,6 +5,8 @@ back ``kdlab profile``. Importing this package imports neither onnx nor onnxrunt
 """
 
 from .export import ExportResult, RawPixelInput, export_onnx, export_torchscript
+from .profile import ModelProfile, Profile, profile_models, profile_recipe, profile_run
 from .source import LoadedModel, load_student
 
-__all__ = ["ExportResult", "LoadedModel", "RawPixelInput", "export_onnx", "export_torchscript", "load_student"]
+__all__ = ["ExportResult", "LoadedModel", "RawPixelInput", "export_onnx", "export_torchscript", "load_student",
+           "ModelProfile", "Profile", "profile_models", "profile_recipe", "profile_run"]
