@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..errors import ExportError, KDLabError
 from ..models import count_parameters
-from ..utils import _umask, check_output_location
+from ..utils import WriteError, _umask, check_output_location, os_error_reason
 from .source import LoadedModel, load_student
 
 NORMALIZATIONS = ("graph", "metadata")
@@ -124,14 +124,21 @@ def _check_target(out: str | os.PathLike, flag: str) -> Path:
     path = Path(out).expanduser()
     if path.is_dir():
         raise KDLabError(f"{flag} {path} is a folder; pass a file path such as {path / ('student' + path.suffix)}")
-    check_output_location(path.parent, f"{flag} folder")  # a parent that is a file, or read-only, fails here
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise KDLabError(f"{flag} {path} lies under {above}, which is a file; pass a path inside a folder")
+    check_output_location(path.parent, f"{flag} folder")  # read-only or unwritable fails here, before any work
     return path
 
 
 @contextlib.contextmanager
 def _staged(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path``, renamed onto it only when the block succeeds; removed otherwise."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {os_error_reason(exc)}; choose another location") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the exported file gets normal permissions
     try:
