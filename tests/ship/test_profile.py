@@ -73,3 +73,20 @@ def test_cli_profile_bad_input_one_line_exit_2(which, message, runs, tmp_path, c
     code = main(["profile", str(folder)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("kdlab: error:") and message in err
+
+
+def test_compare_report_includes_the_profile(tmp_path):
+    from kdlab.recipes import load_recipe
+    from kdlab.study.compare import compare
+    from kdlab.study.report import write_report
+
+    recipe = load_recipe("digits-mlp", ["teacher.model.hidden=[64]", "teacher.train.epochs=1", "student.train.epochs=1"])
+    res = compare(recipe, "hinton", 2, teacher_cache=tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert res.profile.teacher.accuracy == pytest.approx(res.teacher["test_acc"])
+    assert res.profile.student.accuracy == pytest.approx(sum(r.final_acc for r in res.of("hinton")) / 2)
+    assert res.profile.student.parameters == 64 * 20 + 20 + 20 * 20 + 20 + 210
+    out = write_report(res, tmp_path / "rep", plots=False)
+    md = (out / "report.md").read_text()
+    assert "## Cost: teacher vs student" in md and "| CPU latency, batch 1 |" in md and "% kept |" in md
+    saved = json.loads((out / "results.json").read_text())["profile"]
+    assert saved["student"]["flops_per_image"] == 2 * (64 * 20 + 20 * 20 + 20 * 10)

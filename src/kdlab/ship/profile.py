@@ -144,7 +144,7 @@ def serialized_bytes(obj: Any) -> int:
 
 def int8_state_dict_bytes(model: nn.Module) -> int:
     """Serialized size after ``torch.ao.quantization.quantize_dynamic`` of the Linear layers to int8."""
-    cpu = copy.deepcopy(model).to("cpu").eval()  # quantized kernels are CPU kernels
+    cpu = copy.deepcopy(model).to("cpu").eval()  # quantized kernels are CPU kernels; quantize_dynamic works on a copy too
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated upstream in favour of torchao; it still works
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(cpu, {nn.Linear}, dtype=torch.qint8)
@@ -172,8 +172,8 @@ def latency_ms(model: nn.Module, in_shape: Sequence[int], batch: int, min_runs: 
 
 def profile_model(model: nn.Module, in_shape: Sequence[int], role: str, name: str, accuracy: Optional[float] = None,
                   batches: Sequence[int] = LATENCY_BATCHES, min_seconds: float = 0.25) -> ModelProfile:
-    """Every measure of :class:`ModelProfile` for one model, in eval mode on the CPU."""
-    model = model.to("cpu").eval()  # the profile is of CPU serving
+    """Every measure of :class:`ModelProfile` for one model, in eval mode on the CPU (a copy: ``model`` is left as is)."""
+    model = copy.deepcopy(model).to("cpu").eval()  # the profile is of CPU serving
     return ModelProfile(
         role, name, count_parameters(model, trainable_only=False), flops_per_image(model, in_shape),
         serialized_bytes(model.state_dict()), int8_state_dict_bytes(model),
@@ -235,3 +235,16 @@ def profile_run(source: str | os.PathLike, teacher: Optional[str | os.PathLike] 
         s_acc = None
     return profile_models(model, student.model, student.payload["model"]["in_shape"], source=f"run {student.path}",
                           names=(name, student.name), accuracies=(t_acc, s_acc), **kwargs)
+
+
+def compare_profile(result: Any, teacher: nn.Module, student: nn.Module, in_shape: Sequence[int], min_seconds: float = 0.05) -> Profile:
+    """The profile a ``kdlab compare`` report shows: its teacher beside the student architecture, with
+    the teacher's accuracy and the mean final accuracy of the reference variant (``hinton``, else the last)."""
+    from ..study.compare import REFERENCE
+
+    variant = REFERENCE if REFERENCE in result.variants else result.variants[-1]
+    accs = [r.final_acc for r in result.of(variant)]
+    r = result.recipe
+    return profile_models(teacher, student, in_shape, source=f"compare {r.name} (student accuracy: `{variant}`, mean of {len(accs)} seeds)",
+                          names=(r.teacher.model.name, r.student.model.name),
+                          accuracies=(result.teacher.get("test_acc"), sum(accs) / len(accs)), min_seconds=min_seconds)
