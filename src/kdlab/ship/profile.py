@@ -53,6 +53,7 @@ class Profile:
     source: str
     threads: int
     cpu: str = field(default_factory=lambda: cpu_name())
+    load: Optional[float] = field(default_factory=lambda: load_average())  # 1-minute load average when measured
 
     def speedup(self, batch: int) -> float:
         return self.teacher.latency_ms[batch] / self.student.latency_ms[batch]
@@ -64,7 +65,7 @@ class Profile:
         return s / t if t and s is not None else None
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"source": self.source, "threads": self.threads, "cpu": self.cpu, "teacher": asdict(self.teacher),
+        return {"source": self.source, "threads": self.threads, "cpu": self.cpu, "load": self.load, "teacher": asdict(self.teacher),
                 "student": asdict(self.student), "speedup": {b: self.speedup(b) for b in self.student.latency_ms},
                 "accuracy_kept": self.accuracy_kept}
 
@@ -87,6 +88,10 @@ class Profile:
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
         lines.append(f"\nLatency: median of repeated forward passes (torch.inference_mode) on {self.cpu}, "
                      f"torch.get_num_threads() = {self.threads}; FLOPs from torch.utils.flop_counter (multiply-add = 2).")
+        cpus = os.cpu_count() or 1
+        if self.threads > 1 and self.load is not None and self.load > cpus:  # more runnable work than cores
+            lines.append(f"Note: load average {self.load:.1f} on {cpus} CPUs while measuring: with {self.threads} threads a "
+                         "forward pass waits for busy cores, so latencies are inflated; --threads 1 is steadier on a busy machine.")
         return "\n".join(lines)
 
 
@@ -122,6 +127,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average (None where the OS has none), to flag latencies taken on a busy machine."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
 def flops_per_image(model: nn.Module, in_shape: Sequence[int]) -> int:
