@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdlab
+from kdlab.data.loaders import IndexedDataset
 from kdlab.errors import ConfigError
 
 
@@ -50,6 +51,9 @@ def _data(n=96):
     ("hinton", {}),
     ("fitnets", {"pairs": {"block2": "block2"}, "weight": 1.0, "hint_epochs": 1}),
     ("at", {"pairs": {"block1": "block1", "block2": "block2"}}),
+    ("rkd", {}),  # the penultimate features: the heads' inputs
+    ("crd", {"feat_dim": 8, "negatives": 16}),  # sample indices from the user's Dataset through IndexedDataset
+    ("dkd", {"warmup": 1}),
 ])
 def test_distill_any_module_with_a_user_dataloader(tmp_path, method, kwargs):
     x, y = _data()
@@ -57,7 +61,8 @@ def test_distill_any_module_with_a_user_dataloader(tmp_path, method, kwargs):
     teacher, student = TinyCNN(8), TinyCNN(2)
     teacher.train()
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    train = DataLoader(Flip(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    data = IndexedDataset(Flip(x, y)) if method == "crd" else Flip(x, y)  # the documented wrapper for sample indices
+    train = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
     val = DataLoader(TensorDataset(x[:48], y[:48]), batch_size=32)
     result = kdlab.distill(student, teacher, train, val, method=method, T=4, epochs=2, out=tmp_path / "run", progress=False, **kwargs)
     assert result.student is student and len(result.history) == 2
@@ -79,3 +84,31 @@ def test_distill_refuses_unknown_method_parameters_in_one_line(tmp_path):
         kdlab.distill(TinyCNN(2), TinyCNN(4), loader, loader, method="fitnets", pair={"a": "b"}, out=False)
     with pytest.raises(ConfigError, match="unknown method 'fitnet'"):
         kdlab.distill(TinyCNN(2), TinyCNN(4), loader, loader, method="fitnet", out=False)
+
+
+def test_several_teachers_stages_and_a_method_that_is_its_own_teacher(tmp_path):
+    x, y = _data()
+    torch.manual_seed(0)
+    teachers = [TinyCNN(8), TinyCNN(4)]
+    for t in teachers:
+        t.train()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    result = kdlab.distill(TinyCNN(2), teachers, loader, loader, method="multi-teacher", weighting="accuracy", epochs=3,
+                           out=False, progress=False, stages=[{"epochs": 1, "terms": {"hard": 1}}, {"reset_optimizer": True}])
+    assert [r["stage"] for r in result.history] == [1, 2, 2] and result.history[0]["weight_soft"] == 0
+    assert {"teacher_weight_0", "teacher_weight_1"} <= set(result.final)
+    assert all(t.training and all(p.requires_grad for p in t.parameters()) for t in teachers)  # handed back as given
+    own = kdlab.distill(TinyCNN(2), None, loader, loader, method="self-ema", epochs=1, out=False, progress=False)
+    assert own.final["epoch"] == 1
+    with pytest.raises(ConfigError, match="method 'hinton' needs a teacher"):
+        kdlab.distill(TinyCNN(2), None, loader, loader, out=False)
+    with pytest.raises(ConfigError, match=r"stages\[0\].terms: hint not a term"):
+        kdlab.distill(TinyCNN(2), TinyCNN(4), loader, loader, epochs=2, out=False, stages=[{"epochs": 1, "terms": {"hint": 1}}, {}])
+
+
+def test_crd_without_sample_indices_is_one_line_before_training(tmp_path):
+    x, y = _data(32)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    with pytest.raises(ConfigError, match="crd needs sample indices.*IndexedDataset") as e:
+        kdlab.distill(TinyCNN(2), TinyCNN(4), loader, loader, method="crd", out=tmp_path / "run", progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()

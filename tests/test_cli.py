@@ -109,6 +109,20 @@ def test_train_then_distill_from_checkpoint(tmp_path, capsys):
     assert "temperature: 2.0" in cfg and "hard_weight: 0.2" in cfg and "soft_weight: 0.8" in cfg
 
 
+def test_distill_with_a_method_from_the_command_line(tmp_path, capsys):
+    assert main(["train-teacher", "digits-mlp", "--epochs", "1", "--out", str(tmp_path / "t"), "--set", "teacher.model.hidden=[32]"]) == 0
+    assert main(["distill", "digits-mlp", "--teacher", str(tmp_path / "t" / "best.pt"), "--epochs", "1", "--method", "rkd",
+                 "--set", "distill.rkd.angle_weight=10", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    cfg = (tmp_path / "s" / "config.yaml").read_text()
+    assert "method: rkd" in cfg and "angle_weight: 10" in cfg
+    record = json.loads((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss_rkd_distance", "loss_rkd_angle"} <= set(record) and record["angle_weight"] == 10
+    capsys.readouterr()
+    assert main(["distill", "digits-mlp", "--method", "rdk", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "distill.method: unknown value 'rdk'" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
 def test_recipes_command(capsys):
     assert main(["recipes"]) == 0
     assert "mnist-mlp" in capsys.readouterr().out

@@ -11,26 +11,28 @@ under ``no_grad`` and handed back exactly as it was given. Every run writes the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import DistillConfig, TrainConfig, _build
+from .config import DistillConfig, StageConfig, TrainConfig, _build, _check_stages
 from .data.loaders import LoaderSplits, unpack_batch
 from .errors import ConfigError
 from .methods import Distiller, build_method
 from .models import count_parameters
-from .teacher import FrozenTeacher
+from .teacher import FrozenTeacher, TeacherEnsemble
 from .train.callbacks import epoch_progress
 from .train.loop import RunCallback
 from .train.rundir import RunDir
+from .train.stages import StageCallback, check_stages
 from .train.trainer import Trainer
 from .utils import seed_everything
 
@@ -57,7 +59,7 @@ def _loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Optional[Da
 
 def distill(
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: nn.Module | Sequence[nn.Module] | None,
     train_loader: DataLoader | Dataset,
     val_loader: Optional[DataLoader | Dataset] = None,
     *,
@@ -79,13 +81,18 @@ def distill(
     device: Optional[str | torch.device] = None,
     out: Optional[str | os.PathLike] = None,
     progress: Optional[bool] = None,
+    stages: Optional[Sequence[Dict[str, Any]]] = None,
     **method_params: Any,
 ) -> DistillResult:
     """Distill ``teacher`` into ``student`` (trained in place) and return it with its history.
 
     ``method`` is a registered method (``hinton``, ``fitnets``, ``at``, …); its own parameters are
     keyword arguments (``pairs={...}``, ``weight=...``, ``hint_epochs=...``) validated against its
-    dataclass. ``out`` is the run folder (default ``runs/distill-<timestamp>``; ``False``: none).
+    dataclass. ``teacher`` may be a list of models (``multi-teacher`` weighs them; other methods
+    learn from the mean of their logits) or None for a method that is its own teacher
+    (``self-ema``); every teacher is handed back as it was given. ``stages``: a list of
+    ``{"epochs": …, "terms": {term: weight}, "reset_optimizer": …}`` as in recipes.
+    ``out`` is the run folder (default ``runs/distill-<timestamp>``; ``False``: none).
     Datasets are wrapped in a shuffling ``DataLoader`` of ``batch_size``.
     """
     seed_everything(seed)
@@ -99,32 +106,66 @@ def distill(
         "optimizer": {"name": optimizer, "lr": lr, "weight_decay": weight_decay}, "scheduler": {"name": scheduler},
     }, "train")
     the_method = build_method(method, dcfg, method_params)
-    with FrozenTeacher(teacher) as frozen:
+    stage_list = [_build(StageConfig, dict(st), f"stages[{i}]") for i, st in enumerate(stages or [])]
+    if stage_list:
+        _check_stages(stage_list, epochs)
+        check_stages(stage_list, the_method)
+    if teacher is None and the_method.needs.teacher:
+        raise ConfigError(f"method {method!r} needs a teacher; pass one (or a list of them)")
+    if isinstance(teacher, (list, tuple)):
+        teacher = TeacherEnsemble(list(teacher))
+    with (FrozenTeacher(teacher) if teacher is not None else contextlib.nullcontext()) as frozen:
         if num_classes is None:
             x, _, _ = unpack_batch(next(iter(train)))  # type: ignore[arg-type]
-            num_classes = int(frozen(x[:2].to(dev) if dev is not None else x[:2]).shape[1])
+            probe = frozen if frozen is not None else _EvalProbe(student)
+            num_classes = int(probe(x[:2].to(dev) if dev is not None else x[:2]).shape[1])
         data = LoaderSplits(train, num_classes, val=val, test=test)  # type: ignore[arg-type]
-        run = None if out is False else RunDir(out) if out else RunDir.new("runs", "distill")
         settings = {"method": method, "method_params": method_params, "distill": dataclasses.asdict(dcfg),
                     "train": dataclasses.asdict(train_cfg), "seed": seed, "device": str(dev or "cpu")}
         meta: Dict[str, Any] = {"model": {"class": f"{type(student).__module__}.{type(student).__qualname__}"}, "role": "student"}
         info: Dict[str, Any] = {
-            "student": meta["model"]["class"], "teacher": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
-            "student_parameters": count_parameters(student), "teacher_parameters": count_parameters(teacher)}
-        if run is not None:
-            import yaml
-
-            run.write_config(yaml.safe_dump(_plain(settings), sort_keys=False))
-            run.write_run_info(seed, "distill", info)
-        callbacks = [c for c in (RunCallback(run, meta) if run is not None else None,
+            "student": meta["model"]["class"],
+            "teacher": f"{type(teacher).__module__}.{type(teacher).__qualname__}" if teacher is not None else "none (the method's own)",
+            "student_parameters": count_parameters(student),
+            "teacher_parameters": count_parameters(teacher) if teacher is not None else 0}
+        callbacks = [c for c in (StageCallback(stage_list) if stage_list else None,
                                  epoch_progress(progress, f"distill ({method})", epochs)) if c is not None]
+        # bad layer names, shapes or missing sample indices fail here, before a run folder exists
         trainer = Trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev)
+        try:
+            run = None if out is False else RunDir(out) if out else RunDir.new("runs", "distill")
+            if run is not None:
+                import yaml
+
+                run.write_config(yaml.safe_dump(_plain(settings), sort_keys=False))
+                run.write_run_info(seed, "distill", info)
+                trainer.callbacks.callbacks.insert(0, RunCallback(run, meta))
+        except BaseException:
+            trainer.close()  # no hook of ours stays on the user's models
+            raise
         t0 = time.perf_counter()
         (result,) = trainer.fit()
     if run is not None:
         info.update(seconds=time.perf_counter() - t0, best_epoch=result.best_epoch, best_metric=result.best_metric)
         run.write_run_info(seed, "distill", info)
     return DistillResult(student, result.history, run.path if run is not None else None, the_method)
+
+
+class _EvalProbe:
+    """Calls a model once in eval mode without gradient, its modes restored (class count probe)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            return self.model(x)
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
 
 def _plain(obj: Any) -> Any:

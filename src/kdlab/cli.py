@@ -16,6 +16,7 @@ from .cli_recipe import FLAG_KEYS, RESUME_HELP, _overrides, _recipe, _resume_tea
 from .cli_types import MAX_SEEDS, MAX_TRIALS, _finite_float, _floats, _int_in, _percent  # noqa: F401
 from .errors import KDLabError
 
+DEFAULT_LOSSES = "hinton,softmax-input,extra-T"
 EPILOG = "Recipes: a bundled name (see `kdlab recipes`) or a path to a YAML file. Docs: README.md."
 
 
@@ -154,8 +155,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = check_output_location(args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare"), "--out folder")
     check_teacher_cache(args.teacher_cache)
     plots = _want_plots(args.plots)
+    losses = args.losses if args.losses is not None or args.methods is not None else DEFAULT_LOSSES
     result = compare(
-        recipe, args.losses, args.seeds, teacher_cache=args.teacher_cache, batched=args.batched,
+        recipe, losses, args.seeds, methods=args.methods, teacher_cache=args.teacher_cache, batched=args.batched,
         target_acc=args.target_acc, progress=args.progress,
     )
     path = write_report(result, out, plots=plots)
@@ -212,7 +214,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name in METHODS.names():
         entry = METHODS.get(name)
         fields = ", ".join(f"{f.name}" for f in dataclasses.fields(entry.params)) if entry.params else ""
-        print(f"{name:10s} {entry.summary}" + (f" [distill.{name}: {fields}]" if fields else ""))
+        print(f"{name:13s} {entry.summary}" + (f" [distill.{name}: {fields}]" if fields else ""))
     return 0
 
 
@@ -291,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Train the student from scratch on hard labels: the baseline a distilled student must beat.")
     _common(p, "student")
     p = add("distill", cmd_distill, "distill the student from a teacher",
-            "Distill the student: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || softmax(s/T)). "
+            "Distill the student with --method (default hinton: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || "
+            "softmax(s/T)); fitnets, at, rkd, crd, dkd, multi-teacher, self-ema add their own terms, set in the recipe's "
+            "distill.<method> section or with --set distill.<method>.<key>=VALUE; see `kdlab methods`). "
             "Without --teacher the recipe's teacher comes from the teacher cache (trained and cached on first use, "
             "shared with compare and tune). The teacher's test accuracy is printed. The teacher stays in eval mode and its training-set "
             "logits are computed once per run.")
@@ -301,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-epochs", type=int, help="teacher training epochs when the teacher comes from the cache")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     _distill_flags(p)
+    p.add_argument("--method", help="distillation method (default: the recipe's distill.method, hinton); see `kdlab methods`")
     p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",
             "Train a teacher (or reuse it from the teacher cache), then for each of --seeds seeds a scratch and a "
             "distilled student from the same initial weights and batch order (batched, like `kdlab compare`). Prints "
@@ -312,13 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False, help="also write compare's PNG plots (default: off)")
     _distill_flags(p)
-    p = add("compare", cmd_compare, "compare KD loss codings over several seeds, with statistics",
+    p = add("compare", cmd_compare, "compare KD loss codings or methods over several seeds, with statistics",
             "Train the teacher once (cached by its config and seed), then for each seed a scratch student and one "
-            "student per loss, all from the same initial weights and batch order. Writes report.md, summary.csv, "
+            "student per loss (or per method with --methods), all from the same initial weights and batch order. Writes report.md, summary.csv, "
             "epochs.csv, results.json, step_losses.npz and PNG plots, and prints the summary table.")
     _common(p, None)
-    p.add_argument("--losses", default="hinton,softmax-input,extra-T",
-                   help="comma-separated loss codings (see `kdlab losses`); scratch is always added")
+    p.add_argument("--losses", default=None,
+                   help=f"comma-separated loss codings of Hinton KD (see `kdlab losses`; default {DEFAULT_LOSSES}); scratch is always added")
+    p.add_argument("--methods", default=None,
+                   help="instead of --losses: comma-separated methods (see `kdlab methods`), e.g. hinton,fitnets,at,rkd,crd,dkd; "
+                        "each uses the recipe's distill.<method> section, paired differences are against hinton")
     p.add_argument("--seeds", type=_int_in(1, MAX_SEEDS), default=5, help="number of seeds, starting at the recipe seed (default 5)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,

@@ -21,6 +21,7 @@ FLAG_KEYS: Dict[str, str] = {
     "val_fraction": "dataset.val_fraction",
     "seed": "seed",
     "device": "device",
+    "method": "distill.method",
     "loss": "distill.loss",
     "temperature": "distill.temperature",
     "hard_weight": "distill.hard_weight",

@@ -66,6 +66,9 @@ class TrainConfig:
 class RoleConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Teachers only: a trained checkpoint to distill from instead of training ``model`` (e.g. the
+    # student's own earlier run, for self-distillation). Loaded safely; its model spec is its own.
+    checkpoint: Optional[str] = None
 
 
 @dataclass
@@ -89,6 +92,19 @@ class TemperatureScheduleConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a staged run (``distill.stages``): ``epochs`` (the last stage may omit it and
+    runs to the end), ``terms`` the weighted loss terms of the method that train in it (terms not
+    listed weigh 0; none listed: the method's configured weights), ``reset_optimizer`` to start the
+    stage with fresh optimizer state (moments, momentum); ``name`` is recorded with the index."""
+
+    name: Optional[str] = None
+    epochs: Optional[int] = None
+    terms: Dict[str, float] = field(default_factory=dict)
+    reset_optimizer: bool = False
+
+
+@dataclass
 class DistillConfig:
     """How the student learns from the teacher.
 
@@ -105,6 +121,8 @@ class DistillConfig:
     soft_weight: float = 0.5
     weight_schedule: WeightScheduleConfig = field(default_factory=WeightScheduleConfig)
     temperature_schedule: TemperatureScheduleConfig = field(default_factory=TemperatureScheduleConfig)
+    # Progressive training: a list of stages (see StageConfig); empty: one stage, the method as configured.
+    stages: List[StageConfig] = field(default_factory=list)
     sections: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
@@ -293,6 +311,13 @@ def _check_ranges(r: Recipe) -> None:
     positive(r.distill.temperature_schedule.min, "distill.temperature_schedule.min")
     non_negative(r.distill.temperature_schedule.step, "distill.temperature_schedule.step")
     fraction(r.dataset.val_fraction, "dataset.val_fraction")
+    _check_stages(r.distill.stages, r.student.train.epochs)
+    if r.student.checkpoint is not None:
+        raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
+                          "the student always starts from fresh weights")
+    for role, rc in role_configs(r):
+        if rc.checkpoint is not None and (not rc.checkpoint.strip() or "\0" in rc.checkpoint):
+            raise ConfigError(f"{role}.checkpoint: must be a path to a .pt file, got {rc.checkpoint!r}")
     for role, rc in role_configs(r):
         t: TrainConfig = rc.train
         count(t.epochs, f"{role}.train.epochs")
@@ -305,6 +330,27 @@ def _check_ranges(r: Recipe) -> None:
         positive(t.scheduler.gamma, f"{role}.train.scheduler.gamma")
         if t.grad_clip is not None:
             positive(t.grad_clip, f"{role}.train.grad_clip")
+
+
+def _check_stages(stages: List[StageConfig], epochs: int) -> None:
+    """Stage lengths fit the student's epochs; stage weights are finite numbers >= 0 (term names are
+    checked against the method when it is built: :func:`kdlab.train.stages.check_stages`)."""
+    for i, st in enumerate(stages):
+        key = f"distill.stages[{i}]"
+        if st.epochs is None and i < len(stages) - 1:
+            raise ConfigError(f"{key}.epochs: every stage but the last needs its number of epochs")
+        if st.epochs is not None:
+            count(st.epochs, f"{key}.epochs")
+        for term, w in st.terms.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise ConfigError(f"{key}.terms.{term}: expected a number, got {_short(w)}")
+            non_negative(float(w), f"{key}.terms.{term}")
+        if st.terms and not any(float(w) > 0 for w in st.terms.values()):
+            raise ConfigError(f"{key}.terms: every weight is 0; nothing would be trained in this stage")
+    before_last = sum(st.epochs or 0 for st in stages[:-1])
+    if stages and before_last >= epochs:
+        raise ConfigError(f"distill.stages: the stages before the last take {before_last} epochs but the student trains "
+                          f"{epochs}; shorten them or raise student.train.epochs")
 
 
 def role_configs(r: Recipe) -> List[tuple]:

@@ -18,7 +18,13 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import ConfigError
 
-__all__ = ["FeatureTap", "LayerRow", "first_tensor", "format_layer_table", "layer_table", "resolve_module"]
+__all__ = ["PENULTIMATE", "FeatureTap", "LayerRow", "first_tensor", "format_layer_table", "layer_table", "resolve_module"]
+
+
+#: The feature name meaning "the input of the last ``nn.Linear`` the forward runs": the penultimate
+#: feature (a ResNet's pooled ``fc`` input, an MLP's last hidden layer) that RKD and CRD use by
+#: default. It follows the forward, not the registration order, and needs no module name.
+PENULTIMATE = "<penultimate>"
 
 
 def _layers_hint(role: str) -> str:
@@ -107,15 +113,23 @@ class FeatureTap:
         self.model = model
         self.role = role
         self.names: Tuple[str, ...] = tuple(dict.fromkeys(names))  # ordered, without duplicates
-        targets = {name: resolve_module(model, name, role) for name in self.names}
+        targets = {name: resolve_module(model, name, role) for name in self.names if name != PENULTIMATE}
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)] if PENULTIMATE in self.names else []
+        if PENULTIMATE in self.names and not linears:
+            raise ConfigError(f"the {role} has no nn.Linear, so it has no default penultimate feature; "
+                              f"name a layer instead {_layers_hint(role)}")
         self._features: Dict[str, Tuple[Tensor, Optional[int]]] = {}
         self._non_tensor: Dict[str, str] = {}
         self._handles: List[RemovableHandle] = []
+        #: Which ``nn.Linear`` gave the penultimate feature in the latest forward.
+        self.penultimate_layer: Optional[str] = None
         # Closures, not bound methods: ``copy.deepcopy(model)`` copies functions by reference, so a
         # copy neither drags this tap (and its graph-carrying tensors) along nor writes into it.
         self._handles.append(model.register_forward_pre_hook(self._make_pre_hook(model)))
         for name, module in targets.items():
             self._handles.append(module.register_forward_hook(self._make_hook(name, module)))
+        for name, module in linears:  # the last Linear to run wins
+            self._handles.append(module.register_forward_pre_hook(self._make_input_hook(name, module)))
 
     def _make_pre_hook(self, root: nn.Module) -> Callable[..., None]:
         def clear_on_forward(module: nn.Module, args: Any) -> None:
@@ -138,6 +152,14 @@ class FeatureTap:
 
         return record
 
+    def _make_input_hook(self, name: str, target: nn.Module) -> Callable[..., None]:
+        def record_input(module: nn.Module, args: Any) -> None:
+            if module is target and args and isinstance(args[0], Tensor):
+                self._features[PENULTIMATE] = (args[0], _version(args[0]))
+                self.penultimate_layer = name
+
+        return record_input
+
     @property
     def active(self) -> bool:
         """False once :meth:`remove` has run."""
@@ -157,6 +179,9 @@ class FeatureTap:
                 f"{self.role} module {name!r} returns {self._non_tensor[name]}, not a tensor; "
                 f"pick a module that outputs a tensor {_layers_hint(self.role)}"
             )
+        if name == PENULTIMATE and name not in self._features:
+            raise ConfigError(f"no nn.Linear of the {self.role} ran in its latest forward, so it has no penultimate "
+                              f"feature; name a layer instead {_layers_hint(self.role)}")
         if name not in self._features:
             raise ConfigError(
                 f"{self.role} module {name!r} did not run in the latest forward pass; "
@@ -178,6 +203,7 @@ class FeatureTap:
         """Drop stored features (and the graphs they hold) now rather than at the next forward."""
         self._features.clear()
         self._non_tensor.clear()
+        self.penultimate_layer = None
 
     def remove(self) -> None:
         """Detach every hook this tap registered and drop stored features; safe to call twice."""

@@ -28,6 +28,7 @@ from .teacher import FrozenTeacher, PrecomputedTeacherLogits, TeacherEnsemble
 from .train import FitResult, RunDir, fit, load_model
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback, ScheduleCallback
+from .train.stages import StageCallback, check_stages
 from .train.rundir import check_new_run_folder, file_sha256
 from .device import resolve_device
 from .utils import check_output_location, seed_everything
@@ -113,6 +114,8 @@ def train_role(
     as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
     """
     role_cfg = getattr(recipe, role)
+    if kind == "distill" and recipe.distill.stages:
+        check_stages(recipe.distill.stages, method)  # before any folder is written
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
@@ -147,7 +150,8 @@ def train_role(
         resume=resume,
         progress=progress,
         desc=kind,
-        callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs))],
+        callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs)),
+                   *([StageCallback(recipe.distill.stages)] if kind == "distill" and recipe.distill.stages else [])],
         augment=augment,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
@@ -247,17 +251,23 @@ def run_distill(
     from .study.teacher_cache import cached_teacher, check_teacher_cache
     from .train.loop import evaluate
 
-    if teacher is None:
+    method = distill_method(recipe)
+    own_teacher = teacher is None and not method.needs.teacher  # e.g. self-ema: the student is its own teacher
+    if teacher is None and not own_teacher:
         check_teacher_cache(teacher_cache)  # before loading data or training anything
     data = data or prepare_data(recipe)
     say = log or (lambda _msg: None)
     info: Dict[str, Any] = {}
     n_student = count_student_parameters(recipe, data)
-    if teacher is None:
+    frozen: Optional[FrozenTeacher] = None
+    if own_teacher:
+        say(f"teacher: none trained or loaded; method {recipe.distill.method!r} is its own teacher")
+        info["teacher"] = "none (the method's own)"
+    elif teacher is None:
         cached = cached_teacher(recipe, data, teacher_cache, progress, say)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
-        lasts = [path / "last.pt" for path in cached.paths]  # checked on --resume like a --teacher file
+        lasts = cached.checkpoints  # checked on --resume like a --teacher file
         if len(lasts) == 1:
             info.update(teacher_checkpoint=str(lasts[0].resolve()), teacher_sha256=file_sha256(lasts[0]))
         else:
@@ -279,4 +289,4 @@ def run_distill(
     else:  # a model the caller holds (and has measured)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
-    return train_role(recipe, "student", "distill", data, distill_method(recipe), out, frozen, progress, resume, info)
+    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info)

@@ -49,9 +49,19 @@ class FrozenTeacher(nn.Module):
         return self.model(x)
 
     @torch.no_grad()
-    def logits_for(self, x: Tensor, batch_size: int = 2000) -> Tensor:
-        """Logits for a whole dataset, in batches; computed once and reused every epoch."""
-        return torch.cat([self(chunk) for chunk in x.split(batch_size)])
+    def member_logits(self, x: Tensor) -> Tensor:
+        """Each member's logits, (B, members, K): a :class:`TeacherEnsemble`'s members, or the one model."""
+        if self.model.training:
+            self.model.eval()
+        members = self.model.members if isinstance(self.model, TeacherEnsemble) else [self.model]
+        return torch.stack([m(x) for m in members], 1)
+
+    @torch.no_grad()
+    def logits_for(self, x: Tensor, batch_size: int = 2000, members: bool = False) -> Tensor:
+        """Logits for a whole dataset, in batches; computed once and reused every epoch.
+        ``members``: each member's, (N, members, K), as :meth:`member_logits`."""
+        call = self.member_logits if members else self
+        return torch.cat([call(chunk) for chunk in x.split(batch_size)])
 
 
 class PrecomputedTeacherLogits:

@@ -109,3 +109,40 @@ def test_cli_compare(tmp_path, capsys, monkeypatch):
     assert main(["compare", "digits-mlp", "--losses", "nope", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown loss 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+METHODS_FAST = FAST + ["distill.fitnets={pairs: {net.1: net.1}}", "distill.dkd={warmup: 1}"]
+
+
+def test_methods_batch_where_they_can_and_match_the_loss_comparison(result, tmp_path):
+    res, cache = result
+    recipe = load_recipe("digits-mlp", METHODS_FAST)
+    lines = []
+    by_method = compare(recipe, None, 3, methods="hinton,fitnets,dkd,self-ema,multi-teacher", teacher_cache=cache,
+                        progress=False, log=lines.append)
+    assert by_method.variants == ["scratch", "hinton", "fitnets", "dkd", "self-ema", "multi-teacher"]
+    assert by_method.mode == "partly batched" and "fitnets, dkd, self-ema, multi-teacher trained one by one" in by_method.notes[0]
+    for key in (("scratch", 1), ("hinton", 2)):  # the batched variants: the same numbers as the loss comparison
+        assert by_method.runs[key].final_acc == pytest.approx(res.runs[key].final_acc, abs=1e-6)
+    # a single teacher as a "mixture" of one: exactly Hinton KD, trained one by one through autograd
+    for s in by_method.seeds:
+        assert by_method.run("multi-teacher", s).final_acc == pytest.approx(by_method.run("hinton", s).final_acc, abs=2e-3)
+    assert {"loss_hint"} <= set(by_method.run("fitnets", 0).history[-1]) and by_method.paired_vs_reference("dkd") is not None
+    out = write_report(by_method, tmp_path / "rep", plots=False)
+    header = (out / "epochs.csv").read_text().splitlines()[0]
+    assert {"loss_hint", "loss_tckd", "loss_nckd"} <= set(header.split(","))
+    assert "| fitnets |" in (out / "report.md").read_text()
+
+
+def test_methods_are_checked_before_any_training(tmp_path):
+    recipe = load_recipe("digits-mlp", FAST)
+    with pytest.raises(ConfigError, match="unknown method 'fitnet'"):
+        compare(recipe, None, 1, methods="hinton,fitnet", teacher_cache=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="fitnets needs layer pairs"):
+        compare(recipe, None, 1, methods="hinton,fitnets", teacher_cache=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="not both"):
+        compare(recipe, "hinton", 1, methods="hinton", teacher_cache=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="no closed form"):
+        compare(load_recipe("digits-mlp", METHODS_FAST), None, 1, methods="hinton,fitnets", teacher_cache=tmp_path,
+                batched=True, progress=False)
+    assert not list(tmp_path.iterdir())  # no teacher was trained for a refused comparison

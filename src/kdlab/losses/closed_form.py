@@ -89,7 +89,8 @@ class ClosedFormObjective:
             raise ConfigError(f"the '{objective.soft_loss_name}' coding has no closed form; train it through autograd")
         kind, factor = form
         T = objective.temperature
-        self.prepare(T, objective.hard_weight, objective.soft_weight, factor(T, self.K), kind)
+        weights = objective.weights() if hasattr(objective, "weights") else {"hard": objective.hard_weight, "soft": objective.soft_weight}
+        self.prepare(T, weights["hard"], weights["soft"], factor(T, self.K), kind)
 
     def prepare(self, T: float, hard_w: float, soft_w: float, factor: float = 1.0, kind: str = "kl") -> None:
         """Set (T, weights, the coding's factor c and kind) for the coming epoch; re-tabulates only on change."""

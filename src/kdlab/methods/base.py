@@ -16,7 +16,7 @@ resumed with its checkpoint, and never part of the exported student.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,8 @@ class Needs:
     student_features: Tuple[str, ...] = ()  # module names of the student, hooked
     teacher_features: Tuple[str, ...] = ()  # module names of the teacher, hooked
     indices: bool = False  # the batch's sample indices into the training set (memory banks)
+    # teacher logits per member of a teacher ensemble, (B, members, K), instead of their mean (B, K)
+    teacher_members: bool = False
 
     @property
     def teacher(self) -> bool:
@@ -40,6 +42,18 @@ class Needs:
     def logits_only(self) -> bool:
         """True when cached teacher logits are all the method needs (the fast path's condition)."""
         return not (self.student_features or self.teacher_features)
+
+
+@dataclass
+class RunContext:
+    """What the trainer tells a method once, before training (:meth:`Distiller.setup`)."""
+
+    num_samples: int  # training-set size: memory banks indexed by sample
+    seed: int  # the run's seed: a method's own random draws
+    student: nn.Module
+    teacher: Optional[nn.Module] = None  # the unwrapped teacher model (an ensemble: ``.members``)
+    #: accuracy of a model on the validation split; None when the data have none
+    val_accuracy: Optional[Callable[[nn.Module], float]] = None
 
 
 @dataclass
@@ -71,6 +85,15 @@ class Distiller(nn.Module):
     #: :meth:`build` on a probe batch before the optimizer exists, so those parts are trained.
     lazy: bool = False
 
+    #: Stage name and weights set by a staged recipe (:class:`kdlab.train.stages.StageCallback`):
+    #: they replace :meth:`term_weights` (terms a stage does not list weigh 0). None: no stage.
+    stage: Optional[int] = None  # 1-based
+    stage_name: Optional[str] = None
+    stage_weights: Optional[Dict[str, float]] = None
+
+    def setup(self, ctx: RunContext) -> None:
+        """Called by the trainer once, before :meth:`build` (see :class:`RunContext`). Default: nothing."""
+
     def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
         """Create shape-dependent parts from one probe batch (default: one forward creates them)."""
         self(batch, student, teacher)
@@ -86,10 +109,17 @@ class Distiller(nn.Module):
         """Term name -> current weight, in the order terms are logged; schedules may change them."""
         raise NotImplementedError
 
+    def weights(self) -> Dict[str, float]:
+        """The weights in force: :meth:`term_weights`, or the current stage's."""
+        configured = self.term_weights()
+        if self.stage_weights is None:
+            return configured
+        return {name: float(self.stage_weights.get(name, 0.0)) for name in configured}
+
     def total(self, terms: Mapping[str, Tensor]) -> Tensor:
         """Σ weight · term over the method's terms (terms of weight 0 are logged, not added)."""
         total: Optional[Tensor] = None
-        for name, w in self.term_weights().items():
+        for name, w in self.weights().items():
             if w != 0:
                 part = terms[name] * w
                 total = part if total is None else total + part

@@ -249,7 +249,7 @@ def _terms_fn(method: Distiller) -> Callable[..., Dict[str, Tensor]]:
 
 def _total_of(method: Distiller, terms: Dict[str, Tensor]) -> Tensor:
     total: Any = 0
-    for name, w in method.term_weights().items():
+    for name, w in method.weights().items():
         if w != 0:
             total = total + w * terms[name]
     return total if isinstance(total, Tensor) else sum(terms.values()) * 0.0

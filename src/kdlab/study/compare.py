@@ -1,9 +1,15 @@
-"""``kdlab compare``: several KD loss codings × several seeds, fair by construction.
+"""``kdlab compare``: several KD loss codings — or several methods — × several seeds, fair by construction.
 
 Fairness is structural, not a convention: one teacher (cached), one set of teacher logits, and for
 seed ``s`` every variant's student starts from the same weights (``build_role_model``) and sees
 the same batches in the same order (``BatchIndexer(seed=s)``); variants differ only in the loss.
 A scratch student (hard labels only) is always trained as the baseline.
+
+Variants are soft-loss codings of Hinton KD (``--losses``) or registered methods (``--methods``,
+each with the recipe's ``distill.<method>`` section). Variants whose step has a closed form (CE,
+Hinton KD with any marked coding) train together in one batched step; the others (feature
+methods, memory banks, several teachers, a method that is its own teacher) train one by one on
+the same trainer, with the teacher online where they need more than its logits.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from ..config import Recipe
 from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
-from ..methods import CE, KD, Distiller
+from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, prepare_data, train_role
 from ..schedules import ScheduleHook
 from ..train.callbacks import ScheduleCallback, epoch_progress
@@ -37,7 +43,7 @@ class StudentRun:
     variant: str
     seed: int
     history: List[Dict[str, Any]]
-    step_losses: Tensor  # (steps, 3): total, hard, soft
+    step_losses: Tensor  # (steps, 1 + terms): total, then the method's terms in order
     best_epoch: int
     best_metric: str
     wall_seconds: float
@@ -79,7 +85,7 @@ class CompareResult:
     runs: Dict[tuple, StudentRun]
     teacher: Dict[str, Any]
     target_acc: float
-    mode: str  # "batched" or "one by one"
+    mode: str  # "batched", "one by one", or "partly batched"
     wall_seconds: float
     notes: List[str] = field(default_factory=list)
     profile: Optional[Any] = None  # kdlab.ship.Profile: teacher vs student cost, measured after the study
@@ -127,17 +133,44 @@ def parse_variants(losses: Sequence[str] | str) -> List[str]:
     return variants
 
 
-def _method(recipe: Recipe, variant: str) -> Distiller:
-    """``scratch``: cross-entropy only; a coding name: Hinton KD with that coding and the recipe's T/weights."""
+def parse_methods(methods: Sequence[str] | str) -> List[str]:
+    """``scratch`` first, then each named method once; unknown names fail early, in one line."""
+    items = [x.strip() for x in (methods.split(",") if isinstance(methods, str) else methods) if x.strip()]
+    if not items:
+        raise ConfigError("--methods is empty; name at least one method, e.g. --methods hinton,fitnets (see `kdlab methods`)")
+    variants = [SCRATCH]
+    for name in items:
+        if name != SCRATCH:
+            METHODS.get(name)  # raises a one-line error listing the registered methods
+        if name not in variants:
+            variants.append(name)
+    return variants
+
+
+def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
+    """``scratch``: cross-entropy only; with ``by_method`` the registered method ``variant`` (its recipe
+    section applies); otherwise ``variant`` is a coding: Hinton KD with it and the recipe's T/weights."""
     d = recipe.distill
-    return CE() if variant == SCRATCH else KD(variant, d.temperature, d.hard_weight, d.soft_weight)
+    if variant == SCRATCH:
+        return CE()
+    if by_method:
+        return build_method(variant, d, d.sections.get(variant))
+    return KD(variant, d.temperature, d.hard_weight, d.soft_weight)
+
+
+def _batchable(method: Distiller, data: DatasetSplits, logits: Tensor) -> bool:
+    """True when the batched trainer computes exactly this method: it has a closed form (or is CE)."""
+    if method.needs.teacher_members or not method.needs.logits_only:
+        return False
+    return method.fast_path(data.train.y, data.num_classes, logits if method.needs.teacher else None) is not None
 
 
 def compare(
     recipe: Recipe,
-    losses: Sequence[str] | str,
+    losses: Sequence[str] | str | None,
     seeds: int = 5,
     *,
+    methods: Sequence[str] | str | None = None,
     data: Optional[DatasetSplits] = None,
     teacher_cache: Optional[str | os.PathLike] = None,
     batched: Optional[bool] = None,
@@ -146,10 +179,11 @@ def compare(
     log=print,
     profile: bool = True,
 ) -> CompareResult:
-    """Train the teacher once, then a scratch student and one student per loss, for each seed.
+    """Train the teacher once, then a scratch student and one student per loss (or per method), for each seed.
 
-    ``batched=None`` trains all students in one batched step when the student allows it (no
-    dropout, no buffers) and one by one otherwise; ``True`` insists, ``False`` forbids.
+    ``methods`` (instead of ``losses``) compares registered methods. ``batched=None`` trains the
+    students in one batched step when the student allows it (no dropout, no buffers) and their
+    methods have a closed form, the others one by one; ``True`` insists, ``False`` forbids.
     ``profile`` adds the teacher-vs-student cost table (:mod:`kdlab.ship.profile`), measured after
     the study's wall time is taken.
     ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
@@ -157,13 +191,24 @@ def compare(
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    variants = parse_variants(losses)
+    if (losses is None) == (methods is None):
+        raise ConfigError("compare either loss codings (--losses) or methods (--methods), not both")
+    by_method = methods is not None
+    variants = parse_methods(methods) if by_method else parse_variants(losses)  # type: ignore[arg-type]
+    if by_method:  # every method's section is checked before the teacher trains
+        for v in variants:
+            _method(recipe, v, True)
     if recipe.augment:
         raise ConfigError("kdlab compare shares one set of cached teacher logits, which augmented batches cannot use; "
                           "remove the recipe's augment section (or use kdlab distill per setting)")
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()
     data = data or prepare_data(recipe)
+    placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
+    single = [v for v in variants if not _batchable(_method(recipe, v, by_method), data, placeholder)]
+    if batched and single:
+        raise ConfigError(f"cannot train the students batched: method {', '.join(single)} has no closed form "
+                          "(it trains one by one); drop --batched")
     cached = cached_teacher(recipe, data, teacher_cache, progress, log)
     log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
@@ -176,37 +221,44 @@ def compare(
     notes: List[str] = []
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
+    elif use_batch and single:
+        notes.append(f"{', '.join(single)} trained one by one (no closed form to batch); the others batched")
+    batch_variants = [v for v in variants if v not in single] if use_batch else []
     cfg = recipe.student.train
     runs: Dict[tuple, StudentRun] = {}
-    if use_batch:
-        grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in variants]
+    if batch_variants:
+        grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in batch_variants]
         t0 = time.perf_counter()
         results = fit_batched(
-            grid, [_method(recipe, v) for v in variants], seed_list, data, cfg, teacher_logits=logits,
+            grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg, teacher_logits=logits,
             callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)),
-                       epoch_progress(progress, f"{len(variants)}x{len(seed_list)} students", cfg.epochs)],
+                       epoch_progress(progress, f"{len(batch_variants)}x{len(seed_list)} students", cfg.epochs)],
         )
-        share = (time.perf_counter() - t0) / (len(variants) * len(seed_list))
-        for v, row in zip(variants, results):
+        share = (time.perf_counter() - t0) / (len(batch_variants) * len(seed_list))
+        for v, row in zip(batch_variants, results):
             for s, fr in zip(seed_list, row):
                 runs[(v, s)] = StudentRun(v, s, fr.history, fr.step_losses, fr.best_epoch, fr.best_metric, share)
-    else:
-        for v in variants:
-            for s in seed_list:
-                t0 = time.perf_counter()
-                r = train_role(
-                    recipes[s], "student", v, data, _method(recipe, v), out=False, progress=progress,
-                    teacher_logits=None if v == SCRATCH else logits,
-                )
-                f = r.fit
-                runs[(v, s)] = StudentRun(v, s, f.history, f.step_losses, f.best_epoch, f.best_metric, time.perf_counter() - t0)
-                log(f"{v} seed {s}: final test acc {100 * r.final_acc:.2f}%")
+    for v in (v for v in variants if v not in batch_variants):
+        for s in seed_list:
+            t0 = time.perf_counter()
+            method = _method(recipe, v, by_method)
+            needs = method.needs
+            # logits alone: the shared logits; members, features or indices: the teacher itself
+            shared = needs.teacher and needs.logits_only and not needs.teacher_members
+            r = train_role(
+                recipes[s], "student", v, data, method, out=False, progress=progress,
+                teacher=cached.teacher if needs.teacher and not shared else None,
+                teacher_logits=logits if shared else None,
+            )
+            f = r.fit
+            runs[(v, s)] = StudentRun(v, s, f.history, f.step_losses, f.best_epoch, f.best_metric, time.perf_counter() - t0)
+            log(f"{v} seed {s}: final test acc {100 * r.final_acc:.2f}%")
     if target_acc is None:
         target_acc = summarize([runs[(SCRATCH, s)].final_acc for s in seed_list]).mean
     teacher_info = {"path": str(cached.path), "reused": cached.hit, "test_acc": cached.test_acc}
     result = CompareResult(
         recipe, variants, seed_list, runs, teacher_info, float(target_acc),
-        "batched" if use_batch else "one by one", time.perf_counter() - start, notes,
+        ("batched" if not single else "partly batched") if batch_variants else "one by one", time.perf_counter() - start, notes,
     )
     if profile:
         from ..ship.profile import compare_profile

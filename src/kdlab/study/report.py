@@ -98,8 +98,8 @@ def markdown(result: CompareResult, plots: Optional[Dict[str, str]] = None) -> s
         + (" (chosen on the test set itself, so optimistic)." if best_metric == "test_acc" else ".")
         + f" Target = {_pct(result.target_acc)}% test accuracy. CI = mean ± t(0.975, n−1)·std/√n.",
     ]
-    if result.mode == "batched":
-        lines.append("Wall time per run = the batched training time divided by the number of students.")
+    if result.mode in ("batched", "partly batched"):
+        lines.append("Wall time per run of a batched variant = the batched training time divided by its number of students.")
     if REFERENCE in result.variants and n > 1:
         lines += [
             "",
@@ -134,6 +134,10 @@ def csv_text(rows: List[Dict[str, Any]]) -> str:
 
 def epoch_rows(result: CompareResult) -> List[Dict[str, Any]]:
     keys = ["epoch", "test_acc", "test_loss", "val_acc", "loss_total", "loss_hard", "loss_soft", "temperature", "hard_weight", "soft_weight", "lr"]
+    for run in result.runs.values():  # a method's own terms (hint, rkd_angle, ...) get columns too
+        for key in run.history[0] if run.history else ():
+            if key.startswith("loss_") and key not in keys:
+                keys.append(key)
     rows = []
     for (v, s), run in result.runs.items():
         for h in run.history:

@@ -103,12 +103,21 @@ class CachedTeacher:
         """Every cache entry behind this teacher (one, or one per member)."""
         return [m.path for m in self.members] or [self.path]
 
+    @property
+    def checkpoints(self) -> List[Path]:
+        """The checkpoint file of every teacher behind this one (a cache entry's ``last.pt``, or the
+        recipe's own ``checkpoint``), as ``--resume`` checks them."""
+        return [p if p.is_file() else p / "last.pt" for p in self.paths]
+
     def describe(self) -> str:
         """One line for the user: which teacher is used, where it came from, how good it is."""
         if self.members:
-            parts = ", ".join(f"{100 * m.test_acc:.2f}% ({'reused' if m.hit else 'trained'})" for m in self.members)
-            return f"teacher: mean of {len(self.members)} cached teachers [{parts}], ensemble test acc {100 * self.test_acc:.2f}%"
+            parts = ", ".join(f"{100 * m.test_acc:.2f}% ({'checkpoint' if m.path.is_file() else 'reused' if m.hit else 'trained'})"
+                              for m in self.members)
+            return f"teacher: {len(self.members)} teachers [{parts}], test acc of their mean {100 * self.test_acc:.2f}%"
         how = "reused from the cache" if self.hit else "trained and cached"
+        if self.path.is_file():
+            return f"teacher: checkpoint {self.path}, test acc {100 * self.test_acc:.2f}% (measured now)"
         if self.waited:
             how += " (after waiting for another process)"
         return f"teacher: {how} at {self.path}, test acc {100 * self.test_acc:.2f}%"
@@ -227,6 +236,14 @@ def cached_teacher(
         ensemble = FrozenTeacher(TeacherEnsemble([m.teacher.release() for m in members]))
         acc = evaluate(ensemble, data.test, recipe.teacher.train.eval_batch_size)["acc"]
         return CachedTeacher(ensemble, members[0].path, all(m.hit for m in members), acc, any(m.waited for m in members), members)
+
+    if recipe.teacher.checkpoint is not None:  # a trained teacher named by the recipe: nothing to cache
+        from ..pipeline import load_teacher
+        from ..train.records import evaluate
+
+        frozen = load_teacher(recipe.teacher.checkpoint, data)
+        acc = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
+        return CachedTeacher(frozen, Path(recipe.teacher.checkpoint), True, acc)
 
     say = log or (lambda _msg: None)
     root = check_teacher_cache(cache_dir)

@@ -56,7 +56,7 @@ class ScheduleCallback(Callback):
     """Moves T and the loss weights of every distilling method before each epoch.
 
     ``hook(epoch, method)`` is e.g. :class:`kdlab.schedules.ScheduleHook`; methods without a
-    teacher (CE) are left alone.
+    soft term (CE: no ``soft_weight``) are left alone.
     """
 
     def __init__(self, hook: Any) -> None:
@@ -64,7 +64,7 @@ class ScheduleCallback(Callback):
 
     def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
         for method in trainer.methods:
-            if method.needs.teacher:
+            if hasattr(method, "soft_weight"):
                 self.hook(epoch, method)
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
-from ..methods.base import Batch, Distiller, Outputs
+from ..methods.base import Batch, Distiller, Outputs, RunContext
 from ..teacher import FrozenTeacher
 from .callbacks import Callback, CallbackList
 from .optim import OPTIMIZERS, build_scheduler
@@ -79,10 +79,14 @@ class Trainer:
         if needs.teacher_logits and needs.logits_only and augment is None and self.loaders is None:
             if teacher_logits is None:
                 assert teacher is not None
-                teacher_logits = teacher.logits_for(data.train.x, cfg.eval_batch_size)
+                teacher_logits = teacher.logits_for(data.train.x, cfg.eval_batch_size, members=needs.teacher_members)
             self.cached_logits = teacher_logits
         elif needs.teacher and teacher is None:
             raise ValueError("features or augmented batches need the teacher model itself, not cached logits")
+        n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
+        self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
+        # before any hook is on the models: a method may copy the student (an EMA teacher)
+        method.setup(RunContext(n_train, seed, model, teacher.model if teacher is not None else None, self._val_accuracy()))
         self.student_tap = self.teacher_tap = None
         if needs.student_features or needs.teacher_features:
             from ..features import FeatureTap
@@ -91,8 +95,6 @@ class Trainer:
             if needs.teacher_features:
                 assert teacher is not None
                 self.teacher_tap = FeatureTap(teacher.model, needs.teacher_features, role="teacher")
-        n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
-        self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
         self.augment_rng = torch.Generator().manual_seed(seed + 7919)
         if method.lazy or not needs.logits_only:  # build adapters; bad layer pairs fail before any training
             self._build_lazy_parts()
@@ -134,6 +136,15 @@ class Trainer:
         finally:
             self.model.train(was)
 
+    def _val_accuracy(self) -> Optional[Callable[[nn.Module], float]]:
+        """Accuracy of any model on the validation split (methods weighting teachers use it)."""
+        split = self.data.val
+        if split is None:
+            return None
+        if self.loaders is not None:
+            return lambda m: evaluate_loader(m, split, self.device)["acc"]
+        return lambda m: evaluate(m, split, self.cfg.eval_batch_size)["acc"]
+
     def _student_outputs(self, x: Tensor) -> Outputs:
         logits = self.model(x)
         return Outputs(logits, self.student_tap.outputs() if self.student_tap is not None else {})
@@ -144,7 +155,7 @@ class Trainer:
         if self.cached_logits is not None:
             return Outputs(self.cached_logits.index_select(0, batch.index))  # type: ignore[arg-type]
         assert self.teacher is not None
-        logits = self.teacher(batch.x)
+        logits = self.teacher.member_logits(batch.x) if self.method.needs.teacher_members else self.teacher(batch.x)
         return Outputs(logits, self.teacher_tap.outputs() if self.teacher_tap is not None else {})
 
     # ------------------------------------------------------------------ state

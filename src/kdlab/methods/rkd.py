@@ -1,0 +1,209 @@
+"""Relational knowledge distillation (Park, Kim, Lu & Cho, "Relational Knowledge Distillation", CVPR 2019).
+
+RKD transfers the *structure* of a batch of teacher embeddings rather than the embeddings
+themselves, so student and teacher embeddings may have different widths (no adapter is needed).
+For a batch of embeddings ``t_1 … t_N`` (rows), following the authors' code
+(github.com/lenscloth/RKD, ``metric/loss.py`` ``RkdDistance`` / ``RKdAngle``, ``metric/utils.py``
+``pdist``; mdistiller's ``RKD.py`` is the same code):
+
+* **distance** (Eq. 3-5): ``ψ_D(t_i, t_j) = ||t_i − t_j||₂ / μ`` where μ is the mean of the
+  non-zero entries of the N×N distance matrix. :func:`pdist` computes the matrix through the Gram
+  form ``|a|² + |b|² − 2ab`` clamped at ``eps = 1e-12`` before the square root (``squared=False``),
+  then sets the diagonal to 0; so every off-diagonal entry is ≥ 1e-6 and counts in μ (coincident
+  points included). The term is ``smooth_l1(ψ_D(student), ψ_D(teacher))`` averaged over all N²
+  entries (the diagonal, 0 on both sides, included: ``F.smooth_l1_loss(d, t_d)`` on the matrices).
+* **angle** (Eq. 6-7): ``ψ_A(t_i, t_j, t_k) = <e_ij, e_kj>`` with anchor j and
+  ``e_ij = (t_i − t_j) / ||t_i − t_j||₂`` (``F.normalize``: a zero vector stays zero). The code
+  builds all N³ values (``td = t.unsqueeze(0) − t.unsqueeze(1)``, normalised, ``bmm``), degenerate
+  triplets included (they are 0 or 1 on both sides and only dilute the mean), and averages
+  ``smooth_l1`` over all N³ entries.
+* smooth-L1 is Huber with δ = 1 (``F.smooth_l1_loss`` default ``beta=1``).
+* the teacher side is computed under ``torch.no_grad()`` from a detached tensor.
+
+Both terms are unchanged when either side's embeddings are scaled by a positive constant, rotated
+or reflected (any orthogonal matrix) or translated: distances scale uniformly and are divided by
+their mean, angles do not see scale or position.
+
+Small batches: with N = 2 both terms are 0 by the formulas up to rounding (the one distance
+normalises to 1 on both sides; every triplet is degenerate); with N = 1 the reference divides by
+the mean of an empty set (NaN). For N < 3 both terms here are an exact, documented **0** (still
+connected to the student's graph, zero gradient), so a last batch of one or two samples — and the
+trainer's two-sample probe batch — cannot stop a run. Nothing relational is learned from them.
+
+Weights and total. The paper's defaults are λ_D = 25 and λ_A = 50 (mdistiller ``RKD``). Our total is
+
+    total = hard_weight·CE + soft_weight·KD(T) + distance_weight·distance + angle_weight·angle
+
+mdistiller's RKD uses CE + distance + angle only; here the Hinton term follows
+``distill.soft_weight`` like every other method, so ``distill.soft_weight: 0`` gives exactly the
+mdistiller objective (a weight-0 term is logged but not added).
+
+Embeddings. By default each side's embedding is its *penultimate feature*: the INPUT of the last
+``nn.Linear`` the model's forward runs (the classifier of an MLP, a CNN, a ResNet's ``fc``, a
+ViT's head) — what mdistiller calls ``pooled_feat``; the trainer's
+:class:`~kdlab.features.FeatureTap` records it under the name :data:`~kdlab.features.PENULTIMATE`.
+A named layer (``distill.rkd.student_layer`` / ``teacher_layer``) is a module OUTPUT hooked the same
+way. Any embedding is made a vector per sample: 4-D maps ``(B, C, H, W)`` are average-pooled to
+``(B, C)`` (``adaptive_avg_pool2d`` to 1×1), other shapes are flattened to ``(B, −1)``.
+
+Memory: the angle term holds ``N×N×D`` difference vectors and ``N³`` cosines per side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..features import PENULTIMATE
+from .base import Batch, Needs, Outputs
+from .kd import KD
+from .registry import register_method
+
+__all__ = ["pdist", "rkd_embedding", "rkd_distance_loss", "rkd_angle_loss", "RKDParams", "RKD"]
+
+EPS = 1e-12
+"""``pdist``'s clamp of squared distances (the reference's ``eps``)."""
+
+
+def pdist(e: Tensor, squared: bool = False, eps: float = EPS) -> Tensor:
+    """N×N Euclidean distances of the rows of ``e`` (reference ``metric/utils.py``): Gram form
+    clamped at ``eps``, square root unless ``squared``, diagonal set to 0."""
+    e_square = e.pow(2).sum(dim=1)
+    prod = e @ e.t()
+    res = (e_square.unsqueeze(1) + e_square.unsqueeze(0) - 2 * prod).clamp(min=eps)
+    if not squared:
+        res = res.sqrt()
+    res = res.clone()
+    n = len(e)
+    res[range(n), range(n)] = 0
+    return res
+
+
+def rkd_embedding(f: Tensor, what: str = "embedding") -> Tensor:
+    """One vector per sample: ``(B, C, H, W)`` → average-pooled ``(B, C)``; other shapes → ``(B, −1)``."""
+    if not isinstance(f, Tensor) or f.dim() < 2:
+        shape = list(f.shape) if isinstance(f, Tensor) else type(f).__name__
+        raise ConfigError(f"rkd needs a batch of embeddings (B, D) or maps (B, C, H, W); {what} has shape {shape}")
+    if f.dim() == 4:
+        return F.adaptive_avg_pool2d(f, 1).flatten(1)
+    return f.flatten(1)
+
+
+def _pair(student: Tensor, teacher: Tensor) -> Tuple[Tensor, Tensor]:
+    s, t = rkd_embedding(student, "the student embedding"), rkd_embedding(teacher, "the teacher embedding")
+    if s.size(0) != t.size(0):
+        raise ConfigError(
+            f"rkd: student embeddings {list(s.shape)} and teacher embeddings {list(t.shape)} have different "
+            "batch sizes; feed both models the same batch"
+        )
+    return s, t.detach().to(s.dtype)
+
+
+def _zero(s: Tensor) -> Tensor:
+    """0 that depends on the student (a batch too small for relations: N < 3)."""
+    return s.sum() * 0.0
+
+
+def rkd_distance_loss(student: Tensor, teacher: Tensor, eps: float = EPS) -> Tensor:
+    """Distance-wise RKD: ``smooth_l1(d_s / mean(d_s > 0), d_t / mean(d_t > 0))`` over the N×N
+    matrices (reference ``RkdDistance``); exactly 0 for batches of fewer than 3."""
+    s, t = _pair(student, teacher)
+    if s.size(0) < 3:
+        return _zero(s)
+    with torch.no_grad():
+        t_d = pdist(t, squared=False, eps=eps)
+        t_d = t_d / t_d[t_d > 0].mean()
+    d = pdist(s, squared=False, eps=eps)
+    d = d / d[d > 0].mean()
+    return F.smooth_l1_loss(d, t_d, reduction="mean")
+
+
+def _angles(e: Tensor) -> Tensor:
+    diff = e.unsqueeze(0) - e.unsqueeze(1)  # diff[j, i] = e_i − e_j: vectors from anchor j
+    unit = F.normalize(diff, p=2, dim=2)
+    return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)  # [j, i, k] = <e_ij, e_kj>
+
+
+def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Angle-wise RKD: ``smooth_l1`` between the cosines ``<e_ij, e_kj>`` of all N³ triplets
+    (reference ``RKdAngle``); exactly 0 for batches of fewer than 3 (no non-degenerate triplet)."""
+    s, t = _pair(student, teacher)
+    if s.size(0) < 3:
+        return _zero(s)
+    with torch.no_grad():
+        t_angle = _angles(t)
+    return F.smooth_l1_loss(_angles(s), t_angle, reduction="mean")
+
+
+@dataclass
+class RKDParams:
+    """Recipe section ``distill.rkd``.
+
+    ``distance_weight`` (25) and ``angle_weight`` (50): the paper's λ_D and λ_A. ``student_layer`` /
+    ``teacher_layer``: module names whose outputs are the embeddings (4-D maps are average-pooled);
+    omitted: the input of the model's last ``nn.Linear`` (:data:`~kdlab.features.PENULTIMATE`).
+    """
+
+    distance_weight: float = 25.0
+    angle_weight: float = 50.0
+    student_layer: Optional[str] = None
+    teacher_layer: Optional[str] = None
+
+
+class RKD(KD):
+    """Hinton KD plus RKD's distance and angle terms on one embedding per side.
+
+    total = hard_weight·CE + soft_weight·KD(T) + distance_weight·distance + angle_weight·angle
+
+    A side whose layer is not named uses the input of its model's last ``nn.Linear`` (penultimate).
+    """
+
+    def __init__(self, params: Optional[RKDParams] = None, coding: str = "hinton", temperature: float = 4.0,
+                 hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
+        super().__init__(coding, temperature, hard_weight, soft_weight)
+        p = params if params is not None else RKDParams()
+        for key in ("distance_weight", "angle_weight"):
+            value = getattr(p, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"distill.rkd.{key}: must be a finite number >= 0, got {value!r}")
+        for key in ("student_layer", "teacher_layer"):
+            value = getattr(p, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(
+                    f"distill.rkd.{key}: must be a module name like 'layer4' (omit it for the input of the last "
+                    f"nn.Linear), got {value!r}"
+                )
+        self.distance_weight, self.angle_weight = float(p.distance_weight), float(p.angle_weight)
+        self.student_layer, self.teacher_layer = p.student_layer, p.teacher_layer
+        self.student_feature = self.student_layer or PENULTIMATE
+        self.teacher_feature = self.teacher_layer or PENULTIMATE
+        self.needs = Needs(teacher_logits=True, student_features=(self.student_feature,),
+                           teacher_features=(self.teacher_feature,))
+
+    # ------------------------------------------------------------------ Distiller
+    def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
+        terms = super().forward(batch, student, teacher)
+        assert teacher is not None
+        s, t = student.features[self.student_feature], teacher.features[self.teacher_feature]
+        terms["rkd_distance"] = rkd_distance_loss(s, t)
+        terms["rkd_angle"] = rkd_angle_loss(s, t)
+        return terms
+
+    def term_weights(self) -> Dict[str, float]:
+        return {"hard": self.hard_weight, "soft": self.soft_weight,
+                "rkd_distance": self.distance_weight, "rkd_angle": self.angle_weight}
+
+    def epoch_info(self) -> Dict[str, float]:
+        return {**super().epoch_info(), "distance_weight": self.distance_weight, "angle_weight": self.angle_weight}
+
+
+@register_method("rkd", RKDParams)
+def build_rkd(params: RKDParams, distill: Any) -> RKD:
+    """RKD: hard + Hinton KD + 25·distance + 50·angle relations of penultimate (or named) embeddings"""
+    return RKD(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
