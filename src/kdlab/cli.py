@@ -15,6 +15,7 @@ from . import __version__
 from .cli_recipe import FLAG_KEYS, RESUME_HELP, _overrides, _recipe, _resume_teacher, _run_recipe  # noqa: F401
 from .cli_types import MAX_SEEDS, MAX_TRIALS, _finite_float, _floats, _int_in, _percent  # noqa: F401
 from .errors import KDLabError
+from .study.demo import DEMO_SEEDS
 
 DEFAULT_LOSSES = "hinton,softmax-input,extra-T"
 EPILOG = "Recipes: a bundled name (see `kdlab recipes`) or a path to a YAML file. Docs: README.md."
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
             "many seeds distillation won. Runs on the embedded scikit-learn digits by default (no download); "
             "--dataset mnist for the real thing.")
     _common(p, None)
-    p.add_argument("--seeds", type=int, default=10, help="seeds (a scratch and a distilled student each), starting at --seed (default 10)")
+    p.add_argument("--seeds", type=int, default=DEMO_SEEDS, help=f"seeds (a scratch and a distilled student each), starting at --seed (default {DEMO_SEEDS})")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False, help="also write compare's PNG plots (default: off)")
     _distill_flags(p)

@@ -114,7 +114,8 @@ def train_role(
     as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
     """
     role_cfg = getattr(recipe, role)
-    if kind == "distill" and recipe.distill.stages:
+    staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
+    if staged:
         check_stages(recipe.distill.stages, method)  # before any folder is written
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out, resume)
@@ -151,7 +152,7 @@ def train_role(
         progress=progress,
         desc=kind,
         callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs)),
-                   *([StageCallback(recipe.distill.stages)] if kind == "distill" and recipe.distill.stages else [])],
+                   *([StageCallback(recipe.distill.stages)] if staged else [])],
         augment=augment,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))

@@ -160,6 +160,7 @@ class BatchedTrainer(Trainer):
             for v, (f, step_fn, m) in enumerate(zip(fast, step_fns, methods)):
                 if f is not None:
                     vals, grad = f(detached[:, v], f.rows(flat_idx).view(S, B, -1))
+                    vals = vals.narrow(-1, 0, 1 + len(m.term_weights()))  # CE's closed form also reports a zero soft term
                     grads.append(grad)
                 else:
                     grads.append(logits.new_zeros(S, B, logits.shape[-1]))

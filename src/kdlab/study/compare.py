@@ -30,6 +30,7 @@ from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, prepare_data, train_role
 from ..schedules import ScheduleHook
 from ..train.callbacks import ScheduleCallback, epoch_progress
+from ..train.stages import check_stages
 from .batched import batching_blocker, fit_batched
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from .teacher_cache import cached_teacher
@@ -119,32 +120,28 @@ class CompareResult:
         return paired([r.final_acc for r in self.of(variant)], [r.final_acc for r in self.of(REFERENCE)])
 
 
-def parse_variants(losses: Sequence[str] | str) -> List[str]:
-    """``scratch`` first, then each named loss once, in the given order; unknown names fail early."""
-    items = [x.strip() for x in (losses.split(",") if isinstance(losses, str) else losses) if x.strip()]
+def _parse(names: Sequence[str] | str, registry: Any, flag: str, example: str) -> List[str]:
+    """``scratch`` first, then each name once, in the given order; unknown names fail early, in one line."""
+    items = [x.strip() for x in (names.split(",") if isinstance(names, str) else names) if x.strip()]
     if not items:
-        raise ConfigError("--losses is empty; name at least one loss, e.g. --losses hinton,softmax-input")
+        raise ConfigError(f"{flag} is empty; name at least one, e.g. {flag} {example}")
     variants = [SCRATCH]
     for name in items:
         if name != SCRATCH:
-            SOFT_LOSSES.get(name)  # raises a one-line error listing the valid losses
+            registry.get(name)  # raises a one-line error listing the registered names
         if name not in variants:
             variants.append(name)
     return variants
+
+
+def parse_variants(losses: Sequence[str] | str) -> List[str]:
+    """Loss-coding variants: ``scratch`` first, then each named coding once."""
+    return _parse(losses, SOFT_LOSSES, "--losses", "hinton,softmax-input")
 
 
 def parse_methods(methods: Sequence[str] | str) -> List[str]:
-    """``scratch`` first, then each named method once; unknown names fail early, in one line."""
-    items = [x.strip() for x in (methods.split(",") if isinstance(methods, str) else methods) if x.strip()]
-    if not items:
-        raise ConfigError("--methods is empty; name at least one method, e.g. --methods hinton,fitnets (see `kdlab methods`)")
-    variants = [SCRATCH]
-    for name in items:
-        if name != SCRATCH:
-            METHODS.get(name)  # raises a one-line error listing the registered methods
-        if name not in variants:
-            variants.append(name)
-    return variants
+    """Method variants: ``scratch`` first, then each named method once (see ``kdlab methods``)."""
+    return _parse(methods, METHODS, "--methods", "hinton,fitnets")
 
 
 def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
@@ -205,10 +202,15 @@ def compare(
     start = time.perf_counter()
     data = data or prepare_data(recipe)
     placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
-    single = [v for v in variants if not _batchable(_method(recipe, v, by_method), data, placeholder)]
+    # staged variants train one by one: the batched step shares one optimizer with the scratch students
+    single = [v for v in variants if not _batchable(_method(recipe, v, by_method), data, placeholder)
+              or (recipe.distill.stages and v != SCRATCH)]
+    if recipe.distill.stages:  # every staged variant's terms are checked before the teacher trains
+        for v in single:
+            check_stages(recipe.distill.stages, _method(recipe, v, by_method))
     if batched and single:
-        raise ConfigError(f"cannot train the students batched: method {', '.join(single)} has no closed form "
-                          "(it trains one by one); drop --batched")
+        why = "the recipe has distill.stages" if recipe.distill.stages else "it has no closed form"
+        raise ConfigError(f"cannot train the students batched: {', '.join(single)} trains one by one ({why}); drop --batched")
     cached = cached_teacher(recipe, data, teacher_cache, progress, log)
     log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
@@ -222,7 +224,8 @@ def compare(
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
     elif use_batch and single:
-        notes.append(f"{', '.join(single)} trained one by one (no closed form to batch); the others batched")
+        notes.append(f"{', '.join(single)} trained one by one ({'staged' if recipe.distill.stages else 'no closed form to batch'}); "
+                     "the others batched")
     batch_variants = [v for v in variants if v not in single] if use_batch else []
     cfg = recipe.student.train
     runs: Dict[tuple, StudentRun] = {}
