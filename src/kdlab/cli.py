@@ -203,6 +203,31 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .ship import export_onnx, export_torchscript
+
+    if not (args.onnx or args.torchscript):
+        raise KDLabError("nothing to export: pass --onnx student.onnx and/or --torchscript student.pt")
+    kw = dict(checkpoint=args.checkpoint, normalization=args.normalization, atol=args.atol)
+    results = ([export_onnx(args.run, args.onnx, opset=args.opset, **kw)] if args.onnx else []) + \
+              ([export_torchscript(args.run, args.torchscript, **kw)] if args.torchscript else [])
+    print("\n".join(line for r in results for line in r.lines()))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .ship import profile_recipe, profile_run
+
+    if args.recipe and Path(args.recipe).is_dir():
+        profile = profile_run(args.recipe, args.teacher, args.checkpoint, threads=args.threads)
+    else:
+        if args.teacher:
+            raise KDLabError("--teacher applies to a run folder; for a recipe the recipe's own teacher is built")
+        profile = profile_recipe(_recipe(args, None), threads=args.threads)
+    print(f"profile of {profile.source}\n{profile.table()}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -357,6 +382,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register models), repeatable")
     p.add_argument("--dataset", help="dataset name")
+    p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p = add("export", cmd_export, "export a run's student to ONNX / TorchScript, checked against PyTorch",
+            "Export the student of RUN_DIR (its best.pt: the model alone; FitNets adapters and other training-only parts "
+            "are not part of it) with a dynamic batch axis. Before the file appears, onnxruntime (or torch.jit.load) runs "
+            "it on random inputs at batch 1 and 64 and must match PyTorch within --atol; otherwise nothing is written "
+            "and the command exits 2. --normalization graph (default) puts kdlab's input scaling, (pixels / pixel_max "
+            "- mean) / std with the training set's statistics, into the graph, so the file takes raw pixels; "
+            "metadata exports the model as trained and records the formula in the file's metadata. The command "
+            "prints which. ONNX needs pip install 'kdlab[onnx]'.")
+    p.add_argument("run", metavar="RUN_DIR", help="folder of a train-student / distill / train-teacher run, or a .pt checkpoint")
+    p.add_argument("--onnx", metavar="PATH", help="write the ONNX file here (opset recorded, metadata kdlab.*)")
+    p.add_argument("--torchscript", metavar="PATH", help="also (or instead) write a traced TorchScript file here")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of RUN_DIR (default best)")
+    p.add_argument("--normalization", choices=["graph", "metadata"], default="graph",
+                   help="graph: the file takes raw pixels (default); metadata: normalised tensors, formula in the metadata")
+    p.add_argument("--opset", type=_int_in(18, 23), default=18, help="ONNX opset (default 18)")
+    p.add_argument("--atol", type=_finite_float, default=1e-4, help="largest |exported - PyTorch| accepted (default 1e-4)")
+    p = add("profile", cmd_profile, "teacher vs student: parameters, FLOPs, size, CPU latency, accuracy kept",
+            "Measure the teacher and the student side by side: parameters, FLOPs per image (torch.utils.flop_counter), "
+            "serialized size as fp32 and as int8 (dynamic quantization of Linear layers), CPU latency at batch 1 and "
+            "64 (median of repeated runs; the thread count is printed), speed-up and the accuracy the student keeps. "
+            "RUN_DIR: a distill run's best.pt and the teacher its run.json records. RECIPE: its models as built, "
+            "untrained (accuracy n/a). Latency depends on the machine and its load: compare numbers from one host.")
+    p.add_argument("recipe", nargs="?", default=None, metavar="RECIPE|RUN_DIR", help="run folder, or recipe name / YAML (default mnist-mlp)")
+    p.add_argument("--teacher", metavar="CHECKPOINT", help="teacher checkpoint to compare with (default: the run's recorded teacher)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of RUN_DIR (default best)")
+    p.add_argument("--threads", type=_int_in(1, 1024), help="torch threads for the latency runs (default: torch's setting)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help="import MODULE first, repeatable")
+    p.add_argument("--dataset", help="dataset name (RECIPE only)")
     p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")

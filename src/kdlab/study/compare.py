@@ -91,6 +91,7 @@ class CompareResult:
     mode: str  # "batched", "one by one", or "partly batched"
     wall_seconds: float
     notes: List[str] = field(default_factory=list)
+    profile: Optional[Any] = None  # kdlab.ship.Profile: teacher vs student cost, measured after the study
 
     def run(self, variant: str, seed: int) -> StudentRun:
         return self.runs[(variant, seed)]
@@ -176,12 +177,15 @@ def compare(
     progress: Optional[bool] = None,
     log=print,
     tensorboard_dir: Optional[str | os.PathLike] = None,
+    profile: bool = True,
 ) -> CompareResult:
     """Train the teacher once, then a scratch student and one student per loss (or per method), for each seed.
 
     ``methods`` (instead of ``losses``) compares registered methods. ``batched=None`` trains the
     students in one batched step when the student allows it (no dropout, no buffers) and their
     methods have a closed form, the others one by one; ``True`` insists, ``False`` forbids.
+    ``profile`` adds the teacher-vs-student cost table (:mod:`kdlab.ship.profile`), measured after
+    the study's wall time is taken.
     ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
     reads as "epochs until the student matches what scratch training reaches at the end".
     ``tensorboard_dir``: one TensorBoard run per student, ``<dir>/<variant>-seed<k>``, so the
@@ -265,7 +269,12 @@ def compare(
     if target_acc is None:
         target_acc = summarize([runs[(SCRATCH, s)].final_acc for s in seed_list]).mean
     teacher_info = {"path": str(cached.path), "reused": cached.hit, "test_acc": cached.test_acc}
-    return CompareResult(
+    result = CompareResult(
         recipe, variants, seed_list, runs, teacher_info, float(target_acc),
         ("batched" if not single else "partly batched") if batch_variants else "one by one", time.perf_counter() - start, notes,
     )
+    if profile:
+        from ..ship.profile import compare_profile
+
+        result.profile = compare_profile(result, cached.teacher.model, probe, data.in_shape)
+    return result

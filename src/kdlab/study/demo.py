@@ -183,7 +183,8 @@ def run_demo(
         raise ConfigError(f"demo output folder {path} already exists and is not empty; pass a new --out (or omit it)")
     start = time.perf_counter()
     data = prepare_data(recipe)
-    study = compare(recipe, [recipe.distill.loss], seeds, data=data, teacher_cache=teacher_cache, progress=progress, log=log)
+    study = compare(recipe, [recipe.distill.loss], seeds, data=data, teacher_cache=teacher_cache, progress=progress, log=log,
+                    profile=False)
     teacher_parameters = count_parameters(build_role_model(recipe, "teacher", data))
     student_parameters = count_parameters(build_role_model(recipe, "student", data))
     result = DemoResult(recipe, study, teacher_parameters, student_parameters, 0.0, path)

@@ -146,7 +146,11 @@ class _SignalTeacher:
     def __init__(self, signal: TeacherSignal) -> None:
         self.signal = signal
 
-    def logits_for(self, x: Tensor, batch_size: int = 2000) -> Tensor:
+    model = None  # no module to hook or weigh: a signal gives logits only
+
+    def logits_for(self, x: Tensor, batch_size: int = 2000, members: bool = False) -> Tensor:
+        if members:
+            raise ValueError("a teacher signal gives one set of logits, not one per ensemble member; pass the teachers")
         return self.signal(torch.arange(len(x)), x)
 
     def __call__(self, x: Tensor) -> Tensor:

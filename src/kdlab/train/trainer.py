@@ -95,7 +95,7 @@ class Trainer:
         n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
         self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
         # before any hook is on the models: a method may copy the student (an EMA teacher)
-        method.setup(RunContext(n_train, seed, model, teacher.model if teacher is not None else None, self._val_accuracy()))
+        method.setup(RunContext(n_train, seed, model, getattr(teacher, "model", None), self._val_accuracy()))
         self.student_tap = self.teacher_tap = None
         if needs.student_features or needs.teacher_features:
             from ..features import FeatureTap
