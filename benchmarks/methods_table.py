@@ -1,22 +1,23 @@
 """The methods table in docs/methods.md: every method on mnist-cnn and fashion-cnn, paired by seed.
 
-    python benchmarks/methods_table.py --data-dir ../shared/data --out docs/methods.md
+    python benchmarks/methods_table.py --data-dir ../shared/data           # both recipes, 3 seeds
 
-For each recipe, one ``kdlab compare --methods`` study (scratch, hinton, fitnets, at, rkd, crd, dkd,
-self-ema) shares one cached CNN teacher, and a second study adds a multi-teacher student taught by
-that CNN and an MLP teacher (two architectures). Students of a seed start from the same weights and
-see the same batches in every study, so every method is paired with hinton by seed. The protocol
-is shortened to fit a 2-core CPU (see PROTOCOL; written into the table's header); the numbers are
-what this command measured, on the host it names.
+Each method is one ``kdlab compare --methods <method>`` study (with its own scratch students) on
+the recipe's cached CNN teacher; ``multi-teacher`` adds an MLP teacher to the same CNN (two
+architectures). Students of a seed start from the same weights and see the same batches in every
+study, so every method is paired with hinton by seed. Each study's per-seed results are written to
+``--results`` (docs/methods.json) as soon as it ends and are not re-run, so an interrupted table
+resumes. The protocol is shortened to fit a 2-core CPU (PROTOCOL, written into the table's header);
+the numbers are what this command measured, on the host it names.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -54,38 +55,56 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def study(recipe_name: str, seeds: int, cache: Path, data_dir: str) -> Dict[str, dict]:
+def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) -> dict:
+    """One ``compare --methods <method>`` study (scratch is always trained with it, batched and cheap)."""
     base = [f"dataset.data_dir={data_dir}", *PROTOCOL, *SECTIONS]
-    rows: Dict[str, dict] = {}
-    one = compare(load_recipe(recipe_name, base), None, seeds, methods=METHODS, teacher_cache=cache, progress=False)
-    # the multi-teacher study: the same CNN teacher (a cache hit) plus an MLP teacher
-    two = compare(load_recipe(recipe_name, [*base, SECOND_TEACHER]), None, seeds, methods="multi-teacher",
-                  teacher_cache=cache, progress=False)
-    hinton = [r.final_acc for r in one.of("hinton")]
-    for result, variants in ((one, one.variants), (two, ["multi-teacher"])):
-        for v in variants:
-            runs = result.of(v)
-            accs = [r.final_acc for r in runs]
-            epochs = sum(len(r.history) for r in runs)
-            rows[v] = {
-                "acc": summarize(accs),
-                "vs": None if v == "hinton" else paired(accs, hinton),
-                "s_per_epoch": sum(r.wall_seconds for r in runs) / epochs,
-                "teacher": result.teacher["test_acc"],
-            }
-    rows["_mode"] = {"one": one.mode, "notes": one.notes, "multi_teacher_acc": two.teacher["test_acc"]}
+    if method == "multi-teacher":  # the same CNN teacher (a cache hit) plus an MLP teacher
+        base.append(SECOND_TEACHER)
+    result = compare(load_recipe(recipe_name, base), None, seeds, methods=method, teacher_cache=cache, progress=False,
+                     profile=False)
+    out = {"teacher_acc": result.teacher["test_acc"], "mode": result.mode, "host": cpu_name(), "seeds": result.seeds}
+    for v in result.variants:
+        runs = result.of(v)
+        out[v] = {"final_acc": [r.final_acc for r in runs],
+                  "s_per_epoch": sum(r.wall_seconds for r in runs) / sum(len(r.history) for r in runs)}
+    return out
+
+
+def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path) -> Dict[str, dict]:
+    """Every method on one recipe; each method's study is saved to ``store`` as soon as it ends, so an
+    interrupted table resumes where it stopped (students of a seed are identical across studies)."""
+    done = json.loads(store.read_text()) if store.exists() else {}
+    for method in [*METHODS.split(","), "multi-teacher"]:
+        key = f"{recipe_name}/{method}"
+        if key in done and len(done[key]["seeds"]) == seeds:
+            continue
+        print(f"{key}: running", flush=True)
+        done[key] = _run(recipe_name, method, seeds, cache, data_dir)
+        tmp = store.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done, indent=1))
+        tmp.replace(store)
+        print(f"{key}: {[round(100 * a, 2) for a in done[key][method]['final_acc']]}", flush=True)
+    hinton = done[f"{recipe_name}/hinton"]
+    rows: Dict[str, dict] = {"scratch": _row(hinton["scratch"], hinton["hinton"]["final_acc"], hinton["teacher_acc"])}
+    for method in [*METHODS.split(","), "multi-teacher"]:
+        entry = done[f"{recipe_name}/{method}"]
+        rows[method] = _row(entry[method], None if method == "hinton" else hinton["hinton"]["final_acc"], entry["teacher_acc"])
     return rows
+
+
+def _row(entry: dict, reference, teacher_acc: float) -> dict:
+    accs = entry["final_acc"]
+    return {"acc": summarize(accs), "vs": None if reference is None else paired(accs, reference),
+            "s_per_epoch": entry["s_per_epoch"], "teacher": teacher_acc}
 
 
 def table(recipe_name: str, rows: Dict[str, dict]) -> List[str]:
     lines = [f"### {recipe_name}", "",
-             f"Teacher (CNN) test accuracy {100 * rows['hinton']['teacher']:.2f}%; the CNN + MLP pair's mean "
-             f"{100 * rows['_mode']['multi_teacher_acc']:.2f}%. Students: {rows['_mode']['one']}.", "",
+             f"Teacher (CNN) test accuracy {100 * rows['hinton']['teacher']:.2f}%; the CNN + MLP pair's mean-logit "
+             f"ensemble {100 * rows['multi-teacher']['teacher']:.2f}%.", "",
              "| method | final test acc % (mean ± std) | vs hinton (points, 95% CI) | s / epoch |",
              "| --- | ---: | ---: | ---: |"]
     for v, r in rows.items():
-        if v.startswith("_"):
-            continue
         vs = "—" if r["vs"] is None else f"{100 * r['vs'].mean:+.2f} [{100 * r['vs'].ci_low:+.2f}, {100 * r['vs'].ci_high:+.2f}]"
         lines.append(f"| {v} | {100 * r['acc'].mean:.2f} ± {100 * r['acc'].std:.2f} | {vs} | {r['s_per_epoch']:.1f} |")
     return lines + [""]
@@ -98,11 +117,12 @@ def main() -> int:
     ap.add_argument("--recipes", default="mnist-cnn,fashion-cnn")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "teachers"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "methods.md"))
+    ap.add_argument("--results", default=str(ROOT / "docs" / "methods.json"),
+                    help="per-study results, written as each study ends; studies already in it are not re-run")
     args = ap.parse_args()
-    t0 = time.perf_counter()
     body: List[str] = []
     for name in args.recipes.split(","):
-        rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()))
+        rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()), Path(args.results))
         body += table(name, rows)
         print("\n".join(table(name, rows)), flush=True)
     import torch
@@ -110,7 +130,8 @@ def main() -> int:
     header = [
         "# Methods compared", "",
         f"Measured with `python benchmarks/methods_table.py --data-dir ../shared/data --seeds {args.seeds}` on "
-        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, in {(time.perf_counter() - t0) / 60:.0f} min.", "",
+        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}; per-study results in `docs/methods.json` "
+        "(each study is one `compare --methods <method>` with its own scratch students; an interrupted table resumes).", "",
         "Protocol (shortened from the recipes' own to fit a 2-core CPU): " + ", ".join(f"`{x}`" for x in PROTOCOL)
         + ". Method settings: " + ", ".join(f"`{x}`" for x in SECTIONS) + "; all others the methods' defaults (see "
         "`kdlab methods`). Every method keeps the recipe's hard/soft weights (0.3 CE + 0.7 Hinton KD at T = 7) and adds "
