@@ -107,6 +107,7 @@ def test_resume_fitnets_and_refusals_under_torchrun(teacher, tmp_path):
         [0, ["distill", "--resume", "--epochs", "2", "--out", str(tmp_path / "resumed"), "--no-progress"]],
         [0, [*FITNETS, "--teacher", teacher, "--epochs", "2", "--out", str(tmp_path / "fitnets2")]],
         [2, [*KD, "--teacher", teacher, "--epochs", "1", "--batch-size", "127", "--out", str(tmp_path / "refused")]],
+        [0, ["@api", str(tmp_path / "api")]],
     ]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     proc = _torchrun([str(DRIVER), str(tmp_path / "plan.json")], tmp_path)
@@ -122,6 +123,9 @@ def test_resume_fitnets_and_refusals_under_torchrun(teacher, tmp_path):
     _assert_same_student(tmp_path / "fitnets1", tmp_path / "fitnets2")
     _assert_same_metrics(tmp_path / "fitnets1", tmp_path / "fitnets2")
     assert any(v.dim() == 2 for v in _tensors(_weights(tmp_path / "fitnets2")["method_state"]).values())  # an adapter's weight
+    # kdlab.distill with a user's models and Dataset (sharded by a DistributedSampler): rank 0 wrote the run
+    assert [m["epoch"] for m in _metrics(tmp_path / "api")] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "api").iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "run.json"]
 
 
 @pytest.mark.parametrize("argv", [["compare", "digits-mlp"], ["tune", "digits-mlp", "--param", "T=1:4"], ["demo"]])
