@@ -107,12 +107,14 @@ def test_resume_fitnets_and_refusals_under_torchrun(teacher, tmp_path):
         [0, ["distill", "--resume", "--epochs", "2", "--out", str(tmp_path / "resumed"), "--no-progress"]],
         [0, [*FITNETS, "--teacher", teacher, "--epochs", "2", "--out", str(tmp_path / "fitnets2")]],
         [2, [*KD, "--teacher", teacher, "--epochs", "1", "--batch-size", "127", "--out", str(tmp_path / "refused")]],
+        [2, [*KD, "--teacher", teacher, "--method", "crd", "--epochs", "1", "--out", str(tmp_path / "crd")]],
         [0, ["@api", str(tmp_path / "api")]],
     ]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     proc = _torchrun([str(DRIVER), str(tmp_path / "plan.json")], tmp_path)
     assert "kdlab: error: --batch-size=127 is the global batch and must be divisible by the 2 processes" in proc.stderr
     assert not (tmp_path / "refused").exists()
+    assert "kdlab: error: method crd keeps per-sample state" in proc.stderr
     # one process, same global batch: the uninterrupted KD run, and FitNets (hooks, adapters, online teacher)
     assert main([*KD, "--teacher", teacher, "--epochs", "2", "--out", str(tmp_path / "one")]) == 0
     assert main([*FITNETS, "--teacher", teacher, "--epochs", "2", "--out", str(tmp_path / "fitnets1")]) == 0

@@ -47,6 +47,8 @@ class Trainer:
     ``augment(x, y, generator)`` transforms each batch (then the teacher runs online).
     """
 
+    dist: Optional[distributed.Context] = None  # the torchrun process group; subclasses that skip __init__ run alone
+
     def __init__(
         self,
         model: nn.Module,
