@@ -29,7 +29,7 @@ from kdlab.study.stats import paired, summarize  # noqa: E402
 
 # Shortened protocol (the recipes' own: teacher 6 epochs and student 6 epochs at batch 32, lr 1e-4).
 PROTOCOL = [
-    "teacher.train.epochs=2", "teacher.train.batch_size=64", "teacher.train.optimizer.lr=0.001",
+    "teacher.train.epochs=1", "teacher.train.batch_size=64", "teacher.train.optimizer.lr=0.001", "teacher.train.channels_last=true",
     "student.train.epochs=3", "student.train.batch_size=64", "student.train.optimizer.lr=0.002",
 ]
 SECTIONS = [
@@ -39,7 +39,7 @@ SECTIONS = [
     "distill.dkd={warmup: 1}",  # the paper warms up over 20 of 240 epochs; here over the first of 3
 ]
 METHODS = "hinton,fitnets,at,rkd,crd,dkd,self-ema"
-TEACHER_TRAIN = "{epochs: 2, batch_size: 64, optimizer: {name: adam, lr: 0.001}}"  # = the protocol's teacher settings
+TEACHER_TRAIN = "{epochs: 1, batch_size: 64, optimizer: {name: adam, lr: 0.001}, channels_last: true}"  # = the protocol's teacher settings
 SECOND_TEACHER = (f"teachers=[{{model: {{name: cnn, channels: [64, 256]}}, train: {TEACHER_TRAIN}}}, "
                   f"{{model: {{name: mlp, hidden: [1200, 1200]}}, train: {TEACHER_TRAIN}}}]")
 

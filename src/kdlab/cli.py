@@ -15,6 +15,7 @@ from . import __version__
 from .cli_recipe import FLAG_KEYS, RESUME_HELP, _overrides, _recipe, _resume_teacher, _run_recipe  # noqa: F401
 from .cli_types import MAX_SEEDS, MAX_TRIALS, _finite_float, _floats, _int_in, _percent  # noqa: F401
 from .errors import KDLabError
+from .study.demo import DEMO_SEEDS
 
 DEFAULT_LOSSES = "hinton,softmax-input,extra-T"
 EPILOG = "Recipes: a bundled name (see `kdlab recipes`) or a path to a YAML file. Docs: README.md."
@@ -55,6 +56,9 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
                    help="override any recipe value, e.g. --set teacher.model.dropout=0.3 (repeatable)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress bars (default: only when stderr is a terminal)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard event files into the run folder (default: the recipe's train.tensorboard, on; "
+                        "needs the tensorboard package)")
 
 
 def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
@@ -169,11 +173,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     losses = args.losses if args.losses is not None or args.methods is not None else DEFAULT_LOSSES
     result = compare(
         recipe, losses, args.seeds, methods=args.methods, teacher_cache=args.teacher_cache, batched=args.batched,
-        target_acc=args.target_acc, progress=args.progress,
+        target_acc=args.target_acc, progress=args.progress, tensorboard_dir=Path(out) / "tb",
     )
     path = write_report(result, out, plots=plots)
     print(markdown(result).split("\n\nFiles:")[0])
     print(f"report: {path / 'report.md'}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .utils import environment
+
+    info = environment()
+    cpu = info.pop("cpu")
+    print(f"cpu: {cpu['model']}; torch kernels {cpu['capability']}; AMX {'yes' if cpu['amx'] else 'no'}, "
+          f"AVX-512-BF16 {'yes' if cpu['avx512_bf16'] else 'no'} -> precision auto = {'bf16' if cpu['bf16_native'] else 'fp32'} on the CPU")
+    if "cuda" in info:
+        cuda = info.pop("cuda")
+        print(f"cuda: {cuda['device']}; precision auto = {'bf16' if cuda['bf16'] else 'fp16'}")
+    from .train.callbacks import tensorboard_available
+
+    info["tensorboard"] = "installed" if tensorboard_available() else "not installed (no event files)"
+    for key, value in info.items():
+        print(f"{key}: {value}")
     return 0
 
 
@@ -189,6 +211,31 @@ def cmd_layers(args: argparse.Namespace) -> int:
         spec = getattr(recipe, role).model
         print(("\n" if i else "") + f"{role}: {spec.name} on {data.name} input {list(data.in_shape)} (batch of 2)")
         print(format_layer_table(layer_table(model, data.in_shape, role=role)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .ship import export_onnx, export_torchscript
+
+    if not (args.onnx or args.torchscript):
+        raise KDLabError("nothing to export: pass --onnx student.onnx and/or --torchscript student.pt")
+    kw = dict(checkpoint=args.checkpoint, normalization=args.normalization, atol=args.atol)
+    results = ([export_onnx(args.run, args.onnx, opset=args.opset, **kw)] if args.onnx else []) + \
+              ([export_torchscript(args.run, args.torchscript, **kw)] if args.torchscript else [])
+    print("\n".join(line for r in results for line in r.lines()))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .ship import profile_recipe, profile_run
+
+    if args.recipe and Path(args.recipe).is_dir():
+        profile = profile_run(args.recipe, args.teacher, args.checkpoint, threads=args.threads)
+    else:
+        if args.teacher:
+            raise KDLabError("--teacher applies to a run folder; for a recipe the recipe's own teacher is built")
+        profile = profile_recipe(_recipe(args, None), threads=args.threads)
+    print(f"profile of {profile.source}\n{profile.table()}")
     return 0
 
 
@@ -299,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
             "many seeds distillation won. Runs on the embedded scikit-learn digits by default (no download); "
             "--dataset mnist for the real thing.")
     _common(p, None)
-    p.add_argument("--seeds", type=int, default=10, help="seeds (a scratch and a distilled student each), starting at --seed (default 10)")
+    p.add_argument("--seeds", type=int, default=DEMO_SEEDS, help=f"seeds (a scratch and a distilled student each), starting at --seed (default {DEMO_SEEDS})")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False, help="also write compare's PNG plots (default: off)")
     _distill_flags(p)
@@ -349,6 +396,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p = add("export", cmd_export, "export a run's student to ONNX / TorchScript, checked against PyTorch",
+            "Export the student of RUN_DIR (its best.pt: the model alone; FitNets adapters and other training-only parts "
+            "are not part of it) with a dynamic batch axis. Before the file appears, onnxruntime (or torch.jit.load) runs "
+            "it on random inputs at batch 1 and 64 and must match PyTorch within --atol; otherwise nothing is written "
+            "and the command exits 2. --normalization graph (default) puts kdlab's input scaling, (pixels / pixel_max "
+            "- mean) / std with the training set's statistics, into the graph, so the file takes raw pixels; "
+            "metadata exports the model as trained and records the formula in the file's metadata. The command "
+            "prints which. ONNX needs pip install 'kdlab[onnx]'.")
+    p.add_argument("run", metavar="RUN_DIR", help="folder of a train-student / distill / train-teacher run, or a .pt checkpoint")
+    p.add_argument("--onnx", metavar="PATH", help="write the ONNX file here (opset recorded, metadata kdlab.*)")
+    p.add_argument("--torchscript", metavar="PATH", help="also (or instead) write a traced TorchScript file here")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of RUN_DIR (default best)")
+    p.add_argument("--normalization", choices=["graph", "metadata"], default="graph",
+                   help="graph: the file takes raw pixels (default); metadata: normalised tensors, formula in the metadata")
+    p.add_argument("--opset", type=_int_in(18, 23), default=18, help="ONNX opset (default 18)")
+    p.add_argument("--atol", type=_finite_float, default=1e-4, help="largest |exported - PyTorch| accepted (default 1e-4)")
+    p = add("profile", cmd_profile, "teacher vs student: parameters, FLOPs, size, CPU latency, accuracy kept",
+            "Measure the teacher and the student side by side: parameters, FLOPs per image (torch.utils.flop_counter), "
+            "serialized size as fp32 and as int8 (dynamic quantization of Linear layers), CPU latency at batch 1 and "
+            "64 (median of repeated runs; the thread count is printed), speed-up and the accuracy the student keeps. "
+            "RUN_DIR: a distill run's best.pt and the teacher its run.json records. RECIPE: its models as built, "
+            "untrained (accuracy n/a). Latency depends on the machine and its load: compare numbers from one host.")
+    p.add_argument("recipe", nargs="?", default=None, metavar="RECIPE|RUN_DIR", help="run folder, or recipe name / YAML (default mnist-mlp)")
+    p.add_argument("--teacher", metavar="CHECKPOINT", help="teacher checkpoint to compare with (default: the run's recorded teacher)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of RUN_DIR (default best)")
+    p.add_argument("--threads", type=_int_in(1, 1024), help="torch threads for the latency runs (default: torch's setting)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help="import MODULE first, repeatable")
+    p.add_argument("--dataset", help="dataset name (RECIPE only)")
+    p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p = add("methods", cmd_methods, "list the registered distillation methods",
             "List every registered distillation method with its recipe parameter section.")
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
@@ -382,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--temperature", type=float, default=2.0, help="temperature T > 0")
     p.add_argument("--hard-weight", type=float, default=1.0, help="weight of CE")
     p.add_argument("--soft-weight", type=float, default=0.5, help="weight of the T^2-scaled KL")
+    add("env", cmd_env, "show versions and what this machine offers for mixed precision",
+        "Print the library versions, the CPU (torch's kernel level, AMX / AVX-512-BF16: what precision: auto picks) "
+        "and CUDA device, as recorded in every run.json.")
     p = add("recipes", cmd_recipes, "list bundled recipes or print one, resolved",
             "Without NAME: list bundled recipes. With NAME: print the validated recipe after --set overrides.")
     p.add_argument("name", nargs="?", help="recipe name or YAML path")

@@ -45,6 +45,9 @@ def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
                 out.append(f"{role}.{key}={value}")
     if getattr(args, "no_download", False):
         out.append("dataset.download=false")
+    if getattr(args, "tensorboard", None) is not None:  # --tensorboard / --no-tensorboard
+        for r in [role] if role is not None else ["teacher", "student"]:
+            out.append(f"{r}.train.tensorboard={str(args.tensorboard).lower()}")
     return out + list(args.overrides)
 
 

@@ -60,6 +60,20 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_clip: Optional[float] = None
     eval_batch_size: int = 2000
+    # fp32 | bf16 | fp16 | auto: torch.autocast for the forward passes (bf16 on CPU; fp16 with a
+    # GradScaler or bf16 on CUDA; auto = bf16 where the hardware has it, else fp32 on CPU / fp16 on
+    # CUDA). Loss terms are always computed in fp32.
+    precision: str = "fp32"
+    # Micro-batches of ``batch_size`` per optimizer step: effective batch = batch_size × accumulate_steps.
+    accumulate_steps: int = 1
+    # Linear LR warm-up over the first epochs (from lr/(w+1) up to lr), then the scheduler.
+    warmup_epochs: int = 0
+    # torch.set_flush_denormal(True) while training (subnormal weights/moments slow CPU steps ~2×).
+    flush_denormal: bool = True
+    # Model weights (and 4-D inputs) in channels_last memory format: faster convolutions with bf16.
+    channels_last: bool = False
+    # Write TensorBoard event files into the run folder (when the tensorboard package is installed).
+    tensorboard: bool = True
 
 
 @dataclass
@@ -125,6 +139,8 @@ class DistillConfig:
     stages: List[StageConfig] = field(default_factory=list)
     sections: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 _DISTILL_FIELDS = frozenset(f for f in DistillConfig.__dataclass_fields__ if f != "sections")
 
@@ -330,6 +346,19 @@ def _check_ranges(r: Recipe) -> None:
         positive(t.scheduler.gamma, f"{role}.train.scheduler.gamma")
         if t.grad_clip is not None:
             positive(t.grad_clip, f"{role}.train.grad_clip")
+        check_precision(t.precision, f"{role}.train.precision", r.device)
+        count(t.accumulate_steps, f"{role}.train.accumulate_steps", 2**16)
+        if not 0 <= t.warmup_epochs < t.epochs:
+            raise ConfigError(f"{role}.train.warmup_epochs: must be an integer in [0, epochs - 1] = [0, {t.epochs - 1}], "
+                              f"got {_short(t.warmup_epochs)}")
+
+
+def check_precision(value: str, key: str, device: str = "cpu") -> None:
+    """One of :data:`PRECISIONS`; fp16 is refused on the CPU (bf16 is the CPU's half format)."""
+    if value not in PRECISIONS:
+        raise ConfigError(f"{key}: unknown precision {_short(value)}; valid: {', '.join(PRECISIONS)}")
+    if value == "fp16" and str(device).strip().lower() == "cpu":
+        raise ConfigError(f"{key}: fp16 needs a CUDA device (device is cpu); use bf16 on the CPU")
 
 
 def _check_stages(stages: List[StageConfig], epochs: int) -> None:

@@ -31,3 +31,68 @@ def resolve_device(spec: str, where: str = "device") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"{where}: {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
+
+
+# ---------------------------------------------------------------------------------------------
+# what the machine offers for mixed precision
+
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> frozenset:
+    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_info() -> dict:
+    """The CPU's model, torch's kernel level and its native bf16 support (AMX / AVX-512-BF16).
+
+    ``bf16_native`` decides ``precision: auto`` on the CPU; without it bf16 still works but is
+    emulated and usually slower than fp32.
+    """
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # pragma: no cover - torch < 2.1
+        capability = "unknown"
+    native = [f for f in _BF16_FLAGS if f in flags]
+    return {"model": model, "capability": capability, "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "bf16_native": bool(native)}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> "torch.dtype | None":
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
+
+    ``auto``: bf16 on a CPU with native bf16, else fp32; on CUDA bf16 when supported, else fp16.
+    fp16 on the CPU is refused in one line (bf16 is the CPU's half format).
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_info()["bf16_native"] else None
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision: fp16 needs a CUDA device (training on cpu); use bf16 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def flush_denormal_enabled() -> bool:
+    """Whether subnormal floats are flushed to zero right now (torch has a setter only)."""
+    return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0)

@@ -19,3 +19,7 @@ class DataError(KDLabError):
 
 class CheckpointError(KDLabError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
+
+
+class ExportError(KDLabError):
+    """A model cannot be exported, or the exported file does not reproduce PyTorch's outputs."""

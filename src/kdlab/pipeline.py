@@ -92,7 +92,8 @@ class _RecordRun(Callback):
 
     def on_fit_start(self, trainer: Any) -> None:
         self.run.write_config(dump_recipe(self.recipe))
-        self.run.write_run_info(self.recipe.seed, self.kind, self.info, resumed=self.resumed)
+        facts = trainer.run_facts() if hasattr(trainer, "run_facts") else {}
+        self.run.write_run_info(self.recipe.seed, self.kind, {**self.info, **facts}, resumed=self.resumed)
 
 
 def train_role(
@@ -107,6 +108,7 @@ def train_role(
     resume: bool = False,
     extra_info: Optional[Dict[str, Any]] = None,
     teacher_logits: Optional[Tensor] = None,
+    callbacks: Sequence[Optional[Callback]] = (),
 ) -> RunResult:
     """Build the ``role`` model with its seeded weights and train it with ``method``.
 
@@ -117,13 +119,14 @@ def train_role(
     as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
     """
     role_cfg = getattr(recipe, role)
-    if kind == "distill" and recipe.distill.stages:
+    staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
+    if staged:
         check_stages(recipe.distill.stages, method)  # before any folder is written
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
     meta.pop("state_dict")
-    callbacks = []
+    callbacks = [c for c in callbacks if c is not None]
     if run is not None:
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
         callbacks.append(distributed.RankZero(_RecordRun(run, recipe, kind, info, resume)))
@@ -154,7 +157,7 @@ def train_role(
         progress=progress,
         desc=kind,
         callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs)),
-                   *([StageCallback(recipe.distill.stages)] if kind == "distill" and recipe.distill.stages else [])],
+                   *([StageCallback(recipe.distill.stages)] if staged else [])],
         augment=augment,
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))

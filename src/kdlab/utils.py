@@ -170,6 +170,11 @@ def environment() -> Dict[str, Any]:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
     }
+    from .device import cpu_info
+
+    info["cpu"] = cpu_info()
+    if torch.cuda.is_available():
+        info["cuda"] = {"device": torch.cuda.get_device_name(), "bf16": torch.cuda.is_bf16_supported()}
     for mod in ("sklearn", "torchvision", "optuna"):
         m = sys.modules.get(mod)
         if m is not None:

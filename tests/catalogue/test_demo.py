@@ -20,7 +20,7 @@ def _used_folder(cwd: Path) -> str:
 @pytest.mark.parametrize(
     "make_out,extra,needles",
     [
-        (None, ["--seeds", "1"], ["--seeds must be >= 2", "--seeds 10"]),
+        (None, ["--seeds", "1"], ["--seeds must be >= 2", "--seeds 20"]),
         (_used_folder, [], ["already exists and is not empty", "new --out"]),
     ],
     ids=["one-seed", "out-used"],

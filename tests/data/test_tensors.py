@@ -57,12 +57,23 @@ def test_unknown_dataset():
 
 
 def test_digits_split_is_stratified_and_fixed():
-    """20 % of every class is test; the split never depends on a run's seed."""
+    """scikit-learn's stratified split: 20 % of every class is test, the same images as
+    ``train_test_split(stratify=y, test_size=0.2, random_state=0)``, never dependent on a run's seed."""
     import numpy as np
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from kdlab.data.digits import split_indices
 
     target = load_digits().target
     data = load_dataset("digits")
-    counts = np.bincount(data.test.y.numpy(), minlength=10) / np.bincount(target, minlength=10)
-    assert np.allclose(counts, 0.2, atol=0.02)
+    per_class = np.bincount(target, minlength=10)
+    test_share = np.bincount(data.test.y.numpy(), minlength=10) / per_class
+    train_share = np.bincount(data.train.y.numpy(), minlength=10) / per_class
+    assert np.allclose(test_share, 0.2, atol=0.02) and np.allclose(train_share + test_share, 1.0)
+    train_idx, test_idx = split_indices(target)
+    _, sk_test = train_test_split(np.arange(len(target)), test_size=0.2, stratify=target, random_state=0)
+    assert np.array_equal(test_idx, np.sort(sk_test))
+    assert np.intersect1d(train_idx, test_idx).size == 0 and len(train_idx) + len(test_idx) == len(target)
+    assert np.array_equal(data.test.y.numpy(), target[test_idx])
     assert torch.equal(load_dataset("digits", seed=5).test.y, data.test.y)

@@ -49,7 +49,7 @@ def test_loss_equals_kd_against_the_mixture_and_reduces_to_hinton_for_identical_
     mix = 0.25 * F.softmax(t1 / T, 1) + 0.75 * F.softmax(t2 / T, 1)
     torch.testing.assert_close(terms["soft"], _kd(s, mix, T))
     same = MultiTeacherKD(MultiTeacherParams("equal"), "hinton", T, 0.5, 0.5)
-    hinton = build_method("hinton", load_recipe("digits-mlp", ["distill.temperature=3"]).distill)
+    hinton = build_method("hinton", load_recipe("digits-mlp", ["distill.temperature=3", "distill.hard_weight=0.5", "distill.soft_weight=0.5"]).distill)
     a = same(Batch(torch.zeros(6, 1), y), Outputs(s), Outputs(torch.stack([t1, t1], 1)))
     b = hinton(Batch(torch.zeros(6, 1), y), Outputs(s), Outputs(t1))
     torch.testing.assert_close(same.total(a), hinton.total(b))

@@ -272,7 +272,9 @@ def test_penultimate_tap_records_the_classifiers_input_and_leaves_no_hook():
 
 
 # ---------------------------------------------------------------------------------------- through the Trainer
-MLP = ["teacher.model.hidden=[32]", "student.model.hidden=[12]", "student.train.epochs=2"]
+# T and weights pinned: the formulas below write them out
+KD_SETTINGS = ["distill.temperature=3", "distill.hard_weight=0.5", "distill.soft_weight=0.5"]
+MLP = ["teacher.model.hidden=[32]", "student.model.hidden=[12]", "student.train.epochs=2", *KD_SETTINGS]
 CNN = ["teacher.model={name: cnn, channels: [8, 16]}", "student.model={name: cnn, channels: [4, 4]}", "student.train.epochs=1"]
 
 

@@ -38,7 +38,7 @@ def test_bad_decay_is_one_line():
 @pytest.fixture(scope="module")
 def digits():
     recipe = load_recipe("digits-mlp", ["student.model.hidden=[12]", "student.train.epochs=2", "distill.method=self-ema",
-                                        "distill.temperature=2"])
+                                        "distill.temperature=2", "distill.hard_weight=0.5", "distill.soft_weight=0.5"])
     return recipe, prepare_data(recipe)
 
 

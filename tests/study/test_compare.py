@@ -146,3 +146,15 @@ def test_methods_are_checked_before_any_training(tmp_path):
         compare(load_recipe("digits-mlp", METHODS_FAST), None, 1, methods="hinton,fitnets", teacher_cache=tmp_path,
                 batched=True, progress=False)
     assert not list(tmp_path.iterdir())  # no teacher was trained for a refused comparison
+
+
+def test_staged_variants_train_one_by_one_with_their_stages(result):
+    _, cache = result
+    recipe = load_recipe("digits-mlp", FAST + ["distill.stages=[{epochs: 1, terms: {hard: 1}}, {}]"])
+    staged = compare(recipe, "hinton", 2, teacher_cache=cache, progress=False, log=lambda *_: None)
+    assert "hinton trained one by one (staged)" in staged.notes[0]
+    assert [h["stage"] for h in staged.run("hinton", 0).history] == [1, 2, 2]
+    assert "stage" not in staged.run("scratch", 0).history[0]
+    with pytest.raises(ConfigError, match="stages\\[0\\].terms: hint not a term"):
+        compare(load_recipe("digits-mlp", FAST + ["distill.stages=[{epochs: 1, terms: {hint: 1}}, {}]"]), "hinton", 1,
+                teacher_cache=cache, progress=False)

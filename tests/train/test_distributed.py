@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("ddp_driver.py")
 # global batch 128 of digits' 1437 training images: 11 full batches and a last one of 29 (shards of 14 and 15)
 KD = ["distill", "digits-mlp", "--set", "student.train.scheduler.name=constant", "--no-progress"]
+# accumulation: global micro-batches of 64, two per step; the last group is one micro-batch of 29
+ACCUMULATE = [*KD, "--batch-size", "64", "--set", "student.train.accumulate_steps=2"]
 FITNETS = [*KD, "--method", "fitnets", "--set", 'distill.fitnets.pairs={"net.1": "net.1"}', "--set", "distill.fitnets.weight=10"]
 
 
@@ -76,6 +78,14 @@ def _tensors(tree, prefix: str = "") -> dict:
     return {}
 
 
+def _assert_rank_zero_files(run: Path) -> None:
+    """The run's files, once: TensorBoard events from one process (rank 0) when tensorboard is installed."""
+    names = sorted(p.name for p in run.iterdir())
+    events = [n for n in names if n.startswith("events.out.tfevents.")]
+    assert [n for n in names if n not in events] == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "run.json"]
+    assert len({n.rsplit(".", 2)[-2] for n in events}) <= 1, events  # one writer process id
+
+
 def _metrics(run: Path) -> list:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -96,18 +106,19 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(teacher
     _assert_same_metrics(one, two)
     # rank 0 alone wrote the run folder and printed; each epoch is one line of metrics.jsonl
     assert [m["epoch"] for m in _metrics(two)] == [1, 2]
-    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "run.json"]
+    _assert_rank_zero_files(two)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
     assert proc.stdout.count("run folder:") == 1 and proc.stdout.count("teacher: checkpoint") == 1, proc.stdout
 
 
-def test_resume_fitnets_and_refusals_under_torchrun(teacher, tmp_path):
+def test_resume_fitnets_accumulation_api_and_refusals_under_torchrun(teacher, tmp_path):
     plan = [
         [0, [*KD, "--teacher", teacher, "--epochs", "1", "--out", str(tmp_path / "resumed")]],
         [0, ["distill", "--resume", "--epochs", "2", "--out", str(tmp_path / "resumed"), "--no-progress"]],
         [0, [*FITNETS, "--teacher", teacher, "--epochs", "2", "--out", str(tmp_path / "fitnets2")]],
         [2, [*KD, "--teacher", teacher, "--epochs", "1", "--batch-size", "127", "--out", str(tmp_path / "refused")]],
         [2, [*KD, "--teacher", teacher, "--method", "crd", "--epochs", "1", "--out", str(tmp_path / "crd")]],
+        [0, [*ACCUMULATE, "--teacher", teacher, "--epochs", "1", "--out", str(tmp_path / "accumulate2")]],
         [0, ["@api", str(tmp_path / "api")]],
     ]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -122,12 +133,16 @@ def test_resume_fitnets_and_refusals_under_torchrun(teacher, tmp_path):
     _assert_same_metrics(tmp_path / "one", tmp_path / "resumed")
     assert [m["epoch"] for m in _metrics(tmp_path / "resumed")] == [1, 2]
     assert len(json.loads((tmp_path / "resumed" / "run.json").read_text())["resumed"]) == 1
+    assert main([*ACCUMULATE, "--teacher", teacher, "--epochs", "1", "--out", str(tmp_path / "accumulate1")]) == 0
+    _assert_same_student(tmp_path / "accumulate1", tmp_path / "accumulate2")
+    _assert_same_metrics(tmp_path / "accumulate1", tmp_path / "accumulate2")
     _assert_same_student(tmp_path / "fitnets1", tmp_path / "fitnets2")
     _assert_same_metrics(tmp_path / "fitnets1", tmp_path / "fitnets2")
     assert any(v.dim() == 2 for v in _tensors(_weights(tmp_path / "fitnets2")["method_state"]).values())  # an adapter's weight
     # kdlab.distill with a user's models and Dataset (sharded by a DistributedSampler): rank 0 wrote the run
     assert [m["epoch"] for m in _metrics(tmp_path / "api")] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "run.json"]
+    _assert_rank_zero_files(tmp_path / "resumed")
 
 
 @pytest.mark.parametrize("argv", [["compare", "digits-mlp"], ["tune", "digits-mlp", "--param", "T=1:4"], ["demo"]])

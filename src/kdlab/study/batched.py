@@ -53,6 +53,15 @@ def batching_blocker(model: nn.Module) -> Optional[str]:
     return None
 
 
+def train_blocker(cfg: TrainConfig) -> Optional[str]:
+    """Why these train settings cannot be batched (None when they can): the batched step is fp32,
+    one optimizer step per batch, default memory format."""
+    if cfg.precision != "fp32" or cfg.accumulate_steps != 1 or getattr(cfg, "channels_last", False):
+        return (f"train.precision={cfg.precision}, accumulate_steps={cfg.accumulate_steps}, channels_last={cfg.channels_last} "
+                "are supported one student at a time only (the batched step is fp32, one step per batch)")
+    return None
+
+
 def _clip_per_student(grads: Sequence[Tensor], max_norm: float, n: int) -> None:
     """``clip_grad_norm_`` applied to each student's slice of the stacked gradients."""
     sq = sum(g.reshape(n, -1).pow(2).sum(1) for g in grads)
@@ -92,7 +101,7 @@ class BatchedTrainer(Trainer):
         # over variants with the batch *unbatched*, so a linear/conv layer folds the variants into its
         # output dimension instead of copying the batch once per variant.
         self.flat = [students[v][s] for s in range(S) for v in range(V)]
-        blocker = batching_blocker(self.flat[0])
+        blocker = batching_blocker(self.flat[0]) or train_blocker(cfg)
         if blocker:
             raise ValueError(f"cannot batch these students: {blocker}")
         self.V, self.S, self.M = V, S, V * S
@@ -123,7 +132,7 @@ class BatchedTrainer(Trainer):
                          for f, m in zip(self.fast, methods)]
         self.width = 1 + max(len(m.term_weights()) for m in methods)
         self.optimizer = OPTIMIZERS.get(cfg.optimizer.name)(list(self.params.values()), cfg.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, cfg.warmup_epochs)
         self.indexers = [BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=s) for s in seeds]
         self.best_metric = "val_acc" if data.val is not None else "test_acc"
         self.best_value, self.best_epoch, self.start_epoch, self.epoch = -1.0, 0, 1, 0
@@ -160,6 +169,7 @@ class BatchedTrainer(Trainer):
             for v, (f, step_fn, m) in enumerate(zip(fast, step_fns, methods)):
                 if f is not None:
                     vals, grad = f(detached[:, v], f.rows(flat_idx).view(S, B, -1))
+                    vals = vals.narrow(-1, 0, 1 + len(m.term_weights()))  # CE's closed form also reports a zero soft term
                     grads.append(grad)
                 else:
                     grads.append(logits.new_zeros(S, B, logits.shape[-1]))
@@ -212,6 +222,15 @@ class BatchedTrainer(Trainer):
                 rec.update(train_seconds=train_seconds / self.M, eval_seconds=eval_seconds / self.M, batched_students=self.M)
                 records.append(rec)
         return records
+
+    def step_losses(self, rows: Tensor) -> List[tuple]:
+        """Per student (seed-major, like the records): its loss names and (steps, names) rows."""
+        out = []
+        for s in range(self.S):
+            for v, m in enumerate(self.methods):
+                names = ["total", *m.term_weights()]
+                out.append((names, rows[:, v, s, : len(names)]))
+        return out
 
     def check_finite(self, epoch: int, rows: Tensor) -> None:
         """Every student's losses and weights, once per epoch; the error names the student."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -30,7 +31,9 @@ from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, prepare_data, train_role
 from ..schedules import ScheduleHook
 from ..train.callbacks import ScheduleCallback, epoch_progress
-from .batched import batching_blocker, fit_batched
+from ..train.loop import tensorboard_callback
+from ..train.stages import check_stages
+from .batched import batching_blocker, fit_batched, train_blocker
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from .teacher_cache import cached_teacher
 
@@ -88,6 +91,7 @@ class CompareResult:
     mode: str  # "batched", "one by one", or "partly batched"
     wall_seconds: float
     notes: List[str] = field(default_factory=list)
+    profile: Optional[Any] = None  # kdlab.ship.Profile: teacher vs student cost, measured after the study
 
     def run(self, variant: str, seed: int) -> StudentRun:
         return self.runs[(variant, seed)]
@@ -172,14 +176,20 @@ def compare(
     target_acc: Optional[float] = None,
     progress: Optional[bool] = None,
     log=print,
+    tensorboard_dir: Optional[str | os.PathLike] = None,
+    profile: bool = True,
 ) -> CompareResult:
     """Train the teacher once, then a scratch student and one student per loss (or per method), for each seed.
 
     ``methods`` (instead of ``losses``) compares registered methods. ``batched=None`` trains the
     students in one batched step when the student allows it (no dropout, no buffers) and their
     methods have a closed form, the others one by one; ``True`` insists, ``False`` forbids.
+    ``profile`` adds the teacher-vs-student cost table (:mod:`kdlab.ship.profile`), measured after
+    the study's wall time is taken.
     ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
     reads as "epochs until the student matches what scratch training reaches at the end".
+    ``tensorboard_dir``: one TensorBoard run per student, ``<dir>/<variant>-seed<k>``, so the
+    variants overlay (when the student's ``train.tensorboard`` is on).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -197,16 +207,21 @@ def compare(
     start = time.perf_counter()
     data = data or prepare_data(recipe)
     placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
-    single = [v for v in variants if not _batchable(_method(recipe, v, by_method), data, placeholder)]
+    # staged variants train one by one: the batched step shares one optimizer with the scratch students
+    single = [v for v in variants if not _batchable(_method(recipe, v, by_method), data, placeholder)
+              or (recipe.distill.stages and v != SCRATCH)]
+    if recipe.distill.stages:  # every staged variant's terms are checked before the teacher trains
+        for v in single:
+            check_stages(recipe.distill.stages, _method(recipe, v, by_method))
     if batched and single:
-        raise ConfigError(f"cannot train the students batched: method {', '.join(single)} has no closed form "
-                          "(it trains one by one); drop --batched")
+        why = "the recipe has distill.stages" if recipe.distill.stages else "it has no closed form"
+        raise ConfigError(f"cannot train the students batched: {', '.join(single)} trains one by one ({why}); drop --batched")
     cached = cached_teacher(recipe, data, teacher_cache, progress, log)
     log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
     probe = build_role_model(recipe, "student", data)
-    blocker = batching_blocker(probe)
+    blocker = batching_blocker(probe) or train_blocker(recipe.student.train)
     if batched and blocker:
         raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
     use_batch = blocker is None if batched is None else batched
@@ -214,16 +229,22 @@ def compare(
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
     elif use_batch and single:
-        notes.append(f"{', '.join(single)} trained one by one (no closed form to batch); the others batched")
+        notes.append(f"{', '.join(single)} trained one by one ({'staged' if recipe.distill.stages else 'no closed form to batch'}); "
+                     "the others batched")
     batch_variants = [v for v in variants if v not in single] if use_batch else []
     cfg = recipe.student.train
     runs: Dict[tuple, StudentRun] = {}
+    tb_names = [f"{v}-seed{s}" for s in seed_list for v in batch_variants]  # seed-major, like the batched records
+
+    def tensorboard(names: List[str]):
+        return tensorboard_callback(Path(tensorboard_dir), cfg, names) if tensorboard_dir is not None else None
+
     if batch_variants:
         grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in batch_variants]
         t0 = time.perf_counter()
         results = fit_batched(
             grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg, teacher_logits=logits,
-            callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)),
+            callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)), tensorboard(tb_names),
                        epoch_progress(progress, f"{len(batch_variants)}x{len(seed_list)} students", cfg.epochs)],
         )
         share = (time.perf_counter() - t0) / (len(batch_variants) * len(seed_list))
@@ -240,7 +261,7 @@ def compare(
             r = train_role(
                 recipes[s], "student", v, data, method, out=False, progress=progress,
                 teacher=cached.teacher if needs.teacher and not shared else None,
-                teacher_logits=logits if shared else None,
+                teacher_logits=logits if shared else None, callbacks=[tensorboard([f"{v}-seed{s}"])],
             )
             f = r.fit
             runs[(v, s)] = StudentRun(v, s, f.history, f.step_losses, f.best_epoch, f.best_metric, time.perf_counter() - t0)
@@ -248,7 +269,12 @@ def compare(
     if target_acc is None:
         target_acc = summarize([runs[(SCRATCH, s)].final_acc for s in seed_list]).mean
     teacher_info = {"path": str(cached.path), "reused": cached.hit, "test_acc": cached.test_acc}
-    return CompareResult(
+    result = CompareResult(
         recipe, variants, seed_list, runs, teacher_info, float(target_acc),
         ("batched" if not single else "partly batched") if batch_variants else "one by one", time.perf_counter() - start, notes,
     )
+    if profile:
+        from ..ship.profile import compare_profile
+
+        result.profile = compare_profile(result, cached.teacher.model, probe, data.in_shape)
+    return result

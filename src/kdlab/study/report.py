@@ -114,6 +114,8 @@ def markdown(result: CompareResult, plots: Optional[Dict[str, str]] = None) -> s
                 lines.append(f"| {v} | {100 * p.diff.mean:+.2f} | [{100 * p.diff.ci_low:+.2f}, {100 * p.diff.ci_high:+.2f}] | {p.p_value:.3g} |")
     for note in result.notes:
         lines += ["", f"Note: {note}."]
+    if result.profile is not None:
+        lines += ["", "## Cost: teacher vs student (`kdlab profile`)", "", result.profile.table()]
     if plots:
         lines += ["", "## Plots", ""]
         for title, name in plots.items():
@@ -174,6 +176,7 @@ def write_report(result: CompareResult, out: str | os.PathLike, plots: bool = Tr
             "teacher": result.teacher,
             "target_acc": result.target_acc,
             "notes": result.notes,
+            "profile": None if result.profile is None else result.profile.as_dict(),
             "summary": summary,
             "runs": [{"variant": v, "seed": s, "best_epoch": r.best_epoch, "best_metric": r.best_metric,
                       "wall_seconds": r.wall_seconds, "history": r.history} for (v, s), r in result.runs.items()],

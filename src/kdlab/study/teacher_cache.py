@@ -75,9 +75,21 @@ def teacher_key(recipe: Recipe, data: Optional[DatasetSplits] = None) -> Dict[st
     return {
         "format": CACHE_FORMAT,
         "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(_data(recipe, data))},
-        "teacher": recipe.to_dict()["teacher"],
+        "teacher": _weights_config(recipe.to_dict()["teacher"]),
         "seed": recipe.seed,
     }
+
+
+# Train keys added after the cache format was fixed: left out of the key at their defaults, so
+# existing cache entries stay valid; ``tensorboard`` only chooses what is logged, never the weights.
+_LATER_TRAIN_DEFAULTS = {"precision": "fp32", "accumulate_steps": 1, "warmup_epochs": 0, "flush_denormal": True,
+                         "channels_last": False}
+
+
+def _weights_config(role: Dict[str, Any]) -> Dict[str, Any]:
+    train = {k: v for k, v in role["train"].items()
+             if k != "tensorboard" and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])}
+    return {**role, "train": train}
 
 
 def _digest(obj: Any) -> str:

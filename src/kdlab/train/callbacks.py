@@ -114,3 +114,64 @@ def epoch_progress(progress: Optional[bool], desc: str, epochs: int) -> Optional
     if progress is False:
         return None
     return EpochProgress(desc, epochs, bar=sys.stderr.isatty() if progress is None else True)
+
+
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can write (it needs the ``tensorboard`` package)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class TensorBoardCallback(Callback):
+    """TensorBoard event files: every numeric key of each epoch record, and the per-step losses.
+
+    Per epoch (x = epoch): ``epoch/<key>`` for every number in the record (``loss_total``, each
+    ``loss_<term>``, accuracies and losses, ``lr``, ``T``, the loss weights, seconds, ...). Per step
+    (x = step of the run): ``step/loss_<term>``, every ``step_every``-th step, written at the
+    epoch's end from the rows the trainer already holds (nothing runs in the step loop; one event
+    costs ~75 µs, so logging all 469 steps of an MNIST epoch would add ~10% to a small student's epoch).
+
+    ``names``: one sub-folder per student when the trainer returns several records per epoch
+    (batched students: ``<variant>-seed<k>``); None writes one run into ``log_dir``. Without the
+    ``tensorboard`` package it writes nothing (``pip install tensorboard``).
+    """
+
+    def __init__(self, log_dir: Any, names: Optional[Sequence[str]] = None, step_every: int = 10) -> None:
+        from pathlib import Path
+
+        self.log_dir, self.names, self.step_every = Path(log_dir), list(names) if names is not None else None, max(1, int(step_every))
+        self.writers: List[Any] = []
+
+    def _writer(self, m: int) -> Any:
+        from torch.utils.tensorboard import SummaryWriter
+
+        while len(self.writers) <= m:
+            i = len(self.writers)
+            folder = self.log_dir if self.names is None else self.log_dir / self.names[i]
+            self.writers.append(SummaryWriter(str(folder)))
+        return self.writers[m]
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+        if not tensorboard_available():
+            return
+        steps = trainer.step_losses(trainer.step_rows[-1]) if trainer.step_rows else []
+        for m, record in enumerate(records):
+            writer = self._writer(m)
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(f"epoch/{key}", value, epoch)
+            if m < len(steps):
+                names, rows = steps[m]
+                n = rows.shape[0]
+                picked = rows[self.step_every - 1 :: self.step_every].tolist()
+                first = (epoch - 1) * n + self.step_every
+                for i, row in enumerate(picked):
+                    for name, value in zip(names, row):
+                        writer.add_scalar(f"step/loss_{name}", value, first + i * self.step_every)
+            writer.flush()
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        for writer in self.writers:
+            writer.close()
+        self.writers = []

@@ -117,21 +117,23 @@ class Context:
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float) -> None:
-        """Sum ``weight · grad`` over ranks into every parameter's ``.grad``, in one all-reduce.
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, extra: float = 0.0) -> float:
+        """Sum ``weight · grad`` over ranks into every parameter's ``.grad``, in one all-reduce;
+        returns the sum of ``extra`` over ranks (carried in the same message).
 
         A parameter without a gradient on a rank contributes zeros; it gets a gradient on every
         rank when any rank produced one (so the optimizers stay identical), else stays None.
         """
         if not params:
-            return
+            return float(self.all_reduce_sum(torch.tensor([extra], dtype=torch.float64)).item())
         sample = next(iter(params))
         parts = [p.grad.reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel(), dtype=sample.dtype, device=p.device)
                  for p in params]
-        flags = torch.tensor([p.grad is not None for p in params], dtype=sample.dtype, device=sample.device)
+        flags = torch.tensor([*(p.grad is not None for p in params), extra], dtype=sample.dtype, device=sample.device)
         flat = self.all_reduce_sum(torch.cat([*[x.to(sample.dtype) for x in parts], flags]))
         sizes = [p.numel() for p in params]
-        values, flags = flat.narrow(0, 0, sum(sizes)), flat.narrow(0, sum(sizes), len(sizes))
+        values, flags = flat.narrow(0, 0, sum(sizes)), flat.narrow(0, sum(sizes), len(sizes) + 1)
+        total_extra = float(flags[-1])
         for p, part, flag in zip(params, values.split(sizes), flags.tolist()):
             if flag > 0:
                 g = part.view_as(p).to(p.dtype)
@@ -139,6 +141,7 @@ class Context:
                     p.grad = g.clone()
                 else:
                     p.grad.copy_(g)
+        return total_extra
 
     def reduce_rows(self, rows: Tensor, weights: Optional[Sequence[float]]) -> Tensor:
         """The epoch's (steps, terms) loss rows of the global batches: per-rank rows weighted by each
@@ -179,6 +182,19 @@ class Context:
         """The global batch's gradient on every rank (before clipping and the optimizer step)."""
         weight = trainer.indexer.weight if trainer.loaders is None else 1.0 / self.world_size  # type: ignore[attr-defined]
         self.sync_gradients(trainer.trainable_parameters(), weight)
+
+    def before_step(self, trainer: "Trainer", fraction: float) -> float:
+        """The autograd path's optimizer step (after any accumulation): gradients summed over ranks.
+
+        One batch per step: each rank's mean-loss gradient weighted by its share, as above. With
+        ``accumulate_steps`` > 1 each micro-batch loss was already weighted by its local size over the
+        global ``batch_size × steps``, so the gradients are plainly summed, and a short last group's
+        ``fraction`` (local samples / nominal) is summed too: the global fraction, as in one process.
+        """
+        if trainer.cfg.accumulate_steps == 1:
+            self.after_backward(trainer)
+            return fraction
+        return self.sync_gradients(trainer.trainable_parameters(), 1.0, extra=fraction)
 
     def epoch_rows(self, trainer: "Trainer", rows: Tensor) -> Tensor:
         """The epoch's loss rows of the global batches, equal on every rank."""

@@ -56,7 +56,9 @@ class _LeanSteps:
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        if closure is None and self.defaults.get("fused") and _lean_step(self, self._decoupled):  # type: ignore[attr-defined, arg-type]
+        # A GradScaler (fp16) hands the step ``found_inf``; the stock fused step honours it (skips the update).
+        lean = closure is None and getattr(self, "found_inf", None) is None and self.defaults.get("fused")  # type: ignore[attr-defined]
+        if lean and _lean_step(self, self._decoupled):  # type: ignore[arg-type]
             return None
         return super().step(closure)  # type: ignore[misc]
 

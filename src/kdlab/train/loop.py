@@ -22,7 +22,7 @@ from ..methods import Distiller
 from ..methods.kd import from_objective
 from ..teacher import FrozenTeacher, PrecomputedTeacherLogits
 from . import distributed
-from .callbacks import Callback, EpochProgress, epoch_progress
+from .callbacks import Callback, EpochProgress, TensorBoardCallback, epoch_progress, tensorboard_available
 from .checkpoint import load_checkpoint, save_checkpoint
 from .rundir import RunDir
 from .records import FitResult, NonFiniteLossError, evaluate
@@ -48,6 +48,19 @@ class RunCallback(Callback):
         if trainer.best_epoch == epoch:
             save_checkpoint(self.run.file("best.pt"), _best_payload(self.meta, state, epoch, record))
         self.run.log_epoch(record)
+
+
+def tensorboard_callback(log_dir: Any, cfg: TrainConfig, names: Optional[Sequence[str]] = None) -> Optional[Callback]:
+    """TensorBoard events into ``log_dir`` when ``cfg.tensorboard`` (a one-line note when the package is missing)."""
+    if not getattr(cfg, "tensorboard", False):
+        return None
+    if not tensorboard_available():
+        import sys
+
+        print("kdlab: note: tensorboard is not installed, so no TensorBoard event files are written "
+              "(pip install tensorboard; set train.tensorboard=false to silence this)", file=sys.stderr, flush=True)
+        return None
+    return TensorBoardCallback(log_dir, names)
 
 
 class _EpochHook(Callback):
@@ -84,7 +97,8 @@ def fit(
     cached, or it runs online for features/augmentation) or ``teacher_signal`` (precomputed
     logits, or any callable ``(idx, xb) -> logits``). With ``run`` set, writes ``last.pt``,
     ``best.pt`` (by validation accuracy when a validation split exists, else by test accuracy —
-    recorded as ``best_metric``) and ``metrics.jsonl`` every epoch. ``resume=True`` continues
+    recorded as ``best_metric``) and ``metrics.jsonl`` every epoch, and TensorBoard event files
+    beside them when ``cfg.tensorboard`` (and the package is installed). ``resume=True`` continues
     from the run's ``last.pt`` with the optimizer, scheduler, shuffle and RNG states it saved (or
     from epoch 1 when the run was killed before its first checkpoint). A non-finite loss raises
     :class:`NonFiniteLossError` before that epoch is saved.
@@ -98,6 +112,7 @@ def fit(
         teacher = _SignalTeacher(teacher_signal)  # type: ignore[assignment]
     cbs = [_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks,  # files and progress: rank 0 only
            distributed.rank_zero(RunCallback(run, checkpoint_meta or {}) if run is not None else None),
+           distributed.rank_zero(tensorboard_callback(run.path, cfg) if run is not None else None),
            distributed.rank_zero(epoch_progress(progress, desc, cfg.epochs))]
     if augment is not None and logits is not None and method.needs.teacher:
         raise ValueError("augmented batches need the teacher model (it must see the same augmented images), not cached logits")
@@ -135,7 +150,11 @@ class _SignalTeacher:
     def __init__(self, signal: TeacherSignal) -> None:
         self.signal = signal
 
-    def logits_for(self, x: Tensor, batch_size: int = 2000) -> Tensor:
+    model = None  # no module to hook or weigh: a signal gives logits only
+
+    def logits_for(self, x: Tensor, batch_size: int = 2000, members: bool = False) -> Tensor:
+        if members:
+            raise ValueError("a teacher signal gives one set of logits, not one per ensemble member; pass the teachers")
         return self.signal(torch.arange(len(x)), x)
 
     def __call__(self, x: Tensor) -> Tensor:

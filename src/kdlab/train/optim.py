@@ -65,5 +65,20 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> Optimizer:
     return OPTIMIZERS.get(cfg.name)((p for p in model.parameters() if p.requires_grad), cfg)
 
 
-def build_scheduler(opt: Optimizer, cfg: SchedulerConfig, epochs: int) -> Optional[LRScheduler]:
-    return SCHEDULERS.get(cfg.name)(opt, cfg, epochs)
+def build_scheduler(opt: Optimizer, cfg: SchedulerConfig, epochs: int, warmup_epochs: int = 0) -> Optional[LRScheduler]:
+    """The recipe's scheduler, stepped once per epoch, after ``warmup_epochs`` of linear warm-up.
+
+    Warm-up epoch ``e`` (1-based) trains at ``lr·e/(w+1)``; then the scheduler runs over the
+    remaining ``epochs − w`` epochs (cosine still ends at 0 on the last epoch). Both live in one
+    :class:`~torch.optim.lr_scheduler.SequentialLR`, so the warm-up position is part of the
+    scheduler state a checkpoint saves.
+    """
+    if warmup_epochs <= 0:
+        return SCHEDULERS.get(cfg.name)(opt, cfg, epochs)
+    from torch.optim.lr_scheduler import LinearLR, SequentialLR
+
+    warm = LinearLR(opt, start_factor=1.0 / (warmup_epochs + 1), end_factor=1.0, total_iters=warmup_epochs)
+    main = SCHEDULERS.get(cfg.name)(opt, cfg, max(epochs - warmup_epochs, 1))
+    if main is None:
+        return warm
+    return SequentialLR(opt, [warm, main], milestones=[warmup_epochs])

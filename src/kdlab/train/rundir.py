@@ -178,7 +178,7 @@ def mutable_on_resume(role: str) -> List[str]:
     Everything else defines the experiment, so a different value would record settings that were
     never used for the epochs already trained.
     """
-    return [f"{role}.train.epochs", "dataset.data_dir", "dataset.download"]
+    return [f"{role}.train.epochs", f"{role}.train.tensorboard", "dataset.data_dir", "dataset.download"]
 
 
 _ABSENT = object()

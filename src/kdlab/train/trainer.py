@@ -14,6 +14,14 @@ and how a step is computed:
   for the tabulated label/teacher rows and one ``logits.backward(grad)``, no loss graph;
 * otherwise ``total = Σ weight · term`` through autograd.
 
+Mixed precision (``train.precision``), gradient accumulation (``train.accumulate_steps``) and
+``channels_last`` use the autograd path only: with any of them on, the closed form is not used
+(``self.fast`` is None). The forward passes run under :func:`torch.autocast`; logits and features
+are cast to fp32 before the method, so softmax/KL/CE terms are always fp32. fp16 steps go through a
+``GradScaler`` (gradients unscaled before clipping; its state is part of :meth:`Trainer.state_dict`).
+``train.flush_denormal`` flushes subnormal floats during :meth:`Trainer.fit` and restores the
+previous mode afterwards.
+
 Loss terms stay tensors during the epoch and become floats once at its end; checkpoints, metrics,
 progress and schedules are callbacks (:mod:`kdlab.train.callbacks`).
 """
@@ -29,6 +37,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
+from ..device import autocast_dtype, flush_denormal_enabled
 from ..methods.base import Batch, Distiller, Outputs, RunContext
 from ..teacher import FrozenTeacher
 from . import distributed
@@ -93,7 +102,7 @@ class Trainer:
         if self.dist is not None:  # shard each global batch, all-reduce gradients, broadcast rank 0's weights
             self.dist.attach(self)
         # before any hook is on the models: a method may copy the student (an EMA teacher)
-        method.setup(RunContext(n_train, seed, model, teacher.model if teacher is not None else None, self._val_accuracy()))
+        method.setup(RunContext(n_train, seed, model, getattr(teacher, "model", None), self._val_accuracy()))
         self.student_tap = self.teacher_tap = None
         if needs.student_features or needs.teacher_features:
             from ..features import FeatureTap
@@ -106,8 +115,9 @@ class Trainer:
         if method.lazy or not needs.logits_only:  # build adapters; bad layer pairs fail before any training
             self._build_lazy_parts()
         self.optimizer = OPTIMIZERS.get(cfg.optimizer.name)(self.trainable_parameters(), cfg.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs)
-        in_memory = augment is None and self.loaders is None
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, cfg.warmup_epochs)
+        self._setup_precision(model, device)
+        in_memory = augment is None and self.loaders is None and self.plain_steps
         self.fast = method.fast_path(data.train.y, data.num_classes, self.cached_logits) if in_memory else None  # type: ignore[union-attr]
         self.best_metric = "val_acc" if data.val is not None else "test_acc"
         self.best_value, self.best_epoch, self.start_epoch = -1.0, 0, 1
@@ -116,6 +126,29 @@ class Trainer:
         self.epoch = 0
         #: What a divergence error says about saved weights; a run folder's callback sets it.
         self.saved_note: Callable[[int], str] = lambda epoch: "the model was not saved"
+
+    def _setup_precision(self, model: nn.Module, device: Optional[torch.device]) -> None:
+        """Autocast dtype, GradScaler and memory format for this run (see the module docstring)."""
+        cfg = self.cfg
+        dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.amp_device, self.amp_dtype = dev.type, autocast_dtype(cfg.precision, dev)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
+        self.channels_last = bool(getattr(cfg, "channels_last", False))
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        #: One optimizer step per batch in fp32: the closed form may be used.
+        self.plain_steps = self.amp_dtype is None and cfg.accumulate_steps == 1 and not self.channels_last
+
+    def run_facts(self) -> Dict[str, Any]:
+        """What this run trains with, for ``run.json``: precision, accumulation, denormal flushing."""
+        dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return {"precision": {"setting": self.cfg.precision, "autocast": dtype, "grad_scaler": self.scaler.is_enabled(),
+                              "device": self.amp_device},
+                "accumulate_steps": self.cfg.accumulate_steps,
+                "effective_batch_size": self.cfg.batch_size * self.cfg.accumulate_steps,
+                "warmup_epochs": self.cfg.warmup_epochs, "flush_denormal": self.cfg.flush_denormal,
+                "flush_denormal_supported": getattr(self, "flush_denormal_supported", None),
+                "channels_last": self.channels_last, "closed_form_steps": self.fast is not None}
 
     # ------------------------------------------------------------------ parts a method owns
     def trainable_parameters(self) -> List[nn.Parameter]:
@@ -178,6 +211,7 @@ class Trainer:
             "epoch": self.epoch,
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -193,6 +227,8 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.start_epoch = self.epoch + 1
         self.best_value, self.best_epoch = float(state["best_value"]), int(state["best_epoch"])
+        if state.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     # ------------------------------------------------------------------ training
     def _batches(self) -> Iterator[Tuple[Tensor, Tensor, Optional[Tensor]]]:
@@ -229,21 +265,47 @@ class Trainer:
                 optimizer.step()
                 rows.append(values.narrow(-1, 0, n_values))
             return torch.stack(rows).float()
+        acc, amp, scaler = self.cfg.accumulate_steps, self.amp_dtype, self.scaler
+        nominal, micro, seen = self.cfg.batch_size * acc, 0, 0
         for xb, yb, idx in self._batches():
             if self.augment is not None:
                 xb, yb = self.augment(xb, yb, self.augment_rng)
+            if self.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             batch = Batch(xb, yb, idx)
-            terms = method(batch, self._student_outputs(xb), self._teacher_outputs(batch))
+            with torch.autocast(self.amp_device, dtype=amp, enabled=amp is not None):
+                student, teacher = self._student_outputs(xb), self._teacher_outputs(batch)
+            if amp is not None:  # loss terms in fp32
+                student, teacher = _float_outputs(student), _float_outputs(teacher)
+            terms = method(batch, student, teacher)
             total = method.total(terms)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if self.dist is not None:
-                self.dist.after_backward(self)
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(clip_params, clip)
-            optimizer.step()
+            if micro == 0:
+                optimizer.zero_grad(set_to_none=True)
+            # Accumulation: each micro-batch's mean loss weighted by its share of the full batch.
+            scaler.scale(total if acc == 1 else total * (len(yb) / nominal)).backward()
+            micro, seen = micro + 1, seen + len(yb)
+            if micro == acc:
+                self._optimizer_step(clip, clip_params, 1.0 if acc == 1 else seen / nominal)
+                micro = seen = 0
             rows.append(method.term_values(terms, total))
+        if micro:  # a short last group: its gradient is rescaled to the mean over its samples
+            self._optimizer_step(clip, clip_params, seen / nominal)
         return torch.stack(rows).float()
+
+    def _optimizer_step(self, clip: Optional[float], clip_params: List[nn.Parameter], fraction: float) -> None:
+        """Unscale (fp16), rescale a short accumulation group by ``1/fraction``, clip, step."""
+        scaler = self.scaler
+        if self.dist is not None:  # the global batch's gradient on every rank (still scaled: same scale everywhere)
+            fraction = self.dist.before_step(self, fraction)
+        if scaler.is_enabled():
+            scaler.unscale_(self.optimizer)
+        if fraction != 1.0:
+            grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+            torch._foreach_div_(grads, fraction)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(clip_params, clip)
+        scaler.step(self.optimizer)
+        scaler.update()
 
     def check_finite(self, epoch: int, rows: Tensor) -> None:
         """Stop with one line at the epoch's first non-finite loss, before anything is saved."""
@@ -274,8 +336,10 @@ class Trainer:
         Callbacks see every epoch's records; the best epoch of each student is chosen on
         validation accuracy when a validation split exists, else on test accuracy.
         """
-        self.callbacks.on_fit_start(self)
+        flushing = flush_denormal_enabled()
+        self.flush_denormal_supported = torch.set_flush_denormal(bool(self.cfg.flush_denormal))
         try:
+            self.callbacks.on_fit_start(self)
             for epoch in range(self.start_epoch, self.cfg.epochs + 1):
                 self.callbacks.on_epoch_start(self, epoch)
                 for method in self.methods:
@@ -302,9 +366,16 @@ class Trainer:
                     record.setdefault("seconds", seconds)
                 self.callbacks.on_epoch_end(self, epoch, records)
         finally:
-            self.callbacks.on_fit_end(self)
-            self.close()
+            try:
+                self.callbacks.on_fit_end(self)
+                self.close()
+            finally:
+                torch.set_flush_denormal(flushing)
         return self.results()
+
+    def step_losses(self, rows: Tensor) -> List[Tuple[List[str], Tensor]]:
+        """Per student: the names and (steps, names) columns of one epoch's loss rows (callbacks log them)."""
+        return [(["total", *self.method.term_weights()], rows)]
 
     @property
     def history(self) -> List[Dict[str, Any]]:
@@ -321,3 +392,11 @@ class Trainer:
         width = 1 + len(self.method.term_weights())
         steps = torch.cat(self.step_rows) if self.step_rows else torch.empty(0, width)
         return [FitResult(self.history, steps, self.best_epoch, self.best_metric)]
+
+
+def _float_outputs(outputs: Optional[Outputs]) -> Optional[Outputs]:
+    """Logits and features in fp32 (autocast leaves them bf16/fp16)."""
+    if outputs is None:
+        return None
+    feats = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.features.items()}
+    return Outputs(outputs.logits.float(), feats)

@@ -1,0 +1,176 @@
+"""Mixed precision (autocast, GradScaler), flushing subnormals, channels_last, and their config checks."""
+
+import json
+
+import pytest
+import torch
+
+from kdlab import ConfigError
+from kdlab.config import TrainConfig
+from kdlab.device import autocast_dtype, cpu_info, flush_denormal_enabled
+from kdlab.methods import CE, KD
+from kdlab.pipeline import build_role_model, prepare_data, run_student
+from kdlab.recipes import load_recipe
+from kdlab.train.callbacks import Callback
+from kdlab.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def setup():
+    recipe = load_recipe("digits-mlp", ["student.model.hidden=[32]"])
+    data = prepare_data(recipe)
+    torch.manual_seed(0)
+    return recipe, data, torch.randn(len(data.train), data.num_classes) * 3
+
+
+def _cfg(**kw):
+    cfg = TrainConfig(**{"epochs": 3, "batch_size": 64, **kw})
+    cfg.optimizer.lr = 0.01
+    return cfg
+
+
+class TermDtypes(KD):
+    """KD recording the dtype of the logits it receives and of the terms it returns."""
+
+    seen: list
+
+    def forward(self, batch, student, teacher):
+        terms = super().forward(batch, student, teacher)
+        self.seen.append((student.logits.dtype, teacher.logits.dtype, {k: v.dtype for k, v in terms.items()}))
+        return terms
+
+
+def test_bf16_autocast_trains_with_fp32_loss_terms(setup):
+    recipe, data, logits = setup
+    method = TermDtypes("hinton", 4.0, 0.5, 0.5)
+    method.seen = []
+    model = build_role_model(recipe, "student", data)
+    inner = []
+    model.register_forward_hook(lambda m, i, o: inner.append(o.dtype))
+    trainer = Trainer(model, method, data, _cfg(precision="bf16"), teacher_logits=logits)
+    assert trainer.fast is None and trainer.amp_dtype == torch.bfloat16  # autocast runs on the autograd path
+    (result,) = trainer.fit()
+    assert inner[0] == torch.bfloat16  # the forward ran in bf16 ...
+    assert {s for s, _, _ in method.seen} == {torch.float32}  # ... the method got fp32 logits
+    assert all(d == torch.float32 for *_, terms in method.seen for d in terms.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    hist = result.history
+    assert hist[-1]["loss_total"] < hist[0]["loss_total"] and hist[-1]["test_acc"] > 0.5
+    assert trainer.run_facts()["precision"] == {"setting": "bf16", "autocast": "bf16", "grad_scaler": False, "device": "cpu"}
+
+
+def test_precision_auto_follows_the_cpu():
+    expected = torch.bfloat16 if cpu_info()["bf16_native"] else None
+    assert autocast_dtype("auto", torch.device("cpu")) is expected
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    with pytest.raises(ConfigError, match="use bf16"):
+        autocast_dtype("fp16", torch.device("cpu"))
+
+
+def test_cpu_info_reports_bf16_flags():
+    info = cpu_info()
+    assert set(info) >= {"model", "capability", "amx", "avx512_bf16", "bf16_native"}
+    assert info["bf16_native"] == (info["amx"] or info["avx512_bf16"])
+
+
+def _scaled(trainer, init_scale):
+    """An enabled GradScaler on the CPU (fp16 itself needs CUDA; the scaler logic is device-independent)."""
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    return trainer
+
+
+def test_grad_scaler_unscales_before_clipping_and_is_saved(setup):
+    recipe, data, logits = setup
+    cfg = _cfg(precision="bf16", grad_clip=0.05, epochs=1)
+    plain = build_role_model(recipe, "student", data)
+    scaled = build_role_model(recipe, "student", data)
+    Trainer(plain, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=1, teacher_logits=logits).fit()
+    trainer = _scaled(Trainer(scaled, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=1, teacher_logits=logits), 2.0 ** 12)
+    trainer.fit()
+    for p, q in zip(plain.parameters(), scaled.parameters()):  # a power-of-two scale, unscaled before clipping: same steps
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+    state = trainer.state_dict()
+    assert state["grad_scaler"]["scale"] == trainer.scaler.get_scale()
+    fresh = _scaled(Trainer(build_role_model(recipe, "student", data), CE(), data, cfg), 1.0)
+    fresh.load_state_dict(state)
+    assert fresh.scaler.get_scale() == trainer.scaler.get_scale()
+
+
+def test_grad_scaler_skips_overflowing_steps_with_the_fused_adam(setup):
+    recipe, data, logits = setup
+    model = build_role_model(recipe, "student", data)
+    trainer = _scaled(Trainer(model, CE(), data, _cfg(precision="bf16"), teacher_logits=logits), 2.0 ** 127)
+    trainer.train_epoch()  # first steps overflow and are skipped (scale halves each time) until the scale fits
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = data.train.x[:64], data.train.y[:64]
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    trainer.optimizer.zero_grad()
+    trainer.scaler.scale(loss * float("inf")).backward()
+    scale = trainer.scaler.get_scale()
+    trainer._optimizer_step(None, [], 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # skipped, not NaN weights
+    assert trainer.scaler.get_scale() == scale / 2
+
+
+class FlushProbe(Callback):
+    def __init__(self):
+        self.inside = []
+
+    def on_epoch_start(self, trainer, epoch):
+        self.inside.append(flush_denormal_enabled())
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_set_during_training_and_restored(setup, flush):
+    recipe, data, _ = setup
+    probe = FlushProbe()
+    torch.set_flush_denormal(not flush)
+    try:
+        Trainer(build_role_model(recipe, "student", data), CE(), data, _cfg(epochs=2, flush_denormal=flush), callbacks=[probe]).fit()
+        assert probe.inside == [flush, flush]
+        assert flush_denormal_enabled() is (not flush)  # the caller's mode is back
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_run_json_records_precision_and_flushing(tmp_path):
+    recipe = load_recipe("digits-mlp", ["student.model.hidden=[16]", "student.train.epochs=1", "student.train.precision=bf16",
+                                        "student.train.accumulate_steps=2"])
+    run_student(recipe, out=tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["flush_denormal"] is True and info["flush_denormal_supported"] in (True, False)
+    assert info["precision"]["autocast"] == "bf16" and info["accumulate_steps"] == 2 and info["effective_batch_size"] == 256
+    assert info["closed_form_steps"] is False
+    assert {"amx", "avx512_bf16", "capability"} <= set(info["environment"]["cpu"])
+
+
+def test_channels_last_cnn_bf16_trains(tmp_path):
+    recipe = load_recipe("digits-mlp", ["student.model={name: cnn, channels: [4, 8]}", "student.train.epochs=1",
+                                        "student.train.precision=bf16", "student.train.channels_last=true"])
+    result = run_student(recipe, out=False, progress=False)
+    assert result.fit.history[0]["test_acc"] > 0.2
+    conv = next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("student.train.precision=fp17", "student.train.precision: unknown precision 'fp17'; valid: fp32, bf16, fp16, auto"),
+    ("student.train.precision=fp16", "student.train.precision: fp16 needs a CUDA device (device is cpu); use bf16 on the CPU"),
+    ("student.train.accumulate_steps=0", "student.train.accumulate_steps: must be an integer in [1, 65536], got 0"),
+    ("teacher.train.warmup_epochs=-1", "teacher.train.warmup_epochs: must be an integer in [0, epochs - 1] = [0, 49], got -1"),
+    ("student.train.warmup_epochs=200", "student.train.warmup_epochs: must be an integer in [0, epochs - 1] = [0, 199], got 200"),
+    ("student.train.flush_denormal=maybe", "student.train.flush_denormal: expected bool, got 'maybe'"),
+    ("student.train.tensorboard=1", "student.train.tensorboard: expected bool, got 1"),
+])
+def test_config_errors_are_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("digits-mlp", [override])
+    assert str(err.value) == message
+
+
+def test_kdlab_env_names_the_cpu_bf16_support(capsys):
+    from kdlab.cli import main
+
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "AMX" in out and "AVX-512-BF16" in out and "precision auto" in out and "torch:" in out
