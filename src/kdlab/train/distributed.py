@@ -64,6 +64,18 @@ def launched_rank() -> int:
         return 0
 
 
+def timeout_minutes() -> float:
+    """How long a collective may wait: ``$KDLAB_DDP_TIMEOUT_MINUTES`` (default 60). The other ranks wait
+    this long at most while rank 0 alone trains a teacher for the cache."""
+    try:
+        value = float(os.environ.get("KDLAB_DDP_TIMEOUT_MINUTES", "60"))
+    except ValueError:
+        raise ConfigError(f"KDLAB_DDP_TIMEOUT_MINUTES must be a number of minutes, got {os.environ['KDLAB_DDP_TIMEOUT_MINUTES']!r}") from None
+    if not value > 0:
+        raise ConfigError(f"KDLAB_DDP_TIMEOUT_MINUTES must be > 0, got {value}")
+    return value
+
+
 def check_batch_size(batch_size: int, world_size: Optional[int] = None, where: str = "batch_size") -> None:
     """One line when the global batch cannot be cut into equal per-rank shares."""
     world = launched_world_size() if world_size is None else world_size
@@ -362,7 +374,7 @@ def session() -> Iterator[Optional[Context]]:
         dev, backend = torch.device("cuda", local_rank), "cpu:gloo,cuda:nccl"
     else:
         dev, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes()))
     _CTX = Context(dist.get_rank(), dist.get_world_size(), dev)
     try:
         yield _CTX
