@@ -14,7 +14,7 @@ def _cfg(*overrides):
 
 def test_constant_is_the_configured_values():
     cfg = _cfg()
-    assert all(scheduled_values(cfg, e, 10) == (3.0, 0.5, 0.5) for e in range(10))
+    assert all(scheduled_values(cfg, e, 10) == (cfg.temperature, cfg.hard_weight, cfg.soft_weight) for e in range(10))
 
 
 def test_cosine_follows_the_formula_and_keeps_the_sum():

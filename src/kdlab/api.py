@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .methods import Distiller, build_method
 from .models import count_parameters
 from .teacher import FrozenTeacher, TeacherEnsemble
+from .train import distributed
 from .train.callbacks import epoch_progress
 from .train.loop import RunCallback
 from .train.rundir import RunDir
@@ -52,6 +53,13 @@ class DistillResult:
 def _loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Optional[DataLoader]:
     if data is None or isinstance(data, DataLoader):
         return data
+    ctx = distributed.context()
+    if isinstance(data, Dataset) and shuffle and ctx is not None:  # under torchrun: this rank's share of each global batch
+        from torch.utils.data.distributed import DistributedSampler
+
+        distributed.check_batch_size(batch_size, ctx.world_size)
+        sampler = DistributedSampler(data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+        return DataLoader(data, batch_size=batch_size // ctx.world_size, sampler=sampler)
     if isinstance(data, Dataset):
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
     raise ConfigError(f"expected a torch DataLoader or Dataset, got {type(data).__name__}")
@@ -129,26 +137,35 @@ def distill(
             "student_parameters": count_parameters(student),
             "teacher_parameters": count_parameters(teacher) if teacher is not None else 0}
         callbacks = [c for c in (StageCallback(stage_list) if stage_list else None,
-                                 epoch_progress(progress, f"distill ({method})", epochs)) if c is not None]
+                                 distributed.rank_zero(epoch_progress(progress, f"distill ({method})", epochs))) if c is not None]
         # bad layer names, shapes or missing sample indices fail here, before a run folder exists
         trainer = Trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev)
         try:
-            run = None if out is False else RunDir(out) if out else RunDir.new("runs", "distill")
-            if run is not None:
+            run = None if out is False else RunDir(out) if out else _new_run_dir()
+            if run is not None:  # under torchrun: written by rank 0 alone
                 import yaml
 
-                run.write_config(yaml.safe_dump(_plain(settings), sort_keys=False))
-                run.write_run_info(seed, "distill", info)
-                trainer.callbacks.callbacks.insert(0, RunCallback(run, meta))
+                if distributed.is_main():
+                    run.write_config(yaml.safe_dump(_plain(settings), sort_keys=False))
+                    run.write_run_info(seed, "distill", info)
+                trainer.callbacks.callbacks.insert(0, distributed.RankZero(RunCallback(run, meta)))
         except BaseException:
             trainer.close()  # no hook of ours stays on the user's models
             raise
         t0 = time.perf_counter()
         (result,) = trainer.fit()
-    if run is not None:
+    if run is not None and distributed.is_main():
         info.update(seconds=time.perf_counter() - t0, best_epoch=result.best_epoch, best_metric=result.best_metric)
         run.write_run_info(seed, "distill", info)
     return DistillResult(student, result.history, run.path if run is not None else None, the_method)
+
+
+def _new_run_dir() -> RunDir:
+    """``runs/distill-<timestamp>``; under torchrun rank 0 names it for every process."""
+    ctx = distributed.context()
+    if ctx is None:
+        return RunDir.new("runs", "distill")
+    return RunDir(ctx.broadcast_object(RunDir.fresh_path("runs", "distill") if ctx.is_main() else None))
 
 
 class _EvalProbe:

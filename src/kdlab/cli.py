@@ -71,6 +71,10 @@ def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
 
 
 def _report(result) -> None:
+    from .train.distributed import is_main
+
+    if not is_main():  # under torchrun: printed once, by rank 0
+        return
     final, best = result.fit.final, result.fit.best
     print(f"{result.role}: final test acc {100 * result.final_acc:.2f}% (epoch {final['epoch']}), "
           f"best {result.fit.best_metric} {100 * best[result.fit.best_metric]:.2f}% (epoch {best['epoch']}), "
@@ -104,8 +108,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     recipe, out = _run_recipe(args, "student", "distill")
     teacher = _resume_teacher(args) if args.resume else args.teacher
     _report(run_distill(recipe, teacher, out=out, progress=args.progress, resume=args.resume,
-                        teacher_cache=args.teacher_cache, log=lambda line: print(line, flush=True)))
+                        teacher_cache=args.teacher_cache, log=_say))
     return 0
+
+
+def _say(line: str) -> None:
+    from .train.distributed import is_main
+
+    if is_main():
+        print(line, flush=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -470,7 +481,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     if extra:  # reported by the subcommand's parser, so the hint points at its --help
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args) or 0)
+        return _dispatch(args)
     except KDLabError as exc:
         msg = " ".join(str(exc).split())
         print(f"kdlab: error: {msg} (see `{args.command_prog} --help`)", file=sys.stderr)
@@ -478,6 +489,20 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     except KeyboardInterrupt:
         print("kdlab: interrupted; completed epochs and checkpoints are kept", file=sys.stderr)
         return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; under torchrun (WORLD_SIZE > 1) inside the process group, training commands only."""
+    from .train import distributed
+
+    world = distributed.launched_world_size()
+    if world == 1:
+        return int(args.func(args) or 0)
+    if args.command not in distributed.DDP_COMMANDS:
+        raise KDLabError(f"kdlab {args.command} runs in one process; launch it without torchrun (torchrun started {world}: "
+                         f"only {', '.join(distributed.DDP_COMMANDS)} train data-parallel)")
+    with distributed.session():
+        return int(args.func(args) or 0)
 
 
 def _silence_stdout() -> None:

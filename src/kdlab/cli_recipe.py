@@ -77,6 +77,7 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
     A resume uses the run's own config.yaml; see RESUME_HELP for what may differ.
     """
     from .errors import ConfigError
+    from .train import distributed
     from .train.rundir import epochs_done, move_aside, read_run_info, resume_recipe, run_files
     from .utils import check_output_location
 
@@ -95,8 +96,11 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
         if epochs < done:
             raise ConfigError(f"cannot resume {path} with {role}.train.epochs={epochs}: it has already trained {done} epochs; "
                               f"pass --epochs {done} or more")
+        distributed.check_batch_size(getattr(recipe, role).train.batch_size, where=f"{role}.train.batch_size")
+        distributed.barrier()  # under torchrun: every process has read the run before rank 0 writes to it
         return recipe, str(path)
     recipe = _recipe(args, role)
+    distributed.check_batch_size(getattr(recipe, role).train.batch_size, where="--batch-size")
     if not args.out:
         check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
         return recipe, None
@@ -106,7 +110,10 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
             from .train.rundir import check_new_run_folder
 
             check_new_run_folder(path)  # raises: says how to resume or overwrite
-        print(f"kdlab: --overwrite: moved the existing run {path} aside to {move_aside(path)}", file=sys.stderr)
+        distributed.barrier()  # under torchrun: every process has looked before rank 0 moves the old run
+        if distributed.is_main():
+            print(f"kdlab: --overwrite: moved the existing run {path} aside to {move_aside(path)}", file=sys.stderr)
+        distributed.barrier()
     return recipe, str(path)
 
 

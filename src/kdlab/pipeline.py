@@ -25,7 +25,7 @@ from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
 from .schedules import ScheduleHook
 from .teacher import FrozenTeacher, PrecomputedTeacherLogits, TeacherEnsemble
-from .train import FitResult, RunDir, fit, load_model
+from .train import FitResult, RunDir, distributed, fit, load_model
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback, ScheduleCallback
 from .train.stages import StageCallback, check_stages
@@ -78,7 +78,10 @@ def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike], resume
     if out:
         return RunDir(check_output_location(out, "run folder") if resume else check_new_run_folder(out))
     check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
-    return RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+    ctx = distributed.context()
+    if ctx is None:
+        return RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
+    return RunDir(ctx.broadcast_object(RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-{role}") if ctx.is_main() else None))
 
 
 class _RecordRun(Callback):
@@ -126,7 +129,7 @@ def train_role(
     callbacks = [c for c in callbacks if c is not None]
     if run is not None:
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
-        callbacks.append(_RecordRun(run, recipe, kind, info, resume))
+        callbacks.append(distributed.RankZero(_RecordRun(run, recipe, kind, info, resume)))
     augment = None
     if role == "student" and recipe.augment:  # the teacher's own training stays un-augmented
         from .data.augment import build_augment
@@ -174,7 +177,8 @@ def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any =
 
 def warn(message: str) -> None:
     """A one-line warning on stderr: the run goes on, but the user must know (e.g. a dubious teacher)."""
-    print(f"kdlab: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    if distributed.launched_rank() == 0:  # once, not once per torchrun process
+        print(f"kdlab: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def checkpoint_role(path: str | os.PathLike, payload: Dict[str, Any]) -> Optional[str]:
@@ -267,7 +271,8 @@ def run_distill(
         say(f"teacher: none trained or loaded; method {recipe.distill.method!r} is its own teacher")
         info["teacher"] = "none (the method's own)"
     elif teacher is None:
-        cached = cached_teacher(recipe, data, teacher_cache, progress, say)
+        with distributed.main_first():  # under torchrun rank 0 trains/caches the teacher alone, then the others load it
+            cached = cached_teacher(recipe, data, teacher_cache, progress, say)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
         lasts = cached.checkpoints  # checked on --resume like a --teacher file

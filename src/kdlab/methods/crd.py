@@ -109,6 +109,8 @@ class CRD(KD):
     """total = hard_weight·CE + soft_weight·KD(T) + weight·(NCE_student + NCE_teacher)."""
 
     lazy = True
+    name = "crd"
+    per_sample_state = True  # memory banks updated by sample index: refused under torchrun
 
     def __init__(self, params: CRDParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5, seed: int = 0) -> None:

@@ -21,6 +21,7 @@ from ..losses import DistillationObjective
 from ..methods import Distiller
 from ..methods.kd import from_objective
 from ..teacher import FrozenTeacher, PrecomputedTeacherLogits
+from . import distributed
 from .callbacks import Callback, EpochProgress, TensorBoardCallback, epoch_progress, tensorboard_available
 from .checkpoint import load_checkpoint, save_checkpoint
 from .rundir import RunDir
@@ -109,9 +110,10 @@ def fit(
         logits = teacher_signal.logits
     elif teacher_signal is not None and teacher is None:
         teacher = _SignalTeacher(teacher_signal)  # type: ignore[assignment]
-    cbs = [_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks,
-           RunCallback(run, checkpoint_meta or {}) if run is not None else None,
-           tensorboard_callback(run.path, cfg) if run is not None else None, epoch_progress(progress, desc, cfg.epochs)]
+    cbs = [_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks,  # files and progress: rank 0 only
+           distributed.rank_zero(RunCallback(run, checkpoint_meta or {}) if run is not None else None),
+           distributed.rank_zero(tensorboard_callback(run.path, cfg) if run is not None else None),
+           distributed.rank_zero(epoch_progress(progress, desc, cfg.epochs))]
     if augment is not None and logits is not None and method.needs.teacher:
         raise ValueError("augmented batches need the teacher model (it must see the same augmented images), not cached logits")
     trainer = Trainer(model, method, data, cfg, seed=seed, teacher=teacher, teacher_logits=logits if augment is None else None,
@@ -132,10 +134,12 @@ def fit(
                 raise CheckpointError(f"{run.file('last.pt')} cannot resume this run: {str(exc).splitlines()[0]}") from None
     # From here on the run may change files: the resume state (if any) is known to be usable.
     if run is not None:
-        run.remove_stale_temp_files()
+        if distributed.is_main():  # under torchrun rank 0 alone repairs and writes the run folder
+            run.remove_stale_temp_files()
+            if resume:
+                _sync_run_with_checkpoint(run, state, checkpoint_meta)
         if resume:
-            _sync_run_with_checkpoint(run, state, checkpoint_meta)
-            trainer.histories = [[dict(m) for m in run.metrics]]
+            trainer.histories = [[m for m in (dict(m) for m in run.metrics) if m.get("epoch", 0) <= trainer.epoch]]
     (result,) = trainer.fit()
     return result
 

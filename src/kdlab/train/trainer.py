@@ -40,6 +40,7 @@ from ..data.loaders import LoaderSplits, loader_batches
 from ..device import autocast_dtype, flush_denormal_enabled
 from ..methods.base import Batch, Distiller, Outputs, RunContext
 from ..teacher import FrozenTeacher
+from . import distributed
 from .callbacks import Callback, CallbackList
 from .optim import OPTIMIZERS, build_scheduler
 from .records import FitResult, NonFiniteLossError, check_finite, evaluate, evaluate_loader, method_record  # noqa: F401
@@ -54,6 +55,8 @@ class Trainer:
     are precomputed training-set logits that spare the teacher's forward (studies share them).
     ``augment(x, y, generator)`` transforms each batch (then the teacher runs online).
     """
+
+    dist: Optional[distributed.Context] = None  # the torchrun process group; subclasses that skip __init__ run alone
 
     def __init__(
         self,
@@ -85,15 +88,19 @@ class Trainer:
         if needs.teacher and teacher is None and teacher_logits is None:
             raise ValueError("this method needs a teacher: pass teacher= or teacher_logits=")
         self.cached_logits: Optional[Tensor] = None
+        self.dist = distributed.context()  # None in one process; see kdlab.train.distributed
         if needs.teacher_logits and needs.logits_only and augment is None and self.loaders is None:
             if teacher_logits is None:
                 assert teacher is not None
-                teacher_logits = teacher.logits_for(data.train.x, cfg.eval_batch_size, members=needs.teacher_members)
+                teacher_logits = (teacher.logits_for(data.train.x, cfg.eval_batch_size, members=needs.teacher_members) if self.dist is None
+                                  else self.dist.teacher_logits(teacher, data.train.x, cfg.eval_batch_size, needs.teacher_members))
             self.cached_logits = teacher_logits
         elif needs.teacher and teacher is None:
             raise ValueError("features or augmented batches need the teacher model itself, not cached logits")
         n_train = len(data.train.dataset) if self.loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
         self.indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
+        if self.dist is not None:  # shard each global batch, all-reduce gradients, broadcast rank 0's weights
+            self.dist.attach(self)
         # before any hook is on the models: a method may copy the student (an EMA teacher)
         method.setup(RunContext(n_train, seed, model, getattr(teacher, "model", None), self._val_accuracy()))
         self.student_tap = self.teacher_tap = None
@@ -251,6 +258,8 @@ class Trainer:
                 values, grad = fast(logits.detach(), fast.rows(idx))
                 optimizer.zero_grad(set_to_none=True)
                 logits.backward(grad)
+                if self.dist is not None:
+                    self.dist.after_backward(self)
                 if clip is not None:
                     torch.nn.utils.clip_grad_norm_(clip_params, clip)
                 optimizer.step()
@@ -286,6 +295,8 @@ class Trainer:
     def _optimizer_step(self, clip: Optional[float], clip_params: List[nn.Parameter], fraction: float) -> None:
         """Unscale (fp16), rescale a short accumulation group by ``1/fraction``, clip, step."""
         scaler = self.scaler
+        if self.dist is not None:  # the global batch's gradient on every rank (still scaled: same scale everywhere)
+            fraction = self.dist.before_step(self, fraction)
         if scaler.is_enabled():
             scaler.unscale_(self.optimizer)
         if fraction != 1.0:
@@ -335,6 +346,8 @@ class Trainer:
                     method.start_epoch(epoch)
                 t0 = time.perf_counter()
                 rows = self.train_epoch()
+                if self.dist is not None:
+                    rows = self.dist.epoch_rows(self, rows)
                 lr = self.optimizer.param_groups[0]["lr"]
                 if self.scheduler is not None:
                     self.scheduler.step()

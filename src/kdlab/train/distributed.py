@@ -1,0 +1,383 @@
+"""Several processes, one run: data-parallel training under ``torchrun`` (gloo on CPU, NCCL on CUDA).
+
+``torchrun --nproc_per_node N -m kdlab distill …`` starts N copies of the command; each reads its
+rank from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``).
+:func:`session` joins the process group for a command's duration; while it is active every
+:class:`~kdlab.train.trainer.Trainer` built in the process picks up the :class:`Context`:
+
+* **Data.** Every rank draws the same seeded permutation per epoch (the shuffle generator is
+  seeded identically and restored from the same checkpoint), cuts it into the same global batches
+  of ``batch_size`` and trains on a contiguous slice of ``batch_size / world_size`` of each
+  (:class:`ShardedIndexer`). A user's ``DataLoader`` is not re-sharded: give it a
+  ``DistributedSampler`` (its ``set_epoch`` is called every epoch).
+* **Gradients.** After each backward the gradients of every trainable parameter — the student's
+  and the method's (adapters, heads) — are summed over ranks, each rank's weighted by its share
+  of the global batch (``n_rank / n_global``). For losses that are means over samples this is
+  exactly the gradient of the whole global batch in one process, the last partial batch included.
+* **Teacher logits.** When the method needs only cached training-set logits, each rank computes
+  them for a contiguous 1/N of the training set and the pieces are gathered, so every rank holds
+  the full table (indexed by sample) after one N-times-shorter teacher pass.
+* **Metrics.** Each step's loss terms are weighted the same way and summed over ranks once per
+  epoch; evaluation runs on every rank on identical weights. Records are equal on every rank.
+* **Files.** Only rank 0 writes run folders, checkpoints and prints progress
+  (:class:`RankZero` wraps those callbacks); every rank loads ``last.pt`` on ``--resume``.
+
+Parameters and buffers are broadcast from rank 0 when training starts, so the replicas begin
+equal even when a model's initialisation is not seeded. BatchNorm keeps per-rank batch statistics
+(as plain ``DistributedDataParallel`` does); methods that update per-sample state (CRD's memory
+banks) are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..errors import ConfigError
+from .callbacks import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
+
+#: Commands that train one model and so can run under torchrun.
+DDP_COMMANDS = ("distill", "train-teacher", "train-student")
+
+
+def launched_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun set it (1 when not launched by torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def launched_rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def timeout_minutes() -> float:
+    """How long a collective may wait: ``$KDLAB_DDP_TIMEOUT_MINUTES`` (default 60). The other ranks wait
+    this long at most while rank 0 alone trains a teacher for the cache."""
+    try:
+        value = float(os.environ.get("KDLAB_DDP_TIMEOUT_MINUTES", "60"))
+    except ValueError:
+        raise ConfigError(f"KDLAB_DDP_TIMEOUT_MINUTES must be a number of minutes, got {os.environ['KDLAB_DDP_TIMEOUT_MINUTES']!r}") from None
+    if not value > 0:
+        raise ConfigError(f"KDLAB_DDP_TIMEOUT_MINUTES must be > 0, got {value}")
+    return value
+
+
+def check_batch_size(batch_size: int, world_size: Optional[int] = None, where: str = "batch_size") -> None:
+    """One line when the global batch cannot be cut into equal per-rank shares."""
+    world = launched_world_size() if world_size is None else world_size
+    if world > 1 and batch_size % world:
+        raise ConfigError(f"{where}={batch_size} is the global batch and must be divisible by the {world} processes "
+                          f"torchrun started; pass --batch-size {max(world, batch_size - batch_size % world)} or a "
+                          f"multiple of {world}")
+
+
+class Context:
+    """The process group as the trainer sees it: rank, world size and the collectives it needs."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ collectives
+    def _on_wire(self, t: Tensor) -> Tensor:
+        """Tensors travel where they are: CPU ones through gloo, CUDA ones through NCCL."""
+        return t
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        wire = self._on_wire(t.contiguous())
+        dist.all_reduce(wire, op=dist.ReduceOp.SUM)
+        return wire.to(t.device)
+
+    def all_reduce_mean(self, t: Tensor) -> Tensor:
+        return self.all_reduce_sum(t) / self.world_size
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj if self.is_main() else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    @torch.no_grad()
+    def broadcast_tensors(self, tensors: Sequence[Tensor]) -> None:
+        """Overwrite ``tensors`` on every rank with rank 0's values (one flat broadcast per dtype)."""
+        by_dtype: Dict[torch.dtype, List[Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = self._on_wire(torch.cat([t.detach().reshape(-1) for t in group]))
+            dist.broadcast(flat, src=0)
+            for t, part in zip(group, flat.split([t.numel() for t in group])):
+                t.copy_(part.view_as(t).to(t.device))
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter], weight: float, extra: float = 0.0) -> float:
+        """Sum ``weight · grad`` over ranks into every parameter's ``.grad``, in one all-reduce;
+        returns the sum of ``extra`` over ranks (carried in the same message).
+
+        A parameter without a gradient on a rank contributes zeros; it gets a gradient on every
+        rank when any rank produced one (so the optimizers stay identical), else stays None.
+        """
+        if not params:
+            return float(self.all_reduce_sum(torch.tensor([extra], dtype=torch.float64)).item())
+        sample = next(iter(params))
+        parts = [p.grad.reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel(), dtype=sample.dtype, device=p.device)
+                 for p in params]
+        flags = torch.tensor([*(p.grad is not None for p in params), extra], dtype=sample.dtype, device=sample.device)
+        flat = self.all_reduce_sum(torch.cat([*[x.to(sample.dtype) for x in parts], flags]))
+        sizes = [p.numel() for p in params]
+        values, flags = flat.narrow(0, 0, sum(sizes)), flat.narrow(0, sum(sizes), len(sizes) + 1)
+        total_extra = float(flags[-1])
+        for p, part, flag in zip(params, values.split(sizes), flags.tolist()):
+            if flag > 0:
+                g = part.view_as(p).to(p.dtype)
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.copy_(g)
+        return total_extra
+
+    def reduce_rows(self, rows: Tensor, weights: Optional[Sequence[float]]) -> Tensor:
+        """The epoch's (steps, terms) loss rows of the global batches: per-rank rows weighted by each
+        rank's share of its batch, summed over ranks (a user's loader: the mean over ranks)."""
+        if weights is None:
+            return self.all_reduce_mean(rows)
+        w = torch.tensor(list(weights), dtype=rows.dtype, device=rows.device).unsqueeze(1)
+        return self.all_reduce_sum(rows * w)
+
+    @torch.no_grad()
+    def teacher_logits(self, teacher: Any, x: Tensor, batch_size: int, members: bool = False) -> Tensor:
+        """Training-set teacher logits: each rank computes a contiguous 1/N and all gather the table."""
+        n = x.shape[0]
+        bounds = [n * r // self.world_size for r in range(self.world_size + 1)]
+        mine = x.narrow(0, bounds[self.rank], bounds[self.rank + 1] - bounds[self.rank])
+        local = teacher.logits_for(mine, batch_size, members=True) if members else teacher.logits_for(mine, batch_size)
+        width = max(bounds[r + 1] - bounds[r] for r in range(self.world_size))
+        padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=local.device)
+        padded.narrow(0, 0, local.shape[0]).copy_(local)
+        wire = self._on_wire(padded)
+        pieces = [torch.empty_like(wire) for _ in range(self.world_size)]
+        dist.all_gather(pieces, wire)
+        return torch.cat([p.narrow(0, 0, bounds[r + 1] - bounds[r]) for r, p in enumerate(pieces)]).to(x.device)
+
+    def attach(self, trainer: "Trainer") -> None:
+        """Make ``trainer`` data-parallel: its batches sharded, rank 0's weights broadcast at the start."""
+        self.check_method(trainer.method)
+        if trainer.loaders is None:
+            check_batch_size(trainer.cfg.batch_size, self.world_size)
+            last = trainer.indexer.n % trainer.cfg.batch_size
+            if 0 < last < self.world_size:
+                raise ConfigError(f"the last batch of each epoch holds {last} of {trainer.indexer.n} samples, fewer than the "
+                                  f"{self.world_size} processes; choose a batch size that leaves at least {self.world_size}")
+            trainer.indexer = ShardedIndexer(trainer.indexer, self.rank, self.world_size)  # type: ignore[assignment]
+        trainer.callbacks.callbacks.insert(0, SyncCallback(self))
+
+    def after_backward(self, trainer: "Trainer") -> None:
+        """The global batch's gradient on every rank (before clipping and the optimizer step)."""
+        weight = trainer.indexer.weight if trainer.loaders is None else 1.0 / self.world_size  # type: ignore[attr-defined]
+        self.sync_gradients(trainer.trainable_parameters(), weight)
+
+    def before_step(self, trainer: "Trainer", fraction: float) -> float:
+        """The autograd path's optimizer step (after any accumulation): gradients summed over ranks.
+
+        One batch per step: each rank's mean-loss gradient weighted by its share, as above. With
+        ``accumulate_steps`` > 1 each micro-batch loss was already weighted by its local size over the
+        global ``batch_size × steps``, so the gradients are plainly summed, and a short last group's
+        ``fraction`` (local samples / nominal) is summed too: the global fraction, as in one process.
+        """
+        if trainer.cfg.accumulate_steps == 1:
+            self.after_backward(trainer)
+            return fraction
+        return self.sync_gradients(trainer.trainable_parameters(), 1.0, extra=fraction)
+
+    def epoch_rows(self, trainer: "Trainer", rows: Tensor) -> Tensor:
+        """The epoch's loss rows of the global batches, equal on every rank."""
+        return self.reduce_rows(rows, trainer.indexer.weights if trainer.loaders is None else None)  # type: ignore[attr-defined]
+
+    def check_method(self, method: Any) -> None:
+        if getattr(method, "per_sample_state", False):
+            name = getattr(method, "name", type(method).__name__)
+            raise ConfigError(f"method {name} keeps per-sample state that each process would update only for its own "
+                              "shard; it runs in one process only (launch without torchrun)")
+
+
+class ShardedIndexer:
+    """A :class:`~kdlab.data.BatchIndexer` whose every global batch is cut to this rank's slice.
+
+    The global batches are those of one process (same generator, same permutation); rank r takes
+    the r-th of ``world_size`` near-equal contiguous slices. ``weights`` holds, per step of the
+    current epoch, this rank's share ``n_rank / n_global`` of its global batch.
+    """
+
+    def __init__(self, indexer: Any, rank: int, world_size: int) -> None:
+        self.indexer, self.rank, self.world_size = indexer, rank, world_size
+        self.weights: List[float] = []
+        self.weight = 1.0 / world_size
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.indexer.generator
+
+    def __len__(self) -> int:
+        return len(self.indexer)
+
+    def epoch(self) -> Iterator[Tensor]:
+        self.weights = []
+        for idx in self.indexer.epoch():
+            n = idx.numel()
+            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+            self.weight = (hi - lo) / n
+            self.weights.append(self.weight)
+            yield idx.narrow(0, lo, hi - lo)
+
+
+class SyncCallback(Callback):
+    """Rank 0's weights everywhere when training starts; each epoch's DistributedSampler seeded."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        tensors = [*trainer.model.parameters(), *trainer.model.buffers(), *trainer.method.parameters(), *trainer.method.buffers()]
+        self.ctx.broadcast_tensors([t.data for t in tensors if t.numel()])
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        loaders = trainer.loaders
+        sampler = getattr(loaders.train, "sampler", None) if loaders is not None else None
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+class RankZero(Callback):
+    """Runs ``callback`` on rank 0 only (run-folder files, progress); a plain pass-through otherwise."""
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def _active(self) -> bool:
+        ctx = context()
+        return ctx is None or ctx.is_main()
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if self._active():
+            self.callback.on_fit_start(trainer)
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        if self._active():
+            self.callback.on_epoch_start(trainer, epoch)
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+        if self._active():
+            self.callback.on_epoch_end(trainer, epoch, records)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        if self._active():
+            self.callback.on_fit_end(trainer)
+
+
+def rank_zero(callback: Optional[Callback]) -> Optional[Callback]:
+    return None if callback is None else RankZero(callback)
+
+
+# ---------------------------------------------------------------------- the process's context
+_CTX: Optional[Context] = None
+_SUSPENDED = 0
+
+
+def context() -> Optional[Context]:
+    """The active context: inside :func:`session` (or a process group the caller initialised) with
+    more than one process, unless :func:`local` suspended it; None in one process."""
+    global _CTX
+    if _SUSPENDED:
+        return None
+    if _CTX is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()) else torch.device("cpu")
+        _CTX = Context(dist.get_rank(), dist.get_world_size(), device)
+    return _CTX
+
+
+def is_main() -> bool:
+    """True in one process and on rank 0."""
+    ctx = context()
+    return ctx is None or ctx.is_main()
+
+
+def barrier() -> None:
+    ctx = context()
+    if ctx is not None:
+        ctx.barrier()
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Train in this process alone for a while (rank 0 filling the teacher cache)."""
+    global _SUSPENDED
+    _SUSPENDED += 1
+    try:
+        yield
+    finally:
+        _SUSPENDED -= 1
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[bool]:
+    """Rank 0 runs the body alone (yielding True), then the others run it (yielding False):
+    e.g. rank 0 trains and caches a teacher, the others then find it in the cache."""
+    ctx = context()
+    if ctx is None:
+        yield True
+        return
+    if ctx.is_main():
+        with local():
+            yield True
+        ctx.barrier()
+    else:
+        ctx.barrier()
+        yield False
+
+
+@contextlib.contextmanager
+def session() -> Iterator[Optional[Context]]:
+    """Join the process group torchrun describes (nothing in one process), leave it at the end.
+
+    CPU tensors go through gloo; on a machine with CUDA, ``cuda`` means ``cuda:LOCAL_RANK`` and
+    CUDA tensors go through NCCL (one ``cpu:gloo,cuda:nccl`` group serves both).
+    """
+    global _CTX
+    world = launched_world_size()
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield context()
+        return
+    if not dist.is_available():
+        raise ConfigError("torch.distributed is not available in this PyTorch build; launch without torchrun")
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        dev, backend = torch.device("cuda", local_rank), "cpu:gloo,cuda:nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes()))
+    _CTX = Context(dist.get_rank(), dist.get_world_size(), dev)
+    try:
+        yield _CTX
+    finally:
+        _CTX = None
+        dist.destroy_process_group()

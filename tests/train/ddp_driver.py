@@ -1,0 +1,57 @@
+"""Runs several kdlab commands in one torchrun launch, in one process group.
+
+``python -m torch.distributed.run --nproc_per_node 2 ddp_driver.py PLAN.json``; PLAN is a list of
+``[expected_exit_code, [kdlab arguments...]]``, or ``[0, ["@api", OUT]]`` for :func:`kdlab.distill` with
+a user's models and Dataset (FitNets: hooks, adapters, the teacher online). Exits 1 at the first
+command whose code differs, or when the processes end with different student weights.
+Starting torch costs seconds per process, so tests/train/test_distributed.py launches this once.
+"""
+
+import json
+import sys
+
+import torch
+from torch import nn
+
+import kdlab
+from kdlab.cli import main
+from kdlab.train import distributed
+
+
+class TinyCNN(nn.Module):
+    """A user's model: nothing kdlab-specific, named blocks."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU())
+        self.head = nn.Linear(2 * width * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(self.block2(self.block1(x)).flatten(1))
+
+
+def api_run(out: str) -> int:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 1, 8, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
+    data = torch.utils.data.TensorDataset(x, y)
+    torch.manual_seed(0)
+    teacher, student = TinyCNN(4), TinyCNN(2)
+    result = kdlab.distill(student, teacher, data, data, method="fitnets", pairs={"block2": "block2"}, weight=1.0,
+                           epochs=2, batch_size=32, out=out, progress=False)
+    flat = torch.cat([p.detach().reshape(-1) for p in [*result.student.parameters(), *result.method.parameters()]])
+    spread = flat.clone()
+    torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+    return 0 if torch.equal(spread, flat) else 3  # every process holds the same student and adapters
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as fh:
+        plan = json.load(fh)
+    # One group for all commands (each command's own session then joins it): a group re-created in the
+    # same launch could meet the previous one's rendezvous keys in torchrun's store.
+    with distributed.session():
+        for expected, argv in plan:
+            code = api_run(argv[1]) if argv[0] == "@api" else main(argv)
+            if code != expected:
+                print(f"ddp_driver: `kdlab {' '.join(argv)}` exited {code}, expected {expected}", file=sys.stderr, flush=True)
+                sys.exit(1)
