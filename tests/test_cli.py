@@ -151,13 +151,14 @@ def test_layers_lists_module_names_and_shapes(capsys):
     assert main(["layers", "digits-mlp", "--role", "student", "--set", "student.model.hidden=[12]"]) == 0
     out = capsys.readouterr().out
     assert "net.0   Linear" in out and "[2, 12]" in out and "teacher" not in out
+    assert "penultimate feature (the rkd/crd default): the input of 'net.2', [2, 12]" in out
 
 
 def test_methods_lists_registered_methods(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("hinton", "fitnets", "at", "ce"):
-        assert name in out
+    for name in ("hinton", "fitnets", "at", "ce", "rkd", "crd", "dkd", "multi-teacher", "self-ema"):
+        assert f"\n{name} " in f"\n{out}"
 
 
 FLOAT_FLAGS = [

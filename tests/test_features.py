@@ -280,3 +280,22 @@ def test_format_layer_table_aligns_columns():
     assert len(starts) == 1  # the output column starts at the same place on every line
     assert len({len(line) for line in lines}) == 1  # params right-aligned to the same edge
     assert "147,712" in lines[[r.name for r in rows].index("features.3") + 1]  # 64*256*9 + 256
+
+
+def test_penultimate_names_the_last_linear_the_forward_runs_and_leaves_the_model_as_it_was():
+    from kdlab.features import penultimate
+
+    class HeadFirst(nn.Module):  # registered before its body: the forward decides
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 3)
+            self.body = nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5))
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    model = HeadFirst().train()
+    assert penultimate(model, (5,)) == ("head", (2, 4))
+    assert model.training and model.body[1].training
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert penultimate(nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 5, 5)) is None

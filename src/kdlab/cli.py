@@ -200,7 +200,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .features import format_layer_table, layer_table
+    from .features import format_layer_table, layer_table, penultimate
     from .pipeline import build_role_model, prepare_data
 
     recipe = _recipe(args, None)
@@ -211,6 +211,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
         spec = getattr(recipe, role).model
         print(("\n" if i else "") + f"{role}: {spec.name} on {data.name} input {list(data.in_shape)} (batch of 2)")
         print(format_layer_table(layer_table(model, data.in_shape, role=role)))
+        last = penultimate(model, data.in_shape)
+        if last is not None:
+            print(f"penultimate feature (the rkd/crd default): the input of {last[0]!r}, {list(last[1])}")
     return 0
 
 

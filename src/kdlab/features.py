@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import ConfigError
 
-__all__ = ["PENULTIMATE", "FeatureTap", "LayerRow", "first_tensor", "format_layer_table", "layer_table", "resolve_module"]
+__all__ = ["PENULTIMATE", "FeatureTap", "LayerRow", "first_tensor", "format_layer_table", "layer_table", "penultimate", "resolve_module"]
 
 
 #: The feature name meaning "the input of the last ``nn.Linear`` the forward runs": the penultimate
@@ -314,6 +314,27 @@ def layer_table(
             )
         )
     return rows
+
+
+def penultimate(model: nn.Module, example_input: Union[Tensor, Sequence[int]], batch_size: int = 2) -> Optional[Tuple[str, Tuple[int, ...]]]:
+    """(name of the last ``nn.Linear`` the forward runs, shape of its input): what :data:`PENULTIMATE`
+    taps. None when the model has no ``nn.Linear``. Probed like :func:`layer_table` (eval mode, no
+    gradient, modes restored, no hook left)."""
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        return None
+    batch = _example_batch(model, example_input, batch_size)
+    modes = [(module, module.training) for module in model.modules()]
+    with FeatureTap(model, [PENULTIMATE]) as tap:
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(batch)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        if tap.penultimate_layer is None:
+            return None
+        return tap.penultimate_layer, tuple(tap[PENULTIMATE].shape)
 
 
 def format_layer_table(rows: Sequence[LayerRow]) -> str:
