@@ -14,23 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 
+from kdlab.device import cpu_model
 from kdlab.recipes import load_recipe
 from kdlab.study.demo import DEMO_SCRATCH, run_demo
 from kdlab.study.stats import paired
-
-
-def host() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -56,7 +46,7 @@ def main() -> None:
         row = {"label": args.label, "overrides": args.overrides, "val_fraction": args.val_fraction, "seeds": args.seeds,
                "start": start, "teacher_test": r.teacher_acc, "scratch_test": r.scratch.mean, "distilled_test": r.distilled.mean,
                "gain_test": r.gain.diff.mean, "ci_test": [r.gain.diff.ci_low, r.gain.diff.ci_high], "wins": r.wins,
-               "teacher_reused": r.study.teacher["reused"], "wall": wall, "host": host()}
+               "teacher_reused": r.study.teacher["reused"], "wall": wall, "host": cpu_model()}
         line = (f"{args.label} seeds {start}-{start + args.seeds - 1}: teacher {100 * r.teacher_acc:.2f} "
                 f"scratch {100 * r.scratch.mean:.2f} distilled {100 * r.distilled.mean:.2f} "
                 f"test {100 * r.gain.diff.mean:+.2f} [{100 * r.gain.diff.ci_low:+.2f}, {100 * r.gain.diff.ci_high:+.2f}]")

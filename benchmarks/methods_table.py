@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -24,6 +23,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from kdlab.device import cpu_model  # noqa: E402
 from kdlab.recipes import load_recipe  # noqa: E402
 from kdlab.study.compare import compare  # noqa: E402
 from kdlab.study.stats import paired, summarize  # noqa: E402
@@ -45,16 +45,6 @@ SECOND_TEACHER = (f"teachers=[{{model: {{name: cnn, channels: [64, 256]}}, train
                   f"{{model: {{name: mlp, hidden: [1200, 1200]}}, train: {TEACHER_TRAIN}}}]")
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) -> dict:
     """One ``compare --methods <method>`` study (scratch is always trained with it, batched and cheap)."""
     base = [f"dataset.data_dir={data_dir}", *PROTOCOL, *SECTIONS]
@@ -62,7 +52,7 @@ def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) 
         base.append(SECOND_TEACHER)
     result = compare(load_recipe(recipe_name, base), None, seeds, methods=method, teacher_cache=cache, progress=False,
                      profile=False)
-    out = {"teacher_acc": result.teacher["test_acc"], "mode": result.mode, "host": cpu_name(), "seeds": result.seeds}
+    out = {"teacher_acc": result.teacher["test_acc"], "mode": result.mode, "host": cpu_model(), "seeds": result.seeds}
     for v in result.variants:
         runs = result.of(v)
         out[v] = {"final_acc": [r.final_acc for r in runs],
@@ -130,7 +120,7 @@ def main() -> int:
     header = [
         "# Methods compared", "",
         f"Measured with `python benchmarks/methods_table.py --data-dir ../shared/data --seeds {args.seeds}` on "
-        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}; per-study results in `docs/methods.json` "
+        f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}; per-study results in `docs/methods.json` "
         "(each study is one `compare --methods <method>` with its own scratch students; an interrupted table resumes).", "",
         "Protocol (shortened from the recipes' own to fit a 2-core CPU): " + ", ".join(f"`{x}`" for x in PROTOCOL)
         + ". Method settings: " + ", ".join(f"`{x}`" for x in SECTIONS) + "; all others the methods' defaults (see "

@@ -39,16 +39,28 @@ def resolve_device(spec: str, where: str = "device") -> torch.device:
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags() -> frozenset:
-    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+def _cpuinfo(key: str) -> "str | None":
+    """The value of the first ``key`` line of Linux's /proc/cpuinfo (None elsewhere or when absent)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+def cpu_flags() -> frozenset:
+    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, to state beside every measured figure (our hosts differ day to day)."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_info() -> dict:
@@ -57,24 +69,13 @@ def cpu_info() -> dict:
     ``bf16_native`` decides ``precision: auto`` on the CPU; without it bf16 still works but is
     emulated and usually slower than fp32.
     """
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     flags = cpu_flags()
     try:
         capability = torch.backends.cpu.get_cpu_capability()
     except AttributeError:  # pragma: no cover - torch < 2.1
         capability = "unknown"
     native = [f for f in _BF16_FLAGS if f in flags]
-    return {"model": model, "capability": capability, "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+    return {"model": cpu_model(), "capability": capability, "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "bf16_native": bool(native)}
 
 

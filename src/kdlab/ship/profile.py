@@ -12,7 +12,6 @@ import copy
 import io
 import math
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..device import cpu_model
 from ..errors import KDLabError
 from ..models import count_parameters
 from .source import load_student, recorded_teacher_acc, recorded_teachers
@@ -52,7 +52,7 @@ class Profile:
     student: ModelProfile
     source: str
     threads: int
-    cpu: str = field(default_factory=lambda: cpu_name())
+    cpu: str = field(default_factory=cpu_model)
     load: Optional[float] = field(default_factory=lambda: load_average())  # 1-minute load average when measured
 
     def speedup(self, batch: int) -> float:
@@ -115,18 +115,6 @@ def _bytes(n: int) -> str:
 
 def _pct(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), for stating where latencies were measured."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def load_average() -> Optional[float]:
