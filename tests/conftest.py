@@ -58,3 +58,12 @@ def real_data() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's cache; never download during tests unless a test asks for it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits data as the digits-mlp recipe loads them (read-only; shared by the tests)."""
+    from kdlab.pipeline import prepare_data
+    from kdlab.recipes import load_recipe
+
+    return prepare_data(load_recipe("digits-mlp"))

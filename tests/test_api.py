@@ -4,25 +4,12 @@ import json
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdlab
 from kdlab.data.loaders import IndexedDataset
 from kdlab.errors import ConfigError
-
-
-class TinyCNN(nn.Module):
-    """A user's model: nothing kdlab-specific, named blocks."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.block1 = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU())
-        self.block2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU())
-        self.head = nn.Linear(2 * width * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.head(self.block2(self.block1(x)).flatten(1))
+from tests.user_models import TinyCNN
 
 
 class Flip(torch.utils.data.Dataset):

@@ -12,17 +12,12 @@ from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, Batch, Outputs
 from kdlab.methods.attention import ATParams, AttentionTransfer, attention_map
 from kdlab.methods.fitnets import FitNets, FitNetsParams
-from kdlab.pipeline import build_role_model, prepare_data
+from kdlab.pipeline import build_role_model
 from kdlab.teacher import FrozenTeacher
 from kdlab.train.trainer import Trainer
 
 MLP = ["teacher.model.hidden=[32]", "student.model.hidden=[12]", "student.train.epochs=2"]
 CNN = ["teacher.model={name: cnn, channels: [8, 16]}", "student.model={name: cnn, channels: [4, 4]}", "student.train.epochs=2"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return prepare_data(load_recipe("digits-mlp"))
 
 
 def _models(overrides, data):

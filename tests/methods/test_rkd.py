@@ -16,7 +16,7 @@ from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, Batch, Outputs, build_method
 from kdlab.features import PENULTIMATE, FeatureTap
 from kdlab.methods.rkd import RKD, RKDParams, pdist, rkd_angle_loss, rkd_distance_loss, rkd_embedding
-from kdlab.pipeline import build_role_model, prepare_data
+from kdlab.pipeline import build_role_model
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
 from kdlab.train.trainer import Trainer
@@ -276,11 +276,6 @@ def test_penultimate_tap_records_the_classifiers_input_and_leaves_no_hook():
 KD_SETTINGS = ["distill.temperature=3", "distill.hard_weight=0.5", "distill.soft_weight=0.5"]
 MLP = ["teacher.model.hidden=[32]", "student.model.hidden=[12]", "student.train.epochs=2", *KD_SETTINGS]
 CNN = ["teacher.model={name: cnn, channels: [8, 16]}", "student.model={name: cnn, channels: [4, 4]}", "student.train.epochs=1"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return prepare_data(load_recipe("digits-mlp"))
 
 
 def _models(overrides, data):

@@ -9,26 +9,16 @@ Starting torch costs seconds per process, so tests/train/test_distributed.py lau
 
 import json
 import sys
+from pathlib import Path
 
 import torch
-from torch import nn
 
 import kdlab
 from kdlab.cli import main
 from kdlab.train import distributed
 
-
-class TinyCNN(nn.Module):
-    """A user's model: nothing kdlab-specific, named blocks."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.block1 = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU())
-        self.block2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU())
-        self.head = nn.Linear(2 * width * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.head(self.block2(self.block1(x)).flatten(1))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.user_models
+from tests.user_models import TinyCNN  # noqa: E402
 
 
 def api_run(out: str) -> int:

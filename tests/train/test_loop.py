@@ -6,15 +6,10 @@ import torch
 from kdlab import CheckpointError
 from kdlab.recipes import load_recipe
 from kdlab.losses import DistillationObjective
-from kdlab.pipeline import build_role_model, prepare_data, run_teacher
+from kdlab.pipeline import build_role_model, run_teacher
 from kdlab.train import RunDir, evaluate, fit, load_checkpoint, load_model
 
 FAST = ["teacher.model.hidden=[64]", "teacher.train.epochs=3", "student.train.epochs=3"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return prepare_data(load_recipe("digits-mlp"))
 
 
 def test_training_learns_and_logs_every_epoch(tmp_path, digits):
