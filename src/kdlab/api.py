@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .config import DistillConfig, StageConfig, TrainConfig, _build, _check_stages
 from .data.loaders import LoaderSplits, unpack_batch
 from .errors import ConfigError
+from .features import eval_probe
 from .methods import Distiller, build_method
 from .models import count_parameters
 from .teacher import FrozenTeacher, TeacherEnsemble
@@ -125,8 +126,12 @@ def distill(
     with (FrozenTeacher(teacher) if teacher is not None else contextlib.nullcontext()) as frozen:
         if num_classes is None:
             x, _, _ = unpack_batch(next(iter(train)))  # type: ignore[arg-type]
-            probe = frozen if frozen is not None else _EvalProbe(student)
-            num_classes = int(probe(x[:2].to(dev) if dev is not None else x[:2]).shape[1])
+            x = x[:2].to(dev) if dev is not None else x[:2]
+            if frozen is not None:
+                num_classes = int(frozen(x).shape[1])
+            else:
+                with eval_probe(student):
+                    num_classes = int(student(x).shape[1])
         data = LoaderSplits(train, num_classes, val=val, test=test)  # type: ignore[arg-type]
         settings = {"method": method, "method_params": method_params, "distill": dataclasses.asdict(dcfg),
                     "train": dataclasses.asdict(train_cfg), "seed": seed, "device": str(dev or "cpu")}
@@ -166,23 +171,6 @@ def _new_run_dir() -> RunDir:
     if ctx is None:
         return RunDir.new("runs", "distill")
     return RunDir(ctx.broadcast_object(RunDir.fresh_path("runs", "distill") if ctx.is_main() else None))
-
-
-class _EvalProbe:
-    """Calls a model once in eval mode without gradient, its modes restored (class count probe)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    @torch.no_grad()
-    def __call__(self, x: Tensor) -> Tensor:
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            return self.model(x)
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
 
 def _plain(obj: Any) -> Any:

@@ -9,8 +9,9 @@ spirit of torchdistill's ``ForwardHookManager``, and leaves the model exactly as
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import ConfigError
 
-__all__ = ["PENULTIMATE", "FeatureTap", "LayerRow", "first_tensor", "format_layer_table", "layer_table", "penultimate", "resolve_module"]
+__all__ = ["PENULTIMATE", "FeatureTap", "LayerRow", "first_tensor", "format_layer_table", "layer_table", "eval_probe", "penultimate", "resolve_module"]
 
 
 #: The feature name meaning "the input of the last ``nn.Linear`` the forward runs": the penultimate
@@ -260,6 +261,20 @@ def _example_batch(model: nn.Module, example_input: Union[Tensor, Sequence[int]]
     return torch.zeros((batch_size, *(int(d) for d in example_input)), **factory)
 
 
+@contextlib.contextmanager
+def eval_probe(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradient for a probing forward (BatchNorm statistics untouched, dropout off);
+    afterwards every module's own train/eval flag is restored, whatever it was."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 def layer_table(
     model: nn.Module,
     example_input: Union[Tensor, Sequence[int]],
@@ -283,11 +298,9 @@ def layer_table(
 
         return record
 
-    modes = [(module, module.training) for module in model.modules()]
     handles = [module.register_forward_hook(hook_for(name)) for name, module in modules]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_probe(model):
             model(batch)
     except Exception as exc:  # any model error: report it as the user's input/model mismatch
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -298,8 +311,6 @@ def layer_table(
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes:
-            module.training = mode
     rows = []
     for name, module in modules:
         ran = name in outputs
@@ -323,15 +334,9 @@ def penultimate(model: nn.Module, example_input: Union[Tensor, Sequence[int]], b
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         return None
     batch = _example_batch(model, example_input, batch_size)
-    modes = [(module, module.training) for module in model.modules()]
     with FeatureTap(model, [PENULTIMATE]) as tap:
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(batch)
-        finally:
-            for module, mode in modes:
-                module.training = mode
+        with eval_probe(model):
+            model(batch)
         if tap.penultimate_layer is None:
             return None
         return tap.penultimate_layer, tuple(tap[PENULTIMATE].shape)

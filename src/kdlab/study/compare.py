@@ -197,15 +197,13 @@ def compare(
         raise ConfigError("compare either loss codings (--losses) or methods (--methods), not both")
     by_method = methods is not None
     variants = parse_methods(methods) if by_method else parse_variants(losses)  # type: ignore[arg-type]
-    if by_method:  # every method's section is checked before the teacher trains
-        for v in variants:
-            _method(recipe, v, True)
     if recipe.augment:
         raise ConfigError("kdlab compare shares one set of cached teacher logits, which augmented batches cannot use; "
                           "remove the recipe's augment section (or use kdlab distill per setting)")
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()
     data = data or prepare_data(recipe)
+    # builds every variant's method, so a bad method section fails here, before the teacher trains
     placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
     # staged variants train one by one: the batched step shares one optimizer with the scratch students
     single = [v for v in variants if not _batchable(_method(recipe, v, by_method), data, placeholder)

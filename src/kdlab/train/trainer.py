@@ -178,12 +178,9 @@ class Trainer:
 
     def _val_accuracy(self) -> Optional[Callable[[nn.Module], float]]:
         """Accuracy of any model on the validation split (methods weighting teachers use it)."""
-        split = self.data.val
-        if split is None:
+        if self.data.val is None:
             return None
-        if self.loaders is not None:
-            return lambda m: evaluate_loader(m, split, self.device)["acc"]
-        return lambda m: evaluate(m, split, self.cfg.eval_batch_size)["acc"]
+        return lambda m: self.evaluate_split("val", m)["acc"]  # type: ignore[index]
 
     def _student_outputs(self, x: Tensor) -> Outputs:
         logits = self.model(x)
@@ -312,14 +309,16 @@ class Trainer:
         names = ["total", *self.method.term_weights()]
         check_finite(rows, names, epoch, self.trainable_parameters(), self.saved_note(epoch))
 
-    def evaluate_split(self, name: str) -> Optional[Dict[str, float]]:
-        """Accuracy and loss on the ``test`` or ``val`` split (None when the data have none)."""
+    def evaluate_split(self, name: str, model: Optional[nn.Module] = None) -> Optional[Dict[str, float]]:
+        """Accuracy and loss of ``model`` (default: the student) on the ``test`` or ``val`` split
+        (None when the data have none)."""
         split = getattr(self.data, name)
         if split is None:
             return None
+        model = self.model if model is None else model
         if self.loaders is not None:
-            return evaluate_loader(self.model, split, self.device)
-        return evaluate(self.model, split, self.cfg.eval_batch_size)
+            return evaluate_loader(model, split, self.device)
+        return evaluate(model, split, self.cfg.eval_batch_size)
 
     def epoch_records(self, epoch: int, rows: Tensor, lr: float, train_seconds: float) -> List[Dict[str, Any]]:
         """One metrics record per student (here: one) for the epoch just trained."""
