@@ -188,3 +188,16 @@ def test_unknown_recipe_and_bad_yaml(tmp_path):
 
 def test_defaults_are_valid():
     assert recipe_from_dict({}).dataset.name == "digits"
+
+
+def test_a_section_of_a_method_not_in_use_is_range_checked_too():
+    """compare --methods uses every section, so a NaN there is refused when the recipe loads."""
+    import pytest
+
+    from kdlab import ConfigError
+    from kdlab.recipes import load_recipe
+
+    for bad, match in (("distill.self-ema.decay=.nan", "distill.self-ema.decay: must be a number in"),
+                       ("distill.rkd.angle_weight=-1", "distill.rkd.angle_weight: must be a finite number >= 0")):
+        with pytest.raises(ConfigError, match=match):
+            load_recipe("digits-mlp", [bad])  # distill.method stays hinton

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
-from .config import Recipe, _build, _short, role_configs, schema_from_dict
+from .config import Recipe, _short, role_configs, schema_from_dict
 from .errors import ConfigError
 
 
@@ -54,7 +54,7 @@ def import_user_modules(modules: Sequence[str]) -> None:
 
 def check_method(r: Recipe) -> None:
     """``distill.method`` is registered, each section names a method, and each section fits its dataclass."""
-    from .methods import METHODS
+    from .methods import METHODS, build_method
 
     d = r.distill
     if d.method not in METHODS:
@@ -63,10 +63,11 @@ def check_method(r: Recipe) -> None:
         if name not in METHODS:
             raise ConfigError(f"distill.{name}: unknown key; valid keys here: {', '.join(sorted(_distill_keys()))}, "
                               f"or a method section: {', '.join(METHODS.names())}")
-        entry = METHODS.get(name)
-        if entry.params is None:
+        if METHODS.get(name).params is None:
             raise ConfigError(f"distill.{name}: method {name!r} takes no parameters; remove the section")
-        _build(entry.params, section, f"distill.{name}")
+        # built, not only typed: a method checks its own ranges (NaN, negative weights) when it is
+        # constructed, and a section compare --methods will use must not wait for that to be refused
+        build_method(name, d, section)
 
 
 def _distill_keys() -> List[str]:
