@@ -19,17 +19,32 @@ class FrozenTeacher(nn.Module):
         self.model = model
         self._given = ({name: m.training for name, m in model.named_modules()},
                        {name: p.requires_grad for name, p in model.named_parameters()})
+        #: Parameters :meth:`use_channels_last` converted from the standard layout (restored on release).
+        self._relaid: set = set()
         self.model.requires_grad_(False)
         self.model.eval()
         super().train(False)
 
+    def use_channels_last(self) -> None:
+        """4-D weights in channels_last, as the run trains its student: an online teacher's
+        convolutions are then as fast as the student's (with bf16 on AMX several times faster
+        than in the standard layout). :meth:`release` puts them back."""
+        for name, p in self.model.named_parameters():
+            if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                self._relaid.add(name)
+        self.model.to(memory_format=torch.channels_last)
+
     def release(self) -> nn.Module:
-        """Restore the wrapped model's training modes and ``requires_grad`` flags; returns it."""
+        """Restore the wrapped model's training modes, ``requires_grad`` flags and weight layout;
+        returns it."""
         modes, grads = self._given
         for name, m in self.model.named_modules():
             m.training = modes.get(name, m.training)
         for name, p in self.model.named_parameters():
             p.requires_grad_(grads.get(name, p.requires_grad))
+            if name in self._relaid:
+                p.data = p.data.contiguous()
+        self._relaid.clear()
         return self.model
 
     def __enter__(self) -> "FrozenTeacher":

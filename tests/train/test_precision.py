@@ -1,6 +1,7 @@
 """Mixed precision (autocast, GradScaler), flushing subnormals, channels_last, and their config checks."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -174,3 +175,31 @@ def test_kdlab_env_names_the_cpu_bf16_support(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "AMX" in out and "AVX-512-BF16" in out and "precision auto" in out and "torch:" in out
+
+
+def test_online_teacher_runs_channels_last_and_is_handed_back_as_given(digits):
+    """With channels_last, a teacher that runs on every batch (AT needs its features) takes the
+    student's layout, so bf16 convolutions are fast on both sides; release restores its layout."""
+    from kdlab.methods import build_method
+    from kdlab.teacher import FrozenTeacher
+    from tests.user_models import TinyCNN
+
+    recipe = load_recipe("digits-mlp", ["student.train.epochs=1", "student.train.channels_last=true",
+                                        "student.train.precision=bf16"])
+    torch.manual_seed(0)
+    teacher, student = TinyCNN(8, classes=10), TinyCNN(4, classes=10)
+    given = {k: v.clone() for k, v in teacher.state_dict().items()}
+    layouts = []
+    teacher.block2.register_forward_hook(
+        lambda m, i, o: layouts.append(m[0].weight.is_contiguous(memory_format=torch.channels_last)))
+    method = build_method("at", recipe.distill, {"pairs": {"block2": "block2"}})
+    with FrozenTeacher(teacher) as frozen:
+        trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
+        assert trainer.cached_logits is None
+        layouts.clear()  # the build pass above (AT's shape probe) ran before the run's layout was set
+        (result,) = trainer.fit()
+    assert layouts and all(layouts)  # every online teacher forward ran channels_last
+    assert all(math.isfinite(r["loss_total"]) for r in result.history)
+    for name, p in teacher.named_parameters():  # handed back in its own layout, values unchanged
+        assert p.is_contiguous(), name
+        assert torch.equal(p, given[name]), name

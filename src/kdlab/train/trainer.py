@@ -136,6 +136,8 @@ class Trainer:
         self.channels_last = bool(getattr(cfg, "channels_last", False))
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+            if self.teacher is not None and self.cached_logits is None:  # it runs on every batch
+                self.teacher.use_channels_last()
         #: One optimizer step per batch in fp32: the closed form may be used.
         self.plain_steps = self.amp_dtype is None and cfg.accumulate_steps == 1 and not self.channels_last
 
