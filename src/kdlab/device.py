@@ -6,6 +6,9 @@ model, which the pipeline places on :func:`resolve_device` of the recipe's ``dev
 
 from __future__ import annotations
 
+import os
+from typing import Any, Callable, Tuple
+
 import torch
 
 from .errors import ConfigError
@@ -95,5 +98,63 @@ def autocast_dtype(precision: str, device: torch.device) -> "torch.dtype | None"
 
 
 def flush_denormal_enabled() -> bool:
-    """Whether subnormal floats are flushed to zero right now (torch has a setter only)."""
+    """Whether subnormal floats are flushed to zero right now on this thread (torch has a setter only)."""
     return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0)
+
+
+def set_flush_denormal(enabled: bool) -> Tuple[bool, bool]:
+    """Flush subnormal floats (FTZ/DAZ) on *every* intra-op thread; returns (supported, workers reached).
+
+    ``torch.set_flush_denormal`` sets the flags of the calling thread only. Threads inherit them
+    when they are created, so once the OpenMP pool exists (after the first parallel op) its workers,
+    which run part of every large matmul and of the fused Adam step, keep computing with
+    subnormals: measured on the MNIST MLP teacher's epoch-20 checkpoint, 20 ms/step with the flags
+    set on the main thread only vs 12.5 ms/step on all threads. The same call is therefore run on
+    each thread of the pool through libgomp's ``GOMP_parallel`` (the OpenMP runtime torch's CPU
+    builds use); with another runtime only the calling thread is set, and the second value says so.
+    """
+    supported = bool(torch.set_flush_denormal(enabled))
+    if not supported:
+        return False, False
+    return True, _on_openmp_threads(lambda: torch.set_flush_denormal(enabled))
+
+
+_GOMP: Any = None
+
+
+def _libgomp() -> Any:
+    """The libgomp this process has loaded (torch's own copy), or None."""
+    global _GOMP
+    if _GOMP is None:
+        _GOMP = False
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]}
+        except OSError:
+            paths = set()
+        # other wheels (scikit-learn, scipy) may bring their own copy: torch's is the one beside it
+        own = {p for p in paths if p.startswith(os.path.dirname(torch.__file__))}
+        paths = own or paths
+        if len(paths) == 1 and "OpenMP" in torch.__config__.parallel_info():
+            import ctypes
+
+            try:
+                lib = ctypes.CDLL(paths.pop())
+                lib.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+                lib.GOMP_parallel.restype = None
+                _GOMP = lib
+            except (OSError, AttributeError):
+                pass
+    return _GOMP or None
+
+
+def _on_openmp_threads(fn: Callable[[], Any]) -> bool:
+    """Run ``fn`` once on each thread of the OpenMP team torch's ops use (True if that was possible)."""
+    lib = _libgomp()
+    if lib is None:
+        return False
+    import ctypes
+
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _data: fn())  # ctypes takes the GIL per call
+    lib.GOMP_parallel(ctypes.cast(callback, ctypes.c_void_p), None, torch.get_num_threads(), 0)
+    return True

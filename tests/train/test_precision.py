@@ -8,7 +8,7 @@ import torch
 
 from kdlab import ConfigError
 from kdlab.config import TrainConfig
-from kdlab.device import autocast_dtype, cpu_info, flush_denormal_enabled
+from kdlab.device import autocast_dtype, cpu_info, flush_denormal_enabled, set_flush_denormal
 from kdlab.methods import CE, KD
 from kdlab.pipeline import build_role_model, prepare_data, run_student
 from kdlab.recipes import load_recipe
@@ -113,25 +113,52 @@ def test_grad_scaler_skips_overflowing_steps_with_the_fused_adam(setup):
     assert trainer.scaler.get_scale() == scale / 2
 
 
+def subnormals_kept() -> int:
+    """How many of 1M products that should be subnormal (1e-40) were not flushed to zero; a tensor
+    this large is split across the intra-op threads, so each thread's flags count."""
+    return int((torch.full((1_000_000,), 1e-30) * 1e-10 != 0).sum())
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.randn(500, 500) @ torch.randn(500, 500)  # the worker pool exists before any flag is set
+    yield
+    set_flush_denormal(False)
+    torch.set_num_threads(before)
+
+
+def test_set_flush_denormal_reaches_every_intra_op_thread(two_threads):
+    assert subnormals_kept() == 1_000_000
+    torch.set_flush_denormal(True)  # torch's own setter: the calling thread only
+    assert 0 < subnormals_kept() < 1_000_000  # the worker's share is still subnormal (why kdlab has its own)
+    assert set_flush_denormal(True) == (True, True)
+    assert subnormals_kept() == 0
+    assert set_flush_denormal(False) == (True, True)
+    assert subnormals_kept() == 1_000_000
+
+
 class FlushProbe(Callback):
     def __init__(self):
         self.inside = []
 
     def on_epoch_start(self, trainer, epoch):
-        self.inside.append(flush_denormal_enabled())
+        self.inside.append(flush_denormal_enabled() and subnormals_kept() == 0)
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_flush_denormal_set_during_training_and_restored(setup, flush):
+def test_flush_denormal_set_during_training_and_restored(setup, flush, two_threads):
     recipe, data, _ = setup
     probe = FlushProbe()
-    torch.set_flush_denormal(not flush)
+    set_flush_denormal(not flush)
     try:
         Trainer(build_role_model(recipe, "student", data), CE(), data, _cfg(epochs=2, flush_denormal=flush), callbacks=[probe]).fit()
         assert probe.inside == [flush, flush]
         assert flush_denormal_enabled() is (not flush)  # the caller's mode is back
+        assert (subnormals_kept() == 0) is (not flush)  # on every thread
     finally:
-        torch.set_flush_denormal(False)
+        set_flush_denormal(False)
 
 
 def test_run_json_records_precision_and_flushing(tmp_path):
@@ -140,6 +167,7 @@ def test_run_json_records_precision_and_flushing(tmp_path):
     run_student(recipe, out=tmp_path / "run", progress=False)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["flush_denormal"] is True and info["flush_denormal_supported"] in (True, False)
+    assert info["flush_denormal_all_threads"] is info["flush_denormal_supported"]  # torch's CPU builds use libgomp
     assert info["precision"]["autocast"] == "bf16" and info["accumulate_steps"] == 2 and info["effective_batch_size"] == 256
     assert info["closed_form_steps"] is False
     assert {"amx", "avx512_bf16", "capability"} <= set(info["environment"]["cpu"])

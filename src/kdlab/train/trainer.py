@@ -19,8 +19,8 @@ Mixed precision (``train.precision``), gradient accumulation (``train.accumulate
 (``self.fast`` is None). The forward passes run under :func:`torch.autocast`; logits and features
 are cast to fp32 before the method, so softmax/KL/CE terms are always fp32. fp16 steps go through a
 ``GradScaler`` (gradients unscaled before clipping; its state is part of :meth:`Trainer.state_dict`).
-``train.flush_denormal`` flushes subnormal floats during :meth:`Trainer.fit` and restores the
-previous mode afterwards.
+``train.flush_denormal`` flushes subnormal floats during :meth:`Trainer.fit`, on every intra-op
+thread (:func:`kdlab.device.set_flush_denormal`), and restores the previous mode afterwards.
 
 Loss terms stay tensors during the epoch and become floats once at its end; checkpoints, metrics,
 progress and schedules are callbacks (:mod:`kdlab.train.callbacks`).
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
-from ..device import autocast_dtype, flush_denormal_enabled
+from ..device import autocast_dtype, flush_denormal_enabled, set_flush_denormal
 from ..methods.base import Batch, Distiller, Outputs, RunContext
 from ..teacher import FrozenTeacher
 from . import distributed
@@ -150,6 +150,8 @@ class Trainer:
                 "effective_batch_size": self.cfg.batch_size * self.cfg.accumulate_steps,
                 "warmup_epochs": self.cfg.warmup_epochs, "flush_denormal": self.cfg.flush_denormal,
                 "flush_denormal_supported": getattr(self, "flush_denormal_supported", None),
+                # False: only the calling thread flushes (an OpenMP runtime kdlab cannot reach)
+                "flush_denormal_all_threads": getattr(self, "flush_denormal_all_threads", None),
                 "channels_last": self.channels_last, "closed_form_steps": self.fast is not None}
 
     # ------------------------------------------------------------------ parts a method owns
@@ -338,7 +340,7 @@ class Trainer:
         validation accuracy when a validation split exists, else on test accuracy.
         """
         flushing = flush_denormal_enabled()
-        self.flush_denormal_supported = torch.set_flush_denormal(bool(self.cfg.flush_denormal))
+        self.flush_denormal_supported, self.flush_denormal_all_threads = set_flush_denormal(bool(self.cfg.flush_denormal))
         try:
             self.callbacks.on_fit_start(self)
             for epoch in range(self.start_epoch, self.cfg.epochs + 1):
@@ -371,7 +373,7 @@ class Trainer:
                 self.callbacks.on_fit_end(self)
                 self.close()
             finally:
-                torch.set_flush_denormal(flushing)
+                set_flush_denormal(flushing)
         return self.results()
 
     def step_losses(self, rows: Tensor) -> List[Tuple[List[str], Tensor]]:
