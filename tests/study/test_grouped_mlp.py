@@ -4,7 +4,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdlab.models import build_model
-from kdlab.study.grouped_mlp import GroupedMLP, linear_chain
+from kdlab.models.chain import linear_chain
+from kdlab.study.grouped_mlp import GroupedMLP
 
 
 def _students(make, n):

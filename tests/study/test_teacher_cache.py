@@ -123,3 +123,19 @@ def test_distill_without_teacher_uses_the_cache(tmp_path, capsys):
     info = json.loads((tmp_path / "b" / "run.json").read_text())
     assert info["teacher_reused"] is True and info["teacher_cache"].startswith(str(tmp_path / "cache"))
     assert not (tmp_path / "a" / "teacher").exists()  # the teacher lives in the cache, not in every run folder
+
+
+def test_key_holds_what_precision_auto_resolves_to_here(tmp_path, monkeypatch):
+    """``auto`` trains in bf16 on an AMX/AVX-512-BF16 machine and in fp32 elsewhere: the key holds
+    the resolved precision, so an fp32 run and an ``auto`` run on a machine without bf16 share an
+    entry, and a bf16 teacher is never taken for an fp32 one."""
+    import kdlab.device as device
+
+    data = prepare_data(load_recipe("digits-mlp"))
+    path = {p: teacher_cache_path(load_recipe("digits-mlp", [f"teacher.train.precision={p}"]), tmp_path, data)
+            for p in ("fp32", "bf16")}
+    assert path["fp32"] != path["bf16"]
+    for native, resolved in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(device, "cpu_info", lambda native=native: {"bf16_native": native})
+        auto = load_recipe("digits-mlp", ["teacher.train.precision=auto"])
+        assert teacher_cache_path(auto, tmp_path, data) == path[resolved]

@@ -40,7 +40,8 @@ from ..train.callbacks import Callback, CallbackList
 from ..train.optim import OPTIMIZERS, build_scheduler
 from ..train.records import FitResult, check_finite, method_record
 from ..train.trainer import Trainer
-from .grouped_mlp import GroupedMLP, linear_chain
+from ..models.chain import linear_chain
+from .grouped_mlp import GroupedMLP
 
 
 def batching_blocker(model: nn.Module) -> Optional[str]:

@@ -11,37 +11,12 @@ the vmapped (and the one-by-one) computation to float rounding (tested).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..models.mlp import MLP
-
-Layer = Tuple[str, Optional[str], bool]  # (weight key, bias key, ReLU after)
-
-
-def linear_chain(model: nn.Module) -> Optional[List[Layer]]:
-    """The model's layers when it is a hook-free chain of Linear/ReLU (after a flatten), else None."""
-    if isinstance(model, MLP):
-        seq, prefix = model.net, "net."
-    elif isinstance(model, nn.Sequential):
-        seq, prefix = model, ""
-    else:
-        return None
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        return None  # a user's hook must see the real modules: use the vmapped path
-    layers: List[Layer] = []
-    for i, (name, m) in enumerate(seq.named_children()):
-        if isinstance(m, nn.Linear):
-            layers.append((f"{prefix}{name}.weight", f"{prefix}{name}.bias" if m.bias is not None else None, False))
-        elif isinstance(m, nn.ReLU) and layers and not layers[-1][2]:
-            layers[-1] = (layers[-1][0], layers[-1][1], True)
-        elif isinstance(m, nn.Flatten) and i == 0 and m.start_dim == 1 and m.end_dim == -1:
-            continue
-        else:
-            return None
-    return layers or None
+from ..models.chain import Layer
 
 
 class GroupedMLP:

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import torch
+
 from ..config import Recipe
 from ..data import DatasetSplits, data_fingerprint
 from ..data.mnist_family import default_cache_dir
+from ..device import autocast_dtype, resolve_device
 from ..errors import KDLabError
 from ..teacher import FrozenTeacher
 from ..train.checkpoint import load_checkpoint, model_from_payload
@@ -75,7 +78,7 @@ def teacher_key(recipe: Recipe, data: Optional[DatasetSplits] = None) -> Dict[st
     return {
         "format": CACHE_FORMAT,
         "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(_data(recipe, data))},
-        "teacher": _weights_config(recipe.to_dict()["teacher"]),
+        "teacher": _weights_config(recipe.to_dict()["teacher"], recipe.device),
         "seed": recipe.seed,
     }
 
@@ -86,8 +89,12 @@ _LATER_TRAIN_DEFAULTS = {"precision": "fp32", "accumulate_steps": 1, "warmup_epo
                          "channels_last": False}
 
 
-def _weights_config(role: Dict[str, Any]) -> Dict[str, Any]:
-    train = {k: v for k, v in role["train"].items()
+def _weights_config(role: Dict[str, Any], device: str) -> Dict[str, Any]:
+    train = dict(role["train"])
+    if train.get("precision") == "auto":  # what it resolves to on this machine decides the weights
+        dtype = autocast_dtype("auto", resolve_device(device))
+        train["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    train = {k: v for k, v in train.items()
              if k != "tensorboard" and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])}
     return {**role, "train": train}
 

@@ -12,6 +12,9 @@ and how a step is computed:
 
 * the method's closed form when it offers one (:meth:`Distiller.fast_path`): one ``index_select``
   for the tabulated label/teacher rows and one ``logits.backward(grad)``, no loss graph;
+  a plain Linear/ReLU chain (the MLPs) also skips autograd's graph: :class:`kdlab.models.chain.ChainStep`
+  writes its backward out as the same matmuls (same gradients, tested): the MNIST student's epoch
+  took 0.28-0.29 s instead of 0.36-0.40 s (Intel Xeon, AMX; run alternately in one process);
 * otherwise ``total = Σ weight · term`` through autograd.
 
 Mixed precision (``train.precision``), gradient accumulation (``train.accumulate_steps``) and
@@ -38,6 +41,7 @@ from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
 from ..device import autocast_dtype, flush_denormal_enabled, set_flush_denormal
+from ..models.chain import ChainStep
 from ..methods.base import Batch, Distiller, Outputs, RunContext
 from ..teacher import FrozenTeacher
 from . import distributed
@@ -152,7 +156,8 @@ class Trainer:
                 "flush_denormal_supported": getattr(self, "flush_denormal_supported", None),
                 # False: only the calling thread flushes (an OpenMP runtime kdlab cannot reach)
                 "flush_denormal_all_threads": getattr(self, "flush_denormal_all_threads", None),
-                "channels_last": self.channels_last, "closed_form_steps": self.fast is not None}
+                "channels_last": self.channels_last, "closed_form_steps": self.fast is not None,
+                "autograd_free_steps": self.fast is not None and ChainStep.of(self.model) is not None}
 
     # ------------------------------------------------------------------ parts a method owns
     def trainable_parameters(self) -> List[nn.Parameter]:
@@ -253,12 +258,16 @@ class Trainer:
             X = self.data.train.x  # type: ignore[union-attr]
             n_values = 1 + len(method.term_weights())
             fast.prepare_for(method)
+            chain = ChainStep.of(model)  # a Linear/ReLU chain: its backward written out, no autograd graph
             for idx in self.indexer.epoch():
                 idx = idx.to(X.device)
-                logits = model(X.index_select(0, idx))
-                values, grad = fast(logits.detach(), fast.rows(idx))
-                optimizer.zero_grad(set_to_none=True)
-                logits.backward(grad)
+                if chain is not None:
+                    values = chain.step(X.index_select(0, idx), lambda logits: fast(logits, fast.rows(idx)))
+                else:
+                    logits = model(X.index_select(0, idx))
+                    values, grad = fast(logits.detach(), fast.rows(idx))
+                    optimizer.zero_grad(set_to_none=True)
+                    logits.backward(grad)
                 if self.dist is not None:
                     self.dist.after_backward(self)
                 if clip is not None:
