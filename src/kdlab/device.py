@@ -97,6 +97,11 @@ def autocast_dtype(precision: str, device: torch.device) -> "torch.dtype | None"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def precision_name(dtype: "torch.dtype | None") -> str:
+    """The ``train.precision`` name of an :func:`autocast_dtype` result (None: fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def flush_denormal_enabled() -> bool:
     """Whether subnormal floats are flushed to zero right now on this thread (torch has a setter only)."""
     return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0)

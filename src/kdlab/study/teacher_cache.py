@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-import torch
-
 from ..config import Recipe
 from ..data import DatasetSplits, data_fingerprint
 from ..data.mnist_family import default_cache_dir
-from ..device import autocast_dtype, resolve_device
+from ..device import autocast_dtype, precision_name, resolve_device
 from ..errors import KDLabError
 from ..teacher import FrozenTeacher
 from ..train.checkpoint import load_checkpoint, model_from_payload
@@ -92,8 +90,7 @@ _LATER_TRAIN_DEFAULTS = {"precision": "fp32", "accumulate_steps": 1, "warmup_epo
 def _weights_config(role: Dict[str, Any], device: str) -> Dict[str, Any]:
     train = dict(role["train"])
     if train.get("precision") == "auto":  # what it resolves to on this machine decides the weights
-        dtype = autocast_dtype("auto", resolve_device(device))
-        train["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        train["precision"] = precision_name(autocast_dtype("auto", resolve_device(device)))
     train = {k: v for k, v in train.items()
              if k != "tensorboard" and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])}
     return {**role, "train": train}

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
-from ..device import autocast_dtype, flush_denormal_enabled, set_flush_denormal
+from ..device import autocast_dtype, flush_denormal_enabled, precision_name, set_flush_denormal
 from ..models.chain import ChainStep
 from ..methods.base import Batch, Distiller, Outputs, RunContext
 from ..teacher import FrozenTeacher
@@ -147,7 +147,7 @@ class Trainer:
 
     def run_facts(self) -> Dict[str, Any]:
         """What this run trains with, for ``run.json``: precision, accumulation, denormal flushing."""
-        dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        dtype = precision_name(self.amp_dtype)
         return {"precision": {"setting": self.cfg.precision, "autocast": dtype, "grad_scaler": self.scaler.is_enabled(),
                               "device": self.amp_device},
                 "accumulate_steps": self.cfg.accumulate_steps,
