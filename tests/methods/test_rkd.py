@@ -15,7 +15,8 @@ from torch import nn
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, Batch, Outputs, build_method
 from kdlab.features import PENULTIMATE, FeatureTap
-from kdlab.methods.rkd import RKD, RKDParams, pdist, rkd_angle_loss, rkd_distance_loss, rkd_embedding
+from kdlab.methods.rkd import (RKD, RKDParams, pdist, rkd_angle_loss, rkd_distance_loss, rkd_embedding,
+                               span_coordinates)
 from kdlab.pipeline import build_role_model
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
@@ -115,6 +116,35 @@ def test_random_batches_match_the_loops_and_the_authors_expression():
     ref_d, ref_a = reference_rkd(s.float(), t.float())
     assert rkd_distance_loss(s.float(), t.float()).item() == pytest.approx(ref_d.item(), rel=1e-6)
     assert rkd_angle_loss(s.float(), t.float()).item() == pytest.approx(ref_a.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_a_teacher_wider_than_the_batch_gives_the_authors_angles(dtype, rel):
+    # the teacher side goes through span_coordinates (N x N instead of N x D); ReLU'd features with a
+    # large common offset (cancellation-prone), an exact duplicate of row 0 and an all-equal batch
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(12, 7, generator=g, dtype=dtype)
+    t = (torch.randn(12, 300, generator=g, dtype=dtype) + 0.5).relu() + 20.0
+    t[5] = t[0]
+    ref_a = reference_rkd(s, t)[1]
+    assert rkd_angle_loss(s, t).item() == pytest.approx(ref_a.item(), rel=rel)
+    if dtype == torch.float64:  # the loops without the duplicate (their cosine divides by its 0 distance)
+        keep = [i for i in range(12) if i != 5]
+        assert rkd_angle_loss(s[keep], t[keep]).item() == pytest.approx(loop_angle(s[keep], t[keep]), rel=1e-9)
+    flat = torch.ones(12, 300, dtype=dtype)  # every difference 0: every cosine 0, as in the reference
+    assert rkd_angle_loss(s, flat).item() == pytest.approx(reference_rkd(s, flat)[1].item(), rel=1e-12)
+
+
+def test_span_coordinates_keep_distances_and_mark_equal_rows():
+    g = torch.Generator().manual_seed(2)
+    e = torch.randn(10, 64, generator=g, dtype=torch.float64)
+    e[7] = e[3]
+    coords, same = span_coordinates(e)
+    assert coords.shape == (10, 10) and coords.dtype == e.dtype
+    assert torch.allclose(torch.cdist(coords, coords), torch.cdist(e, e), atol=1e-10)
+    expected = torch.eye(10, dtype=torch.bool)
+    expected[3, 7] = expected[7, 3] = True
+    assert torch.equal(same, expected)
 
 
 def test_embeddings_pool_maps_and_flatten_the_rest():
