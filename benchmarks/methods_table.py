@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -68,12 +68,16 @@ def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) 
     return out
 
 
-def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path) -> Dict[str, dict]:
+def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path,
+          only: Optional[List[str]] = None) -> Optional[Dict[str, dict]]:
     """Every method on one recipe; each method's study is saved to ``store`` as soon as it ends, so an
-    interrupted table resumes where it stopped (students of a seed are identical across studies)."""
+    interrupted table resumes where it stopped (students of a seed are identical across studies).
+    ``only``: run just these studies and return None (the table needs them all)."""
     done = json.loads(store.read_text()) if store.exists() else {}
     for method in [*METHODS.split(","), "multi-teacher"]:
         key = f"{recipe_name}/{method}"
+        if only is not None and method not in only:
+            continue
         if key in done and len(done[key]["seeds"]) == seeds and done[key].get("protocol") == PROTOCOL + SECTIONS:
             continue
         print(f"{key}: running", flush=True)
@@ -82,6 +86,8 @@ def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path)
         tmp.write_text(json.dumps(done, indent=1))
         tmp.replace(store)
         print(f"{key}: {[round(100 * a, 2) for a in done[key][method]['final_acc']]}", flush=True)
+    if only is not None:
+        return None
     hinton = done[f"{recipe_name}/hinton"]
     rows: Dict[str, dict] = {"scratch": _row(hinton["scratch"], hinton["hinton"]["final_acc"], hinton["teacher_acc"])}
     for method in [*METHODS.split(","), "multi-teacher"]:
@@ -117,12 +123,18 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "methods.md"))
     ap.add_argument("--results", default=str(ROOT / "docs" / "methods.json"),
                     help="per-study results, written as each study ends; studies already in it are not re-run")
+    ap.add_argument("--only", help="comma-separated studies to run now (e.g. dkd,multi-teacher); writes no table")
     args = ap.parse_args()
+    only = args.only.split(",") if args.only else None
     body: List[str] = []
     for name in args.recipes.split(","):
-        rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()), Path(args.results))
+        rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()), Path(args.results), only)
+        if rows is None:
+            continue
         body += table(name, rows)
         print("\n".join(table(name, rows)), flush=True)
+    if only is not None:
+        return 0
     import torch
 
     header = [

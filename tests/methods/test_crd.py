@@ -79,6 +79,35 @@ def test_negatives_capped_by_dataset_size(monkeypatch):
     assert seen == [(2, 4), (2, 4)]  # K = N - 1 = 3 negatives + the positive
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_whole_bank_product_and_gather_give_the_same_scores_and_gradients(dtype):
+    import kdlab.methods.crd as crd
+    g = torch.Generator().manual_seed(0)
+    mem = torch.nn.functional.normalize(torch.randn(50, 8, generator=g, dtype=dtype), dim=1)
+    idx = torch.randint(0, 50, (4, 7), generator=g)  # repeats included
+    v = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=dtype), dim=1).requires_grad_()
+    by_loop = torch.stack([torch.exp(mem[idx[b]] @ v[b] / 0.07) for b in range(4)])
+    out = {}
+    for dense in (True, False):
+        scores = crd.contrast_scores(v, mem, idx, 0.07, dense=dense)
+        (grad,) = torch.autograd.grad(scores.log().sum() + scores.sum(), v)
+        out[dense] = scores.detach(), grad
+    tol = dict(rtol=1e-12, atol=0) if dtype == torch.float64 else dict(rtol=1e-5, atol=0)
+    for dense in (True, False):
+        torch.testing.assert_close(out[dense][0], by_loop.detach(), **tol)
+    torch.testing.assert_close(out[True][1], out[False][1], **tol)
+    # the default: the whole bank while it is at most DENSE_BANK_FACTOR draws long, the gather beyond
+    seen = []
+    real_gather = torch.Tensor.gather
+    try:
+        torch.Tensor.gather = lambda self, *a, **k: seen.append("dense") or real_gather(self, *a, **k)
+        crd.contrast_scores(v, mem, idx[:, :4], 0.07)  # 50 <= 16 * 4
+        crd.contrast_scores(v, mem, idx[:, :3], 0.07)  # 50 > 16 * 3 = 48: the gather
+    finally:
+        torch.Tensor.gather = real_gather
+    assert seen == ["dense"]
+
+
 def test_gradcheck_student_embedding_fixed_memory():
     mem = torch.nn.functional.normalize(torch.randn(6, 3, dtype=torch.float64), dim=1)
     sample = torch.tensor([[1, 2, 5], [3, 0, 4]])

@@ -52,7 +52,7 @@ from .base import Batch, Needs, Outputs, RunContext
 from .kd import KD
 from .registry import register_method
 
-__all__ = ["CRDParams", "CRD", "nce_loss", "contrast_scores", "momentum_update", "embed_input"]
+__all__ = ["CRDParams", "CRD", "nce_loss", "contrast_scores", "DENSE_BANK_FACTOR", "momentum_update", "embed_input"]
 
 EPS = 1e-7
 
@@ -69,8 +69,27 @@ def l2norm(x: Tensor) -> Tensor:
     return x / x.pow(2).sum(1, keepdim=True).pow(0.5)
 
 
-def contrast_scores(v: Tensor, memory: Tensor, idx: Tensor, T: float) -> Tensor:
-    """exp(<memory[idx], v>/T), shape (B, K+1) (un-normalised)."""
+DENSE_BANK_FACTOR = 16
+"""Score against the whole bank when it holds at most this many times K + 1 rows (see contrast_scores)."""
+
+
+def contrast_scores(v: Tensor, memory: Tensor, idx: Tensor, T: float, dense: Optional[bool] = None) -> Tensor:
+    """exp(<memory[idx], v>/T), shape (B, K+1) (un-normalised).
+
+    Two ways to the same numbers. The reference gathers ``memory[idx]``, a (B, K+1, D) copy: 134 MB per
+    call at B = 64, K = 4096, D = 128, and ~250 ms on one core. Multiplying by the whole bank and
+    picking the K+1 columns, ``(v @ memoryᵀ).gather(idx)``, does N/(K+1) times the arithmetic but no
+    copy: ~37 ms (fp32) / ~17 ms (bf16) for MNIST's N = 60,000 (AMD EPYC, one core, forward + backward).
+    ``dense`` (default: N <= DENSE_BANK_FACTOR·(K+1)) picks the whole-bank product; a bank much larger
+    than the draw (ImageNet-size N with few negatives) keeps the gather.
+    """
+    if dense is None:
+        dense = memory.size(0) <= DENSE_BANK_FACTOR * idx.size(1)
+    if dense:
+        # the banks are updated in place after the loss, and this product's backward needs the bank as
+        # it was: a copy (N·D, a few ms for MNIST) where a gradient will flow
+        bank = memory.clone() if v.requires_grad else memory
+        return torch.exp((v @ bank.t()).gather(1, idx) / T)
     w = memory[idx]  # (B, K+1, D)
     return torch.exp(torch.bmm(w, v.unsqueeze(2)).squeeze(2) / T)
 
