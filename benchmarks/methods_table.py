@@ -59,7 +59,10 @@ def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) 
         base.append(SECOND_TEACHER)
     result = compare(load_recipe(recipe_name, base), None, seeds, methods=method, teacher_cache=cache, progress=False,
                      profile=False)
+    import torch
+
     out = {"teacher_acc": result.teacher["test_acc"], "mode": result.mode, "host": cpu_model(), "seeds": result.seeds,
+           "threads": torch.get_num_threads(),
            "protocol": PROTOCOL + SECTIONS}
     for v in result.variants:
         runs = result.of(v)
@@ -89,28 +92,36 @@ def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path,
     if only is not None:
         return None
     hinton = done[f"{recipe_name}/hinton"]
-    rows: Dict[str, dict] = {"scratch": _row(hinton["scratch"], hinton["hinton"]["final_acc"], hinton["teacher_acc"])}
+    scratch = hinton["scratch"]["final_acc"]  # the same students (seed, weights, batches) in every study
+    rows: Dict[str, dict] = {"scratch": _row(hinton["scratch"], None, hinton["hinton"]["final_acc"], hinton["teacher_acc"])}
     for method in [*METHODS.split(","), "multi-teacher"]:
         entry = done[f"{recipe_name}/{method}"]
-        rows[method] = _row(entry[method], None if method == "hinton" else hinton["hinton"]["final_acc"], entry["teacher_acc"])
+        rows[method] = _row(entry[method], scratch, None if method == "hinton" else hinton["hinton"]["final_acc"],
+                            entry["teacher_acc"])
     return rows
 
 
-def _row(entry: dict, reference, teacher_acc: float) -> dict:
+def _row(entry: dict, scratch, hinton, teacher_acc: float) -> dict:
     accs = entry["final_acc"]
-    return {"acc": summarize(accs), "vs": None if reference is None else paired(accs, reference),
+    return {"acc": summarize(accs), "vs_scratch": None if scratch is None else paired(accs, scratch).diff,
+            "vs_hinton": None if hinton is None else paired(accs, hinton).diff,
             "s_per_epoch": entry["s_per_epoch"], "teacher": teacher_acc}
+
+
+def _diff(d) -> str:
+    return "—" if d is None else f"{100 * d.mean:+.2f} [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]"
 
 
 def table(recipe_name: str, rows: Dict[str, dict]) -> List[str]:
     lines = [f"### {recipe_name}", "",
              f"Teacher (CNN) test accuracy {100 * rows['hinton']['teacher']:.2f}%; the CNN + MLP pair's mean-logit "
              f"ensemble {100 * rows['multi-teacher']['teacher']:.2f}%.", "",
-             "| method | final test acc % (mean ± std) | vs hinton (points, 95% CI) | s / epoch |",
-             "| --- | ---: | ---: | ---: |"]
+             "| method | final test acc % (mean ± std) | vs scratch (points, 95% CI) | vs hinton (points, 95% CI) "
+             "| s / epoch |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for v, r in rows.items():
-        vs = "—" if r["vs"] is None else f"{100 * r['vs'].mean:+.2f} [{100 * r['vs'].ci_low:+.2f}, {100 * r['vs'].ci_high:+.2f}]"
-        lines.append(f"| {v} | {100 * r['acc'].mean:.2f} ± {100 * r['acc'].std:.2f} | {vs} | {r['s_per_epoch']:.1f} |")
+        lines.append(f"| {v} | {100 * r['acc'].mean:.2f} ± {100 * r['acc'].std:.2f} | {_diff(r['vs_scratch'])} | "
+                     f"{_diff(r['vs_hinton'])} | {r['s_per_epoch']:.1f} |")
     return lines + [""]
 
 
@@ -127,10 +138,13 @@ def main() -> int:
     args = ap.parse_args()
     only = args.only.split(",") if args.only else None
     body: List[str] = []
+    threads: set = set()
     for name in args.recipes.split(","):
         rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()), Path(args.results), only)
         if rows is None:
             continue
+        threads |= {json.loads(Path(args.results).read_text())[f"{name}/{m}"].get("threads", "not recorded")
+                    for m in rows if m != "scratch"}
         body += table(name, rows)
         print("\n".join(table(name, rows)), flush=True)
     if only is not None:
@@ -141,11 +155,12 @@ def main() -> int:
         "# Methods compared", "",
         f"Measured with `python benchmarks/methods_table.py --data-dir ../shared/data --seeds {args.seeds}` on "
         f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}; per-study results in `docs/methods.json` "
-        "(each study is one `compare --methods <method>` with its own scratch students; an interrupted table resumes).", "",
+        "(each study is one `compare --methods <method>` with its own scratch students; an interrupted table resumes). "
+        f"Intra-op threads per study: {', '.join(sorted(map(str, threads)))} (s / epoch is that many threads' time).", "",
         "Protocol (shortened from the recipes' own to fit a 2-core CPU): " + ", ".join(f"`{x}`" for x in PROTOCOL)
         + ". Method settings: " + ", ".join(f"`{x}`" for x in SECTIONS) + "; all others the methods' defaults (see "
         "`kdlab methods`). Every method keeps the recipe's hard/soft weights (0.3 CE + 0.7 Hinton KD at T = 7) and adds "
-        "its own terms; `scratch` is cross-entropy only. Final = last-epoch test accuracy. `vs hinton`: paired by seed "
+        "its own terms; `scratch` is cross-entropy only. Final = last-epoch test accuracy. `vs scratch` / `vs hinton`: paired by seed "
         "(same initial weights and batch order), mean difference with its 95% t-interval; with 3 seeds an interval "
         "must be wide, so read one that excludes 0 as evidence and one that includes 0 as 'not shown'. "
         "`multi-teacher`: equal-weight mixture of the CNN teacher and a 784-1200-1200 MLP teacher. `self-ema`: the "
