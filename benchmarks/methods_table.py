@@ -27,6 +27,7 @@ from kdlab.device import cpu_model  # noqa: E402
 from kdlab.recipes import load_recipe  # noqa: E402
 from kdlab.study.compare import compare  # noqa: E402
 from kdlab.study.stats import paired, summarize  # noqa: E402
+import torch  # noqa: E402
 
 # Shortened protocol (the recipes' own: teacher 6 epochs and student 6 epochs at batch 32, lr 1e-4). The teacher
 # gets 5 epochs: after 1 it was no better than a student trained alone for 3 (mnist-cnn 98.48% vs 98.52%,
@@ -42,7 +43,7 @@ PROTOCOL = [
 SECTIONS = [
     "distill.fitnets={pairs: {features.5: features.5}}",  # 16 -> 256 channels at 7x7: a 1x1 conv + BN adapter
     "distill.at={pairs: {features.2: features.2, features.5: features.5}}",  # both stages' attention maps
-    "distill.crd={negatives: 4096}",  # 16384 in the paper (CIFAR); 4096 keeps a step under ~30 ms here
+    "distill.crd={negatives: 4096}",  # 16384 in the paper (CIFAR); 4096 keeps CRD near 100 s / epoch here
     "distill.dkd={warmup: 1}",  # the paper warms up over 20 of 240 epochs; here over the first of 5
 ]
 METHODS = "hinton,fitnets,at,rkd,crd,dkd,self-ema"
@@ -59,8 +60,6 @@ def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) 
         base.append(SECOND_TEACHER)
     result = compare(load_recipe(recipe_name, base), None, seeds, methods=method, teacher_cache=cache, progress=False,
                      profile=False)
-    import torch
-
     out = {"teacher_acc": result.teacher["test_acc"], "mode": result.mode, "host": cpu_model(), "seeds": result.seeds,
            "threads": torch.get_num_threads(),
            "protocol": PROTOCOL + SECTIONS}
@@ -98,6 +97,7 @@ def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path,
         entry = done[f"{recipe_name}/{method}"]
         rows[method] = _row(entry[method], scratch, None if method == "hinton" else hinton["hinton"]["final_acc"],
                             entry["teacher_acc"])
+        rows[method]["threads"] = entry.get("threads", "not recorded")
     return rows
 
 
@@ -143,14 +143,11 @@ def main() -> int:
         rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()), Path(args.results), only)
         if rows is None:
             continue
-        threads |= {json.loads(Path(args.results).read_text())[f"{name}/{m}"].get("threads", "not recorded")
-                    for m in rows if m != "scratch"}
+        threads |= {r["threads"] for m, r in rows.items() if m != "scratch"}
         body += table(name, rows)
         print("\n".join(table(name, rows)), flush=True)
     if only is not None:
         return 0
-    import torch
-
     header = [
         "# Methods compared", "",
         f"Measured with `python benchmarks/methods_table.py --data-dir ../shared/data --seeds {args.seeds}` on "

@@ -80,7 +80,7 @@ def test_negatives_capped_by_dataset_size(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_whole_bank_product_and_gather_give_the_same_scores_and_gradients(dtype):
+def test_whole_bank_product_and_gather_give_the_same_scores_and_gradients(dtype, monkeypatch):
     import kdlab.methods.crd as crd
     g = torch.Generator().manual_seed(0)
     mem = torch.nn.functional.normalize(torch.randn(50, 8, generator=g, dtype=dtype), dim=1)
@@ -99,12 +99,9 @@ def test_whole_bank_product_and_gather_give_the_same_scores_and_gradients(dtype)
     # the default: the whole bank while it is at most DENSE_BANK_FACTOR draws long, the gather beyond
     seen = []
     real_gather = torch.Tensor.gather
-    try:
-        torch.Tensor.gather = lambda self, *a, **k: seen.append("dense") or real_gather(self, *a, **k)
-        crd.contrast_scores(v, mem, idx[:, :4], 0.07)  # 50 <= 16 * 4
-        crd.contrast_scores(v, mem, idx[:, :3], 0.07)  # 50 > 16 * 3 = 48: the gather
-    finally:
-        torch.Tensor.gather = real_gather
+    monkeypatch.setattr(torch.Tensor, "gather", lambda self, *a, **k: seen.append("dense") or real_gather(self, *a, **k))
+    crd.contrast_scores(v, mem, idx[:, :4], 0.07)  # 50 <= 16 * 4
+    crd.contrast_scores(v, mem, idx[:, :3], 0.07)  # 50 > 16 * 3 = 48: the gather
     assert seen == ["dense"]
 
 
