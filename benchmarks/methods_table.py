@@ -137,6 +137,9 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated studies to run now (e.g. dkd,multi-teacher); writes no table")
     args = ap.parse_args()
     only = args.only.split(",") if args.only else None
+    unknown = sorted(set(only or ()) - {*METHODS.split(","), "multi-teacher"})
+    if unknown:
+        ap.error(f"--only: unknown studies {', '.join(unknown)}; choose from {METHODS},multi-teacher")
     body: List[str] = []
     threads: set = set()
     for name in args.recipes.split(","):
