@@ -72,8 +72,8 @@ def test_loss_value_memory_and_z_against_reference_and_no_teacher_grad():
 def test_negatives_capped_by_dataset_size(monkeypatch):
     import kdlab.methods.crd as crd
     seen = []
-    real = crd.contrast_scores
-    monkeypatch.setattr(crd, "contrast_scores", lambda v, mem, idx, T: seen.append(idx.shape) or real(v, mem, idx, T))
+    real = crd.contrast_logits
+    monkeypatch.setattr(crd, "contrast_logits", lambda v, mem, idx, T: seen.append(idx.shape) or real(v, mem, idx, T))
     m = _crd(negatives=16384, num_samples=4)
     m.crd_loss(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 3]))
     assert seen == [(2, 4), (2, 4)]  # K = N - 1 = 3 negatives + the positive
@@ -182,3 +182,72 @@ def test_default_penultimate_banks_sized_by_the_trainer_and_exact_resume():
     rows_resumed = resumed.train_epoch()
     resumed.close()
     assert torch.allclose(rows_resumed, rows_continuous, rtol=1e-5, atol=1e-6)  # banks, Z, heads and sampler RNG resumed
+
+
+def _aligned_crd(nce_t):
+    """A CRD whose positive bank rows are near the batch's embeddings (cosine ~0.95): e^(<v, m>/T) past float32
+    for small T, and a gradient well above float32 round-off (rows equal to v would cancel it)."""
+    torch.manual_seed(0)
+    m = _crd(nce_t=nce_t)
+    fs, ft, idx = torch.randn(3, 6, requires_grad=True), torch.randn(3, 7), torch.tensor([1, 4, 7])
+    m.embed_s, m.embed_t = torch.nn.Linear(6, 4), torch.nn.Linear(7, 4)
+    normalize = torch.nn.functional.normalize
+    with torch.no_grad():
+        m.memory_t[idx] = normalize(normalize(m.embed_s(fs), dim=1) + 0.15 * torch.randn(3, 4), dim=1)
+        m.memory_s[idx] = normalize(normalize(m.embed_t(ft), dim=1) + 0.15 * torch.randn(3, 4), dim=1)
+        cos = (m.memory_t[idx] * normalize(m.embed_s(fs), dim=1)).sum(1)
+    return m, fs, ft, idx, float(cos.max())
+
+
+def _crd_reference_float64(m, fs, ft, idx, gen_state, T):
+    """The reference (exp scores, Z from this batch, NCE) in float64, where e^(1/T) is finite; loss and d/dfs."""
+    g = torch.Generator(); g.set_state(gen_state)
+    sample = torch.randint(0, 10, (3, 6), generator=g); sample[:, 0] = idx
+    fs64 = fs.detach().double().requires_grad_()
+    ws, bs = m.embed_s.weight.detach().double(), m.embed_s.bias.detach().double()
+    wt, bt = m.embed_t.weight.detach().double(), m.embed_t.bias.detach().double()
+    vs = fs64 @ ws.t() + bs; vs = vs / vs.norm(dim=1, keepdim=True)
+    vt = ft.double() @ wt.t() + bt; vt = vt / vt.norm(dim=1, keepdim=True)
+    ms, mt = m.memory_s.double(), m.memory_t.double()
+    ps = torch.stack([torch.exp(mt[sample[b]] @ vs[b] / T) for b in range(3)])
+    pt = torch.stack([torch.exp(ms[sample[b]] @ vt[b] / T) for b in range(3)])
+    ps, pt = ps / (ps.detach().mean() * 10), pt / (pt.detach().mean() * 10)
+    c = 5 / 10
+    def nce(p):
+        return -(torch.log(p[:, 0] / (p[:, 0] + c + 1e-7)).sum() + torch.log(c / (p[:, 1:] + c + 1e-7)).sum()) / 3
+    loss = nce(ps) + nce(pt)
+    (grad,) = torch.autograd.grad(loss, fs64)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("T", [0.005, 0.01, 0.07])
+def test_float32_loss_and_gradient_finite_and_equal_to_the_float64_reference_for_small_temperatures(T):
+    # e^(1/0.01) overflows float32: the exp-then-divide form gave inf/inf = NaN below nce_t ~ 0.0113
+    m, fs, ft, idx, cos = _aligned_crd(T)
+    assert (cos / T > 88.8) == (T < 0.0113)  # e^88.8 is past float32's range
+    state = m.generator.get_state()
+    ref_loss, ref_grad = _crd_reference_float64(m, fs, ft, idx, state, T)
+    loss = m.crd_loss(fs, ft, idx)
+    assert torch.isfinite(loss) and torch.isfinite(m.z).all() and (m.z > 0).all()
+    loss.backward()
+    assert torch.isfinite(fs.grad).all() and torch.isfinite(m.embed_s.weight.grad).all()
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-4)
+    torch.testing.assert_close(fs.grad.double(), ref_grad, rtol=1e-3, atol=1e-3 * float(ref_grad.abs().max()))
+
+
+def test_temperature_below_the_float64_normaliser_range_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="nce_t") as e:
+        _crd(nce_t=0.001)  # Z ~ e^(sqrt(3)/nce_t)·N would overflow even float64
+    assert "\n" not in str(e.value)
+
+
+def test_zero_rows_normalise_to_zero_with_finite_gradients():
+    from kdlab.methods.crd import l2norm
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    y = l2norm(x)
+    torch.testing.assert_close(y.detach(), torch.tensor([[0.0, 0.0], [0.6, 0.8]]))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(g).all()
+    mem = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    momentum_update(mem, torch.tensor([0]), torch.tensor([[-0.6, -0.8]]), 0.5)  # m·row + (1 − m)·v = 0
+    torch.testing.assert_close(mem, torch.tensor([[0.0, 0.0], [1.0, 0.0]]))

@@ -8,12 +8,19 @@ Distillation", ICLR 2020), following the authors' code (github.com/HobbitLong/Re
   uniform in ±1/sqrt(feat_dim/3); for each sample, K negatives drawn uniformly (with replacement,
   AliasMethod's uniform case) plus the positive = its own index in column 0;
 * scores ``exp(<bank row, v>/T) / Z`` with Z = mean(exp(.)) · N estimated ONCE, on the first real
-  batch, then kept constant (saved with the state);
+  batch, then kept constant (saved with the state, float64);
 * NCE loss per side: ``-(Σ_b log(P_pos/(P_pos + K/N + eps)) + Σ_{b,k} log((K/N)/(P_neg + K/N + eps))) / B``,
   eps = 1e-7; CRD = student-side + teacher-side loss;
 * after the loss, each bank row of the batch becomes ``normalize(m·row + (1 − m)·v)`` (m = 0.5).
 
 The student embedding is scored against the TEACHER bank and vice versa, as in the reference.
+
+Numerics: the loss is computed from the logits ``<bank row, v>/T`` in log space (Z from their
+logsumexp, the NCE terms through logaddexp), the same numbers as the reference's exp-then-divide
+wherever that is finite; the reference's form overflows float32 (inf/inf = NaN) once e^(1/T) does,
+i.e. for T below ~0.0113. Rows are at most sqrt(3) long, so Z <= e^(sqrt(3)/T)·N must fit the float64
+buffer: ``nce_t`` below :data:`MIN_NCE_T` is refused. A zero row normalises to zero (not 0/0).
+
 The teacher feature is detached (the teacher head ``embed_t`` still trains, as in the reference).
 
 Bank size: ``num_samples`` when given, else the training-set size the trainer reports through
@@ -52,7 +59,7 @@ from .base import Batch, Needs, Outputs, RunContext
 from .kd import KD
 from .registry import register_method
 
-__all__ = ["CRDParams", "CRD", "nce_loss", "contrast_scores", "DENSE_BANK_FACTOR", "momentum_update", "embed_input"]
+__all__ = ["CRDParams", "CRD", "nce_loss", "nce_log_loss", "contrast_scores", "contrast_logits", "MIN_NCE_T", "DENSE_BANK_FACTOR", "momentum_update", "embed_input"]
 
 EPS = 1e-7
 
@@ -64,17 +71,22 @@ def embed_input(f: Tensor) -> Tensor:
     return f.reshape(f.size(0), -1)
 
 
+NORM_EPS = 1e-12
+MIN_NCE_T = 0.005
+"""Smallest accepted ``nce_t``: Z <= e^(sqrt(3)/T)·N stays far inside float64 (e^346·N at 0.005)."""
+
+
 def l2norm(x: Tensor) -> Tensor:
-    """The reference's Normalize(2): x / ||x||_2 per row."""
-    return x / x.pow(2).sum(1, keepdim=True).pow(0.5)
+    """The reference's Normalize(2): x / ||x||_2 per row; a zero row stays zero (the norm floored at 1e-12)."""
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(NORM_EPS)
 
 
 DENSE_BANK_FACTOR = 16
 """Score against the whole bank when it holds at most this many times K + 1 rows (see contrast_scores)."""
 
 
-def contrast_scores(v: Tensor, memory: Tensor, idx: Tensor, T: float, dense: Optional[bool] = None) -> Tensor:
-    """exp(<memory[idx], v>/T), shape (B, K+1) (un-normalised).
+def contrast_logits(v: Tensor, memory: Tensor, idx: Tensor, T: float, dense: Optional[bool] = None) -> Tensor:
+    """<memory[idx], v>/T, shape (B, K+1): the log of the un-normalised scores.
 
     Two ways to the same numbers. The reference gathers ``memory[idx]``, a (B, K+1, D) copy: 134 MB per
     call at B = 64, K = 4096, D = 128, and ~250 ms on one core. Multiplying by the whole bank and
@@ -90,18 +102,40 @@ def contrast_scores(v: Tensor, memory: Tensor, idx: Tensor, T: float, dense: Opt
         # the banks are updated in place after the loss, and this product's backward needs the bank as
         # it was: a copy (N·D, a few ms for MNIST) where a gradient will flow
         bank = memory.clone() if v.requires_grad else memory
-        return torch.exp((v @ bank.t()).gather(1, idx) / T)
+        return (v @ bank.t()).gather(1, idx) / T
     w = memory[idx]  # (B, K+1, D)
-    return torch.exp(torch.bmm(w, v.unsqueeze(2)).squeeze(2) / T)
+    return torch.bmm(w, v.unsqueeze(2)).squeeze(2) / T
+
+
+def contrast_scores(v: Tensor, memory: Tensor, idx: Tensor, T: float, dense: Optional[bool] = None) -> Tensor:
+    """exp(<memory[idx], v>/T), shape (B, K+1) (un-normalised; overflows float32 for small T, see
+    :func:`contrast_logits`, which the loss uses)."""
+    return torch.exp(contrast_logits(v, memory, idx, T, dense))
+
+
+def nce_log_loss(log_x: Tensor, n_data: int) -> Tensor:
+    """ContrastLoss from log_x = log of the (B, K+1) normalised scores, column 0 the positive.
+
+    log(x/(x + c)) = log x − logaddexp(log x, log c) and log(c'/(x + c)) = log c' − logaddexp(log x, log c),
+    c = K/N + eps, c' = K/N: finite for any finite log x.
+    """
+    B, K = log_x.size(0), log_x.size(1) - 1
+    mPn = K / float(n_data)
+    log_c = log_x.new_tensor(math.log(mPn + EPS))
+    log_d1 = log_x[:, 0] - torch.logaddexp(log_x[:, 0], log_c)
+    log_d0 = math.log(mPn) - torch.logaddexp(log_x[:, 1:], log_c)
+    return -(log_d1.sum() + log_d0.sum()) / B
 
 
 def nce_loss(x: Tensor, n_data: int) -> Tensor:
-    """ContrastLoss: x (B, K+1) normalised scores, column 0 the positive."""
-    B, K = x.size(0), x.size(1) - 1
-    mPn = K / float(n_data)
-    log_d1 = torch.log(x[:, 0] / (x[:, 0] + mPn + EPS))
-    log_d0 = torch.log(mPn / (x[:, 1:] + mPn + EPS))
-    return -(log_d1.sum() + log_d0.sum()) / B
+    """ContrastLoss: x (B, K+1) normalised scores, column 0 the positive (:func:`nce_log_loss` of log x)."""
+    return nce_log_loss(x.log(), n_data)
+
+
+def log_normaliser(logits: Tensor, n_data: int) -> float:
+    """log Z, Z = mean(exp(logits))·N, in float64 from a logsumexp (no overflow)."""
+    flat = logits.detach().double().reshape(-1)
+    return float(torch.logsumexp(flat, 0)) - math.log(flat.numel()) + math.log(n_data)
 
 
 @torch.no_grad()
@@ -139,7 +173,8 @@ class CRD(KD):
         for key, ok, what in (("weight", math.isfinite(p.weight) and p.weight >= 0, "a finite number >= 0"),
                               ("feat_dim", isinstance(p.feat_dim, int) and p.feat_dim >= 1, "an integer >= 1"),
                               ("negatives", isinstance(p.negatives, int) and p.negatives >= 1, "an integer >= 1"),
-                              ("nce_t", math.isfinite(p.nce_t) and p.nce_t > 0, "a finite number > 0"),
+                              ("nce_t", math.isfinite(p.nce_t) and p.nce_t >= MIN_NCE_T,
+                               f"a finite number >= {MIN_NCE_T} (smaller ones overflow the NCE normaliser; the paper uses 0.07)"),
                               ("momentum", 0 <= p.momentum < 1, "in [0, 1)"),
                               ("num_samples", p.num_samples is None or (isinstance(p.num_samples, int) and p.num_samples >= 2), "an integer >= 2 or null")):
             if not ok:
@@ -233,14 +268,14 @@ class CRD(KD):
         B = v_s.size(0)
         idx = torch.randint(0, n, (B, K + 1), generator=self.generator).to(index.device)
         idx[:, 0] = index
-        out_s = contrast_scores(v_s, self.memory_t, idx, self.p.nce_t)  # student vs teacher bank
-        out_t = contrast_scores(v_t, self.memory_s, idx, self.p.nce_t)  # teacher vs student bank
+        out_s = contrast_logits(v_s, self.memory_t, idx, self.p.nce_t)  # student vs teacher bank
+        out_t = contrast_logits(v_t, self.memory_s, idx, self.p.nce_t)  # teacher vs student bank
         z = self.z.tolist()
-        zs = z[0] if z[0] > 0 else float(out_s.detach().mean()) * n
-        zt = z[1] if z[1] > 0 else float(out_t.detach().mean()) * n
-        loss = nce_loss(out_s / zs, n) + nce_loss(out_t / zt, n)
+        log_zs = math.log(z[0]) if z[0] > 0 else log_normaliser(out_s, n)
+        log_zt = math.log(z[1]) if z[1] > 0 else log_normaliser(out_t, n)
+        loss = nce_log_loss(out_s - log_zs, n) + nce_log_loss(out_t - log_zt, n)
         if not self._probing:
-            self.z.copy_(torch.tensor([zs, zt], dtype=torch.float64))
+            self.z.copy_(torch.tensor([log_zs, log_zt], dtype=torch.float64).exp())
             momentum_update(self.memory_s, index, v_s, self.p.momentum)
             momentum_update(self.memory_t, index, v_t, self.p.momentum)
         return loss
