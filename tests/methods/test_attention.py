@@ -116,3 +116,42 @@ def test_bad_inputs_are_one_line_errors(students, teachers, needle):
 def test_power_must_be_positive():
     with pytest.raises(ConfigError, match="must be positive"):
         attention_map(torch.zeros(1, 1, 2, 2), p=0)
+
+
+def _reference_map(f, p):
+    """The reference expression in float64, at a scale where |f|^p and its norm are representable."""
+    f = f.double()
+    energy = f.pow(2) if p == 2 else f.abs().pow(p)
+    return F.normalize(energy.mean(1).reshape(f.size(0), -1), dim=1)
+
+
+@pytest.mark.parametrize("p,scale", [(2, 1e10), (4, 1e5), (2, 1e-8), (3, 1e-15)])
+def test_float32_map_is_unit_norm_and_equal_to_the_reference_at_extreme_scales(p, scale):
+    # float32: sum of energy^2 overflows for |f| past ~4e9 (p = 2) / ~6.5e4 (p = 4) and the map became zeros;
+    # tiny maps fell under F.normalize's 1e-12 floor and came out shorter than 1
+    torch.manual_seed(0)
+    g = torch.randn(2, 3, 4, 5)
+    g[1] *= 0.01  # per-sample scales differ
+    a = attention_map(g * scale, p)
+    torch.testing.assert_close(a.double(), _reference_map(g, p), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("p,scale", [(2, 1e10), (4, 1e5), (2, 1.0), (4, 1.0)])
+def test_float32_gradient_is_finite_and_equal_to_the_reference_at_any_scale(p, scale):
+    # a(s·g) = a(g), so d/df at f = s·g is (d/dg at g) / s
+    torch.manual_seed(1)
+    g, t = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    g_leaf = g.clone().requires_grad_()
+    (ref,) = torch.autograd.grad((_reference_map(g_leaf, p) - _reference_map(t, p)).pow(2).mean(), g_leaf)
+    f = (g * scale).float().requires_grad_()
+    at_loss([f], [t.float() * scale], p).backward()
+    assert torch.isfinite(f.grad).all()
+    torch.testing.assert_close(f.grad.double() * scale, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_all_zero_map_stays_zero_with_zero_gradient():
+    f = torch.zeros(2, 3, 2, 2, requires_grad=True)
+    assert attention_map(f).abs().sum() == 0
+    at_loss([f], [torch.randn(2, 3, 2, 2)]).backward()
+    assert torch.isfinite(f.grad).all()

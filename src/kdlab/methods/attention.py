@@ -22,6 +22,12 @@ spatial sizes differ, the map with more positions is average-pooled to the small
 normalisation: we pool the channel-mean of ``|f|^p`` (the energy map), not ``f`` itself, so that
 positive and negative activations in a window do not cancel (mdistiller pools ``f``; the two
 agree whenever sizes already match, the only case the reference code handles).
+
+Numerics: the normalised map is invariant to a positive scale of ``f``, so each sample's ``f`` is
+divided by its largest ``|f|`` (detached; an all-zero sample by 1) before the power. The same map
+and gradient come out, but in float32 the energy's norm no longer overflows (for ``|f|`` past ~4e9
+at p = 2, ~6.5e4 at p = 4, where the map silently became zeros) or falls under the normaliser's
+1e-12 floor for tiny activations.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -61,7 +68,9 @@ def attention_map(f: Tensor, p: float = 2, size: Optional[Tuple[int, int]] = Non
     _check_map(f, "the feature")
     if p <= 0:
         raise ConfigError(f"attention transfer power p must be positive, got {p}")
-    energy = f.pow(2) if p == 2 else f.abs().pow(p)  # p = 2: exactly the reference expression
+    scale = f.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
+    f = f / torch.where(scale > 0, scale, torch.ones_like(scale))  # the map is scale-invariant; see the module doc
+    energy = f.pow(2) if p == 2 else f.abs().pow(p)  # p = 2: the reference expression (of the scaled f)
     energy = energy.mean(1)
     if size is not None and tuple(energy.shape[-2:]) != tuple(size):
         energy = F.adaptive_avg_pool2d(energy.unsqueeze(1), size).squeeze(1)
