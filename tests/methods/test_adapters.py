@@ -227,3 +227,24 @@ def test_unreadable_adapter_description_is_a_checkpoint_error():
     state["adapters._extra_state"]["pairs"]["fc_in>fc"]["dtype"] = "load"
     with pytest.raises(CheckpointError, match="unreadable description"):
         Method().load_state_dict(state)
+
+
+def test_batchnorm_on_one_value_per_channel_uses_running_statistics_instead_of_raising():
+    # a pooled (1, C, 1, 1) pair on a trailing one-sample batch: nn.BatchNorm2d raised ValueError in training mode
+    torch.manual_seed(0)
+    adapter = build_adapter((4, 3, 1, 1), (4, 5, 1, 1))
+    conv, bn = adapter.proj
+    adapter(torch.randn(4, 3, 1, 1), torch.randn(4, 5, 1, 1))  # a full batch: batch statistics, running ones move
+    assert bn.num_batches_tracked == 1 and not torch.equal(bn.running_mean, torch.zeros(5))
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    x = torch.randn(1, 3, 1, 1, requires_grad=True)
+    out, _ = adapter(x, torch.randn(1, 5, 1, 1))
+    z = torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x)
+    manual = (z - mean.view(1, 5, 1, 1)) / (var.view(1, 5, 1, 1) + bn.eps).sqrt() * bn.weight.view(1, 5, 1, 1) + bn.bias.view(1, 5, 1, 1)
+    torch.testing.assert_close(out, manual)  # normalised by the running statistics, as in eval mode
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var) and bn.num_batches_tracked == 1
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and conv.weight.grad is not None and bn.weight.grad is not None
+    assert bn.training  # still training: the next full batch uses batch statistics again
+    adapter(torch.randn(2, 3, 1, 1), torch.randn(2, 5, 1, 1))
+    assert bn.num_batches_tracked == 2

@@ -117,3 +117,30 @@ def test_bad_pairs_are_one_line_errors(digits):
     with pytest.raises(ConfigError, match=r"needs \(B, C, H, W\) feature maps"):  # AT needs maps, an MLP gives vectors
         Trainer(student, AttentionTransfer(ATParams({"net.1": "net.1"})), digits, recipe.student.train, teacher=FrozenTeacher(teacher))
     assert {"fitnets", "at"} <= set(METHODS.names())
+
+
+CNN3 = ["teacher.model={name: cnn, channels: [8, 8, 16]}", "student.model={name: cnn, channels: [4, 4, 4]}",
+        "student.train.epochs=1", "student.train.batch_size=718"]
+
+
+def test_fitnets_pooled_pair_trains_through_a_trailing_batch_of_one_sample(digits):
+    # features.8 is 1x1 after three poolings of 8x8 digits: a conv1x1+BN adapter on (B, C, 1, 1); 1437 = 2·718 + 1
+    recipe, teacher, student = _models(CNN3, digits)
+    method = FitNets(FitNetsParams({"features.8": "features.8"}), "hinton", 4.0, 0.5, 0.5)
+    trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    assert method.adapters.describe() == ["features.8 -> features.8: conv1x1+bn 4->16"]
+    bn = method.adapters.adapters["features/8>features/8"].proj[1]
+    tracked = int(bn.num_batches_tracked)
+    rows = trainer.train_epoch()
+    assert rows.shape[0] == 3 and torch.isfinite(rows).all()  # the one-sample batch was trained on
+    assert int(bn.num_batches_tracked) == tracked + 2  # the two full batches updated the running statistics
+
+
+def test_fitnets_forward_on_a_one_sample_pooled_batch(digits):
+    method = FitNets(FitNetsParams({"s": "t"}), "hinton", 4.0, 0.5, 0.5)
+    batch = lambda n: Batch(torch.zeros(n, 1), torch.arange(n) % 10, None)
+    out = lambda n, c: Outputs(torch.randn(n, 10), {"s" if c == 4 else "t": torch.randn(n, c, 1, 1)})
+    method.train()
+    method(batch(3), out(3, 4), out(3, 16))
+    terms = method(batch(1), out(1, 4), out(1, 16))
+    assert torch.isfinite(terms["hint"])

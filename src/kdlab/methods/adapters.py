@@ -13,6 +13,10 @@ have to compute those by hand: on the first batch the method sees both tensors a
   and returns the *pair* to compare. Pooling before the 1x1 conv is exact (both are linear per
   pixel) and cheaper. mdistiller's ``ConvReg`` uses a strided/sized conv plus BN and ReLU
   instead; we keep no ReLU because teacher features taken before an activation may be negative.
+  A training batch with ONE value per channel (a single sample of a pooled ``(1, C, 1, 1)`` map,
+  e.g. the trainer's trailing partial batch) has no batch variance: there the BatchNorm normalises
+  with its running statistics and leaves them unchanged, as in eval mode, instead of raising
+  (:class:`AdapterBatchNorm2d`); its affine weights and the conv still train.
 
 Adapters are trainable parts owned by the method: they live in an :class:`AdapterSet` (an
 ``nn.Module``) so they are optimised with the student, saved in and restored from checkpoints,
@@ -29,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
 
-__all__ = ["AdapterSet", "ConvAdapter", "LinearAdapter", "PairAdapter", "build_adapter", "pair_key"]
+__all__ = ["AdapterBatchNorm2d", "AdapterSet", "ConvAdapter", "LinearAdapter", "PairAdapter", "build_adapter", "pair_key"]
 
 Shape = Tuple[int, ...]
 
@@ -70,6 +74,16 @@ class LinearAdapter(PairAdapter):
         return f"linear {self.proj.in_features}->{self.proj.out_features}"
 
 
+class AdapterBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training mode, normalises a batch of one value per channel (B·H·W = 1) with the
+    running statistics and does not update them, where ``nn.BatchNorm2d`` raises (no batch variance)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.track_running_stats and x.dim() == 4 and x.size(0) * x.size(2) * x.size(3) == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class ConvAdapter(PairAdapter):
     """Feature maps ``(B, C, H, W)``: pool the larger map(s) to ``size``, then 1x1 conv + BN on channels."""
 
@@ -91,7 +105,7 @@ class ConvAdapter(PairAdapter):
         if in_channels != out_channels:  # bias-free conv: the BatchNorm right after supplies the shift
             self.proj = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False, device=device, dtype=dtype),
-                nn.BatchNorm2d(out_channels, device=device, dtype=dtype),
+                AdapterBatchNorm2d(out_channels, device=device, dtype=dtype),
             )
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor) -> Tuple[Tensor, Tensor]:
