@@ -149,3 +149,32 @@ def test_two_architectures_through_the_pipeline_with_confidence_weights(tmp_path
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and all(math.isfinite(r["loss_soft"]) for r in records)
     assert result.final_acc > 0.5
+
+
+def _logits(B, M, K=4):
+    return torch.randn(B, M, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_mixture_logits_refuses_per_sample_weights_laid_out_teacher_first():
+    # (M, B) with M == B has the shape of (B, M): only the sums over the teachers tell them apart
+    per_sample = torch.tensor([[0.9, 0.2, 0.5], [0.05, 0.7, 0.25], [0.05, 0.1, 0.25]], dtype=torch.float64)  # columns sum to 1
+    with pytest.raises(ConfigError, match=r"sum to 1 over the teachers.*\(B, M\)") as e:
+        mixture_logits(_logits(3, 3), per_sample, 2.0)
+    assert "\n" not in str(e.value)
+    mixture_logits(_logits(3, 3), per_sample.t(), 2.0)  # the (B, M) layout is accepted
+
+
+@pytest.mark.parametrize("t_shape, weights, match", [
+    ((2, 3), torch.tensor([0.5, 0.5]), r"teacher logits must be \(B, M, K\).*got \[2, 3\]"),
+    ((2, 3, 4), torch.tensor([0.5, 0.5]), r"weights must be \(M,\) = \(3,\) or \(B, M\) = \(2, 3\).*got \[2\]"),
+    ((2, 3, 4), torch.full((3, 2), 0.5), r"got \[3, 2\]"),
+    ((2, 3, 4), torch.full((2, 3, 1), 1 / 3), r"got \[2, 3, 1\]"),
+    ((2, 3, 4), torch.tensor([0.5, 0.5, 0.5]), r"sum to 1 over the teachers, got sums from 1.5 to 1.5"),
+    ((2, 3, 4), torch.tensor([1.5, -0.25, -0.25]), r"finite and >= 0"),
+    ((2, 3, 4), torch.tensor([float("nan"), 0.5, 0.5]), r"finite and >= 0"),
+])
+def test_mixture_logits_bad_shapes_and_weights_are_one_line_errors(t_shape, weights, match):
+    t = _logits(*t_shape) if len(t_shape) == 3 else torch.randn(t_shape)
+    with pytest.raises(ConfigError, match=match) as e:
+        mixture_logits(t, weights.double(), 2.0)
+    assert "\n" not in str(e.value)

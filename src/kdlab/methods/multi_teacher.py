@@ -43,8 +43,32 @@ __all__ = ["MultiTeacherParams", "MultiTeacherKD", "mixture_logits", "confidence
 WEIGHTINGS = ("equal", "fixed", "accuracy", "confidence")
 
 
+def _check_mixture(teacher_logits: Tensor, weights: Tensor) -> None:
+    """One-line errors for a layout or weights the mixture would silently misread.
+
+    An (M, B) per-sample tensor with M == B has the shape of (B, M); its sums over dim 1 (the
+    teachers, in the expected layout) are what give it away, so the weights must sum to 1 there.
+    """
+    if teacher_logits.dim() != 3:
+        raise ConfigError(f"multi-teacher: teacher logits must be (B, M, K) (batch, teacher, class), got {list(teacher_logits.shape)}")
+    B, M = teacher_logits.shape[:2]
+    if tuple(weights.shape) not in ((M,), (B, M)):
+        raise ConfigError(f"multi-teacher: weights must be (M,) = ({M},) or (B, M) = ({B}, {M}) (batch first, then "
+                          f"teacher), got {list(weights.shape)}")
+    w = weights.detach()
+    if not bool(torch.isfinite(w).all() & (w >= 0).all()):
+        raise ConfigError(f"multi-teacher: weights must be finite and >= 0, got {w.tolist() if w.numel() <= 16 else 'some that are not'}")
+    sums = w.sum(-1)
+    tol = max(1e-4, 8 * torch.finfo(w.dtype).eps) if w.is_floating_point() else 0.0
+    if not bool(((sums - 1).abs() <= tol).all()):
+        raise ConfigError(f"multi-teacher: weights must sum to 1 over the teachers, got sums from {float(sums.min()):.6g} "
+                          f"to {float(sums.max()):.6g}; per-sample weights are laid out (B, M), batch first")
+
+
 def mixture_logits(teacher_logits: Tensor, weights: Tensor, T: float) -> Tensor:
-    """``T · log Σ_k w_k softmax(t_k / T)`` for ``teacher_logits`` (B, M, K) and ``weights`` (M,) or (B, M)."""
+    """``T · log Σ_k w_k softmax(t_k / T)`` for ``teacher_logits`` (B, M, K) and ``weights`` (M,) or (B, M)
+    summing to 1 over the teachers (checked: a one-line ConfigError otherwise)."""
+    _check_mixture(teacher_logits, weights)
     w = weights if weights.dim() == 2 else weights.unsqueeze(0).expand(teacher_logits.size(0), -1)
     log_w = torch.log(w.to(teacher_logits.dtype)).unsqueeze(-1)  # log 0 = -inf: that teacher drops out
     return T * torch.logsumexp(log_w + F.log_softmax(teacher_logits / T, dim=-1), dim=1)
