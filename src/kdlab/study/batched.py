@@ -155,7 +155,7 @@ class BatchedTrainer(Trainer):
                 f.prepare_for(m)
         self.base.train()
         rows: List[Tensor] = []
-        for batch in zip(*(ix.epoch() for ix in self.indexers)):
+        for batch in self._steps(zip(*(ix.epoch() for ix in self.indexers)), len(self.indexers[0])):
             idx = torch.stack(batch)  # (S, B)
             flat_idx = idx.reshape(-1).to(X.device)
             B = idx.shape[1]

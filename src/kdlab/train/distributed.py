@@ -292,6 +292,9 @@ class RankZero(Callback):
         if self._active():
             self.callback.on_fit_end(trainer)
 
+    def wrap_steps(self, trainer: "Trainer", steps: Any, total: Optional[int]) -> Any:
+        return self.callback.wrap_steps(trainer, steps, total) if self._active() else steps
+
 
 def rank_zero(callback: Optional[Callback]) -> Optional[Callback]:
     return None if callback is None else RankZero(callback)

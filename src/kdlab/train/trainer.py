@@ -32,7 +32,7 @@ progress and schedules are callbacks (:mod:`kdlab.train.callbacks`).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,7 @@ from .optim import OPTIMIZERS, build_scheduler
 from .records import FitResult, NonFiniteLossError, check_finite, evaluate, evaluate_loader, method_record  # noqa: F401
 
 Augment = Callable[[Tensor, Tensor, torch.Generator], "tuple[Tensor, Tensor]"]
+_Item = TypeVar("_Item")
 
 
 class Trainer:
@@ -247,6 +248,20 @@ class Trainer:
             idx = idx.to(X.device)
             yield X.index_select(0, idx), Y.index_select(0, idx), idx
 
+    def _steps(self, steps: Iterable[_Item], total: Optional[int]) -> Iterable[_Item]:
+        """The epoch's steps as the callbacks see them (a progress display counts them; see
+        :meth:`Callback.wrap_steps`): unchanged, at no cost per step, when no callback wraps them."""
+        return self.callbacks.wrap_steps(self, steps, total)
+
+    def _steps_per_epoch(self) -> Optional[int]:
+        """Steps in one epoch: the batch indexer's, or the user's loader's length (None when it has none)."""
+        if self.loaders is None:
+            return len(self.indexer)
+        try:
+            return len(self.loaders.train)
+        except TypeError:  # an iterable-style dataset
+            return None
+
     def train_epoch(self) -> Tensor:
         """One epoch of steps; returns the (steps, 1 + terms) loss rows."""
         model, method, optimizer, fast = self.model, self.method, self.optimizer, self.fast
@@ -259,7 +274,7 @@ class Trainer:
             n_values = 1 + len(method.term_weights())
             fast.prepare_for(method)
             chain = ChainStep.of(model)  # a Linear/ReLU chain: its backward written out, no autograd graph
-            for idx in self.indexer.epoch():
+            for idx in self._steps(self.indexer.epoch(), len(self.indexer)):
                 idx = idx.to(X.device)
                 if chain is not None:
                     values = chain.step(X.index_select(0, idx), lambda logits: fast(logits, fast.rows(idx)))
@@ -277,7 +292,7 @@ class Trainer:
             return torch.stack(rows).float()
         acc, amp, scaler = self.cfg.accumulate_steps, self.amp_dtype, self.scaler
         nominal, micro, seen = self.cfg.batch_size * acc, 0, 0
-        for xb, yb, idx in self._batches():
+        for xb, yb, idx in self._steps(self._batches(), self._steps_per_epoch()):
             if self.augment is not None:
                 xb, yb = self.augment(xb, yb, self.augment_rng)
             if self.channels_last and xb.dim() == 4:
