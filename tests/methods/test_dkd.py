@@ -2,6 +2,7 @@
 finite-difference gradients, the warm-up, bad parameters, and one run through the Trainer."""
 
 import copy
+import decimal
 import io
 import math
 
@@ -206,3 +207,83 @@ def test_trains_through_the_trainer_on_digits_with_cached_teacher_logits():
     assert [h["warmup_factor"] for h in result.history] == [0.5, 1.0]
     assert "loss_tckd" in result.history[0] and "loss_nckd" in result.history[0]
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+def _binary_reference(s, t, y, T):
+    """Per-sample TCKD·T², KL([p_t, 1 − p_t] teacher ‖ student), in 50-digit decimals: 1 − p_t taken directly."""
+    decimal.getcontext().prec = 50
+    out = []
+    for zs, zt, c in zip(s.tolist(), t.tolist(), y.tolist()):
+        def p_target(z):
+            e = [(decimal.Decimal(v) / decimal.Decimal(T)).exp() for v in z]
+            return e[c] / sum(e)
+        ps, pt = p_target(zs), p_target(zt)
+        kl = pt * (pt / ps).ln() + (1 - pt) * ((1 - pt) / (1 - ps)).ln()
+        out.append(float(kl * decimal.Decimal(T) ** 2))
+    return torch.tensor(out, dtype=D)
+
+
+def _tckd_gradient(s, t, y, T):
+    """Closed-form d(TCKD·T²)/ds: T·(p_t^S − p_t^T) at the target, −T·(p_t^S − p_t^T)·p̂_j^S elsewhere."""
+    s, t = s.double(), t.double()
+    gt = F.one_hot(y, s.size(1)).bool()
+    ps_t, pt_t = F.softmax(s / T, 1)[gt], F.softmax(t / T, 1)[gt]
+    p_hat = F.softmax((s / T).masked_fill(gt, float("-inf")), 1)
+    d = (ps_t - pt_t).unsqueeze(1)
+    return T * torch.where(gt, d, -d * p_hat)
+
+
+def _small_target_logits(shift, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(64, 10, generator=g) * 3, torch.randn(64, 10, generator=g) * 3
+    y = torch.randint(0, 10, (64,), generator=g)
+    rows = torch.arange(64)
+    s[rows, y] -= shift; t[rows, y] -= shift  # p_t ~ e^-shift: log(1 − p_t) ~ −p_t, near zero
+    return s.to(dtype), t.to(dtype), y
+
+
+@pytest.mark.parametrize("shift", [12.0, 20.0])
+def test_tckd_is_accurate_and_non_negative_when_the_target_probability_is_small(shift):
+    # lse(non-target) − lse(all) loses log(1 − p_t) ~ −p_t to rounding (float32: TCKD off by up to ~1000x, negative
+    # on about a third of the samples); log1p(−p_t) keeps it
+    s, t, y = _small_target_logits(shift)
+    tckd, _ = dkd_terms(s, t, y, 1.0, reduction="none")
+    ref = _binary_reference(s, t, y, 1.0)
+    assert (tckd >= 0).all()
+    torch.testing.assert_close(tckd.double(), ref, rtol=1e-3, atol=0)
+
+
+def test_tckd_gradient_is_finite_and_equals_the_reference_on_both_sides_of_one_half():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(6, 5, generator=g, dtype=D), torch.randn(6, 5, generator=g, dtype=D)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    s[0, 0] += 60; t[0, 0] += 60  # p_t -> 1: log(1 − p_t) only through the lse form (log1p(−1) = −inf)
+    s[1, 1] += 2.0; t[2, 2] += 2.0  # p_t around and above one half for one side
+    s[3, 3] -= 25; t[3, 3] -= 25  # p_t ~ 1e-11: the log1p form
+    s_leaf = s.clone().requires_grad_()
+    tckd, _ = dkd_terms(s_leaf, t, y, 2.0, reduction="none")
+    (grad,) = torch.autograd.grad(tckd.sum(), s_leaf)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(tckd.detach(), _binary_reference(s, t, y, 2.0), rtol=1e-9, atol=1e-18)
+    torch.testing.assert_close(grad, _tckd_gradient(s, t, y, 2.0), rtol=1e-9, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda z: dkd_terms(z, t, y, 2.0)[0], (s.clone().requires_grad_(),))
+    # float32, p_t -> 1 and p_t tiny in one batch: finite values and gradients
+    s32 = s.float().requires_grad_()
+    tckd32, _ = dkd_terms(s32, t.float(), y, 2.0)
+    tckd32.backward()
+    assert torch.isfinite(tckd32) and torch.isfinite(s32.grad).all()
+
+
+def test_tckd_equals_the_lse_form_where_that_one_is_accurate():
+    # moderate probabilities: the old lse(non-target) − lse(all) form and its gradients, to float64 precision
+    s, t = S.clone().requires_grad_(), TT.clone()
+    tckd, _ = dkd_terms(s, t, Y, 4.0, reduction="none")
+    def old(z):
+        z = z / 4.0
+        gt = F.one_hot(Y, 4).bool()
+        lp = z.gather(1, Y.view(-1, 1)).squeeze(1) - torch.logsumexp(z, 1)
+        return lp, torch.logsumexp(z.masked_fill(gt, float("-inf")), 1) - torch.logsumexp(z, 1)
+    (a, b), (c, d) = old(t), old(s)
+    ref = (a.exp() * (a - c) + b.exp() * (b - d)) * 16
+    torch.testing.assert_close(tckd, ref, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(torch.autograd.grad(tckd.sum(), s)[0], torch.autograd.grad(ref.sum(), s)[0], rtol=1e-10, atol=1e-14)

@@ -10,7 +10,11 @@ non-target classes only (p̂_i = p_i / (1 - p_t), i ≠ t), the paper's Eq. (1)-
 each ×T² and averaged over the batch, as in mdistiller's ``dkd_loss``. mdistiller computes NCKD as a
 softmax of ``z/T - 1000·[i = t]``; we compute it exactly, as a log-softmax with the target logit
 set to −inf (the two agree to float precision whenever the 1000 margin dwarfs the logits; see the
-tests), and log(1 − p_t) as logsumexp(non-target) − logsumexp(all) rather than log of a difference.
+tests). The binary pair is split at p_t = ½, the standard stable form: below it log p_t comes from the
+log-softmax and log(1 − p_t) = log1p(−p_t); above it log(1 − p_t) = logsumexp(non-target) −
+logsumexp(all) and log p_t = log1p(−(1 − p_t)). Each log near 0 is thus taken from the other one
+rather than as a difference of logsumexps, which leaves rounding noise of the size of the logsumexp
+itself on a value ~p_t (or ~1 − p_t) and made float32 TCKD negative for small p_t.
 
 Training objective (mdistiller ``DKD.forward_train``)::
 
@@ -40,6 +44,20 @@ from .base import Batch, Distiller, Needs, Outputs
 from .registry import register_method
 
 __all__ = ["dkd_terms", "DKD", "DKDParams", "warmup_factor"]
+
+
+LN2 = math.log(2.0)
+
+
+def _log1m_exp(x: Tensor) -> Tensor:
+    """log(1 − e^x) for x <= −ln 2, accurately; x is clamped there so an unused ``where`` branch keeps a finite gradient."""
+    return torch.log1p(-torch.exp(torch.clamp(x, max=-LN2)))
+
+
+def _binary_logs(log_pt: Tensor, log_rest: Tensor) -> Tuple[Tensor, Tensor]:
+    """(log p_t, log(1 − p_t)) from the direct forms, each replaced by log1p(−exp(other)) on its side of ½."""
+    small = log_pt < -LN2  # p_t < ½: log p_t is far from 0, log(1 − p_t) ~ −p_t is not
+    return (torch.where(small, log_pt, _log1m_exp(log_rest)), torch.where(small, _log1m_exp(log_pt), log_rest))
 
 
 def _binary_kl(log_pt_t: Tensor, log_rest_t: Tensor, log_pt_s: Tensor, log_rest_s: Tensor) -> Tensor:
@@ -74,8 +92,8 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
         z = z / T
         log_all = torch.logsumexp(z, 1)
         masked = z.masked_fill(gt, float("-inf"))
-        log_pt = z.gather(1, target.long().view(-1, 1)).squeeze(1) - log_all  # log p_t
-        log_rest = torch.logsumexp(masked, 1) - log_all  # log(1 - p_t), exactly
+        log_pt, log_rest = _binary_logs(z.gather(1, target.long().view(-1, 1)).squeeze(1) - log_all,  # log p_t
+                                        torch.logsumexp(masked, 1) - log_all)  # log(1 - p_t)
         log_hat = torch.log_softmax(masked, 1)  # log p̂ (−inf at the target)
         return log_pt, log_rest, log_hat
 
