@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .logits import logits_of
+
 
 class FrozenTeacher(nn.Module):
     """Eval mode and no gradient for as long as it wraps ``model``; :meth:`release` hands the
@@ -61,7 +63,7 @@ class FrozenTeacher(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.model.training:  # someone flipped the inner module directly
             self.model.eval()
-        return self.model(x)
+        return logits_of(self.model(x), "teacher")
 
     @torch.no_grad()
     def member_logits(self, x: Tensor) -> Tensor:
@@ -69,7 +71,7 @@ class FrozenTeacher(nn.Module):
         if self.model.training:
             self.model.eval()
         members = self.model.members if isinstance(self.model, TeacherEnsemble) else [self.model]
-        return torch.stack([m(x) for m in members], 1)
+        return torch.stack([logits_of(m(x), "teacher") for m in members], 1)
 
     @torch.no_grad()
     def logits_for(self, x: Tensor, batch_size: int = 2000, members: bool = False) -> Tensor:
@@ -120,4 +122,4 @@ class TeacherEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(0)
+        return torch.stack([logits_of(m(x), "teacher") for m in self.members]).mean(0)

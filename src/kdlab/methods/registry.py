@@ -45,6 +45,6 @@ def build_method(name: str, distill: Any, params: Optional[Dict[str, Any]] = Non
     params = dict(params or {})
     if entry.params is None:
         if params:
-            raise ConfigError(f"method {name!r} takes no parameters, got {', '.join(params)}")
+            raise ConfigError(f"method {name!r} takes no parameters, got {', '.join(params)}; drop them (`kdlab methods` lists each method's parameters)")
         return entry.factory(None, distill)
     return entry.factory(_build(entry.params, params, f"distill.{name}"), distill)

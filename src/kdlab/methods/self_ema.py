@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..logits import logits_of
 from .base import Batch, Needs, Outputs, RunContext
 from .kd import KD
 from .registry import register_method
@@ -86,7 +87,7 @@ class SelfEMA(KD):
         self.steps += 1
         self.ema.eval()
         with torch.no_grad():
-            target = self.ema(batch.x)
+            target = logits_of(self.ema(batch.x), "student's EMA copy")
         return super().forward(batch, student, Outputs(target))
 
     def train(self, mode: bool = True) -> "SelfEMA":

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..data import TensorData
 from ..data.loaders import loader_batches
 from ..errors import KDLabError
+from ..logits import logits_of
 from ..methods.base import Distiller
 
 
@@ -26,7 +27,7 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2000) -> Dict
     model.eval()
     correct, loss_sum = 0, 0.0
     for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size)):
-        logits = model(xb)
+        logits = logits_of(model(xb))
         correct += int((logits.argmax(1) == yb).sum())
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
     model.train(was_training)
@@ -41,7 +42,7 @@ def evaluate_loader(model: nn.Module, loader: Any, device: Optional[torch.device
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     for xb, yb, _ in loader_batches(loader, device):
-        logits = model(xb)
+        logits = logits_of(model(xb))
         correct += int((logits.argmax(1) == yb).sum())
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         n += len(yb)

@@ -41,6 +41,7 @@ from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
 from ..device import autocast_dtype, flush_denormal_enabled, precision_name, set_flush_denormal
+from ..logits import logits_of
 from ..models.chain import ChainStep
 from ..methods.base import Batch, Distiller, Outputs, RunContext
 from ..teacher import FrozenTeacher
@@ -193,7 +194,7 @@ class Trainer:
         return lambda m: self.evaluate_split("val", m)["acc"]  # type: ignore[index]
 
     def _student_outputs(self, x: Tensor) -> Outputs:
-        logits = self.model(x)
+        logits = logits_of(self.model(x), "student")
         return Outputs(logits, self.student_tap.outputs() if self.student_tap is not None else {})
 
     def _teacher_outputs(self, batch: Batch) -> Optional[Outputs]:
@@ -279,7 +280,7 @@ class Trainer:
                 if chain is not None:
                     values = chain.step(X.index_select(0, idx), lambda logits: fast(logits, fast.rows(idx)))
                 else:
-                    logits = model(X.index_select(0, idx))
+                    logits = logits_of(model(X.index_select(0, idx)), "student")
                     values, grad = fast(logits.detach(), fast.rows(idx))
                     optimizer.zero_grad(set_to_none=True)
                     logits.backward(grad)
