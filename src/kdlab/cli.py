@@ -219,10 +219,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .ship import export_onnx, export_torchscript
+    from .ship.export import check_atol, check_targets
 
     if not (args.onnx or args.torchscript):
         raise KDLabError("nothing to export: pass --onnx student.onnx and/or --torchscript student.pt")
-    kw = dict(checkpoint=args.checkpoint, normalization=args.normalization, atol=args.atol)
+    check_atol(args.atol)
+    check_targets({"--onnx": args.onnx, "--torchscript": args.torchscript}, args.force)  # both, before either is written
+    kw = dict(checkpoint=args.checkpoint, normalization=args.normalization, atol=args.atol, force=args.force)
     results = ([export_onnx(args.run, args.onnx, opset=args.opset, **kw)] if args.onnx else []) + \
               ([export_torchscript(args.run, args.torchscript, **kw)] if args.torchscript else [])
     print("\n".join(line for r in results for line in r.lines()))
@@ -415,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graph: the file takes raw pixels (default); metadata: normalised tensors, formula in the metadata")
     p.add_argument("--opset", type=_int_in(18, 23), default=18, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=_finite_float, default=1e-4, help="largest |exported - PyTorch| accepted (default 1e-4)")
+    p.add_argument("--force", action="store_true", help="replace an existing --onnx / --torchscript file (default: refuse)")
     p = add("profile", cmd_profile, "teacher vs student: parameters, FLOPs, size, CPU latency, accuracy kept",
             "Measure the teacher and the student side by side: parameters, FLOPs per image (torch.utils.flop_counter), "
             "serialized size as fp32 and as int8 (dynamic quantization of Linear layers), CPU latency at batch 1 and "

@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import math
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..errors import ExportError, KDLabError
+from ..logits import logits_of
 from ..models import count_parameters
 from ..utils import WriteError, _umask, check_output_location, os_error_reason
 from .source import LoadedModel, load_student
@@ -50,7 +54,19 @@ class RawPixelInput(nn.Module):
         self.model, self.pixel_max, self.mean, self.std = model, float(pixel_max), float(mean), float(std)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        return self.model((pixels / self.pixel_max - self.mean) / self.std)
+        return logits_of(self.model((pixels / self.pixel_max - self.mean) / self.std), "student")
+
+
+class LogitsOnly(nn.Module):
+    """The model's logits alone (by :func:`kdlab.logits.logits_of`) for a model whose forward returns
+    a container: the exported file then has one output, the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.model(x), "student")
 
 
 @dataclass
@@ -105,7 +121,9 @@ def deployable(loaded: LoadedModel, normalization: str = "graph") -> Tuple[nn.Mo
     meta["kdlab.input"] = f"normalised tensors shaped {shown}: {formula}"
     desc = (f"normalised float32 tensors shaped {shown}, as kdlab trains on; the normalisation is NOT in the graph, "
             f"it is recorded in the metadata (kdlab.input): {formula}")
-    return loaded.model, meta, desc, lambda b, g: torch.randn(b, *shape, generator=g)
+    with torch.no_grad():
+        plain = isinstance(loaded.model.eval()(torch.zeros(2, *shape)), Tensor)
+    return (loaded.model if plain else LogitsOnly(loaded.model)), meta, desc, lambda b, g: torch.randn(b, *shape, generator=g)
 
 
 def _require(packages: Sequence[str], what: str) -> None:
@@ -120,8 +138,30 @@ def _require(packages: Sequence[str], what: str) -> None:
                           f"(or `pip install {' '.join(missing)}`)")
 
 
-def _check_target(out: str | os.PathLike, flag: str) -> Path:
+def check_atol(atol: Any) -> float:
+    """``atol`` is a tolerance: a finite number > 0 (a negative one would fail every check and blame the exporter)."""
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not (math.isfinite(atol) and atol > 0):
+        raise KDLabError(f"--atol {atol!r}: must be a finite number > 0, the largest |exported - PyTorch| accepted (default 1e-4)")
+    return float(atol)
+
+
+def check_targets(targets: Dict[str, Any], force: bool = False) -> Dict[str, Path]:
+    """Every ``{flag: path}`` export target checked before any work (None entries skipped): writable,
+    distinct, and not an existing file unless ``force``."""
+    paths = {flag: _check_target(out, flag, force) for flag, out in targets.items() if out}
+    seen: Dict[Path, str] = {}
+    for flag, path in paths.items():
+        key = path.resolve()
+        if key in seen:
+            raise KDLabError(f"{seen[key]} and {flag} name the same file {path}; give each format its own path")
+        seen[key] = flag
+    return paths
+
+
+def _check_target(out: str | os.PathLike, flag: str, force: bool = False) -> Path:
     path = Path(out).expanduser()
+    if path.exists() and not path.is_dir() and not force:
+        raise KDLabError(f"{flag} {path} already exists; pass --force to replace it, or choose another path")
     if path.is_dir():
         raise KDLabError(f"{flag} {path} is a folder; pass a file path such as {path / ('student' + path.suffix)}")
     above = next((p for p in path.parents if p.exists()), None)
@@ -171,6 +211,44 @@ def _compare(reference: nn.Module, run: Callable[[Tensor], Tensor], sample: Call
     return diffs
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No warnings, prints or log records from the exporter (torch.export logs whole graphs when it fails):
+    the command's output stays its own lines, and a failure one line."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(disabled)
+
+
+#: Why ONNX cannot express a model, by a phrase of the innermost error torch.export / torch.onnx raise.
+CANNOT_EXPRESS: Tuple[Tuple[str, str], ...] = (
+    ("data-dependent", "its forward takes a Python branch on a tensor's value (if/while on a tensor, .item()), which a "
+                       "graph cannot hold; use torch.where there"),
+    ("No ONNX function found", "it uses an operation with no ONNX translation at opset {opset}; try another --opset"),
+    ("Constraints violated", "its forward fixes the batch size (e.g. a reshape to a constant batch), but the file has a "
+                             "dynamic batch axis; reshape with x.shape[0] or -1"),
+)
+
+
+def _cannot_express(name: str, exc: BaseException, opset: int) -> str:
+    """One line: which model, why ONNX cannot express it (a known cause, else the innermost error's first line)."""
+    inner, seen = exc, set()
+    while (inner.__cause__ or inner.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(inner)).strip()
+    first = text.splitlines()[0][:160] if text else "?"
+    whole = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)) for e in (exc, inner))
+    why = next((reason.format(opset=opset) for phrase, reason in CANNOT_EXPRESS if phrase in whole), None)
+    detail = f"{type(inner).__name__}: {first}"
+    return f"ONNX cannot express model {name!r}: {f'{why} ({detail})' if why else detail}; the file was not written; try --torchscript"
+
+
 def _ort_outputs(session: Any, x: Tensor) -> Tensor:
     """One onnxruntime run (a separate function so tests can break it on purpose)."""
     name = session.get_inputs()[0].name
@@ -178,13 +256,16 @@ def _ort_outputs(session: Any, x: Tensor) -> Tensor:
 
 
 def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str = "best", normalization: str = "graph",
-                opset: int = DEFAULT_OPSET, atol: float = 1e-4, batches: Sequence[int] = CHECK_BATCHES) -> ExportResult:
+                opset: int = DEFAULT_OPSET, atol: float = 1e-4, batches: Sequence[int] = CHECK_BATCHES,
+                force: bool = False) -> ExportResult:
     """Export the student of run folder (or checkpoint file) ``source`` to ``out`` with a dynamic batch axis.
 
-    Written only after onnxruntime reproduces PyTorch within ``atol`` at every size in ``batches``.
+    Written only after onnxruntime reproduces PyTorch within ``atol`` at every size in ``batches``;
+    an existing ``out`` is replaced only with ``force``.
     """
+    atol = check_atol(atol)
     _require(ONNX_PACKAGES, "ONNX export")
-    path = _check_target(out, "--onnx")
+    path = _check_target(out, "--onnx", force)
     loaded = load_student(source, checkpoint)
     module, meta, desc, sample = deployable(loaded, normalization)
     module.eval()
@@ -194,32 +275,33 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, checkpoint
 
     example = sample(2, torch.Generator().manual_seed(1))  # batch > 1, so the batch axis stays symbolic
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _quiet():
             program = torch.onnx.export(module, (example,), None, input_names=["input"], output_names=["logits"],
                                         dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
                                         dynamo=True, verbose=False)
         proto = program.model_proto
-    except Exception as exc:  # torch.export raises many types; the first line names the operation
-        raise ExportError(f"torch.onnx could not export model {loaded.name!r} ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else '?'}); try --torchscript") from None
+    except Exception as exc:  # torch.export raises many types; the innermost cause names what cannot be expressed
+        raise ExportError(_cannot_express(loaded.name, exc, opset)) from None
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **meta})
     with _staged(path) as tmp:
         onnx.save(proto, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         if isinstance(session.get_inputs()[0].shape[0], int):
-            raise ExportError(f"the exported batch axis of {loaded.name!r} is fixed, not dynamic; the file was not written")
+            raise ExportError(f"ONNX cannot give model {loaded.name!r} a dynamic batch axis: its forward fixes the batch size "
+                              "(e.g. a reshape to a constant batch); reshape with x.shape[0] or -1; the file was not written")
         diffs = _compare(module, lambda x: _ort_outputs(session, x), sample, batches, atol, "onnxruntime")
     return ExportResult(path, "onnx", loaded.path, normalization, desc, diffs, atol, opset, meta)
 
 
 def export_torchscript(source: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str = "best",
-                       normalization: str = "graph", atol: float = 1e-4, batches: Sequence[int] = CHECK_BATCHES) -> ExportResult:
+                       normalization: str = "graph", atol: float = 1e-4, batches: Sequence[int] = CHECK_BATCHES,
+                       force: bool = False) -> ExportResult:
     """Trace the student to TorchScript (``torch.jit.load``-able without kdlab); checked like :func:`export_onnx`.
 
-    The metadata is stored as the extra file ``kdlab.json``.
+    The metadata is stored as the extra file ``kdlab.json``; an existing ``out`` is replaced only with ``force``.
     """
-    path = _check_target(out, "--torchscript")
+    atol = check_atol(atol)
+    path = _check_target(out, "--torchscript", force)
     loaded = load_student(source, checkpoint)
     module, meta, desc, sample = deployable(loaded, normalization)
     module.eval()

@@ -220,7 +220,11 @@ def profile_run(source: str | os.PathLike, teacher: Optional[str | os.PathLike] 
     paths = [Path(teacher)] if teacher is not None else recorded_teachers(folder)
     if not paths:
         raise KDLabError(f"run {folder} records no teacher (only distill runs do); pass --teacher CHECKPOINT to compare with one")
-    members = [load_student(p) for p in paths]  # same safe loader; a moved or missing file fails in one line
+    for p in paths:
+        if not Path(p).expanduser().exists():
+            given = f"--teacher {p}" if teacher is not None else f"the teacher checkpoint {p} that {folder / 'run.json'} records"
+            raise KDLabError(f"{given} does not exist (moved or deleted?); pass --teacher CHECKPOINT with the teacher's .pt file")
+    members = [load_student(p) for p in paths]  # same safe loader; a damaged file fails in one line
     for m in members:
         if list(m.payload["model"]["in_shape"]) != list(student.payload["model"]["in_shape"]):
             raise KDLabError(f"teacher {m.path} takes inputs {m.payload['model']['in_shape']}, the student "

@@ -73,6 +73,11 @@ def load_student(source: str | os.PathLike, checkpoint: str = "best") -> LoadedM
     """The model of a run folder's ``best.pt`` (or ``last.pt``), or of a checkpoint file, on the CPU, in eval mode."""
     path = checkpoint_path(source, checkpoint)
     payload = load_checkpoint(path)  # weights_only=True; anything else is refused in one line
+    spec = payload.get("model") if isinstance(payload, dict) else None
+    if isinstance(spec, dict) and "name" not in spec and isinstance(spec.get("class"), str):
+        raise KDLabError(f"checkpoint {path} holds the weights of your own model class {spec['class']} (a kdlab.distill run), "
+                         "which kdlab cannot rebuild; load its state_dict into your model and use torch.onnx.export / "
+                         "kdlab.ship.profile_models on it")
     model = model_from_payload(payload, path)
     return LoadedModel(model.eval(), payload, path)
 
