@@ -14,7 +14,7 @@ CASES = [
     (["doctor", f"{LOSSES}:raises"], ["raises(", "RuntimeError: shapes do not match the config"]),
     (["doctor", f"{LOSSES}:unknown_names"], ["parameters: a, b, T", "--student-arg NAME --teacher-arg NAME"]),
     (["doctor", f"{LOSSES}:MeanKD", "--init", "T=2", "--init", "weight=.inf"], ["--init weight=inf", "finite"]),
-    (["doctor", f"{LOSSES}:sequence_kd"], ["pass --shape B,L,K"]),
+    (["doctor", f"{LOSSES}:sequence_kd", "--shape", "B,K"], ["sequence_kd(", "ValueError: not enough values to unpack"]),
 ]
 
 
@@ -28,3 +28,5 @@ def test_extreme_logits_and_nan_results_are_answers_not_errors(tmp_path):
     assert r.code == 0 and r.err == "" and "nan" not in r.out.lower() and "inf" not in r.out.lower()
     r = run_cli(["doctor", f"{LOSSES}:returns_inf"], tmp_path)
     assert r.code == 1 and "Traceback" not in r.err and "PROBLEM: returns -inf for student logits [" in r.out
+    r = run_cli(["doctor", f"{LOSSES}:sequence_kd"], tmp_path)  # runs only on (B, L, K): diagnosed there, not refused
+    assert r.code == 0 and r.err == "" and "diagnosed as sequence logits" in r.out

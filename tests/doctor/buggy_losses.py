@@ -3,6 +3,7 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributions import Categorical, kl_divergence
 
 TEMP = 5.0
 
@@ -153,7 +154,7 @@ def two_students(outputs, logits, teacher, T):
 
 
 def reversed_roles(teacher_view, student_view, T):
-    """Only --student-arg/--teacher-arg can say which is which."""
+    """The teacher first: only a word inside each name (a printed guess) or --student-arg/--teacher-arg says which is which."""
     return F.kl_div(F.log_softmax(student_view / T, 1), F.softmax(teacher_view / T, 1), reduction="batchmean") * T * T
 
 
@@ -236,3 +237,67 @@ def sequence_wrong_axis(student_logits, teacher_logits, T):
 
 def sequence_summed_over_batch(student_logits, teacher_logits, T):
     return F.kl_div(F.log_softmax(student_logits / T, -1), F.softmax(teacher_logits / T, -1), reduction="sum") * T * T
+
+
+# --- names that contain the role (a word inside the name; each placement is a printed guess) ---------
+
+
+def keras_style(y_pred_student, y_pred_teacher, temperature=3.0):
+    """Names from Keras' Distiller example, ported to PyTorch."""
+    soft = F.kl_div(F.log_softmax(y_pred_student / temperature, 1), F.softmax(y_pred_teacher / temperature, 1),
+                    reduction="batchmean")
+    return soft * temperature**2
+
+
+def camel_case(studentLogits, teacherLogits, kdTemp=4.0):  # noqa: N803 (as written in the wild)
+    return F.kl_div(F.log_softmax(studentLogits / kdTemp, 1), F.softmax(teacherLogits.detach() / kdTemp, 1),
+                    reduction="batchmean") * kdTemp**2
+
+
+def distill_with_labels(stu_out, tea_out, gt_label, kd_temp=4.0, kd_alpha=0.9):
+    soft = F.kl_div(F.log_softmax(stu_out / kd_temp, 1), F.softmax(tea_out / kd_temp, 1), reduction="batchmean")
+    return kd_alpha * soft * kd_temp**2 + (1 - kd_alpha) * F.cross_entropy(stu_out, gt_label)
+
+
+def two_student_views(student_view, student_view_aug, teacher_view, T):
+    """Two student views (consistency KD): the names cannot say which one the doctor should vary."""
+    log_q = F.log_softmax(student_view / T, 1)
+    return F.kl_div(log_q, F.softmax(teacher_view / T, 1), reduction="batchmean") * T * T + 0 * student_view_aug.sum()
+
+
+# --- not a KL divergence at all ---------------------------------------------------------------------
+
+
+def mse_soft_targets(outputs, labels, teacher_outputs, T=4.0, alpha=0.9):
+    """MSE between softened probabilities plus the hard CE: a different loss, not a KLDivLoss input mistake."""
+    soft = F.mse_loss(F.softmax(outputs / T, dim=1), F.softmax(teacher_outputs.detach() / T, dim=1))
+    return alpha * soft + (1 - alpha) * F.cross_entropy(outputs, labels)
+
+
+def js_kd(student_logits, teacher_logits, T):
+    p, q = F.softmax(teacher_logits / T, 1), F.softmax(student_logits / T, 1)
+    m = 0.5 * (p + q)
+    return 0.5 * (F.kl_div(m.log(), p, reduction="batchmean") + F.kl_div(m.log(), q, reduction="batchmean"))
+
+
+def cosine_kd(student_logits, teacher_logits, T=1.0):
+    p, q = F.softmax(teacher_logits / T, 1), F.softmax(student_logits / T, 1)
+    return (1 - F.cosine_similarity(q, p, dim=1)).mean()
+
+
+# --- correct, but not finite at very large logits --------------------------------------------------
+
+
+def distributions_kl(student_logits, teacher_logits, T):
+    """torch.distributions: inf once softmax(student/T) underflows to 0 (|logit/T| in the hundreds in float32)."""
+    kl = kl_divergence(Categorical(logits=teacher_logits / T), Categorical(logits=student_logits / T))
+    return kl.mean() * T * T
+
+
+# --- sequence logits passed without --shape ---------------------------------------------------------
+
+
+def llm_token_kd(student_logits, teacher_logits, T=2.0):
+    """(batch, seq, vocab) from a causal LM: softmax over dim=2, averaged over every token."""
+    kl = F.kl_div(F.log_softmax(student_logits / T, dim=2), F.softmax(teacher_logits / T, dim=2), reduction="none")
+    return kl.sum(2).mean() * T * T

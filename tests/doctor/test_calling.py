@@ -3,7 +3,7 @@
 import pytest
 
 from kdlab import ConfigError
-from kdlab.doctor import adapt, parse_values
+from kdlab.doctor import adapt, diagnose, parse_values
 
 from . import buggy_losses as B
 
@@ -31,6 +31,36 @@ def test_roles_from_names(fn, roles, guessed):
         assert lines == []
 
 
+@pytest.mark.parametrize(
+    "fn, roles, line",
+    [
+        (B.keras_style, {"student": "y_pred_student", "teacher": "y_pred_teacher", "T": "temperature"},
+         "student=y_pred_student, teacher=y_pred_teacher"),
+        (B.camel_case, {"student": "studentLogits", "teacher": "teacherLogits", "T": "kdTemp"},
+         "student=studentLogits, teacher=teacherLogits, T=kdTemp"),
+        (B.distill_with_labels, {"student": "stu_out", "teacher": "tea_out", "labels": "gt_label", "T": "kd_temp"},
+         "student=stu_out, teacher=tea_out, labels=gt_label, T=kd_temp"),
+        (B.reversed_roles, {"student": "student_view", "teacher": "teacher_view", "T": "T"},
+         "student=student_view, teacher=teacher_view"),
+    ],
+)
+def test_roles_from_words_inside_the_names(fn, roles, line):
+    """y_pred_student, stu_out, studentLogits, kd_temp: placed from a word in the name, and the guess is printed."""
+    a = adapt(fn)
+    assert a.roles == roles
+    assert a.guess_lines() == [f"doctor: using {line} (guessed from the names; override with --student-arg/--teacher-arg)"]
+    d = diagnose(fn)
+    assert d.correct and d.matches == "hinton", d.lines()
+    assert d.lines()[0] == a.guess_lines()[0]
+
+
+def test_words_in_names_leave_settings_alone():
+    """kd_alpha=0.9 is a setting (a number default), kd_temp the temperature, --arg kd_temp=3 the probe T."""
+    a = adapt(B.distill_with_labels, extra={"kd_temp": 3.0})
+    assert "kd_alpha" not in a.roles.values() and a.default_T == 3.0 and a.extra == {}
+    assert diagnose(B.distill_with_labels).soft_weight == pytest.approx(0.9, rel=1e-6)
+
+
 def test_user_says_which_argument_is_which():
     a = adapt(B.reversed_roles, student_arg="student_view", teacher_arg="teacher_view")
     assert a.roles == {"student": "student_view", "teacher": "teacher_view", "T": "T"} and a.guess_lines() == []
@@ -42,7 +72,7 @@ def test_user_says_which_argument_is_which():
     "call, needles",
     [
         (lambda: adapt(B.unknown_names), ["parameters: a, b, T", "--student-arg NAME --teacher-arg NAME"]),
-        (lambda: adapt(B.reversed_roles), ["parameters: teacher_view, student_view, T", "--student-arg"]),
+        (lambda: adapt(B.two_student_views), ["student_view and student_view_aug could both be the student", "--student-arg"]),
         (lambda: adapt(B.two_students), ["outputs and logits could both be the student", "--student-arg"]),
         (lambda: adapt(B.named_soft, student_arg="preds"), ["--student-arg preds", "parameters: soft_predictions, soft_labels, T"]),
         (lambda: adapt(B.reversed_roles, student_arg="T", teacher_arg="T"), ["both name T"]),

@@ -42,11 +42,21 @@ def test_hand_written_losses(fn, kwargs, expect):
         assert not d.correct and any(expect in f for f in d.findings), d.lines()
 
 
-def test_teacher_gradient_is_warned_about():
+def test_teacher_gradient_is_a_note_not_a_warning():
+    """Not detaching is only a fault when the caller's teacher logits carry grad; kdlab's never do."""
     d = diagnose(B.teacher_not_detached)
-    assert d.teacher_grad and d.correct and "teacher" in d.warnings[0]
-    assert "WARNING" in "\n".join(d.lines())
+    assert d.teacher_grad and d.correct and d.warnings == []
+    text = "\n".join(d.lines())
+    assert "WARNING" not in text
+    note = [n for n in d.notes if n.startswith("teacher logits not detached")]
+    assert len(note) == 1 and "torch.no_grad()" in note[0] and ".detach()" in note[0] and "trained" in note[0]
     assert not diagnose(B.closure_temperature, temperature=5.0).teacher_grad
+
+
+def test_cli_prints_no_teacher_warning_for_a_correct_loss(capsys):
+    assert main(["doctor", f"{HERE / 'buggy_losses.py'}:teacher_not_detached"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and "NOTE: teacher logits not detached: fine when the teacher runs under torch.no_grad()" in out
 
 
 def test_effective_weights_are_reported():

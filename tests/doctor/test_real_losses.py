@@ -130,29 +130,80 @@ def test_sequence_scaling_matches_the_formula():
 
 
 @pytest.mark.parametrize(
-    "fn, shape",
-    [(B.sequence_kd, "B,L,K"), (B.dense_kd, "B,K,H,W")],
+    "fn, shape, word, cause",
+    [
+        (B.sequence_kd, "B,L,K", "sequence", "ValueError: not enough values to unpack"),
+        (B.dense_kd, "B,K,H,W", "dense", "ValueError: not enough values to unpack"),
+        (B.llm_token_kd, "B,L,K", "sequence", "IndexError: Dimension out of range"),
+    ],
 )
-def test_function_asking_for_more_axes_gets_a_shape_hint(fn, shape):
-    with pytest.raises(ConfigError, match=f"pass --shape {shape}") as exc:
-        diagnose(fn)
-    assert "\n" not in str(exc.value) and "ValueError: not enough values to unpack" in str(exc.value)
+def test_function_needing_more_axes_is_diagnosed_on_them(fn, shape, word, cause):
+    """Fails on (B, K) but runs on (B, L, K) / (B, K, H, W): diagnosed there, with a note, same as with --shape."""
+    d = diagnose(fn)
+    assert d.layout == shape and d.correct, d.lines()
+    assert d.notes[0].startswith(f"fails on (B, K) logits ({cause}") and f"diagnosed as {word} logits" in d.notes[0]
+    given = diagnose(fn, layout=parse_layout(shape))
+    assert d.exponents == given.exponents and d.soft_weight == pytest.approx(given.soft_weight, rel=1e-12)
+    assert given.layout == shape and not any(n.startswith("fails on (B, K)") for n in given.notes)
+    with pytest.raises(ConfigError, match=cause):  # a layout given with --shape is used as given
+        diagnose(fn, layout=parse_layout("B,K"))
 
 
 def _numbers(text, label):
     return [float(x) for x in re.search(label + r" \[([^\]]*)\]", text).group(1).split(",")]
 
 
-@pytest.mark.parametrize("fn, word", [(B.log_of_softmax, "nan"), (B.returns_inf, "inf")])
-def test_non_finite_results_are_reported_with_the_input(fn, word):
-    d = diagnose(fn)
+def _reproduces(fn, text, dtype):
+    """The input printed in ``text`` gives a NaN/inf value or student gradient again."""
+    s = torch.tensor([_numbers(text, "student logits")], dtype=dtype, requires_grad=True)
+    t = torch.tensor([_numbers(text, "teacher logits")], dtype=dtype)
+    T = float(re.search(r"T=([0-9.]+)", text).group(1))
+    out = fn(s, t, T)
+    if not math.isfinite(out.item()):
+        return True
+    (g,) = torch.autograd.grad(out, s)
+    return not bool(torch.isfinite(g).all())
+
+
+def test_non_finite_results_are_reported_with_the_input():
+    d = diagnose(B.returns_inf)
     assert not d.correct and d.matches is None
     finding = d.findings[-1]
-    assert f"returns {word}" in finding or f"returns -{word}" in finding, finding
-    s = torch.tensor([_numbers(finding, "student logits")], dtype=torch.float64)
-    t = torch.tensor([_numbers(finding, "teacher logits")], dtype=torch.float64)
-    T = float(re.search(r"T=([0-9.]+)", finding).group(1))
-    assert not math.isfinite(fn(s, t, T).item())  # the printed input reproduces it
+    assert "returns -inf" in finding or "returns inf" in finding, finding
+    bound = float(re.search(r"\(ordinary probe logits, \|logit\| <= ([0-9.]+)\)", finding).group(1))  # range stated
+    p = make_probes(Layout(), Layout().sizes, 0, 1)[0]
+    assert bound == pytest.approx(max(p.s.abs().max().item(), p.t.abs().max().item()), rel=1e-2)
+    assert _reproduces(B.returns_inf, finding, torch.float64)  # the printed input reproduces it
+
+
+@pytest.mark.parametrize("fn", [B.distributions_kl, B.log_of_softmax])
+def test_correct_loss_that_overflows_only_at_huge_logits_gets_a_robustness_note(fn):
+    """torch.distributions' Categorical KL and log(softmax) give inf/NaN only once softmax(s/T) underflows in float32:
+    |logit| ~ 240 at T=4, while a trained network's |logit| stays below ~50."""
+    d = diagnose(fn)
+    assert d.correct and d.matches == "hinton" and not d.findings, d.lines()
+    note = next(n for n in d.notes if n.startswith("robustness: "))
+    finite = float(re.search(r"finite up to \|logit\| ~ ([0-9.]+) at T=4", note).group(1))
+    assert 50 < finite < 4000 and "so fine for the |logit| <= 50 trained networks give" in note
+    failing = next(e for e in d.evidence if e.startswith("at |logit| ~ "))
+    assert float(re.search(r"at \|logit\| ~ ([0-9.]+):", failing).group(1)) == pytest.approx(finite, rel=0.05)
+    assert _reproduces(fn, failing, torch.float32)
+    # independent reason: a softmax(logits/T) probability of the printed row is below float32's smallest normal
+    # number, where it underflows to 0 (Categorical's inf) or 1/p overflows (log(softmax)'s NaN gradient)
+    rows = [torch.tensor(_numbers(failing, w), dtype=torch.float32) / 4 for w in ("student logits", "teacher logits")]
+    assert any(float(F.softmax(r, 0).min()) < torch.finfo(torch.float32).tiny for r in rows)
+    assert d.lines()[1].startswith("CORRECT")
+
+
+def test_failure_at_realistic_logits_is_a_problem_with_the_range_probed():
+    """A temperature of 0.1 (sharpening, as in DINO-style self-distillation) with log(softmax): NaN at |logit| <= 10."""
+    d = diagnose(B.log_of_softmax, 0.1)
+    assert not d.correct and d.matches is None
+    finding = next(f for f in d.findings if f.startswith("returns "))
+    assert re.search(r"\(float32 logits with \|logit\| <= (10|50), realistic for a trained network", finding), finding
+    assert _reproduces(B.log_of_softmax, finding, torch.float32)
+    assert max(abs(x) for x in _numbers(finding, "student logits") + _numbers(finding, "teacher logits")) <= 50 + 1e-3
+    assert diagnose(SOFT_LOSSES.get("hinton"), 0.1).correct  # log-space Hinton is finite there
 
 
 def test_cli_real_losses(capsys):
@@ -169,8 +220,13 @@ def test_cli_real_losses(capsys):
     assert "summed over tokens (L) but averaged over the batch" in capsys.readouterr().out
     assert main(["doctor", f"{PATH}:fixed_T1", "-T", "1"]) == 0
     assert "T^nan" not in capsys.readouterr().out
-    assert main(["doctor", f"{PATH}:log_of_softmax"]) == 1
+    assert main(["doctor", f"{PATH}:log_of_softmax"]) == 0  # NaN only at |logit/T| ~ 50 and beyond: a note
+    assert "NOTE: robustness: finite up to |logit| ~" in capsys.readouterr().out
+    assert main(["doctor", f"{PATH}:log_of_softmax", "-T", "0.1"]) == 1
     assert "PROBLEM: returns nan for student logits [" in capsys.readouterr().out
+    assert main(["doctor", f"{PATH}:sequence_kd"]) == 0  # no --shape: diagnosed on (B, L, K), said so
+    out = capsys.readouterr().out
+    assert "NOTE: fails on (B, K) logits" in out and "diagnosed as sequence logits (B=8, L=5, K=10)" in out
 
 
 @pytest.mark.parametrize(
@@ -193,3 +249,46 @@ def test_cli_one_line_errors(argv, needles, capsys):
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
     for needle in needles:
         assert needle in captured.err, captured.err
+
+
+def _grad(f, s):
+    s = s.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(s), s)
+    return g.flatten()
+
+
+@pytest.mark.parametrize(
+    "fn, T, form, hard",
+    [
+        (B.mse_logits, 4.0, "MSE between logits", None),
+        (B.mse_soft_targets, 4.0, "MSE between softened probabilities", 0.1),
+        (B.js_kd, 4.0, "Jensen-Shannon divergence", None),
+        (B.cosine_kd, 1.0, "cosine distance of probabilities", None),
+    ],
+)
+def test_losses_that_are_not_a_kl_are_named_and_compared_with_hinton(fn, T, form, hard):
+    d = diagnose(fn)
+    text = "\n".join(d.lines())
+    assert not d.correct and d.shape == form, text
+    assert "not a KL divergence" in d.findings[0] and "not proportional" in d.findings[0]
+    assert "probabilities passed where KLDivLoss expects log-probabilities" not in text
+    assert "for Hinton KD use F.kl_div(F.log_softmax(s/T, 1), F.softmax(t/T, 1), reduction='batchmean') * T**2" in d.notes
+    # independent: the soft gradient (the 'hard' × CE part taken out) against F.kl_div's, on the doctor's probes
+    ours, ref = [], []
+    for p in make_probes(Layout(), Layout().sizes, 0):
+        if hard is None:
+            ours.append(_grad(lambda s: fn(s, p.t, T), p.s))
+        else:
+            ours.append(_grad(lambda s: fn(s, p.y, p.t, T) - hard * F.cross_entropy(s, p.y), p.s))
+        ref.append(_grad(lambda s: F.kl_div(F.log_softmax(s / T, 1), F.softmax(p.t / T, 1), reduction="batchmean") * T * T, p.s))
+    ours, ref = torch.cat(ours), torch.cat(ref)
+    corr = float(torch.corrcoef(torch.stack([ours, ref]))[0, 1])
+    assert d.versus_hinton["correlation"] == pytest.approx(corr, rel=1e-6)
+    assert d.versus_hinton["norm_ratio"] == pytest.approx(float(ours.norm() / ref.norm()), rel=1e-6)
+    assert f"correlation {corr:.3f}" in text and 0 < corr < 0.99
+
+
+def test_unknown_soft_term_is_still_compared_with_hinton():
+    d = diagnose(B.sequence_wrong_axis, layout=parse_layout("B,L,K"))
+    assert not d.correct and d.shape is None and -1 <= d.versus_hinton["correlation"] < 0.99
+    assert any("vs Hinton's (T²·KL, T=4): correlation" in e for e in d.evidence)

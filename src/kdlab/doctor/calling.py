@@ -5,7 +5,9 @@ KD losses in the wild take ``(student_logits, teacher_logits)``, ``(s, t, T)``,
 :func:`adapt` maps parameters by name onto the roles the doctor knows — student logits, teacher
 logits, labels, temperature — and leaves every other parameter at its default or at a value the
 user gives (``--arg alpha=0.9``). Names that only *suggest* a role (``outputs``, ``soft_labels``,
-``targets``) are a guess, which is printed; names it cannot place are an error that asks for
+``targets``) are a guess, which is printed. So are names that merely *contain* a role word —
+``y_pred_student``/``y_pred_teacher``, ``stu_out``/``tea_out``, ``studentLogits``, ``kd_temp`` — split
+into words at ``_`` and camelCase. Names it cannot place are an error that asks for
 ``--student-arg NAME --teacher-arg NAME``. It never falls back to argument positions.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -44,6 +47,18 @@ LABEL_NAMES = ("labels", "label", "y", "y_true", "true_labels", "hard_labels", "
                "gt", "gt_labels", "class_labels", "classes", "lbl", "lbls")
 TARGET_NAMES = ("targets", "target")  # hard labels next to a teacher argument, else the teacher's soft targets
 T_NAMES = ("T", "temperature", "temp", "tau", "T_", "kd_T", "kd_temperature", "temperature_kd")
+# words inside a parameter name (split at "_" and camelCase) that say its role
+ROLE_WORDS: Dict[str, Tuple[str, ...]] = {
+    "student": ("student", "students", "stu", "stud", "s"),
+    "teacher": ("teacher", "teachers", "tea", "teach", "tch", "tchr", "t"),
+}
+LABEL_WORDS = ("label", "labels", "lbl", "lbls", "gt")
+TARGET_WORDS = ("target", "targets")  # labels, unless the name also says student or teacher (teacher_targets)
+T_WORDS = ("temp", "temperature", "temperatures", "tau")
+LOGIT_WORDS = ("logits", "logit", "out", "outs", "output", "outputs", "pred", "preds", "prediction", "predictions",
+               "scores", "score", "probs", "prob", "soft", "y", "z", "feat", "feats")
+NOT_LOGITS = LABEL_WORDS + T_WORDS + ("weight", "weights", "alpha", "beta", "gamma", "lambda", "lam", "coef", "ratio",
+                                      "scale", "mask", "eps", "reduction", "dim")
 EXPECTED = ("expected a function like f(student_logits, teacher_logits, T) or "
             "f(student_logits, teacher_logits, labels, T, ...) returning a scalar tensor "
             "(other arguments need defaults or --arg NAME=VALUE)")
@@ -51,6 +66,10 @@ EXPECTED = ("expected a function like f(student_logits, teacher_logits, T) or "
 
 class UserFunctionError(ConfigError):
     """The user's function (or constructor) raised: one line naming it, the exception type and message."""
+
+    def __init__(self, message: str, cause: str = ""):
+        super().__init__(message)
+        self.cause = cause  # "ValueError: not enough values to unpack ..."
 
 
 def _positive_number(value: Any) -> Optional[float]:
@@ -96,7 +115,8 @@ class Adapted:
         """What was guessed, one line each (printed on stdout before the diagnosis)."""
         out = []
         if self.guessed:
-            used = ", ".join(f"{r}={self.roles[r]}" for r in ("student", "teacher", "labels") if r in self.roles)
+            shown = ("student", "teacher", "labels") + (("T",) if "T" in self.guessed else ())
+            used = ", ".join(f"{r}={self.roles[r]}" for r in shown if r in self.roles)
             out.append(f"doctor: using {used} (guessed from the names; override with --student-arg/--teacher-arg)")
         if self.default_T_source:
             out.append(f"doctor: using T={self.default_T:g} {self.default_T_source} (override with -T)")
@@ -126,7 +146,8 @@ class Adapted:
         try:
             out = obj(**kwargs)
         except Exception as exc:
-            raise UserFunctionError(f"calling {self.describe()} failed with {first_line(exc)}; {EXPECTED}") from None
+            raise UserFunctionError(f"calling {self.describe()} failed with {first_line(exc)}; {EXPECTED}",
+                                    first_line(exc)) from None
         return _scalar(out, self.describe())
 
 
@@ -168,7 +189,7 @@ def _init_kwargs(cls: type, init: Dict[str, Any]) -> Tuple[Optional[str], Option
     if unknown:
         raise ConfigError(f"{cls.__name__} has no constructor argument {unknown[0]!r} (its arguments: "
                           f"{', '.join(named) or 'none'}); fix --init {unknown[0]}=...")
-    init_T = next((n for n in named if n in T_NAMES), None)
+    init_T = next((n for n in named if n in T_NAMES), None) or next((n for n, p in named.items() if _word_role(p) == "T"), None)
     missing = [n for n, p in named.items() if p.default is p.empty and n not in init and n != init_T]
     if missing:
         raise ConfigError(f"{cls.__name__} needs constructor argument(s) {', '.join(missing)}; pass --init {missing[0]}=VALUE")
@@ -176,6 +197,32 @@ def _init_kwargs(cls: type, init: Dict[str, Any]) -> Tuple[Optional[str], Option
         return None, None
     value = init[init_T] if init_T in init else named[init_T].default
     return init_T, _positive_number(value)
+
+
+def name_words(name: str) -> List[str]:
+    """``y_pred_student`` -> [y, pred, student]; ``studentLogits`` -> [student, Logits]; ``kdT`` -> [kd, T] (case kept)."""
+    return [w for part in name.split("_") for w in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", part)]
+
+
+def _value_default(p: inspect.Parameter) -> bool:
+    """A number, string or bool default: a setting, not a tensor argument."""
+    return p.default is not p.empty and isinstance(p.default, (int, float, str))
+
+
+def _word_role(p: inspect.Parameter) -> Optional[str]:
+    """The role a parameter's name contains a word for: student, teacher, labels, T, or None."""
+    words = name_words(p.name)
+    low = {w.lower() for w in words}
+    # case matters for one letter: "t"/"s" are the teacher/student, "T" the temperature
+    roles = [r for r, ws in ROLE_WORDS.items() if any(w in ws or (len(w) > 1 and w.lower() in ws) for w in words)]
+    number = _value_default(p) and not isinstance(p.default, str)
+    if low & set(T_WORDS) or ("T" in words and not low & set(LOGIT_WORDS)) or (number and "t" in words):
+        return "T"
+    if low & set(LABEL_WORDS) or (low & set(TARGET_WORDS) and not roles):
+        return "labels" if not low & (set(LOGIT_WORDS) - {"y"}) else None
+    if _value_default(p) or low & set(NOT_LOGITS) or len(roles) != 1:
+        return None
+    return roles[0]
 
 
 def _place_roles(params: List[inspect.Parameter], forced: Dict[str, str], label: str) -> Tuple[Dict[str, str], List[str]]:
@@ -195,6 +242,7 @@ def _place_roles(params: List[inspect.Parameter], forced: Dict[str, str], label:
                 if strength == 1:
                     guessed.append(role)
                 break
+    _place_by_words([p for p in params if p.name in free], ("student", "teacher"), roles, guessed, free, label)
     targets = [n for n in free if n.lower() in TARGET_NAMES]
     if "teacher" not in roles and targets:  # f(outputs, targets, T): the only candidate for the teacher
         roles["teacher"] = targets.pop(0)
@@ -207,7 +255,27 @@ def _place_roles(params: List[inspect.Parameter], forced: Dict[str, str], label:
     temps = [n for n in free if n in T_NAMES]
     if temps:
         roles["T"] = temps[0]
+        free.remove(temps[0])
+    _place_by_words([p for p in params if p.name in free], ("labels", "T"), roles, guessed, free, label)
     return roles, guessed
+
+
+def _place_by_words(params: List[inspect.Parameter], wanted: Tuple[str, ...], roles: Dict[str, str],
+                    guessed: List[str], free: List[str], label: str) -> None:
+    """Open roles from a word inside the name (``y_pred_student``, ``kd_temp``): always a printed guess."""
+    found: Dict[str, List[str]] = {}
+    for p in params:
+        role = _word_role(p)
+        if role in wanted and role not in roles:
+            found.setdefault(role, []).append(p.name)
+    for role, hits in found.items():
+        if len(hits) > 1 and role in ("student", "teacher"):
+            raise ConfigError(f"{label}: {' and '.join(hits)} could both be the {role} logits; "
+                              f"say which with --student-arg NAME --teacher-arg NAME")
+        if len(hits) == 1:
+            roles[role] = hits[0]
+            free.remove(hits[0])
+            guessed.append(role)
 
 
 def adapt(
@@ -224,7 +292,8 @@ def adapt(
     if init and not is_class:
         raise ConfigError(f"--init applies to a loss class, but {name} is not a class; use --arg NAME=VALUE for its arguments")
     sig = _signature(fn, name)
-    given_T = {k: extra.pop(k) for k in list(extra) if k in T_NAMES and k in sig.parameters}  # --arg T=3: the probe T
+    given_T = {k: extra.pop(k) for k in list(extra)  # --arg T=3: the probe T
+               if k in sig.parameters and (k in T_NAMES or _word_role(sig.parameters[k]) == "T")}
     for k, v in given_T.items():
         if _positive_number(v) is None:
             raise ConfigError(f"--arg {k}={v!r}: the temperature must be a finite number > 0")

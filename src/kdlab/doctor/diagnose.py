@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from .calling import Adapted, adapt
 from .measure import Meter, NonFiniteResult
 from .scaling import size_findings, temperature_exponent
-from .probes import (FORMS, Layout, cross_entropy, exponent, fit, kl, make_probes, round_exponent,
+from .probes import (FORMS, NON_KL, Layout, cross_entropy, exponent, fit, kl, make_probes, round_exponent,
                      teacher_entropy, uniform_ce, value_and_grad)
 
 # (shape, k, m, b) of each registered coding; c (the soft weight) is not part of the signature.
@@ -67,6 +67,8 @@ class Diagnosis:
     guesses: List[str] = field(default_factory=list)  # "doctor: using ..." lines, printed first
     offset: Optional[float] = None  # loss − matched form at the first probe, when not 0
     label_smoothing: Optional[float] = None
+    layout: str = "B,K"  # the logit axes it was diagnosed on
+    versus_hinton: Dict[str, float] = field(default_factory=dict)  # soft gradient vs Hinton's: correlation, norm_ratio
 
     def lines(self) -> List[str]:
         if self.correct:
@@ -136,7 +138,7 @@ class _Run:
     def fit(self, name: str, soft: _Soft, T: float, sizes: Dict[str, int], seed: int,
             smoothing: Optional[bool] = None) -> Tuple[List[float], float, bool, List[float]]:
         """(coefficients, residual, label-smoothing column used, the form's values)."""
-        full, tdiff, values = self.form(FORMS[name][0], T, sizes, seed)
+        full, tdiff, values = self.form({**FORMS, **NON_KL}[name][0], T, sizes, seed)
         if self.teacher_only:
             coef, resid = fit(soft.tdiff, [tdiff])
             return coef, resid, False, values
@@ -187,14 +189,21 @@ def diagnose(
     meter = Meter(a, layout)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # probes are tiny: intra-op threads only add contention (30x slower on a busy machine)
+    layout_note = []
     try:
-        meter.first_call(T1, 0, given_layout)
+        other = meter.first_call(T1, 0, given_layout)
+        if other is not None:
+            layout, layout_note = other[0], [other[1]]
+            meter = Meter(a, layout)
         d = _diagnose(a, meter, layout, T1, soft_weight)
     except NonFiniteResult as exc:
-        d = Diagnosis(False, None, [str(exc)], ["a KD loss must be finite for finite logits"], a.describe())
+        d = Diagnosis(False, None, [f"{exc} (ordinary probe logits, |logit| <= {exc.bound:.3g})"],
+                      ["a KD loss must be finite for finite logits"], a.describe())
     finally:
         torch.set_num_threads(threads)
     d.guesses = a.guess_lines()
+    d.notes = layout_note + d.notes
+    d.layout = ",".join(layout.dims)
     return d
 
 
@@ -212,9 +221,14 @@ def _diagnose(a: Adapted, meter: Meter, layout: Layout, T1: float, soft_weight: 
     elif a.takes_labels:
         notes.append("hard term: the label-dependent part is not a multiple of cross-entropy on the student logits "
                      "(e.g. a focal loss or MSE to one-hot labels); the soft term was judged from how the loss changes with the teacher logits")
-    warnings, teacher_grad = _teacher_gradient(a, layout, T1, evidence)
+    warnings: List[str] = []
+    teacher_grad = _teacher_gradient(a, layout, T1, evidence, notes)
 
     shape_name, fits = _match(run, base, T1, sizes, seed)
+    if shape_name is None:  # before the teacher-only fallback: MSE of probabilities has prob-input's teacher part
+        other, _ = _match(run, base, T1, sizes, seed, NON_KL)
+        if other is not None:
+            return _not_kl(other, run, base, meter, T1, sizes, seed, findings, evidence, notes, hw, teacher_grad)
     if shape_name is None and a.takes_labels and not run.teacher_only:
         run.teacher_only = True  # a student-only part besides w·CE (CE on s/T, an entropy term): judge the teacher part
         shape_name, _ = _match(run, base, T1, sizes, seed)
@@ -229,7 +243,10 @@ def _diagnose(a: Adapted, meter: Meter, layout: Layout, T1: float, soft_weight: 
         findings.append("soft term is not proportional to any known form of the KD loss"
                         + ("" if a.takes_T else f" at T={T1:g} (T is fixed inside the function: is -T the value it uses?)"))
         evidence.append(f"closest known form: {best} (relative residual {fits[best][1]:.3g}; a match needs < {TOL:g})")
-        return Diagnosis(False, None, findings, evidence, a.describe(), warnings, None, {}, None, hw, teacher_grad, notes)
+        versus = _versus_hinton(run, base, None, T1, sizes, seed)
+        evidence.append(_versus_text(versus, run, T1))
+        return Diagnosis(False, None, findings, evidence, a.describe(), warnings, None, {}, None, hw, teacher_grad, notes,
+                         versus_hinton=versus)
     coef, resid, smoothing, form_values = run.fit(shape_name, base, T1, sizes, seed)
     r1 = coef[0]
     _compare_with_hinton(run, base, coef, smoothing, T1, sizes, seed, layout, evidence)
@@ -270,8 +287,10 @@ def _diagnose(a: Adapted, meter: Meter, layout: Layout, T1: float, soft_weight: 
     size_findings(ex, findings, notes)
     if c is not None and c < 0:
         findings.append("negative soft weight: the student is pushed away from the teacher")
-    extreme = meter.extreme(T1, seed)
+    extreme, robust, robust_evidence = meter.extreme(T1, seed)
     findings += extreme
+    notes += robust
+    evidence += robust_evidence
     matches = None
     if layout.dims == ("B", "K") and not run.teacher_only and not smoothing and not extreme:
         matches = REGISTERED.get((shape_name, k, ex["K"], ex["B"]))
@@ -279,14 +298,53 @@ def _diagnose(a: Adapted, meter: Meter, layout: Layout, T1: float, soft_weight: 
                      teacher_grad, notes, offset=offset, label_smoothing=eps)
 
 
-def _match(run: _Run, base: _Soft, T: float, sizes: Dict[str, int], seed: int) -> Tuple[Optional[str], Dict[str, Any]]:
+def _match(run: _Run, base: _Soft, T: float, sizes: Dict[str, int], seed: int,
+           forms: Dict[str, Any] = FORMS) -> Tuple[Optional[str], Dict[str, Any]]:
     """The first known form whose gradient the soft part is a multiple of, and every form's fit."""
     fits: Dict[str, Any] = {}
-    for name in FORMS:
+    for name in forms:
         fits[name] = run.fit(name, base, T, sizes, seed)
         if fits[name][1] < TOL:
             return name, fits
     return None, fits
+
+
+def _versus_hinton(run: _Run, base: _Soft, uniform: Optional[float], T: float, sizes: Dict[str, int],
+                   seed: int) -> Dict[str, float]:
+    """Pearson correlation and norm ratio of the soft gradient (w.r.t. the student logits, all probes) with
+    the Hinton loss's, T²·KL; ``uniform`` is the label-smoothing coefficient to take out, if one was fitted."""
+    full, tdiff, _ = run.form(kl, T, sizes, seed)
+    ref = (tdiff if run.teacher_only else full) * T * T
+    ours = base.tdiff if run.teacher_only else base.full - (uniform * base.uniform if uniform else 0.0)
+    if float(ours.norm()) == 0:
+        return {"correlation": 0.0, "norm_ratio": 0.0}
+    corr = float(torch.corrcoef(torch.stack([ours, ref]))[0, 1])
+    return {"correlation": corr, "norm_ratio": float(ours.norm() / ref.norm())}
+
+
+def _versus_text(versus: Dict[str, float], run: _Run, T: float) -> str:
+    what = "teacher-dependent gradient" if run.teacher_only else "gradient w.r.t. the student logits"
+    return (f"{what} vs Hinton's (T²·KL, T={T:g}): correlation {versus['correlation']:.3f}, "
+            f"norm ratio {versus['norm_ratio']:.3g}")
+
+
+def _not_kl(name: str, run: _Run, base: _Soft, meter: Meter, T: float, sizes: Dict[str, int], seed: int,
+            findings: List[str], evidence: List[str], notes: List[str], hw: Optional[float], teacher_grad: bool) -> Diagnosis:
+    """A soft term that is a known loss but not a KL divergence: say what it is and how far its gradient is from Hinton's."""
+    coef, resid, smoothing, _ = run.fit(name, base, T, sizes, seed)
+    findings.append(f"{NON_KL[name][1]}, not a KL divergence, so not proportional to Hinton's loss")
+    versus = _versus_hinton(run, base, coef[1] if smoothing else None, T, sizes, seed)
+    evidence.append(f"soft gradient = {coef[0]:.6g} × that of {name} (mean over positions), residual {resid:.1e}")
+    notes.append(_versus_text(versus, run, T))
+    notes.append("for Hinton KD use F.kl_div(F.log_softmax(s/T, 1), F.softmax(t/T, 1), reduction='batchmean') * T**2")
+    if smoothing:
+        notes.append(f"hard term: plus {coef[1]:.4g} × cross-entropy to the uniform distribution (label smoothing)")
+    extreme, robust, robust_evidence = meter.extreme(T, seed)
+    findings += extreme
+    notes += robust
+    evidence += robust_evidence
+    return Diagnosis(False, None, findings, evidence, run.a.describe(), [], name, {}, None, hw, teacher_grad, notes,
+                     versus_hinton=versus)
 
 
 def _compare_with_hinton(run: _Run, base: _Soft, coef: List[float], smoothing: bool, T: float, sizes: Dict[str, int],
@@ -302,18 +360,21 @@ def _compare_with_hinton(run: _Run, base: _Soft, coef: List[float], smoothing: b
                     f"norm ratio {float(g_our.norm() / g_ref.norm()):.4g}")
 
 
-def _teacher_gradient(a: Adapted, layout: Layout, T: float, evidence: List[str]) -> Tuple[List[str], bool]:
+def _teacher_gradient(a: Adapted, layout: Layout, T: float, evidence: List[str], notes: List[str]) -> bool:
+    """Whether the loss passes gradient back into the teacher logits: a note, not a fault — it only matters when
+    the caller's teacher logits carry grad (teacher run without no_grad and trained); kdlab's teacher never does."""
     p = make_probes(layout, layout.sizes, 0, 1)[0]
     t_req = p.t.clone().requires_grad_(True)
     out = a.call(p.s.clone().requires_grad_(True), t_req, p.y if a.takes_labels else None, T)
     if not out.requires_grad:
-        return [], False
+        return False
     (gt,) = torch.autograd.grad(out, t_req, allow_unused=True)
     if gt is None or not float(gt.abs().max()) > 0:
-        return [], False
-    evidence.append(f"d(loss)/d(teacher logits) has max |value| {float(gt.abs().max()):.3g}; the correct loss gives 0")
-    return ["gradient flows into the teacher logits unless the caller computes them under no_grad "
-            "(detach them inside the loss to be safe)"], True
+        return False
+    evidence.append(f"d(loss)/d(teacher logits) has max |value| {float(gt.abs().max()):.3g} (0 with a detached teacher)")
+    notes.append("teacher logits not detached: fine when the teacher runs under torch.no_grad() (kdlab does); "
+                 "add .detach() if the teacher is trained too")
+    return True
 
 
 def _offset(run: _Run, base: _Soft, coef: List[float], smoothing: bool, form_values: List[float], T: float,

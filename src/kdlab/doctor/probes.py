@@ -151,6 +151,41 @@ FORMS: Dict[str, Tuple[Form, str]] = {
 }
 
 
+def mse_logits(s: Tensor, t: Tensor, T: float, cd: int) -> Tensor:
+    """Squared distance between the logits (logit matching); T only rescales it."""
+    return ((s - t) ** 2).sum() / _positions(s, cd)
+
+
+def mse_probs(s: Tensor, t: Tensor, T: float, cd: int) -> Tensor:
+    return ((F.softmax(s / T, cd) - F.softmax(t / T, cd)) ** 2).sum() / _positions(s, cd)
+
+
+def jensen_shannon(s: Tensor, t: Tensor, T: float, cd: int) -> Tensor:
+    """½ KL(p ‖ m) + ½ KL(q ‖ m) with m the mean of the softened distributions."""
+    log_q, log_p = F.log_softmax(s / T, cd), F.log_softmax(t / T, cd)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), 0) - math.log(2.0)
+    return 0.5 * (log_p.exp() * (log_p - log_m) + log_q.exp() * (log_q - log_m)).sum() / _positions(s, cd)
+
+
+def cosine_probs(s: Tensor, t: Tensor, T: float, cd: int) -> Tensor:
+    return (1 - F.cosine_similarity(F.softmax(s / T, cd), F.softmax(t / T, cd), dim=cd)).sum() / _positions(s, cd)
+
+
+def cosine_logits(s: Tensor, t: Tensor, T: float, cd: int) -> Tensor:
+    return (1 - F.cosine_similarity(s, t, dim=cd)).sum() / _positions(s, cd)
+
+
+# Losses that are not a KL divergence at all: matched only after every KL coding failed; a match is
+# named for what it is and compared with Hinton's gradient, never read as a KL pitfall.
+NON_KL: Dict[str, Tuple[Form, str]] = {
+    "MSE between logits": (mse_logits, "MSE between the student and teacher logits (logit matching)"),
+    "MSE between softened probabilities": (mse_probs, "MSE between softmax(s/T) and softmax(t/T)"),
+    "Jensen-Shannon divergence": (jensen_shannon, "Jensen-Shannon divergence of softmax(s/T) and softmax(t/T)"),
+    "cosine distance of probabilities": (cosine_probs, "cosine distance between softmax(s/T) and softmax(t/T)"),
+    "cosine distance of logits": (cosine_logits, "cosine distance between the student and teacher logits"),
+}
+
+
 def value_and_grad(fn: Callable[[Tensor], Tensor], s: Tensor) -> Tuple[float, Tensor]:
     s = s.detach().clone().requires_grad_(True)
     out = fn(s)
