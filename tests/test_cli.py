@@ -391,3 +391,150 @@ def test_user_registered_models_and_methods_work_from_the_cli(tmp_path):
     assert "imports:\n- mykd" in config and "method: user-kd" in config and "name: user-tiny" in config
     bad = run_cli("train-student", "digits-mlp", "--import", "no_such_mod", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot import 'no_such_mod'" in bad.stderr
+
+
+# --- feedback and consistency on long runs -------------------------------------------------------
+
+
+def test_teacher_training_is_announced_on_stderr_before_it_starts(tmp_path, capsys, digits):
+    """A cold teacher cache: one line says why a teacher is trained and how much work it is, before its first epoch."""
+    from kdlab.recipes import load_recipe
+
+    cache = tmp_path / "cache"
+    args = ["distill", "digits-mlp", "--teacher-cache", str(cache), "--set", "teacher.model.hidden=[16]",
+            "--set", "student.model.hidden=[8]", "--teacher-epochs", "2", "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    batch = load_recipe("digits-mlp").teacher.train.batch_size
+    steps = -(-len(digits.train) // batch)
+    assert lines[0].startswith("kdlab: teacher mlp for digits (seed 0) is not in the teacher cache ")
+    assert f"(no --teacher given); training it first: 2 epochs of {steps} steps (batch {batch})" in lines[0]
+    assert lines[1].startswith("teacher epoch 1/2: ")  # the announcement comes first
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-progress"]) == 0  # now cached: nothing to announce
+    assert "not in the teacher cache" not in capsys.readouterr().err
+
+
+def test_resumed_teacher_training_is_announced_with_the_epochs_left(tmp_path, digits):
+    from kdlab.recipes import load_recipe
+    from kdlab.study.teacher_cache import announce_training
+
+    recipe = load_recipe("digits-mlp", ["teacher.train.epochs=5"])
+    line = announce_training(recipe, digits, tmp_path, 2, progress=False)
+    steps = -(-len(digits.train) // recipe.teacher.train.batch_size)
+    assert line == (f"kdlab: resuming the interrupted training of teacher mlp for digits (seed 0) in the teacher cache "
+                    f"{tmp_path} at epoch 2/5: 3 epochs of {steps} steps (batch {recipe.teacher.train.batch_size})")
+
+
+TRAINING_COMMANDS = {"train-teacher": "teacher", "train-student": "student", "distill": "student", "demo": "student",
+                     "compare": "student", "tune": "student"}
+
+
+@pytest.mark.parametrize("command,role", TRAINING_COMMANDS.items())
+def test_every_training_command_takes_the_same_flag_names(command, role, capsys):
+    """--epochs / --batch-size / --lr set the same role's train values everywhere (the README's list of short forms)."""
+    from kdlab.cli import _recipe, build_parser
+
+    extra = ["--param", "T=1:4"] if command == "tune" else []
+    args = build_parser().parse_args([command, "digits-mlp", "--epochs", "3", "--batch-size", "32", "--lr", "0.02",
+                                      "--seed", "4", "--dataset", "digits", "--data-dir", "d", *extra])
+    recipe = _recipe(args, role if command in ("train-teacher", "train-student", "distill") else None)
+    train = getattr(recipe, role).train
+    assert (train.epochs, train.batch_size, train.optimizer.lr, recipe.seed) == (3, 32, 0.02, 4)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--epochs N, --student-epochs N student training epochs" in help_text if command in ("demo", "compare", "tune") \
+        else f"--epochs EPOCHS {role} training epochs" in help_text
+    if command in ("distill", "demo", "compare"):
+        for flag in ("-T", "--hard-weight", "--soft-weight"):
+            assert f"{flag} " in help_text
+    if command in ("distill", "demo"):
+        assert "--loss LOSS" in help_text
+
+
+@pytest.mark.parametrize("command", ["demo", "compare", "tune"])
+def test_student_epochs_is_still_accepted_as_another_name_for_epochs(command):
+    from kdlab.cli import _recipe, build_parser
+
+    extra = ["--param", "T=1:4"] if command == "tune" else []
+    args = build_parser().parse_args([command, "digits-mlp", "--student-epochs", "2", "--teacher-epochs", "5", *extra])
+    recipe = _recipe(args, None)
+    assert (recipe.student.train.epochs, recipe.teacher.train.epochs) == (2, 5)
+
+
+def test_listing_commands_take_import_and_list_what_it_registers(tmp_path):
+    """methods, losses and recipes accept --import (a user could not list what they registered), export too."""
+    (tmp_path / "mykd.py").write_text(USER_MODULE + '''
+
+from kdlab.losses import SOFT_LOSSES
+
+
+@SOFT_LOSSES.register("user-soft")
+def user_soft(student_logits, teacher_logits, T):
+    """a user's own soft loss"""
+    return (student_logits - teacher_logits).pow(2).mean()
+''')
+    methods = run_cli("methods", "--import", "mykd", cwd=tmp_path)
+    assert methods.returncode == 0, methods.stderr
+    assert any(line.split()[0] == "user-kd" and "a user's own method" in line for line in methods.stdout.splitlines())
+    losses = run_cli("losses", "--import", "mykd", cwd=tmp_path)
+    assert losses.returncode == 0 and any(line.startswith("user-soft ") for line in losses.stdout.splitlines()), losses.stderr
+    recipe = run_cli("recipes", "digits-mlp", "--import", "mykd", "--set", "distill.loss=user-soft",
+                     "--set", "student.model={name: user-tiny}", cwd=tmp_path)
+    assert recipe.returncode == 0, recipe.stderr
+    assert "imports:\n- mykd" in recipe.stdout and "loss: user-soft" in recipe.stdout
+    assert run_cli("recipes", "--import", "mykd", cwd=tmp_path).stdout.split() == run_cli("recipes").stdout.split()
+    run = run_cli("train-student", "digits-mlp", "--import", "mykd", "--set", "student.model={name: user-tiny}",
+                  "--epochs", "1", "--no-progress", "--out", "run", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    export = run_cli("export", "run", "--torchscript", "s.pt", "--import", "mykd", cwd=tmp_path)
+    assert export.returncode == 0 and (tmp_path / "s.pt").is_file(), export.stderr
+    bad = run_cli("losses", "--import", "no_such_mod", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot import 'no_such_mod'" in bad.stderr
+
+
+DATASET_MODULE = '''
+import torch
+from torch.utils.data import Dataset
+from kdlab.data import DATASETS
+
+
+@DATASETS.register("user-blobs")
+class Blobs(Dataset):
+    def __init__(self, root, train=True, download=False):
+        g = torch.Generator().manual_seed(0 if train else 1)
+        self.y = torch.randint(0, 3, (60 if train else 30,), generator=g)
+        self.x = torch.rand(len(self.y), 6, 6, generator=g) * 0.2 + self.y[:, None, None] * 0.3
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+'''
+
+
+def test_a_user_dataset_class_trains_from_the_cli_and_a_bad_one_is_one_line(tmp_path):
+    (tmp_path / "blobs.py").write_text(DATASET_MODULE)
+    proc = run_cli("train-student", "digits-mlp", "--import", "blobs", "--dataset", "user-blobs", "--epochs", "2",
+                   "--set", "student.model.hidden=[8]", "--no-progress", "--out", "run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["dataset"] == "user-blobs" and info["data_source"] == "blobs.Blobs"
+    (tmp_path / "badblobs.py").write_text(DATASET_MODULE.replace("root, train=True, download=False", "path, mode"))
+    bad = run_cli("train-student", "digits-mlp", "--import", "badblobs", "--dataset", "user-blobs", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    assert "cannot build the train and test splits of Blobs(path, mode)" in bad.stderr and "train=True/False" in bad.stderr
+
+
+def test_resume_of_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main([*TINY, "--epochs", "2", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["train-student", "--out", str(run), "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"run folder {run} already finished 2/2 epochs; nothing to resume (pass --epochs 3 or more to train it further)\n"
+    assert err == "" and {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing trained or rewritten
+    assert main(["train-student", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]

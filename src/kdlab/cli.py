@@ -28,7 +28,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
+def _common(p: argparse.ArgumentParser, role: Optional[str], students: str = "") -> None:
+    """The flags every training command shares. ``role``: the model a train/distill command trains;
+    None for the studies (demo, compare, tune), where ``students`` says which students the
+    student flags set (their teacher has --teacher-epochs)."""
     p.add_argument("recipe", nargs="?", default=None, help="bundled recipe name or YAML path (default: mnist-mlp; demo: the embedded dataset)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="dataset name: digits (embedded), mnist, fashion-mnist, kmnist")
@@ -49,9 +52,12 @@ def _common(p: argparse.ArgumentParser, role: Optional[str]) -> None:
         g.add_argument("--resume", action="store_true", help=RESUME_HELP.format(role=role))
         g.add_argument("--overwrite", action="store_true",
                        help="if --out already holds a run, move it aside to <out>.replaced-<timestamp> and start afresh")
-    else:
-        g.add_argument("--teacher-epochs", type=int, help="teacher training epochs")
-        g.add_argument("--student-epochs", type=int, help="student training epochs (scratch and distilled)")
+    else:  # the same names as train-student and distill: --epochs is the student's everywhere
+        g.add_argument("--epochs", "--student-epochs", dest="student_epochs", type=int, metavar="N",
+                       help=f"student training epochs ({students}); --student-epochs is the same flag")
+        g.add_argument("--batch-size", dest="student_batch_size", type=int, metavar="N", help=f"student batch size ({students})")
+        g.add_argument("--lr", dest="student_lr", type=_finite_float, metavar="LR", help=f"student learning rate ({students})")
+        g.add_argument("--teacher-epochs", type=int, help="teacher training epochs (when the teacher is trained for the cache)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe value, e.g. --set teacher.model.dropout=0.3 (repeatable)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -70,6 +76,20 @@ def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
     g.add_argument("--soft-weight", type=_finite_float, help="weight of the soft (teacher) term")
 
 
+IMPORT_HELP = "import MODULE first, so what it registers is listed or can be named (repeatable)"
+
+
+def _imports(p: argparse.ArgumentParser, help: str = IMPORT_HELP) -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=help)
+
+
+def _import_user(args: argparse.Namespace) -> None:
+    """The user's modules (``--import``) for a command that takes no recipe: its registrations are listed or used."""
+    from .recipes import import_user_modules
+
+    import_user_modules(args.imports)
+
+
 def _report(result) -> None:
     from .train.distributed import is_main
 
@@ -86,7 +106,10 @@ def _report(result) -> None:
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from .pipeline import run_teacher
 
-    recipe, out = _run_recipe(args, "teacher", "teacher")
+    prepared = _run_recipe(args, "teacher", "teacher")
+    if prepared is None:
+        return 0
+    recipe, out = prepared
     _report(run_teacher(recipe, out=out, progress=args.progress, resume=args.resume))
     return 0
 
@@ -94,7 +117,10 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 def cmd_train_student(args: argparse.Namespace) -> int:
     from .pipeline import run_student
 
-    recipe, out = _run_recipe(args, "student", "scratch")
+    prepared = _run_recipe(args, "student", "scratch")
+    if prepared is None:
+        return 0
+    recipe, out = prepared
     _report(run_student(recipe, out=out, progress=args.progress, resume=args.resume))
     return 0
 
@@ -105,7 +131,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.teacher and (args.teacher_epochs is not None or args.teacher_cache):
         raise KDLabError("--teacher-epochs and --teacher-cache apply only when the teacher comes from the cache; "
                          "drop them, or drop --teacher to use the cached (or newly trained) recipe teacher")
-    recipe, out = _run_recipe(args, "student", "distill")
+    prepared = _run_recipe(args, "student", "distill")
+    if prepared is None:
+        return 0
+    recipe, out = prepared
     teacher = _resume_teacher(args) if args.resume else args.teacher
     _report(run_distill(recipe, teacher, out=out, progress=args.progress, resume=args.resume,
                         teacher_cache=args.teacher_cache, log=_say))
@@ -141,8 +170,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from .recipes import bundled_recipes, dump_recipe, load_recipe
 
+    _import_user(args)
     if args.name:
-        print(dump_recipe(load_recipe(args.name, args.overrides)), end="")
+        print(dump_recipe(load_recipe(args.name, args.overrides, args.imports)), end="")
     else:
         for name in bundled_recipes():
             print(name)
@@ -221,6 +251,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .ship import export_onnx, export_torchscript
     from .ship.export import check_atol, check_targets
 
+    _import_user(args)  # the run's model may be one the user registered
     if not (args.onnx or args.torchscript):
         raise KDLabError("nothing to export: pass --onnx student.onnx and/or --torchscript student.pt")
     check_atol(args.atol)
@@ -250,6 +281,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     from .methods import METHODS
 
+    _import_user(args)
     for name in METHODS.names():
         entry = METHODS.get(name)
         fields = ", ".join(f"{f.name}" for f in dataclasses.fields(entry.params)) if entry.params else ""
@@ -260,6 +292,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_losses(args: argparse.Namespace) -> int:
     from .losses import SOFT_LOSSES
 
+    _import_user(args)
     for name in SOFT_LOSSES.names():
         doc = (SOFT_LOSSES.get(name).__doc__ or "").strip().splitlines()[0]
         print(f"{name:22s} {doc}")
@@ -351,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
             "both students' mean ± std, the paired difference distilled − scratch with its 95% interval and on how "
             "many seeds distillation won. Runs on the embedded scikit-learn digits by default (no download); "
             "--dataset mnist for the real thing.")
-    _common(p, None)
+    _common(p, None, "every scratch and distilled student")
     p.add_argument("--seeds", type=int, default=DEMO_SEEDS, help=f"seeds (a scratch and a distilled student each), starting at --seed (default {DEMO_SEEDS})")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False, help="also write compare's PNG plots (default: off)")
@@ -360,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Train the teacher once (cached by its config and seed), then for each seed a scratch student and one "
             "student per loss (or per method with --methods), all from the same initial weights and batch order. Writes report.md, summary.csv, "
             "epochs.csv, results.json, step_losses.npz and PNG plots, and prints the summary table.")
-    _common(p, None)
+    _common(p, None, "every scratch and distilled student")
     p.add_argument("--losses", default=None,
                    help=f"comma-separated loss codings of Hinton KD (see `kdlab losses`; default {DEFAULT_LOSSES}); scratch is always added")
     p.add_argument("--methods", default=None,
@@ -379,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
             "never used. The study is stored in a database (default: OUT/study.db), so re-running the same command "
             "resumes it and several workers given the same --storage share it. Writes trials.csv, best.json, "
             "report.md and a PNG of validation accuracy vs T.")
-    _common(p, None)
+    _common(p, None, "each trial's distilled student")
     p.add_argument("--param", action="append", default=[], required=True, metavar="NAME=LOW:HIGH",
                    help="search dimension: T=1:10, soft_weight=0:1, lr=1e-4:1e-2:log, distill.loss=hinton,no-T2, or any "
                         "recipe key (repeatable; aliases T, soft_weight, hard_weight, lr, weight_decay, batch_size)")
@@ -411,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
             "metadata exports the model as trained and records the formula in the file's metadata. The command "
             "prints which. ONNX needs pip install 'kdlab[onnx]'.")
     p.add_argument("run", metavar="RUN_DIR", help="folder of a train-student / distill / train-teacher run, or a .pt checkpoint")
+    _imports(p, "import MODULE first (it may register the run's model), repeatable")
     p.add_argument("--onnx", metavar="PATH", help="write the ONNX file here (opset recorded, metadata kdlab.*)")
     p.add_argument("--torchscript", metavar="PATH", help="also (or instead) write a traced TorchScript file here")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of RUN_DIR (default best)")
@@ -436,8 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p = add("methods", cmd_methods, "list the registered distillation methods",
             "List every registered distillation method with its recipe parameter section.")
+    _imports(p)
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
             "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
+    _imports(p)
     p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",
             "Run MODULE:FUNCTION (a function, an nn.Module loss class or a module-level loss instance) on probe logits, "
             "compare its gradient, then its value, with the Hinton loss and name the known pitfall it matches "
@@ -474,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Without NAME: list bundled recipes. With NAME: print the validated recipe after --set overrides.")
     p.add_argument("name", nargs="?", help="recipe name or YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _imports(p, "import MODULE first, so a recipe naming what it registers validates (repeatable; printed as imports)")
     return parser
 
 

@@ -27,7 +27,9 @@ FLAG_KEYS: Dict[str, str] = {
     "hard_weight": "distill.hard_weight",
     "soft_weight": "distill.soft_weight",
     "teacher_epochs": "teacher.train.epochs",
-    "student_epochs": "student.train.epochs",
+    "student_epochs": "student.train.epochs",  # demo/compare/tune: --epochs (alias --student-epochs)
+    "student_batch_size": "student.train.batch_size",  # demo/compare/tune: --batch-size
+    "student_lr": "student.train.optimizer.lr",  # demo/compare/tune: --lr
 }
 ROLE_FLAG_KEYS: Dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.optimizer.lr"}
 
@@ -74,7 +76,8 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
     """The recipe to train and the --out folder, after every check that may refuse the command.
 
     Nothing is written before this returns (``--overwrite`` then moves the old run aside, printing where).
-    A resume uses the run's own config.yaml; see RESUME_HELP for what may differ.
+    A resume uses the run's own config.yaml; see RESUME_HELP for what may differ. None: ``--resume`` of
+    a run that already trained every epoch asked of it; one line said so, and the command ends (exit 0).
     """
     from .errors import ConfigError
     from .train import distributed
@@ -96,6 +99,11 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
         if epochs < done:
             raise ConfigError(f"cannot resume {path} with {role}.train.epochs={epochs}: it has already trained {done} epochs; "
                               f"pass --epochs {done} or more")
+        if epochs == done:  # not an error, but the user must hear that nothing was trained
+            if distributed.is_main():
+                print(f"run folder {path} already finished {done}/{epochs} epochs; nothing to resume "
+                      f"(pass --epochs {done + 1} or more to train it further)", flush=True)
+            return None
         distributed.check_batch_size(getattr(recipe, role).train.batch_size, where=f"{role}.train.batch_size")
         distributed.barrier()  # under torchrun: every process has read the run before rank 0 writes to it
         return recipe, str(path)

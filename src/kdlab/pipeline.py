@@ -272,7 +272,7 @@ def run_distill(
         info["teacher"] = "none (the method's own)"
     elif teacher is None:
         with distributed.main_first():  # under torchrun rank 0 trains/caches the teacher alone, then the others load it
-            cached = cached_teacher(recipe, data, teacher_cache, progress, say)
+            cached = cached_teacher(recipe, data, teacher_cache, progress, say, why="no --teacher given")
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
         lasts = cached.checkpoints  # checked on --resume like a --teacher file

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import cifar, digits, mnist_family  # noqa: F401  (registration)
-from .registry import DATASETS, RawData
+from .registry import DATASETS, RawData, check_raw
 from .tensors import (
     BatchIndexer, DatasetSplits, TensorData, carve_validation, data_fingerprint, input_spec, normalize_images, tensor_fingerprint,
 )
@@ -24,7 +24,7 @@ def load_dataset(
     Normalization statistics come from the images actually used for training (after the
     validation split is removed), so neither validation nor test data leak into them.
     """
-    raw = DATASETS.get(name)(Path(data_dir) if data_dir else None, download)
+    raw = check_raw(name, DATASETS.get(name)(Path(data_dir) if data_dir else None, download))
     split = f"val_fraction={val_fraction!r};seed={seed if val_fraction else None}"
     fingerprint = tensor_fingerprint([raw.train_x, raw.train_y, raw.test_x, raw.test_y], split)
     train_raw = TensorData(raw.train_x, raw.train_y)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import dataclasses
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..data.mnist_family import default_cache_dir
 from ..device import autocast_dtype, precision_name, resolve_device
 from ..errors import KDLabError
 from ..teacher import FrozenTeacher
+from ..train import distributed
 from ..train.checkpoint import load_checkpoint, model_from_payload
 from ..utils import atomic_write_json, check_output_location, os_error_reason
 
@@ -227,17 +229,38 @@ def _set_aside(path: Path, log: Callable[[str], None]) -> None:
     log(f"teacher: cache entry {path} does not hold this teacher (foreign or stale checkpoint); moved it to {aside} and retraining")
 
 
+def announce_training(recipe: Recipe, data: DatasetSplits, root: Path, done: int, progress: Optional[bool], why: str = "") -> str:
+    """The line printed (on stderr, terminal or not) before the cache trains a teacher: why, and how much work.
+
+    The size is stated as epochs of steps, which is exact; a duration would be a guess before any
+    step has run, so the progress display gives the time left once steps are timed.
+    """
+    t = recipe.teacher
+    epochs, steps = t.train.epochs, -(-len(data.train) // t.train.batch_size)
+    what = f"teacher {t.model.name} for {recipe.dataset.name} (seed {recipe.seed})"
+    if done:
+        head = f"resuming the interrupted training of {what} in the teacher cache {root} at epoch {done}/{epochs}"
+    else:
+        head = f"{what} is not in the teacher cache {root}{f' ({why})' if why else ''}; training it first"
+    size = f"{epochs - done} epoch{'s' if epochs - done != 1 else ''} of {steps} steps (batch {t.train.batch_size})"
+    tail = "" if progress is False else "; the time left is shown as it trains"
+    return f"kdlab: {head}: {size}{tail}"
+
+
 def cached_teacher(
     recipe: Recipe,
     data: DatasetSplits,
     cache_dir: Optional[str | os.PathLike] = None,
     progress: Optional[bool] = None,
     log: Optional[Callable[[str], None]] = None,
+    why: str = "",
 ) -> CachedTeacher:
     """The recipe's trained teacher, from the cache or trained (and cached) now.
 
     The returned ``test_acc`` belongs to the returned weights, whichever process trained them.
-    With ``recipe.teachers`` each is cached on its own and the result is their ensemble.
+    With ``recipe.teachers`` each is cached on its own and the result is their ensemble. Before
+    training, one line on stderr says why and how much (:func:`announce_training`; ``why`` adds
+    the caller's reason, e.g. that no teacher was given).
     """
     from ..pipeline import run_teacher
 
@@ -245,7 +268,7 @@ def cached_teacher(
         from ..teacher import TeacherEnsemble
         from ..train.records import evaluate
 
-        members = [cached_teacher(dataclasses.replace(recipe, teacher=t, teachers=[]), data, cache_dir, progress, log)
+        members = [cached_teacher(dataclasses.replace(recipe, teacher=t, teachers=[]), data, cache_dir, progress, log, why)
                    for t in recipe.teachers]
         if len(members) == 1:
             return members[0]
@@ -279,6 +302,9 @@ def cached_teacher(
                 _set_aside(path, say)
                 path.mkdir(parents=True)
                 atomic_write_json(path / KEY_FILE, key)
+            if distributed.is_main():
+                print(announce_training(recipe, data, root, int(partial[0]["epoch"]) if resume else 0, progress, why),  # type: ignore[index]
+                      file=sys.stderr, flush=True)
             result = run_teacher(recipe, data, out=path, progress=progress, resume=resume)
             atomic_write_json(path / ENTRY_FILE, {"key_digest": _digest(key), "checkpoint_sha256": _sha256(path / "last.pt"),
                                                   "test_acc": result.final_acc})
