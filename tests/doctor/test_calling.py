@@ -1,9 +1,12 @@
 """Which parameter is which: names, printed guesses, --student-arg/--teacher-arg, classes and --init."""
 
+import inspect
+
 import pytest
 
 from kdlab import ConfigError
 from kdlab.doctor import adapt, diagnose, parse_values
+from kdlab.doctor.calling import _word_role
 
 from . import buggy_losses as B
 
@@ -59,6 +62,35 @@ def test_words_in_names_leave_settings_alone():
     a = adapt(B.distill_with_labels, extra={"kd_temp": 3.0})
     assert "kd_alpha" not in a.roles.values() and a.default_T == 3.0 and a.extra == {}
     assert diagnose(B.distill_with_labels).soft_weight == pytest.approx(0.9, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, default, role",
+    [
+        ("y_pred_student", None, "student"), ("sLogits", None, "student"), ("pred_s", None, "student"),
+        ("tea_out", None, "teacher"), ("teacher_targets", None, "teacher"), ("y_pred_t", None, "teacher"),
+        ("target_labels", None, "labels"), ("gt_label", None, "labels"),
+        ("kdTemp", 4.0, "T"), ("T_kd", 4.0, "T"), ("distill_tau", 2.0, "T"),
+        ("teacher_weight", 0.5, None), ("student_mask", None, None), ("logits_T", None, None),
+        ("student_teacher_ratio", None, None), ("kd_t", 4.0, None),
+    ],
+)
+def test_role_words(name, default, role):
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    param = inspect.Parameter(name, kind, default=inspect.Parameter.empty if default is None else default)
+    assert _word_role(param) == role
+
+
+def test_listed_role_names_are_placed_without_a_guess_line():
+    """student_out/teacher_out and s_logits/t_logits are listed names: sure, so no guess line."""
+    def a(student_out, teacher_out, T):
+        return B.named_logits(student_out, teacher_out, T)
+
+    def b(s_logits, t_logits, temperature):
+        return B.named_logits(s_logits, t_logits, temperature)
+
+    assert adapt(a).roles == {"student": "student_out", "teacher": "teacher_out", "T": "T"} and adapt(a).guess_lines() == []
+    assert adapt(b).roles == {"student": "s_logits", "teacher": "t_logits", "T": "temperature"} and adapt(b).guess_lines() == []
 
 
 def test_user_says_which_argument_is_which():

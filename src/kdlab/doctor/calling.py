@@ -215,8 +215,7 @@ def _word_role(p: inspect.Parameter) -> Optional[str]:
     low = {w.lower() for w in words}
     # case matters for one letter: "t"/"s" are the teacher/student, "T" the temperature
     roles = [r for r, ws in ROLE_WORDS.items() if any(w in ws or (len(w) > 1 and w.lower() in ws) for w in words)]
-    number = _value_default(p) and not isinstance(p.default, str)
-    if low & set(T_WORDS) or ("T" in words and not low & set(LOGIT_WORDS)) or (number and "t" in words):
+    if low & set(T_WORDS) or ("T" in words and not low & set(LOGIT_WORDS)):
         return "T"
     if low & set(LABEL_WORDS) or (low & set(TARGET_WORDS) and not roles):
         return "labels" if not low & (set(LOGIT_WORDS) - {"y"}) else None
