@@ -477,10 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",
             "Run MODULE:FUNCTION (a function, an nn.Module loss class or a module-level loss instance) on probe logits, "
             "compare its gradient, then its value, with the Hinton loss and name the known pitfall it matches "
-            "(probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, gradient into the teacher, "
-            "sum over the batch, NaN at extreme logits), with the evidence. A constant offset (soft-target cross-entropy "
-            "= KL + teacher entropy) and hard-term changes (label smoothing) are notes. Argument roles are read from the "
-            "names (student_logits, y_s, outputs, ...; teacher_logits, y_t, soft_labels, ...); guesses are printed. "
+            "(probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, sum over the batch, NaN/inf "
+            "at realistic logits, |logit| <= 50) or the other loss it is (MSE, Jensen-Shannon, cosine; its gradient is "
+            "compared with Hinton's), with the evidence. A constant offset (soft-target cross-entropy = KL + teacher "
+            "entropy), hard-term changes (label smoothing), an undetached teacher and NaN/inf only at larger logits are "
+            "notes. Argument roles are read from the names (student_logits, y_s, outputs, y_pred_student, stu_out, ...; "
+            "teacher_logits, y_t, soft_labels, ...; kd_temp); guesses are printed. A function that only runs on (B, L, K) "
+            "or (B, K, H, W) logits is diagnosed on those. "
             "Exit code 0: correct; 1: a problem was found; 2: the function could not be checked.")
     p.add_argument("function", help="package.module:NAME or path/to/file.py:NAME (function, loss class or loss instance)")
     p.add_argument("-T", "--temperature", type=float, help="temperature to probe at; required when the function takes no T argument")
