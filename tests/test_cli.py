@@ -256,6 +256,24 @@ def test_closed_stdout_ends_quietly(command, unbuffered):
     assert proc.returncode == 141  # 128 + SIGPIPE, what the shell reports for git or cat in the same spot
 
 
+def test_a_reader_that_leaves_after_output_fitting_the_pipe_sees_exit_0():
+    """`kdlab recipes | head -1` as the README states it: the listing reaches the pipe in one write before
+    the reader closes it, so nothing failed and the status is 0 (git and cat behave alike)."""
+    import os
+
+    from tests.catalogue.harness import SRC
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered: one write at exit
+    env["PYTHONPATH"] = SRC
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "recipes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    first = proc.stdout.readline()  # arrives only with the whole listing
+    proc.stdout.close()  # what head -1 does next
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and err == ""
+    assert first == "digits-mlp\n"
+
+
 # --- run folders, resume, progress, file-system errors (issue 9, parts 1, 3, 4, 5, 10) ------------
 
 TINY = ["train-student", "digits-mlp", "--set", "student.model.hidden=[8]"]

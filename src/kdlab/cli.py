@@ -517,8 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Exit status when stdout's reader goes away (``kdlab recipes | head -1``): 128 + SIGPIPE, what the
-# shell reports for git, cat or seq in the same pipe, so ``set -o pipefail`` scripts see it the same way.
+# Exit status when a write to stdout fails because its reader has gone away: 128 + SIGPIPE, what the
+# shell reports for git, cat or seq in the same spot, so ``set -o pipefail`` scripts see it the same way.
+# Output the pipe took whole before the reader left (``kdlab recipes | head -1``) exits 0, as theirs does:
+# no write failed, so the writer cannot know.
 EXIT_BROKEN_PIPE = 141
 
 
