@@ -17,8 +17,14 @@ Method (all on random float64 probe logits, so nothing depends on a dataset):
    temperature (when T is an argument or a constructor argument), class count K, batch size B
    and each position axis (``--shape B,L,K``): k = 2 is the correct T², m = −1 is
    ``reduction='mean'``, b = 1 a sum over the batch, l = 1 a sum over tokens; c is the soft weight.
-4. The teacher logits are given ``requires_grad`` to see whether gradient reaches them, and the
-   loss is evaluated at extreme logits, where ``log(softmax(x))`` turns into NaN.
+   When no KL coding matches, losses that are not a KL at all (MSE of logits or of softened
+   probabilities, Jensen–Shannon, cosine) are tried the same way — before the teacher-only
+   fallback, whose teacher part alone cannot tell MSE of probabilities from probabilities fed as
+   KL input — and named, with the gradient's correlation and norm ratio against Hinton's.
+4. The teacher logits are given ``requires_grad`` to see whether gradient reaches them (a note:
+   it only matters when the caller's teacher logits carry grad), and the loss is evaluated on
+   float32 logits up to |logit| = 50, where NaN/inf is a problem, then larger, where it is a
+   robustness note giving the range that stays finite.
 """
 
 from __future__ import annotations

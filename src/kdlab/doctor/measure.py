@@ -1,5 +1,6 @@
 """Calling the adapted loss on probe tensors: finite values and gradients, or a report of the input
-that made it NaN/inf, or a hint at ``--shape`` when it only runs on logits with more axes."""
+that made it NaN/inf; the layout to use when it only runs on logits with more axes; and how large
+the logits can get before it stops being finite."""
 
 from __future__ import annotations
 
