@@ -48,7 +48,7 @@ def test_lines_inside_an_epoch_every_interval_with_rate_and_time_left(capsys):
     n = steps[0]
     # time left from the measured rate (10 steps/s): this epoch, then 2 more epochs of 1000 steps each
     assert f"~{duration((1000 - n) / 10)} left in this epoch" in first
-    assert f"~{duration((1000 - n) / 10 + 2 * 100)} in all" in first
+    assert f"~{duration((1000 - n) / 10 + 2 * 100)} left in all 3 epochs" in first
 
 
 def test_the_clock_is_read_about_once_a_second_not_per_step(capsys):

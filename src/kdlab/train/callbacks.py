@@ -164,14 +164,14 @@ class EpochProgress(Callback):
         return tqdm(total=total, desc=f"epoch {self.epoch}/{self.epochs}", leave=False, unit="step", position=1)
 
     def _step_line(self, n: int, total: Optional[int], rate: float) -> None:
-        """``teacher epoch 2/20: step 300/469, 9.8 steps/s, ~17 s left in this epoch, ~31.4 min in all``."""
+        """``teacher epoch 2/20: step 300/469, 9.8 steps/s, ~17 s left in this epoch, ~15.3 min left in all 20 epochs``."""
         parts = [f"step {n}/{total}" if total else f"step {n}", f"{rate:.1f} steps/s" if rate < 100 else f"{rate:.0f} steps/s"]
         if total and rate > 0:
             epoch_left = max(0, total - n) / rate
             per_epoch = self.epoch_seconds if self.epoch_seconds is not None else total / rate
             parts.append(f"~{duration(epoch_left)} left in this epoch")
             if self.epoch < self.epochs:
-                parts.append(f"~{duration(epoch_left + (self.epochs - self.epoch) * per_epoch)} in all")
+                parts.append(f"~{duration(epoch_left + (self.epochs - self.epoch) * per_epoch)} left in all {self.epochs} epochs")
         print(f"{self.desc} epoch {self.epoch}/{self.epochs}: {', '.join(parts)}", file=sys.stderr, flush=True)
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
