@@ -549,10 +549,14 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
     run = tmp_path / "r"
     assert main([*TINY, "--epochs", "2", "--no-progress", "--out", str(run)]) == 0
     capsys.readouterr()
-    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    last, metrics = (run / "last.pt").read_bytes(), _metrics(run)
     assert main(["train-student", "--out", str(run), "--resume"]) == 0
     out, err = capsys.readouterr()
-    assert out == f"run folder {run} already finished 2/2 epochs; nothing to resume (pass --epochs 3 or more to train it further)\n"
-    assert err == "" and {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing trained or rewritten
+    assert out.splitlines()[-1] == (f"run folder {run} already finished 2/2 epochs; nothing to resume "
+                                    "(pass --epochs 3 or more to train it further)")
+    assert err == "" and (run / "last.pt").read_bytes() == last and _metrics(run) == metrics  # no epoch trained
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics[:1]) + "\n")  # killed before its last line
+    assert main(["train-student", "--out", str(run), "--resume"]) == 0  # still repaired from last.pt, then said
+    assert _metrics(run) == metrics and "nothing to resume" in capsys.readouterr().out
     assert main(["train-student", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
     assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]

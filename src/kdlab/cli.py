@@ -106,22 +106,18 @@ def _report(result) -> None:
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from .pipeline import run_teacher
 
-    prepared = _run_recipe(args, "teacher", "teacher")
-    if prepared is None:
-        return 0
-    recipe, out = prepared
+    recipe, out = _run_recipe(args, "teacher", "teacher")
     _report(run_teacher(recipe, out=out, progress=args.progress, resume=args.resume))
+    _nothing_resumed(args)
     return 0
 
 
 def cmd_train_student(args: argparse.Namespace) -> int:
     from .pipeline import run_student
 
-    prepared = _run_recipe(args, "student", "scratch")
-    if prepared is None:
-        return 0
-    recipe, out = prepared
+    recipe, out = _run_recipe(args, "student", "scratch")
     _report(run_student(recipe, out=out, progress=args.progress, resume=args.resume))
+    _nothing_resumed(args)
     return 0
 
 
@@ -131,14 +127,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.teacher and (args.teacher_epochs is not None or args.teacher_cache):
         raise KDLabError("--teacher-epochs and --teacher-cache apply only when the teacher comes from the cache; "
                          "drop them, or drop --teacher to use the cached (or newly trained) recipe teacher")
-    prepared = _run_recipe(args, "student", "distill")
-    if prepared is None:
-        return 0
-    recipe, out = prepared
+    recipe, out = _run_recipe(args, "student", "distill")
     teacher = _resume_teacher(args) if args.resume else args.teacher
     _report(run_distill(recipe, teacher, out=out, progress=args.progress, resume=args.resume,
                         teacher_cache=args.teacher_cache, log=_say))
+    _nothing_resumed(args)
     return 0
+
+
+def _nothing_resumed(args: argparse.Namespace) -> None:
+    """After a ``--resume`` that had no epoch left to train: one line saying so (else a silent exit 0)."""
+    if getattr(args, "nothing_to_resume", None):
+        _say(args.nothing_to_resume)
 
 
 def _say(line: str) -> None:
@@ -529,29 +529,59 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the subcommand's parser, so the hint points at its --help
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return _dispatch(args)
-    except KDLabError as exc:
-        msg = " ".join(str(exc).split())
-        print(f"kdlab: error: {msg} (see `{args.command_prog} --help`)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("kdlab: interrupted; completed epochs and checkpoints are kept", file=sys.stderr)
-        return 130
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    """Run the command; under torchrun (WORLD_SIZE > 1) inside the process group, training commands only."""
     from .train import distributed
 
     world = distributed.launched_world_size()
-    if world == 1:
+    if world > 1 and args.command not in distributed.DDP_COMMANDS:
+        return _refuse(args, KDLabError(f"kdlab {args.command} runs in one process; launch it without torchrun (torchrun "
+                                        f"started {world}: only {', '.join(distributed.DDP_COMMANDS)} train data-parallel)"))
+    if not distributed.owns_session():  # one process, or inside a process group the caller made
+        return _guarded(args)
+    try:
+        with distributed.session(), distributed.interrupt_once():
+            code = _guarded(args)
+    except KDLabError as exc:  # joining the group failed
+        return _refuse(args, exc)
+    sys.stdout.flush()
+    distributed.leave(code)  # every worker of the launch ends here, together, with its own code
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """Run the command: a KDLabError is one line and exit 2, Ctrl-C one line and exit 130."""
+    try:
         return int(args.func(args) or 0)
-    if args.command not in distributed.DDP_COMMANDS:
-        raise KDLabError(f"kdlab {args.command} runs in one process; launch it without torchrun (torchrun started {world}: "
-                         f"only {', '.join(distributed.DDP_COMMANDS)} train data-parallel)")
-    with distributed.session():
-        return int(args.func(args) or 0)
+    except KDLabError as exc:
+        return _refuse(args, exc)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception:
+        from .train import distributed
+
+        if distributed.interrupted():  # a collective ended by a peer that Ctrl-C stopped first
+            return _interrupted()
+        if distributed.owns_group() and distributed.is_peer_failure(sys.exc_info()[1]):
+            _stderr_line("kdlab: error: another process of this torchrun launch stopped while this one waited for it; "
+                         "its own message above says why")
+            return 1
+        raise
+
+
+def _interrupted() -> int:
+    _stderr_line("kdlab: interrupted; completed epochs and checkpoints are kept")
+    return 130
+
+
+def _refuse(args: argparse.Namespace, exc: KDLabError) -> int:
+    msg = " ".join(str(exc).split())
+    _stderr_line(f"kdlab: error: {msg} (see `{args.command_prog} --help`)")
+    return 2
+
+
+def _stderr_line(line: str) -> None:
+    """One stderr line in one write: under torchrun several workers share the stream, and a line
+    written in two pieces (``print``'s text, then its newline) can interleave with another's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _silence_stdout() -> None:

@@ -76,8 +76,8 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
     """The recipe to train and the --out folder, after every check that may refuse the command.
 
     Nothing is written before this returns (``--overwrite`` then moves the old run aside, printing where).
-    A resume uses the run's own config.yaml; see RESUME_HELP for what may differ. None: ``--resume`` of
-    a run that already trained every epoch asked of it; one line said so, and the command ends (exit 0).
+    A resume uses the run's own config.yaml; see RESUME_HELP for what may differ. ``--resume`` of a run
+    that already trained every epoch asked of it sets ``args.nothing_to_resume`` to the line to print.
     """
     from .errors import ConfigError
     from .train import distributed
@@ -99,11 +99,10 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
         if epochs < done:
             raise ConfigError(f"cannot resume {path} with {role}.train.epochs={epochs}: it has already trained {done} epochs; "
                               f"pass --epochs {done} or more")
-        if epochs == done:  # not an error, but the user must hear that nothing was trained
-            if distributed.is_main():
-                print(f"run folder {path} already finished {done}/{epochs} epochs; nothing to resume "
-                      f"(pass --epochs {done + 1} or more to train it further)", flush=True)
-            return None
+        # Not an error: the run still goes through every check (and repairs its files from last.pt),
+        # trains no epoch, and the command says so after its report.
+        args.nothing_to_resume = (f"run folder {path} already finished {done}/{epochs} epochs; nothing to resume "
+                                  f"(pass --epochs {done + 1} or more to train it further)") if epochs == done else None
         distributed.check_batch_size(getattr(recipe, role).train.batch_size, where=f"{role}.train.batch_size")
         distributed.barrier()  # under torchrun: every process has read the run before rank 0 writes to it
         return recipe, str(path)

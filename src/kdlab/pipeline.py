@@ -122,6 +122,9 @@ def train_role(
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
     if staged:
         check_stages(recipe.distill.stages, method)  # before any folder is written
+    ctx = distributed.context()
+    if ctx is not None:
+        ctx.check_method(method)  # before any folder is written (the trainer checks again)
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))

@@ -44,4 +44,7 @@ if __name__ == "__main__":
             code = api_run(argv[1]) if argv[0] == "@api" else main(argv)
             if code != expected:
                 print(f"ddp_driver: `kdlab {' '.join(argv)}` exited {code}, expected {expected}", file=sys.stderr, flush=True)
-                sys.exit(1)
+                break
+        else:
+            code = expected = 0
+    distributed.leave(0 if code == expected else 1)  # the CLI's own exit under torchrun

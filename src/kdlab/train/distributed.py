@@ -33,7 +33,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -362,9 +365,10 @@ def session() -> Iterator[Optional[Context]]:
     """Join the process group torchrun describes (nothing in one process), leave it at the end.
 
     CPU tensors go through gloo; on a machine with CUDA, ``cuda`` means ``cuda:LOCAL_RANK`` and
-    CUDA tensors go through NCCL (one ``cpu:gloo,cuda:nccl`` group serves both).
+    CUDA tensors go through NCCL (one ``cpu:gloo,cuda:nccl`` group serves both). The group is
+    built on a store kdlab keeps (:func:`_join_store`), which :func:`leave` uses for the exit.
     """
-    global _CTX
+    global _CTX, _STORE
     world = launched_world_size()
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         yield context()
@@ -377,10 +381,126 @@ def session() -> Iterator[Optional[Context]]:
         dev, backend = torch.device("cuda", local_rank), "cpu:gloo,cuda:nccl"
     else:
         dev, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes()))
+    timeout = datetime.timedelta(minutes=timeout_minutes())
+    rank = launched_rank()
+    _STORE = _join_store(rank, world, timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore("kdlab/group", _STORE), rank=rank, world_size=world, timeout=timeout)
     _CTX = Context(dist.get_rank(), dist.get_world_size(), dev)
     try:
         yield _CTX
     finally:
         _CTX = None
         dist.destroy_process_group()
+
+
+_STORE: Optional[Any] = None
+
+#: How long a process that has finished waits at the exit for the others to finish too (seconds).
+EXIT_RENDEZVOUS_SECONDS = 30.0
+
+
+def _join_store(rank: int, world: int, timeout: datetime.timedelta) -> Any:
+    """The launch's key-value store, as ``env://`` would open it (torchrun's agent hosts it, or rank 0).
+
+    kdlab opens it itself, rather than through ``init_method="env://"``, to keep a handle for the
+    exit rendezvous without reaching for torch's private default-store accessor.
+    """
+    try:
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError):
+        raise ConfigError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set; launch with torchrun "
+                          "(torchrun --nproc_per_node N -m kdlab ...)") from None
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    return dist.TCPStore(host, port, world_size=world, is_master=rank == 0 and not agent, timeout=timeout,
+                         multi_tenant=True, wait_for_workers=False)
+
+
+def leave(code: int) -> NoReturn:
+    """End a torchrun worker with ``code``, after every process of the launch has reached this point.
+
+    Why not a plain return from ``main``:
+
+    * torchrun stops the whole launch as soon as one worker exits non-zero: it sends SIGTERM to the
+      others, which then end with -15 instead of their own code, although they were about to print
+      the same refusal. So the workers meet first, through the store (not a collective, which
+      could pair with a collective a failed peer left pending), and exit together; a SIGTERM or
+      SIGINT that still arrives during the exit ends the process with ``code`` too.
+    * Interpreter finalisation after a process group can race with the communication library's
+      own threads (``terminate called without an active exception``, SIGABRT). The group is
+      already destroyed here and nothing else is left to tear down, so the process ends with
+      ``os._exit`` after flushing its output.
+
+    A process that never reaches this point (a peer stopped in the middle of a collective) is
+    ended by torchrun as usual; the others wait at most :data:`EXIT_RENDEZVOUS_SECONDS`.
+    """
+    def _exit_now(_signum: int = 0, _frame: Any = None) -> None:
+        _flush_stdio()
+        os._exit(code)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: keep the default
+            signal.signal(sig, _exit_now)
+    store, world = _STORE, launched_world_size()
+    if store is not None and world > 1 and not _INTERRUPTED:  # Ctrl-C: a peer may sit in a collective
+        # that only this process's exit (its sockets closing) can end, so it must not be waited for
+        with contextlib.suppress(Exception):  # the store's host may be gone: exit regardless
+            store.add("kdlab/exit", 1)
+            deadline = time.monotonic() + EXIT_RENDEZVOUS_SECONDS
+            while store.add("kdlab/exit", 0) < world and time.monotonic() < deadline:
+                time.sleep(0.02)
+    _exit_now()
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def owns_group() -> bool:
+    """True inside a :func:`session` that created the process group (the CLI under torchrun)."""
+    return _STORE is not None
+
+
+def is_peer_failure(exc: Optional[BaseException]) -> bool:
+    """Whether ``exc`` is a collective that failed because another process of the launch went away."""
+    kinds = tuple(k for k in (getattr(dist, "DistError", None),) if isinstance(k, type))
+    text = str(exc)
+    return bool(kinds) and isinstance(exc, kinds) or "Connection closed by peer" in text or "Connection reset by peer" in text
+
+
+def owns_session() -> bool:
+    """True when :func:`session` will create the process group here (torchrun, not yet joined)."""
+    return launched_world_size() > 1 and not (dist.is_available() and dist.is_initialized())
+
+
+_INTERRUPTED = False
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C reached this torchrun worker (see :func:`interrupt_once`)."""
+    return _INTERRUPTED
+
+
+@contextlib.contextmanager
+def interrupt_once() -> Iterator[None]:
+    """Ctrl-C under torchrun reaches every worker twice (the terminal's SIGINT, then the agent's
+    forwarded one): the first raises KeyboardInterrupt as usual, later ones are ignored, so the
+    one-line "interrupted" message is not cut by a second traceback. A worker whose SIGINT arrived
+    while it waited in a collective sees that collective fail when an interrupted peer exits:
+    :func:`interrupted` tells the CLI it was the interrupt."""
+    def _first(_signum: int, _frame: Any) -> None:
+        global _INTERRUPTED
+        _INTERRUPTED = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, _first)
+    except (ValueError, OSError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
