@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from kdlab.cli import main
+from tests import subprocesses
 
 COMMANDS = ["train-teacher", "train-student", "distill", "demo", "recipes"]
 FAST = ["--set", "teacher.model.hidden=[32]", "--teacher-epochs", "1", "--student-epochs", "1", "--no-progress"]
@@ -248,8 +249,8 @@ def test_closed_stdout_ends_quietly(command, unbuffered):
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([sys.executable, "-m", "kdlab", *command], stdout=write, stderr=subprocess.PIPE, text=True,
-                              env=env, timeout=60)
+        proc = subprocesses.run([sys.executable, "-m", "kdlab", *command], stdout=write, stderr=subprocess.PIPE, text=True,
+                                env=env)
     finally:
         os.close(write)
     assert proc.stderr == ""
@@ -269,8 +270,8 @@ def test_a_reader_that_leaves_after_output_fitting_the_pipe_sees_exit_0():
                             text=True, env=env)
     first = proc.stdout.readline()  # arrives only with the whole listing
     proc.stdout.close()  # what head -1 does next
-    err = proc.stderr.read()
-    assert proc.wait(timeout=60) == 0 and err == ""
+    _, err = subprocesses.communicate(proc)
+    assert proc.returncode == 0 and err == ""
     assert first == "digits-mlp\n"
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence
 
+from tests.subprocesses import LIMIT, run
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -44,14 +46,14 @@ class CliResult:
     err: str
 
 
-def run_cli(args: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None, timeout: float = 120,
+def run_cli(args: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None, timeout: float = LIMIT,
             stdin: Optional[str] = None) -> CliResult:
     """``python -m kdlab ARGS`` in ``cwd`` with this checkout's sources first on the path."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = SRC + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    p = subprocess.run([sys.executable, "-m", "kdlab", *args], cwd=cwd, env=full_env, capture_output=True,
-                       text=True, timeout=timeout, input=stdin)
+    p = run([sys.executable, "-m", "kdlab", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+            timeout=timeout, input=stdin)
     return CliResult(p.returncode, p.stdout, p.stderr)
 
 

@@ -14,6 +14,7 @@ from kdlab.data.digits import load_digits
 from kdlab.pipeline import prepare_data
 from kdlab.study.teacher_cache import cached_teacher, teacher_cache_path
 from tests.catalogue.harness import SRC
+from tests import subprocesses
 
 FAST = ["teacher.model.hidden=[16]", "teacher.train.epochs=1", "student.train.epochs=1"]
 
@@ -90,7 +91,7 @@ def test_concurrent_runs_wait_for_the_training_process(tmp_path):
         os.close(fd)
     results = []
     for p in procs:
-        out, err = p.communicate(timeout=120)
+        out, err = subprocesses.communicate(p)
         assert p.returncode == 0, err
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert sorted(r["hit"] for r in results) == [False, True]  # trained once, reused once

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from kdlab import ConfigError
+from tests import subprocesses
 from kdlab.cli import main
 from kdlab.recipes import load_recipe
 from kdlab.study.tune import parse_param, tune, tune_report
@@ -124,7 +125,7 @@ def test_concurrent_workers_share_one_study_and_stop_at_n(tmp_path):
             "--set", "teacher.model.hidden=[16]", "--set", "student.model.hidden=[8]"]
     procs = [subprocess.Popen([sys.executable, "-m", "kdlab", *args, "--out", str(tmp_path / f"w{i}")], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [subprocesses.communicate(p) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert "Error" not in err and "Traceback" not in err

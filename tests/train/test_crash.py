@@ -20,6 +20,7 @@ import pytest
 
 from kdlab.cli import main
 from kdlab.train import load_checkpoint
+from tests import subprocesses
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ARGS = ["train-student", "digits-mlp", "--set", "student.model.hidden=[8]", "--epochs", "4", "--no-progress"]
@@ -47,7 +48,7 @@ def stop_at(pause: str, args: list, tmp_path: Path, sig: int = signal.SIGKILL) -
     env = {**os.environ, "PYTHONPATH": SRC, "KDLAB_TEST_PAUSE_AFTER": pause, "KDLAB_TEST_PAUSE_SIGNAL": str(flag)}
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + subprocesses.LIMIT
     while not flag.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
@@ -55,7 +56,7 @@ def stop_at(pause: str, args: list, tmp_path: Path, sig: int = signal.SIGKILL) -
             pytest.fail(f"process never paused at {pause}: exit {proc.returncode}, stderr {err!r}")
         time.sleep(0.05)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    out, err = subprocesses.communicate(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from kdlab.cli import main
+from tests import subprocesses
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("ddp_driver.py")
@@ -46,7 +47,7 @@ def _torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocesses.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
