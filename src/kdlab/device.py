@@ -163,3 +163,80 @@ def _on_openmp_threads(fn: Callable[[], Any]) -> bool:
     callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _data: fn())  # ctypes takes the GIL per call
     lib.GOMP_parallel(ctypes.cast(callback, ctypes.c_void_p), None, torch.get_num_threads(), 0)
     return True
+
+
+# ---------------------------------------------------------------------- intra-op threads
+#: Below this many multiply-adds per training step, one intra-op thread: measured with
+#: ``benchmarks/threads.py`` (docs/performance: host and numbers), such steps are dispatch-bound, so
+#: a second thread gains little on a quiet machine and makes the step several times slower when
+#: another process takes a core (OpenMP's threads wait for each other at every op).
+SMALL_STEP_MACS = 20_000_000
+
+#: The intra-op thread count torch had when kdlab was imported: a different count later means the
+#: caller set one (``torch.set_num_threads``), which kdlab then keeps.
+_THREADS_AT_IMPORT = torch.get_num_threads()
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def step_macs(model: "torch.nn.Module", sample: "torch.Tensor", batch_size: int) -> int:
+    """Multiply-adds of one forward pass on ``batch_size`` inputs shaped like ``sample`` (one input),
+    as torch's FLOP counter counts them.
+
+    Counted on a weightless copy on the ``meta`` device with its hooks removed, so the model, its
+    device and the caller's forward hooks see nothing. A model that cannot be copied or run that way
+    is estimated by its parameter count (exact for Linear layers, low for convolutions).
+    """
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        memo: dict = {}
+        for t in model.parameters():
+            memo[id(t)] = torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False)
+        for t in model.buffers():
+            memo[id(t)] = torch.empty_like(t, device="meta")
+        clone = copy.deepcopy(model, memo)
+        for module in clone.modules():  # private dicts, behind the fallback below (tested)
+            for hooks in (module._forward_hooks, module._forward_pre_hooks):
+                hooks.clear()
+        clone.eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            clone(torch.empty_like(sample, device="meta"))
+        return int(counter.get_total_flops() // 2) * int(batch_size)
+    except Exception:  # noqa: BLE001 - any model a user brings; the estimate below always works
+        return sum(p.numel() for p in model.parameters()) * int(batch_size)
+
+
+def choose_threads(macs_per_step: int) -> Tuple[int, str]:
+    """The intra-op threads for a run whose training step costs ``macs_per_step`` multiply-adds,
+    and why: from the work's size only (never from the machine's current load, so the same command
+    gives the same numbers), and never over what the user chose."""
+    current = torch.get_num_threads()
+    for name in _THREAD_ENV:
+        if os.environ.get(name):
+            return current, f"{name}={os.environ[name]} (the user's choice)"
+    if current != _THREADS_AT_IMPORT:
+        return current, "torch.set_num_threads (the user's choice)"
+    if current > 1 and macs_per_step < SMALL_STEP_MACS:
+        return 1, (f"1: a step of {macs_per_step:,} multiply-adds (< {SMALL_STEP_MACS:,}) is dispatch-bound; one thread is "
+                   "as fast and does not slow down when another process shares a core")
+    return current, f"{current}: torch's default for a step of {macs_per_step:,} multiply-adds"
+
+
+class intra_op_threads:
+    """Run a block with ``n`` intra-op threads, restoring the caller's count afterwards."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self) -> "intra_op_threads":
+        self.before = torch.get_num_threads()
+        if self.n != self.before:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if torch.get_num_threads() != self.before:
+            torch.set_num_threads(self.before)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..device import step_macs
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits, TensorData
 from ..methods.base import Batch, Distiller, Outputs
@@ -140,6 +141,10 @@ class BatchedTrainer(Trainer):
         self.histories: List[List[Dict[str, Any]]] = []
         self.step_rows: List[Tensor] = []
         self.student_tap = self.teacher_tap = None
+
+    def step_macs(self) -> Optional[int]:
+        """Multiply-adds of one batched step: every student's forward on its batch."""
+        return step_macs(self.flat[0], self.data.train.x[:1], self.cfg.batch_size) * self.M
 
     def _grid(self, p: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {k: t.view(self.S, self.V, *self.shapes[k]) for k, t in p.items()}

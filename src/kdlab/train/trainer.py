@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
-from ..device import autocast_dtype, flush_denormal_enabled, precision_name, set_flush_denormal
+from ..device import (autocast_dtype, choose_threads, flush_denormal_enabled, intra_op_threads, precision_name,
+                      set_flush_denormal, step_macs)
 from ..logits import logits_of
 from ..models.chain import ChainStep
 from ..methods.base import Batch, Distiller, Outputs, RunContext
@@ -158,6 +159,7 @@ class Trainer:
                 "flush_denormal_supported": getattr(self, "flush_denormal_supported", None),
                 # False: only the calling thread flushes (an OpenMP runtime kdlab cannot reach)
                 "flush_denormal_all_threads": getattr(self, "flush_denormal_all_threads", None),
+                "threads": getattr(self, "threads", None),
                 "channels_last": self.channels_last, "closed_form_steps": self.fast is not None,
                 "autograd_free_steps": self.fast is not None and ChainStep.of(self.model) is not None}
 
@@ -364,6 +366,26 @@ class Trainer:
         Callbacks see every epoch's records; the best epoch of each student is chosen on
         validation accuracy when a validation split exists, else on test accuracy.
         """
+        macs = self.step_macs()
+        threads, why = (choose_threads(macs) if macs is not None else
+                        (torch.get_num_threads(), "torch's default (the data come from a DataLoader: step size not measured)"))
+        self.threads = {"intra_op": threads, "reason": why, "step_multiply_adds": macs}
+        with intra_op_threads(threads):
+            return self._fit()
+
+    def step_macs(self) -> Optional[int]:
+        """Multiply-adds of one training step's forwards (the student's, and an online teacher's), from
+        one training input; None when batches come from a user's DataLoader (not read ahead)."""
+        if self.loaders is not None:
+            return None
+        sample, batch = self.data.train.x[:1], self.cfg.batch_size  # type: ignore[union-attr]
+        macs = step_macs(self.model, sample, batch)
+        teacher = getattr(self.teacher, "model", None)
+        if teacher is not None and self.cached_logits is None:  # it runs on every batch
+            macs += step_macs(teacher, sample, batch)
+        return macs
+
+    def _fit(self) -> List[FitResult]:
         flushing = flush_denormal_enabled()
         self.flush_denormal_supported, self.flush_denormal_all_threads = set_flush_denormal(bool(self.cfg.flush_denormal))
         try:
