@@ -34,7 +34,7 @@ from .models import count_parameters
 from .teacher import FrozenTeacher, TeacherEnsemble
 from .train import distributed
 from .train.callbacks import epoch_progress
-from .train.loop import RunCallback
+from .train.loop import RunCallback, loss_share_note
 from .train.rundir import RunDir, run_files
 from .train.stages import StageCallback, check_stages
 from .train.trainer import Trainer
@@ -139,7 +139,8 @@ def distill(
             "teacher": f"{type(teacher).__module__}.{type(teacher).__qualname__}" if teacher is not None else "none (the method's own)",
             "student_parameters": count_parameters(student),
             "teacher_parameters": count_parameters(teacher) if teacher is not None else 0}
-        callbacks = [c for c in (StageCallback(stage_list) if stage_list else None,
+        shares = loss_share_note(progress)  # before RunCallback writes the records
+        callbacks = [c for c in (StageCallback(stage_list) if stage_list else None, shares,
                                  distributed.rank_zero(epoch_progress(progress, f"distill ({method})", epochs))) if c is not None]
         # bad layer names, shapes or missing sample indices fail here, before a run folder exists
         trainer = Trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev)
@@ -151,7 +152,7 @@ def distill(
                 if distributed.is_main():
                     run.write_config(yaml.safe_dump(_plain(settings), sort_keys=False))
                     run.write_run_info(seed, "distill", info)
-                trainer.callbacks.callbacks.insert(0, distributed.RankZero(RunCallback(run, meta)))
+                trainer.callbacks.callbacks.insert(trainer.callbacks.callbacks.index(shares) + 1, distributed.RankZero(RunCallback(run, meta)))
         except BaseException:
             trainer.close()  # no hook of ours stays on the user's models
             raise
@@ -159,6 +160,9 @@ def distill(
         (result,) = trainer.fit()
     if run is not None and distributed.is_main():
         info.update(seconds=time.perf_counter() - t0, best_epoch=result.best_epoch, best_metric=result.best_metric)
+        notes = [n for h in result.history for n in h.get("notes", [])]
+        if notes:  # the loss-share note, kept in the run's summary too
+            info["notes"] = notes
         run.write_run_info(seed, "distill", info)
     return DistillResult(student, result.history, run.path if run is not None else None, the_method)
 

@@ -126,6 +126,8 @@ class AttentionTransfer(KD):
     total = hard_weight·CE + soft_weight·KD(T) + weight·Σ_pairs mean((a_s − a_t)²)
     """
 
+    weight_settings = {**KD.weight_settings, "at": "weight"}
+
     def __init__(self, params: ATParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__(coding, temperature, hard_weight, soft_weight)

@@ -91,6 +91,14 @@ class Distiller(nn.Module):
     stage_name: Optional[str] = None
     stage_weights: Optional[Dict[str, float]] = None
 
+    #: The registered name (``fitnets``), set by :func:`~kdlab.methods.registry.build_method`; None for a
+    #: method built directly. Messages use it to name the method's recipe section.
+    method_name: Optional[str] = None
+    #: Term -> the setting that weighs it, so messages (the loss-share note) can name the knob to turn:
+    #: ``distill.<field>`` for the shared distill settings, a bare ``<field>`` for the method's own
+    #: parameters (recipe ``distill.<method>.<field>``). Every one is also a ``kdlab.distill`` keyword.
+    weight_settings: Dict[str, str] = {"hard": "distill.hard_weight", "soft": "distill.soft_weight"}
+
     def setup(self, ctx: RunContext) -> None:
         """Called by the trainer once, before :meth:`build` (see :class:`RunContext`). Default: nothing."""
 
@@ -115,6 +123,23 @@ class Distiller(nn.Module):
         if self.stage_weights is None:
             return configured
         return {name: float(self.stage_weights.get(name, 0.0)) for name in configured}
+
+    def weight_setting(self, term: str) -> str:
+        """Where a user changes ``term``'s weight: the recipe key and the ``kdlab.distill`` keyword.
+
+        A staged run's weights come from its stage (``distill.stages[i].terms``); a term without a
+        declared setting is named as such rather than guessed.
+        """
+        if self.stage_weights is not None and self.stage is not None:
+            return f"distill.stages[{self.stage - 1}].terms.{term} (kdlab.distill: stages=)"
+        setting = self.weight_settings.get(term)
+        if setting is None:
+            return f"the weight of the {term} term"
+        if setting.startswith("distill."):
+            key, keyword = setting, setting.split(".", 1)[1]
+        else:
+            key, keyword = f"distill.{self.method_name or '<method>'}.{setting}", setting
+        return f"{key} (kdlab.distill: {keyword}=)"
 
     def total(self, terms: Mapping[str, Tensor]) -> Tensor:
         """Σ weight · term over the method's terms (terms of weight 0 are logged, not added)."""

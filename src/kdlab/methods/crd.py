@@ -165,6 +165,7 @@ class CRD(KD):
     lazy = True
     name = "crd"
     per_sample_state = True  # memory banks updated by sample index: refused under torchrun
+    weight_settings = {**KD.weight_settings, "crd": "weight"}
 
     def __init__(self, params: CRDParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5, seed: int = 0) -> None:

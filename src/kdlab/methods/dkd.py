@@ -130,6 +130,7 @@ class DKD(Distiller):
     """DKD: hard_weight·CE + min(epoch/warmup, 1)·(alpha·TCKD + beta·NCKD), T from the recipe."""
 
     needs = Needs(teacher_logits=True)
+    weight_settings = {"hard": "distill.hard_weight", "tckd": "alpha", "nckd": "beta"}
 
     def __init__(self, params: Optional[DKDParams] = None, temperature: float = 4.0, hard_weight: float = 1.0) -> None:
         super().__init__()

@@ -61,6 +61,7 @@ class FitNets(KD):
     """
 
     lazy = True
+    weight_settings = {**KD.weight_settings, "hint": "weight"}
 
     def __init__(self, params: FitNetsParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:

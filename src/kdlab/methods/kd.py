@@ -25,6 +25,8 @@ from .registry import register_method
 class CE(Distiller):
     """Cross-entropy on the labels only: the teacher's own training and the scratch baseline."""
 
+    weight_settings: Dict[str, str] = {}  # one term, weight 1: no setting
+
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         return {"hard": hard_loss(student.logits, batch.y)}
 

@@ -46,5 +46,8 @@ def build_method(name: str, distill: Any, params: Optional[Dict[str, Any]] = Non
     if entry.params is None:
         if params:
             raise ConfigError(f"method {name!r} takes no parameters, got {', '.join(params)}; drop them (`kdlab methods` lists each method's parameters)")
-        return entry.factory(None, distill)
-    return entry.factory(_build(entry.params, params, f"distill.{name}"), distill)
+        method = entry.factory(None, distill)
+    else:
+        method = entry.factory(_build(entry.params, params, f"distill.{name}"), distill)
+    method.method_name = name  # messages name its recipe section (distill.<name>.<field>)
+    return method

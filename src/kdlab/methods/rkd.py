@@ -188,6 +188,8 @@ class RKD(KD):
     A side whose layer is not named uses the input of its model's last ``nn.Linear`` (penultimate).
     """
 
+    weight_settings = {**KD.weight_settings, "rkd_distance": "distance_weight", "rkd_angle": "angle_weight"}
+
     def __init__(self, params: Optional[RKDParams] = None, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__(coding, temperature, hard_weight, soft_weight)

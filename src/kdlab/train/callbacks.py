@@ -12,6 +12,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar
 
+from .records import term_shares
+
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
@@ -81,6 +83,74 @@ class ScheduleCallback(Callback):
         for method in trainer.methods:
             if hasattr(method, "soft_weight"):
                 self.hook(epoch, method)
+
+
+#: A weighted term above this share of the loss, in the first epoch weighing several terms, gets a note.
+#: Above the ~92% a default Hinton run's soft term has at the start (T = 4 and a confident teacher:
+#: T²·KL is ~12× the CE), below FitNets' ~97% at weight 100 (digits, small CNNs; benchmarks/api_defaults.md).
+DOMINANT_SHARE = 0.95
+
+
+def stderr_line(line: str) -> None:
+    """Print one whole line on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}"
+
+
+class LossShareNote(Callback):
+    """Each weighted term's share of the loss in every epoch record (``share_<term>``) and, once per
+    run, a one-line note when one term outweighs all the others together.
+
+    A weight set for another loss scale (FitNets' 100 multiplies a per-element MSE of CIFAR
+    features) can make one term nearly all of the gradient's source while the hard CE is still
+    present: the student then mostly fits that term. Judged once, on the first epoch that weighs
+    two or more terms (the start of training; after a hint-only stage, the first joint epoch):
+    late in training a small CE marks a fitted student, not a drowned one. When one term is more
+    than ``threshold`` of the loss, the note gives its share, each term's weight × epoch-mean value
+    and the setting that weighs it (:meth:`Distiller.weight_setting`); it is kept in that epoch's
+    record under ``notes`` (so ``metrics.jsonl`` holds it) and, when ``say`` is given, printed.
+    Values come from the records the trainer built: nothing runs per step. The share is of the loss
+    VALUE: a term's share of the gradient can differ (a T²-scaled soft term is ~T times its gradient's size).
+    """
+
+    def __init__(self, say: Optional[Callable[[str], None]] = None, threshold: float = DOMINANT_SHARE) -> None:
+        self.say, self.threshold = say, float(threshold)
+        self.judged: List[bool] = []
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        # a resumed run was judged before it stopped if an earlier record has shares
+        self.judged = [any(any(k.startswith("share_") for k in r) for r in h) for h in trainer.histories]
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+        for m, (method, record) in enumerate(zip(trainer.methods, records)):
+            weights = method.weights()
+            shares = term_shares(record, weights)
+            record.update({f"share_{t}": v for t, v in shares.items()})
+            while len(self.judged) <= m:
+                self.judged.append(False)
+            if not shares or self.judged[m]:
+                continue
+            self.judged[m] = True
+            note = dominance_note(method, record, weights, shares, epoch, self.threshold)
+            if note is not None:
+                record.setdefault("notes", []).append(note)
+                if self.say is not None:
+                    self.say(f"kdlab: note: {note}")
+
+
+def dominance_note(method: Any, record: Dict[str, Any], weights: Dict[str, float], shares: Dict[str, float],
+                   epoch: int, threshold: float = DOMINANT_SHARE) -> Optional[str]:
+    """The note's text when one term's share is above ``threshold``, else None (see :class:`LossShareNote`)."""
+    term, share = max(shares.items(), key=lambda kv: kv[1])
+    if not share > threshold:
+        return None
+    order = [term, *(t for t in shares if t != term)]
+    parts = ", ".join(f"{t} {_num(weights[t])} × {_num(float(record[f'loss_{t}']))}" for t in order)
+    return (f"the {term} term is {100 * share:.0f}% of the loss in epoch {epoch} ({parts}); if the student lags, "
+            f"lower {method.weight_setting(term)}")
 
 
 #: Seconds between two progress lines inside an epoch when stderr is not a terminal.

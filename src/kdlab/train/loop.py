@@ -22,7 +22,8 @@ from ..methods import Distiller
 from ..methods.kd import from_objective
 from ..teacher import FrozenTeacher, PrecomputedTeacherLogits
 from . import distributed
-from .callbacks import Callback, EpochProgress, TensorBoardCallback, epoch_progress, tensorboard_available
+from .callbacks import (Callback, EpochProgress, LossShareNote, TensorBoardCallback, epoch_progress, stderr_line,
+                        tensorboard_available)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .rundir import RunDir
 from .records import FitResult, NonFiniteLossError, evaluate
@@ -61,6 +62,11 @@ def tensorboard_callback(log_dir: Any, cfg: TrainConfig, names: Optional[Sequenc
               "(pip install tensorboard; set train.tensorboard=false to silence this)", file=sys.stderr, flush=True)
         return None
     return TensorBoardCallback(log_dir, names)
+
+
+def loss_share_note(progress: Optional[bool]) -> LossShareNote:
+    """Loss shares in every record; the note printed unless ``progress`` is False (rank 0 alone under torchrun)."""
+    return LossShareNote(say=stderr_line if progress is not False and distributed.is_main() else None)
 
 
 class _EpochHook(Callback):
@@ -111,6 +117,7 @@ def fit(
     elif teacher_signal is not None and teacher is None:
         teacher = _SignalTeacher(teacher_signal)  # type: ignore[assignment]
     cbs = [_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks,  # files and progress: rank 0 only
+           loss_share_note(progress),  # before the records are written
            distributed.rank_zero(RunCallback(run, checkpoint_meta or {}) if run is not None else None),
            distributed.rank_zero(tensorboard_callback(run.path, cfg) if run is not None else None),
            distributed.rank_zero(epoch_progress(progress, desc, cfg.epochs))]

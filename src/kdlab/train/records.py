@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,21 @@ class FitResult:
     @property
     def best(self) -> Dict[str, Any]:
         return next(h for h in self.history if h["epoch"] == self.best_epoch)
+
+
+def term_shares(record: Mapping[str, Any], weights: Mapping[str, float]) -> Dict[str, float]:
+    """Each weighted term's share of the epoch's loss: ``|w·L| / Σ_j |w_j·L_j|`` over the terms of
+    nonzero weight, ``L`` the epoch mean ``record["loss_<term>"]``; {} unless two or more terms are
+    weighted (one term is all of the loss) or the weighted sum is 0.
+
+    The sum is the epoch's ``loss_total`` when every term is >= 0 (the mean of a weighted sum is the
+    weighted sum of the means); absolute values keep a negative term from hiding a large one.
+    """
+    parts = {t: abs(float(w) * float(record[f"loss_{t}"])) for t, w in weights.items() if w != 0 and f"loss_{t}" in record}
+    whole = sum(parts.values())
+    if len(parts) < 2 or not (whole > 0 and math.isfinite(whole)):
+        return {}
+    return {t: v / whole for t, v in parts.items()}
 
 
 def method_record(
