@@ -124,6 +124,8 @@ def check_model_params(name: str, params: Mapping[str, Any], where: str = "model
     Runs when the recipe is loaded, so a bad value fails before any data is read or folder made.
     Builders with ``**kwargs`` pass extra keys on to a library constructor, which alone knows
     them; a wrong key there surfaces from :func:`build_model` as a one-line error naming it.
+    A builder with a ``check_params(params, where)`` attribute has it run last, for rules that
+    belong to that model alone.
     """
     if _passes_extra_params(name):
         for key, value in params.items():
@@ -141,6 +143,9 @@ def check_model_params(name: str, params: Mapping[str, Any], where: str = "model
         check = PARAM_CHECKS.get(key, _check_float if isinstance(accepted[key], float) else None)
         if check is not None:
             check(value, f"{where}.{key}")
+    own = getattr(MODELS.get(name), "check_params", None)  # a model's own rules (e.g. cifar-resnet's depth = 6n+2)
+    if own is not None:
+        own(params, where)
 
 
 def build_model(
