@@ -113,7 +113,13 @@ def at_loss(
 @dataclass
 class ATParams:
     """Recipe section ``distill.at``: ``pairs`` student module -> teacher module (4-D outputs),
-    ``weight`` (1000, the authors' ``--beta``), ``p`` (2)."""
+    ``weight``, ``p``.
+
+    Where the defaults come from: ``weight`` 1000 is the authors' ``--beta 1e+3`` (their README's
+    CIFAR commands), also RepDistiller's ``-b 1000`` and mdistiller's ``AT.LOSS.FEAT_WEIGHT``;
+    ``p`` 2 is the paper's and the code's (``x.pow(2)``; mdistiller ``AT.P 2``). ``pairs``: none, you
+    name them. T and the hard/soft weights are the shared ``distill`` settings (the references
+    train AT with CE 1 and no KD term)."""
 
     pairs: Dict[str, str] = field(default_factory=dict)
     weight: float = REFERENCE_WEIGHT

@@ -147,7 +147,16 @@ def momentum_update(memory: Tensor, y: Tensor, v: Tensor, momentum: float) -> No
 
 @dataclass
 class CRDParams:
-    """Recipe section ``distill.crd``; see the module docstring."""
+    """Recipe section ``distill.crd``; see the module docstring.
+
+    Where the defaults come from: RepDistiller's ``train_student.py`` (CIFAR-100) -- ``feat_dim``
+    128 (``--feat_dim``), ``negatives`` 16384 (``--nce_k``), ``nce_t`` 0.07 (``--nce_t``),
+    ``momentum`` 0.5 (``--nce_m``), the embeddings from the penultimate feature (``feat[-1]``) --
+    and ``weight`` 0.8 from its ``run_cifar_distill.sh`` (``--distill crd -b 0.8``); mdistiller's
+    ``CRD`` section has the same values. ``num_samples``: the training-set size (kdlab's choice:
+    one bank row per sample, as the reference's ``n_data``). T and the hard/soft weights are the
+    shared ``distill`` settings (reference: CE 1 and KD 0, or KD 1 for "CRD+KD").
+    """
 
     weight: float = 0.8
     feat_dim: int = 128

@@ -117,9 +117,15 @@ def warmup_factor(epoch: int, warmup: int) -> float:
 
 @dataclass
 class DKDParams:
-    """Recipe section ``distill.dkd``: ``alpha`` (TCKD weight, 1), ``beta`` (NCKD weight, 8; the paper
-    uses 8 on CIFAR-100, other values on other data), ``warmup`` (epochs of the linear warm-up of the
-    DKD part; mdistiller's CIFAR value 20, 0 disables it)."""
+    """Recipe section ``distill.dkd``: ``alpha`` (TCKD weight, 1), ``beta`` (NCKD weight, 8),
+    ``warmup`` (epochs of the linear warm-up of the DKD part, 20; 0 disables it).
+
+    Where the defaults come from: mdistiller's ``DKD`` defaults (``engine/cfg.py``: ``ALPHA 1.0``,
+    ``BETA 8.0``, ``T 4.0``, ``WARMUP 20``, ``CE_WEIGHT 1.0``), used as they are by its CIFAR-100
+    resnet32x4 → resnet8x4 config; other pairs set other ``BETA`` values (resnet56 → resnet20: 2).
+    ``warmup`` 20 is of mdistiller's 240 epochs: for short runs set a few epochs. T is
+    ``distill.temperature`` (4 by default, as mdistiller's); the CE weight is ``distill.hard_weight``
+    (0.5 by default, kdlab's; mdistiller's 1.0 is ``distill.hard_weight: 1.0``)."""
 
     alpha: float = 1.0
     beta: float = 8.0

@@ -45,8 +45,23 @@ class FitNetsParams:
     """Recipe section ``distill.fitnets``.
 
     ``pairs``: student module -> teacher module (names from ``kdlab layers``); ``weight``: the hint
-    term's weight (100, mdistiller's FEAT_WEIGHT for this mean-reduced MSE); ``hint_epochs``: the
-    paper's hint-only first stage (only the hint term trains), then hard + soft + hint.
+    term's weight; ``hint_epochs``: the paper's hint-only first stage (only the hint term trains),
+    then hard + soft + hint.
+
+    Where the defaults come from:
+
+    * ``weight`` 100: RepDistiller (``scripts/run_cifar_distill.sh``: ``--distill hint -a 0 -b 100``)
+      and mdistiller (``FITNET.LOSS.FEAT_WEIGHT 100``), both for this mean-reduced MSE on CIFAR-100
+      ResNet/WRN features, trained with SGD (lr 0.05, 240 epochs) and CE weight 1. It suits feature
+      scales like theirs: on small models it can be nearly all of the loss (the run's ``share_hint``
+      and its one-line note say so), and a lower weight is then worth trying.
+    * ``pairs``: none, you name them; the references hint the output of the network's second stage
+      (``--hint_layer 2`` / ``FITNET.HINT_LAYER 2``).
+    * ``hint_epochs`` 0: the references train hint and CE together from the first epoch (their
+      ``hint`` is not one of RepDistiller's two-stage methods); the paper's stage-wise training is
+      ``hint_epochs > 0``.
+    * T, ``hard_weight``, ``soft_weight``: the shared ``distill`` settings (kdlab's choice to keep a
+      KD term; the references use CE 1 and no KD term: ``-a 0``).
     """
 
     pairs: Dict[str, str] = field(default_factory=dict)

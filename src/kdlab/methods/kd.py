@@ -44,7 +44,13 @@ class CE(Distiller):
 
 class KD(Distiller):
     """Hinton KD; ``temperature``/``hard_weight``/``soft_weight`` are plain attributes so a
-    schedule can move them between epochs (the closed form re-tabulates on change)."""
+    schedule can move them between epochs (the closed form re-tabulates on change).
+
+    Where the defaults (``distill.temperature``/``hard_weight``/``soft_weight``) come from: T = 4 is
+    RepDistiller's ``--kd_T 4`` and mdistiller's ``KD.TEMPERATURE 4`` (CIFAR-100); the weights
+    0.5/0.5 are kdlab's choice (both references use CE 0.1 + KD 0.9: ``-r 0.1 -a 0.9``,
+    ``KD.LOSS.CE_WEIGHT 0.1``/``KD_WEIGHT 0.9``). The soft term is T²·KL, as in Hinton et al.
+    """
 
     needs = Needs(teacher_logits=True)
 

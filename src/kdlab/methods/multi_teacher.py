@@ -83,7 +83,12 @@ def confidence_weights(teacher_logits: Tensor, tau: float = 1.0) -> Tensor:
 
 @dataclass
 class MultiTeacherParams:
-    """Recipe section ``distill.multi-teacher``; see the module docstring."""
+    """Recipe section ``distill.multi-teacher``; see the module docstring.
+
+    Where the defaults come from: kdlab's choice, not a reference's -- ``weighting`` equal (no
+    teacher favoured without evidence) and ``tau`` 1 (the confidence softmax over −entropy unscaled).
+    T and the hard/soft weights are the shared ``distill`` settings.
+    """
 
     weighting: str = "equal"
     weights: List[float] = field(default_factory=list)  # for ``fixed``: one per teacher

@@ -172,6 +172,11 @@ class RKDParams:
     ``distance_weight`` (25) and ``angle_weight`` (50): the paper's λ_D and λ_A. ``student_layer`` /
     ``teacher_layer``: module names whose outputs are the embeddings (4-D maps are average-pooled);
     omitted: the input of the model's last ``nn.Linear`` (:data:`~kdlab.features.PENULTIMATE`).
+
+    Where the defaults come from: 25 and 50 are RepDistiller's ``RKDLoss(w_d=25, w_a=50)`` and
+    mdistiller's ``RKD.DISTANCE_WEIGHT`` / ``ANGLE_WEIGHT``; the penultimate embedding is
+    RepDistiller's ``feat[-1]`` and mdistiller's ``pooled_feat``. T and the hard/soft weights are the shared ``distill`` settings
+    (mdistiller: CE 1, no KD term; set ``distill.soft_weight: 0`` for its objective).
     """
 
     distance_weight: float = 25.0

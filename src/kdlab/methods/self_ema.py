@@ -53,7 +53,13 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 @dataclass
 class SelfEMAParams:
-    """Recipe section ``distill.self-ema``: ``decay`` of the moving average (after its warm-up)."""
+    """Recipe section ``distill.self-ema``: ``decay`` of the moving average (after its warm-up).
+
+    Where the defaults come from: ``decay`` 0.999 is the mean-teacher code's default ``ema_decay``
+    (Tarvainen & Valpola); the warm-up ``min(decay, (1 + k)/(10 + k))`` is TensorFlow's
+    ``ExponentialMovingAverage(num_updates=k)`` rule (the mean-teacher code warms up with
+    ``min(1 − 1/(k + 1), decay)`` instead). T and the hard/soft weights are the shared ``distill`` settings.
+    """
 
     decay: float = 0.999
 
