@@ -173,3 +173,15 @@ def test_cifar10_resnet_augmented_teacher_route_its_header_gives(tmp_path, capsy
     info = json.loads((tmp_path / "d" / "run.json").read_text())
     assert info["teacher_checkpoint"] == str((tmp_path / "t56" / "best.pt").resolve())
     assert len((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_method_recipes_share_mnist_cnn_s_cached_teacher(tmp_path, monkeypatch):
+    """Same teacher key, so a teacher cached by mnist-cnn (or either method recipe) serves all three."""
+    from kdlab.study.teacher_cache import teacher_key
+
+    tiny_idx(monkeypatch, tmp_path / "data", MNIST)
+    sets = [f"dataset.data_dir={tmp_path / 'data'}", "dataset.download=false"]
+    data = prepare_data(load_recipe("mnist-cnn", sets))
+    keys = [teacher_key(load_recipe(name, sets), data) for name in ("mnist-cnn", "mnist-cnn-fitnets", "mnist-cnn-at")]
+    assert keys[0] == keys[1] == keys[2]
+    assert teacher_key(load_recipe("mnist-cnn-at", [*sets, "teacher.train.epochs=5"]), data) != keys[0]
