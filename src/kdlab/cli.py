@@ -547,9 +547,13 @@ def _run(argv: Optional[Sequence[str]]) -> int:
 
 
 def _guarded(args: argparse.Namespace) -> int:
-    """Run the command: a KDLabError is one line and exit 2, Ctrl-C one line and exit 130."""
+    """Run the command: a KDLabError is one line and exit 2, Ctrl-C one line and exit 130. Its
+    intra-op threads are planned once for the whole command (kdlab.device.command_threads)."""
+    from .device import command_threads  # here, not at the top: listing commands start without torch
+
     try:
-        return int(args.func(args) or 0)
+        with command_threads():
+            return int(args.func(args) or 0)
     except KDLabError as exc:
         return _refuse(args, exc)
     except KeyboardInterrupt:

@@ -6,8 +6,9 @@ model, which the pipeline places on :func:`resolve_device` of the recipe's ``dev
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -170,7 +171,7 @@ def _on_openmp_threads(fn: Callable[[], Any]) -> bool:
 #: ``benchmarks/threads.py`` (docs/performance: host and numbers), such steps are dispatch-bound, so
 #: a second thread gains little on a quiet machine and makes the step several times slower when
 #: another process takes a core (OpenMP's threads wait for each other at every op).
-SMALL_STEP_MACS = 20_000_000
+SMALL_STEP_MACS = 5_000_000
 
 #: The intra-op thread count torch had when kdlab was imported: a different count later means the
 #: caller set one (``torch.set_num_threads``), which kdlab then keeps.
@@ -212,7 +213,10 @@ def step_macs(model: "torch.nn.Module", sample: "torch.Tensor", batch_size: int)
 def choose_threads(macs_per_step: int) -> Tuple[int, str]:
     """The intra-op threads for a run whose training step costs ``macs_per_step`` multiply-adds,
     and why: from the work's size only (never from the machine's current load, so the same command
-    gives the same numbers), and never over what the user chose."""
+    gives the same numbers), and never over what the user chose. Once :func:`plan_threads` has
+    fixed the process's count, that plan is the answer."""
+    if _PLAN is not None:
+        return _PLAN["intra_op"], _PLAN["reason"]
     current = torch.get_num_threads()
     for name in _THREAD_ENV:
         if os.environ.get(name):
@@ -223,6 +227,52 @@ def choose_threads(macs_per_step: int) -> Tuple[int, str]:
         return 1, (f"1: a step of {macs_per_step:,} multiply-adds (< {SMALL_STEP_MACS:,}) is dispatch-bound; one thread is "
                    "as fast and does not slow down when another process shares a core")
     return current, f"{current}: torch's default for a step of {macs_per_step:,} multiply-adds"
+
+
+_PLAN: Optional[Dict[str, Any]] = None
+
+
+_PLANNING = False
+
+
+@contextlib.contextmanager
+def command_threads() -> Iterator[None]:
+    """Scope of one CLI command: inside it :func:`plan_threads` fixes the process's threads; at its
+    end the plan is dropped and the caller's thread count restored (tests run many commands in one
+    process). Outside it (kdlab as a library) each training run chooses for itself."""
+    global _PLANNING, _PLAN
+    before, _PLANNING = torch.get_num_threads(), True
+    try:
+        yield
+    finally:
+        _PLANNING, _PLAN = False, None
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def plan_threads(macs_per_step: int) -> Optional[Dict[str, Any]]:
+    """Fix this process's intra-op threads for the run ahead, before any model has run.
+
+    Why once, up front: torch documents that ``set_num_threads`` must come before eager work, and
+    measured here it does: after the teacher's 2-thread forwards, a switch to 1 thread left the
+    batched students' step on 2 OpenMP threads (40 students, 20 epochs: 53.8 s with another process
+    on the machine, against 3.2 s when the count was fixed first). The CLI's training commands call
+    this with their main model's step (the students'); :class:`~kdlab.train.trainer.Trainer` then
+    records the plan instead of choosing again.
+    """
+    global _PLAN
+    if not _PLANNING or _PLAN is not None:  # a library call, or the command has already planned
+        return thread_plan()
+    n, why = choose_threads(macs_per_step)
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    _PLAN = {"intra_op": n, "reason": why, "step_multiply_adds": int(macs_per_step), "planned": "for the whole process"}
+    return dict(_PLAN)
+
+
+def thread_plan() -> Optional[Dict[str, Any]]:
+    """The process's plan (:func:`plan_threads`), or None when none was made."""
+    return None if _PLAN is None else dict(_PLAN)
 
 
 class intra_op_threads:

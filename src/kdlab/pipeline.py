@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .config import Recipe
@@ -30,7 +31,7 @@ from .train.checkpoint import model_payload
 from .train.callbacks import Callback, ScheduleCallback
 from .train.stages import StageCallback, check_stages
 from .train.rundir import check_new_run_folder, file_sha256
-from .device import resolve_device
+from .device import plan_threads, resolve_device, step_macs
 from .utils import check_output_location, seed_everything
 
 ROLE_SEED_OFFSET = {"teacher": 0, "student": 1}
@@ -57,6 +58,16 @@ def prepare_data(recipe: Recipe) -> DatasetSplits:
     """The recipe's dataset as in-memory tensors on the recipe's device."""
     d = recipe.dataset
     return load_dataset(d.name, d.data_dir, d.download, d.val_fraction, recipe.seed).to(resolve_device(recipe.device))
+
+
+def plan_threads_for(recipe: Recipe, data: DatasetSplits, role: str = "student", models: int = 1) -> Optional[Dict[str, Any]]:
+    """Fix the process's intra-op threads from the step of ``models`` ``role`` models of the recipe
+    (:func:`kdlab.device.plan_threads`), before any model runs. The model is built on the meta
+    device under a forked RNG, so nothing is allocated and no random stream moves."""
+    cfg = getattr(recipe, role)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(cfg.model.name, data.in_shape, data.num_classes, cfg.model.params, where=f"{role}.model")
+    return plan_threads(step_macs(model, data.train.x[:1], cfg.train.batch_size) * models)
 
 
 def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Module:
@@ -169,12 +180,14 @@ def train_role(
 def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
     """Train the recipe's teacher on hard labels."""
     data = data or prepare_data(recipe)
+    plan_threads_for(recipe, data, "teacher")
     return train_role(recipe, "teacher", "teacher", data, CE(), out, progress=progress, resume=resume)
 
 
 def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
     """Train the recipe's student from scratch on hard labels (the baseline distillation must beat)."""
     data = data or prepare_data(recipe)
+    plan_threads_for(recipe, data, "student")
     return train_role(recipe, "student", "scratch", data, CE(), out, progress=progress, resume=resume)
 
 
@@ -266,6 +279,9 @@ def run_distill(
     if teacher is None and not own_teacher:
         check_teacher_cache(teacher_cache)  # before loading data or training anything
     data = data or prepare_data(recipe)
+    # the student's step, and the teacher's where it runs on every batch (features, augmentation)
+    online = not (method.needs.logits_only and not recipe.augment) and not own_teacher
+    plan_threads_for(recipe, data, "teacher" if online else "student")
     say = log or (lambda _msg: None)
     info: Dict[str, Any] = {}
     n_student = count_student_parameters(recipe, data)

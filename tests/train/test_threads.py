@@ -109,3 +109,22 @@ def test_a_small_student_trains_on_one_thread_recorded_in_run_json(four_default_
     assert torch.get_num_threads() == 4  # handed back
     facts = json.loads((tmp_path / "s" / "run.json").read_text())["threads"]
     assert facts["intra_op"] == 1 and facts["step_multiply_adds"] < SMALL_STEP_MACS and "dispatch-bound" in facts["reason"]
+
+
+def test_a_command_fixes_its_threads_before_the_teacher_runs_and_restores_them(four_default_threads, tmp_path, monkeypatch):
+    """torch wants set_num_threads before eager work: after the teacher's 2-thread forwards a later
+    switch did not take (measured), so the demo plans from its students before the teacher runs."""
+    from kdlab.teacher import FrozenTeacher
+
+    seen = []
+    original = FrozenTeacher.logits_for
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FrozenTeacher, "logits_for", spy)
+    monkeypatch.setenv("KDLAB_TEACHER_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--seeds", "2", "--epochs", "2", "--teacher-epochs", "1", "--no-plots", "--out", str(tmp_path / "d")]) == 0
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 4 and device.thread_plan() is None  # handed back after the command

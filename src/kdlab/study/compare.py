@@ -28,7 +28,7 @@ from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
-from ..pipeline import build_role_model, prepare_data, train_role
+from ..pipeline import build_role_model, plan_threads_for, prepare_data, train_role
 from ..schedules import ScheduleHook
 from ..train.callbacks import ScheduleCallback, epoch_progress
 from ..train.loop import tensorboard_callback
@@ -203,6 +203,7 @@ def compare(
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()
     data = data or prepare_data(recipe)
+    plan_threads_for(recipe, data, "student", models=len(variants) * len(seed_list))  # the batched grid's step
     # builds every variant's method, so a bad method section fails here, before the teacher trains
     placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
     # staged variants train one by one: the batched step shares one optimizer with the scratch students

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from ..config import Recipe
 from ..recipes import apply_overrides, recipe_from_dict
 from ..errors import ConfigError, KDLabError
-from ..pipeline import distill_method, prepare_data, train_role
+from ..pipeline import distill_method, plan_threads_for, prepare_data, train_role
 from ..train.records import NonFiniteLossError
 from ..data import data_fingerprint
 from ..utils import check_output_location
@@ -309,6 +309,7 @@ def tune(
         base = recipe.to_dict()
         log(f"tune: carving a {DEFAULT_VAL_FRACTION:.0%} validation split from the training set (the test set is not used)")
     data = prepare_data(recipe)
+    plan_threads_for(recipe, data, "student")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or f"{recipe.name}-tune"
     settings = study_settings(base, space, sampler, grid_points, data_fingerprint(data))

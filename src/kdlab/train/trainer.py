@@ -41,7 +41,7 @@ from ..config import TrainConfig
 from ..data import BatchIndexer, DatasetSplits
 from ..data.loaders import LoaderSplits, loader_batches
 from ..device import (autocast_dtype, choose_threads, flush_denormal_enabled, intra_op_threads, precision_name,
-                      set_flush_denormal, step_macs)
+                      set_flush_denormal, step_macs, thread_plan)
 from ..logits import logits_of
 from ..models.chain import ChainStep
 from ..methods.base import Batch, Distiller, Outputs, RunContext
@@ -366,6 +366,10 @@ class Trainer:
         Callbacks see every epoch's records; the best epoch of each student is chosen on
         validation accuracy when a validation split exists, else on test accuracy.
         """
+        plan = thread_plan()
+        if plan is not None:  # fixed for the whole process before any model ran (kdlab.device.plan_threads)
+            self.threads = {**plan, "step_multiply_adds_here": self.step_macs()}
+            return self._fit()
         macs = self.step_macs()
         threads, why = (choose_threads(macs) if macs is not None else
                         (torch.get_num_threads(), "torch's default (the data come from a DataLoader: step size not measured)"))
