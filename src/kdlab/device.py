@@ -181,31 +181,45 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def step_macs(model: "torch.nn.Module", sample: "torch.Tensor", batch_size: int) -> int:
     """Multiply-adds of one forward pass on ``batch_size`` inputs shaped like ``sample`` (one input),
-    as torch's FLOP counter counts them.
+    counted over the model's Linear and convolution layers, where nearly all of a CNN's or MLP's
+    arithmetic is (enough to choose a thread count; ``kdlab profile`` counts every op).
 
-    Counted on a weightless copy on the ``meta`` device with its hooks removed, so the model, its
-    device and the caller's forward hooks see nothing. A model that cannot be copied or run that way
-    is estimated by its parameter count (exact for Linear layers, low for convolutions).
+    Counted on a zero-weight copy with its hooks removed, so the model and the caller's forward
+    hooks see nothing. A model that cannot be copied or run that way is estimated by its parameter
+    count (exact for Linear layers, low for convolutions). Neither the ``meta`` device nor torch's
+    FlopCounterMode: the first forward through either costs about a second of imports, at every
+    command.
     """
     import copy
 
-    from torch.utils.flop_counter import FlopCounterMode
-
+    nn = torch.nn
     try:
         memo: dict = {}
         for t in model.parameters():
-            memo[id(t)] = torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False)
+            memo[id(t)] = nn.Parameter(torch.zeros_like(t), requires_grad=False)
         for t in model.buffers():
-            memo[id(t)] = torch.empty_like(t, device="meta")
+            memo[id(t)] = torch.zeros_like(t)
         clone = copy.deepcopy(model, memo)
         for module in clone.modules():  # private dicts, behind the fallback below (tested)
             for hooks in (module._forward_hooks, module._forward_pre_hooks):
                 hooks.clear()
+        total = [0]
+
+        def count(module: "torch.nn.Module", inputs: Any, output: Any) -> None:
+            if isinstance(module, nn.Linear):
+                total[0] += output.numel() * module.in_features
+            elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                total[0] += output.numel() * (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+            elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                total[0] += inputs[0].numel() * (module.out_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+
+        for module in clone.modules():
+            module.register_forward_hook(count)
         clone.eval()
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            clone(torch.empty_like(sample, device="meta"))
-        return int(counter.get_total_flops() // 2) * int(batch_size)
+        with torch.no_grad():
+            where = next(iter(clone.parameters()), sample).device  # the model's device, wherever the data are
+            clone(torch.zeros_like(sample, device=where))
+        return int(total[0]) * int(batch_size)
     except Exception:  # noqa: BLE001 - any model a user brings; the estimate below always works
         return sum(p.numel() for p in model.parameters()) * int(batch_size)
 

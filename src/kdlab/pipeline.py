@@ -62,10 +62,10 @@ def prepare_data(recipe: Recipe) -> DatasetSplits:
 
 def plan_threads_for(recipe: Recipe, data: DatasetSplits, role: str = "student", models: int = 1) -> Optional[Dict[str, Any]]:
     """Fix the process's intra-op threads from the step of ``models`` ``role`` models of the recipe
-    (:func:`kdlab.device.plan_threads`), before any model runs. The model is built on the meta
-    device under a forked RNG, so nothing is allocated and no random stream moves."""
+    (:func:`kdlab.device.plan_threads`), before any model runs. The model is built under a forked
+    RNG, so no random stream moves."""
     cfg = getattr(recipe, role)
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+    with torch.random.fork_rng(devices=[]):
         model = build_model(cfg.model.name, data.in_shape, data.num_classes, cfg.model.params, where=f"{role}.model")
     return plan_threads(step_macs(model, data.train.x[:1], cfg.train.batch_size) * models)
 
