@@ -9,10 +9,7 @@ size) in one launch. The one-process references run in this process.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,8 @@ import torch
 
 from kdlab.cli import main
 from tests import subprocesses
+from tests.train.launch import digits_teacher, torchrun_command, torchrun_env
 
-REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("ddp_driver.py")
 # global batch 128 of digits' 1437 training images: 11 full batches and a last one of 29 (shards of 14 and 15)
 KD = ["distill", "digits-mlp", "--set", "student.train.scheduler.name=constant", "--no-progress"]
@@ -32,22 +29,11 @@ FITNETS = [*KD, "--method", "fitnets", "--set", 'distill.fitnets.pairs={"net.1":
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("ddp") / "teacher"
-    assert main(["train-teacher", "digits-mlp", "--epochs", "1", "--set", "teacher.model.hidden=[32]", "--out", str(out), "--no-progress"]) == 0
-    return str(out / "last.pt")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return digits_teacher(tmp_path_factory.mktemp("ddp"), hidden=32)
 
 
 def _torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), *args]
-    proc = subprocesses.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocesses.run(torchrun_command(args), cwd=cwd, env=torchrun_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

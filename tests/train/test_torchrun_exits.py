@@ -14,42 +14,22 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from kdlab.cli import main
+from tests import subprocesses
+from tests.train.launch import digits_teacher, torchrun_command, torchrun_env
 
-REPO = Path(__file__).resolve().parents[2]
 RECORD = Path(__file__).with_name("exit_recorder.py")
 BASE = ["distill", "digits-mlp", "--no-progress", "--epochs", "1"]
-#: generous: a launch takes a few seconds quiet, far longer on a loaded machine
-LAUNCH_TIMEOUT = 600
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("exits") / "teacher"
-    assert main(["train-teacher", "digits-mlp", "--epochs", "1", "--set", "teacher.model.hidden=[64]", "--out", str(out), "--no-progress"]) == 0
-    return str(out / "last.pt")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-
-
-def _launch(args: list, cwd: Path) -> list:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(_free_port()), *args]
+    return digits_teacher(tmp_path_factory.mktemp("exits"), hidden=64)  # not smaller than the student: no warning line
 
 
 def _worker_exit_codes(torchrun_output: str) -> list:
@@ -69,8 +49,8 @@ REFUSALS = {
 def test_a_refusal_ends_every_worker_with_exit_2_and_one_line(case, attempt, teacher, tmp_path):
     extra, needle = REFUSALS[case]
     argv = [*BASE, "--teacher", teacher, "--out", str(tmp_path / "run"), *extra]
-    proc = subprocess.run(_launch(["-m", "kdlab", *argv], tmp_path), cwd=tmp_path, env=_env(), capture_output=True,
-                          text=True, timeout=LAUNCH_TIMEOUT)
+    proc = subprocesses.run(torchrun_command(["-m", "kdlab", *argv]), cwd=tmp_path, env=torchrun_env(), capture_output=True,
+                            text=True)
     output = proc.stdout + proc.stderr
     assert "terminate called" not in output and "SIGABRT" not in output, output[-4000:]
     assert _worker_exit_codes(output) == [2, 2], output[-4000:]  # not -15 (stopped by torchrun) nor -6 (abort)
@@ -87,8 +67,8 @@ def test_ctrl_c_ends_every_worker_with_130_and_one_line(attempt, teacher, tmp_pa
     codes = tmp_path / "codes"
     argv = [*BASE, "--teacher", teacher, "--epochs", "100000", "--out", str(tmp_path / "run")]
     argv.remove("--no-progress")  # a line per epoch tells the test that training runs
-    cmd = _launch(["--no-python", sys.executable, str(RECORD), str(codes), sys.executable, "-m", "kdlab", *argv], tmp_path)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    cmd = torchrun_command(["--no-python", sys.executable, str(RECORD), str(codes), sys.executable, "-m", "kdlab", *argv])
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     seen = []
     try:
@@ -97,7 +77,7 @@ def test_ctrl_c_ends_every_worker_with_130_and_one_line(attempt, teacher, tmp_pa
             if "epoch 3/" in line:  # both workers past the first epoch (they share every step)
                 os.killpg(proc.pid, signal.SIGINT)
                 break
-        rest, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
+        rest, _ = subprocesses.communicate(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
