@@ -134,8 +134,9 @@ def train_role(
     if staged:
         check_stages(recipe.distill.stages, method)  # before any folder is written
     ctx = distributed.context()
-    if ctx is not None:
-        ctx.check_method(method)  # before any folder is written (the trainer checks again)
+    if ctx is not None:  # before any folder is written (the trainer checks again)
+        ctx.check_method(method)
+        ctx.check_batches(len(data.train), role_cfg.train.batch_size)
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))

@@ -41,6 +41,9 @@ REFUSALS = {
     "batch-not-divisible": (["--batch-size", "127"], "is the global batch and must be divisible by the 2 processes"),
     "crd-per-sample-state": (["--method", "crd"], "method crd keeps per-sample state"),
     "missing-teacher-file": (["--teacher", "no-such-teacher.pt"], "no-such-teacher.pt"),
+    # digits' 1437 training images in batches of 2: a last batch of 1 sample for 2 processes
+    "last-batch-smaller-than-the-processes": (["--batch-size", "2"], "the last batch of each epoch holds 1 of 1437 samples"),
+    "bad-setting": (["--set", "distill.temperature=-3"], "distill.temperature: must be a finite number > 0"),
 }
 
 

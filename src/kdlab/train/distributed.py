@@ -185,11 +185,7 @@ class Context:
         """Make ``trainer`` data-parallel: its batches sharded, rank 0's weights broadcast at the start."""
         self.check_method(trainer.method)
         if trainer.loaders is None:
-            check_batch_size(trainer.cfg.batch_size, self.world_size)
-            last = trainer.indexer.n % trainer.cfg.batch_size
-            if 0 < last < self.world_size:
-                raise ConfigError(f"the last batch of each epoch holds {last} of {trainer.indexer.n} samples, fewer than the "
-                                  f"{self.world_size} processes; choose a batch size that leaves at least {self.world_size}")
+            self.check_batches(trainer.indexer.n, trainer.cfg.batch_size)
             trainer.indexer = ShardedIndexer(trainer.indexer, self.rank, self.world_size)  # type: ignore[assignment]
         trainer.callbacks.callbacks.insert(0, SyncCallback(self))
 
@@ -214,6 +210,14 @@ class Context:
     def epoch_rows(self, trainer: "Trainer", rows: Tensor) -> Tensor:
         """The epoch's loss rows of the global batches, equal on every rank."""
         return self.reduce_rows(rows, trainer.indexer.weights if trainer.loaders is None else None)  # type: ignore[attr-defined]
+
+    def check_batches(self, n: int, batch_size: int) -> None:
+        """Every global batch, the last included, must give each process at least one sample."""
+        check_batch_size(batch_size, self.world_size)
+        last = n % batch_size
+        if 0 < last < self.world_size:
+            raise ConfigError(f"the last batch of each epoch holds {last} of {n} samples, fewer than the "
+                              f"{self.world_size} processes; choose a batch size that leaves at least {self.world_size}")
 
     def check_method(self, method: Any) -> None:
         if getattr(method, "per_sample_state", False):
