@@ -29,6 +29,12 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a notebook re-running its registration cell, a test cleaning up)."""
+        if name not in self._items:
+            raise ConfigError(f"{self.kind} {name!r} is not registered")
+        del self._items[name]
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -128,9 +128,17 @@ class DictOut(nn.Module):
 
 
 MODEL_CLASSES = {"catalogue-data-dependent": DataDependent, "catalogue-fixed-batch": FixedBatch, "catalogue-dict-out": DictOut}
-for _name, _cls in MODEL_CLASSES.items():
-    if _name not in MODELS:
-        MODELS.register(_name)(_cls)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _catalogue_models():
+    """These models exist for this module's tests only (other tests list the registry's names)."""
+    added = [name for name in MODEL_CLASSES if name not in MODELS]
+    for name in added:
+        MODELS.register(name)(MODEL_CLASSES[name])
+    yield
+    for name in added:
+        MODELS.unregister(name)
 
 
 def _checkpoint(folder: Path, name: str) -> Path:

@@ -172,7 +172,7 @@ def test_codings_without_closed_form_are_refused():
         with pytest.raises(ConfigError, match="no closed form"):
             fast.prepare_for(obj)
     finally:
-        SOFT_LOSSES._items.pop("test-squared-error")
+        SOFT_LOSSES.unregister("test-squared-error")
 
 
 def test_leading_dimensions_are_independent_batches():

@@ -211,3 +211,14 @@ def test_weights_files_are_never_unpickled_freely(torchvision, tmp_path):
     assert not marker.exists()
     with pytest.raises(ConfigError, match=r"weights file .*missing.pt not found"):
         build_model("torchvision:resnet18", MNIST, 10, {"weights": str(tmp_path / "missing.pt")})
+
+
+def test_a_registration_can_be_removed_and_an_unknown_one_is_one_line():
+    from kdlab.registry import Registry
+
+    registry: Registry = Registry("widget")
+    registry.register("a")(object)
+    registry.unregister("a")
+    assert "a" not in registry and registry.names() == []
+    with pytest.raises(ConfigError, match="widget 'a' is not registered"):
+        registry.unregister("a")

@@ -94,4 +94,4 @@ def test_a_coding_without_closed_form_is_batched_through_autograd(setup):
     try:
         _one_by_one_vs_batched(*setup, ["scratch", "test-half-hinton", "hinton"], [0, 2])
     finally:
-        SOFT_LOSSES._items.pop("test-half-hinton")
+        SOFT_LOSSES.unregister("test-half-hinton")
