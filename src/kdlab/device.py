@@ -7,6 +7,7 @@ model, which the pipeline places on :func:`resolve_device` of the recipe's ``dev
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -209,9 +210,9 @@ def step_macs(model: "torch.nn.Module", sample: "torch.Tensor", batch_size: int)
             if isinstance(module, nn.Linear):
                 total[0] += output.numel() * module.in_features
             elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                total[0] += output.numel() * (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+                total[0] += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
             elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                total[0] += inputs[0].numel() * (module.out_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+                total[0] += inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
 
         for module in clone.modules():
             module.register_forward_hook(count)
@@ -243,10 +244,8 @@ def choose_threads(macs_per_step: int) -> Tuple[int, str]:
     return current, f"{current}: torch's default for a step of {macs_per_step:,} multiply-adds"
 
 
-_PLAN: Optional[Dict[str, Any]] = None
-
-
-_PLANNING = False
+_PLAN: Optional[Dict[str, Any]] = None  # the command's plan (plan_threads), None outside one
+_PLANNING = False  # inside command_threads: the next plan_threads fixes the count
 
 
 @contextlib.contextmanager
@@ -293,7 +292,7 @@ class intra_op_threads:
     """Run a block with ``n`` intra-op threads, restoring the caller's count afterwards."""
 
     def __init__(self, n: int) -> None:
-        self.n, self.before = n, torch.get_num_threads()
+        self.n = n
 
     def __enter__(self) -> "intra_op_threads":
         self.before = torch.get_num_threads()

@@ -470,7 +470,7 @@ def is_peer_failure(exc: Optional[BaseException]) -> bool:
     """Whether ``exc`` is a collective that failed because another process of the launch went away."""
     kinds = tuple(k for k in (getattr(dist, "DistError", None),) if isinstance(k, type))
     text = str(exc)
-    return bool(kinds) and isinstance(exc, kinds) or "Connection closed by peer" in text or "Connection reset by peer" in text
+    return (bool(kinds) and isinstance(exc, kinds)) or "Connection closed by peer" in text or "Connection reset by peer" in text
 
 
 def owns_session() -> bool:

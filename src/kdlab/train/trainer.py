@@ -368,7 +368,7 @@ class Trainer:
         """
         plan = thread_plan()
         if plan is not None:  # fixed for the whole process before any model ran (kdlab.device.plan_threads)
-            self.threads = {**plan, "step_multiply_adds_here": self.step_macs()}
+            self.threads = plan
             return self._fit()
         macs = self.step_macs()
         threads, why = (choose_threads(macs) if macs is not None else
