@@ -41,7 +41,7 @@ from kdlab.device import cpu_info
 from kdlab.methods import CE
 from kdlab.pipeline import build_role_model, prepare_data
 from kdlab.recipes import load_recipe
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 SETTINGS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "channels_last fp32": ("fp32", True),
             "channels_last bf16": ("bf16", True)}
@@ -67,7 +67,7 @@ def main() -> None:
         trainers = {}
         for name, (precision, cl) in SETTINGS.items():
             model = build_role_model(recipe, role, data)
-            trainers[name] = Trainer(model, CE(), data, dataclasses.replace(cfg, precision=precision, channels_last=cl, epochs=1))
+            trainers[name] = build_trainer(model, CE(), data, dataclasses.replace(cfg, precision=precision, channels_last=cl, epochs=1))
             trainers[name].train_epoch()  # warm-up (oneDNN primitives, allocator)
         for _ in range(args.rounds):
             for name, trainer in trainers.items():

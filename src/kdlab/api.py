@@ -33,11 +33,11 @@ from .methods import Distiller, build_method
 from .models import count_parameters
 from .teacher import FrozenTeacher, TeacherEnsemble
 from .train import distributed
-from .train.callbacks import epoch_progress
+from .train.callbacks import RankZero, epoch_progress, rank_zero
 from .train.loop import RunCallback, loss_share_note
 from .train.rundir import RunDir, run_files
 from .train.stages import StageCallback, check_stages
-from .train.trainer import Trainer
+from .train.build import build_trainer
 from .utils import check_output_location, seed_everything
 
 
@@ -141,9 +141,9 @@ def distill(
             "teacher_parameters": count_parameters(teacher) if teacher is not None else 0}
         shares = loss_share_note(progress)  # before RunCallback writes the records
         callbacks = [c for c in (StageCallback(stage_list) if stage_list else None, shares,
-                                 distributed.rank_zero(epoch_progress(progress, f"distill ({method})", epochs))) if c is not None]
+                                 rank_zero(epoch_progress(progress, f"distill ({method})", epochs))) if c is not None]
         # bad layer names, shapes or missing sample indices fail here, before a run folder exists
-        trainer = Trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev)
+        trainer = build_trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev)
         try:
             run = None if out is False else RunDir(run_path) if run_path is not None else _new_run_dir()
             if run is not None:  # under torchrun: written by rank 0 alone
@@ -152,7 +152,7 @@ def distill(
                 if distributed.is_main():
                     run.write_config(yaml.safe_dump(_plain(settings), sort_keys=False))
                     run.write_run_info(seed, "distill", info)
-                trainer.callbacks.callbacks.insert(trainer.callbacks.callbacks.index(shares) + 1, distributed.RankZero(RunCallback(run, meta)))
+                trainer.callbacks.callbacks.insert(trainer.callbacks.callbacks.index(shares) + 1, RankZero(RunCallback(run, meta)))
         except BaseException:
             trainer.close()  # no hook of ours stays on the user's models
             raise

@@ -28,7 +28,7 @@ from .schedules import ScheduleHook
 from .teacher import FrozenTeacher, PrecomputedTeacherLogits, TeacherEnsemble
 from .train import FitResult, RunDir, distributed, fit, load_model
 from .train.checkpoint import model_payload
-from .train.callbacks import Callback, ScheduleCallback
+from .train.callbacks import Callback, RankZero, ScheduleCallback
 from .train.stages import StageCallback, check_stages
 from .train.rundir import check_new_run_folder, file_sha256
 from .device import plan_threads, resolve_device, step_macs
@@ -144,7 +144,7 @@ def train_role(
     callbacks = [c for c in callbacks if c is not None]
     if run is not None:
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
-        callbacks.append(distributed.RankZero(_RecordRun(run, recipe, kind, info, resume)))
+        callbacks.append(RankZero(_RecordRun(run, recipe, kind, info, resume)))
     augment = None
     if role == "student" and recipe.augment:  # the teacher's own training stays un-augmented
         from .data.augment import build_augment

@@ -13,7 +13,7 @@ from kdlab.methods.crd import CRD, CRDParams, momentum_update, nce_loss
 from kdlab.pipeline import build_role_model, prepare_data
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 
 def _crd(**kw):
@@ -143,7 +143,7 @@ def test_trainer_on_digits_trains_and_saves_heads_and_banks():
     teacher = build_role_model(recipe, "teacher", data)
     student = build_role_model(recipe, "student", data)
     m = CRD(CRDParams(student_layer="net.1", teacher_layer="net.1", feat_dim=16, negatives=64), seed=0)
-    trainer = Trainer(student, m, data, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer = build_trainer(student, m, data, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     rows = [trainer.train_epoch() for _ in range(4)]  # epoch 2 is harder (the banks now hold real embeddings)
     assert float(rows[-1][:, 3].mean()) < 0.8 * float(rows[0][:, 3].mean())
     state = m.state_dict()
@@ -153,7 +153,7 @@ def test_trainer_on_digits_trains_and_saves_heads_and_banks():
 
 def _crd_trainer(data, recipe, teacher, student):
     m = build_method("crd", recipe.distill, {"feat_dim": 16, "negatives": 64})  # default: penultimate features
-    return Trainer(student, m, data, recipe.student.train, seed=5, teacher=FrozenTeacher(teacher))
+    return build_trainer(student, m, data, recipe.student.train, seed=5, teacher=FrozenTeacher(teacher))
 
 
 def test_default_penultimate_banks_sized_by_the_trainer_and_exact_resume():

@@ -16,7 +16,7 @@ from kdlab.methods.dkd import DKD, DKDParams, dkd_terms, warmup_factor
 from kdlab.pipeline import build_role_model, prepare_data
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 D = torch.float64
 
@@ -189,7 +189,7 @@ def test_trains_through_the_trainer_on_digits_with_cached_teacher_logits():
     teacher, student = build_role_model(recipe, "teacher", data), build_role_model(recipe, "student", data)
     method = DKD(DKDParams(warmup=2), temperature=4.0, hard_weight=1.0)
     reference = copy.deepcopy(student)
-    trainer = Trainer(student, method, data, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer = build_trainer(student, method, data, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     assert trainer.cached_logits is not None and trainer.fast is None  # logits only: cached, through autograd
     idx = next(iter(copy.deepcopy(trainer.indexer).epoch()))
     x, y = data.train.x[idx], data.train.y[idx]
@@ -202,7 +202,7 @@ def test_trains_through_the_trainer_on_digits_with_cached_teacher_logits():
     row = trainer.train_epoch()[0]
     assert float(row[0]) == pytest.approx(float(expected.detach()), rel=1e-4)
     before = copy.deepcopy(student.state_dict())
-    trainer2 = Trainer(student, DKD(DKDParams(warmup=2)), data, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer2 = build_trainer(student, DKD(DKDParams(warmup=2)), data, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     (result,) = trainer2.fit()
     assert [h["warmup_factor"] for h in result.history] == [0.5, 1.0]
     assert "loss_tckd" in result.history[0] and "loss_nckd" in result.history[0]

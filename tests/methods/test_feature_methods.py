@@ -14,7 +14,7 @@ from kdlab.methods.attention import ATParams, AttentionTransfer, attention_map
 from kdlab.methods.fitnets import FitNets, FitNetsParams
 from kdlab.pipeline import build_role_model
 from kdlab.teacher import FrozenTeacher
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 MLP = ["teacher.model.hidden=[32]", "student.model.hidden=[12]", "student.train.epochs=2"]
 CNN = ["teacher.model={name: cnn, channels: [8, 16]}", "student.model={name: cnn, channels: [4, 4]}", "student.train.epochs=2"]
@@ -31,7 +31,7 @@ def test_fitnets_step_equals_the_formula_written_out(digits):
     method = FitNets(FitNetsParams({"net.1": "net.1"}, weight=3.0), "hinton", 2.0, 0.3, 0.7)
     reference = copy.deepcopy(student)
     frozen = FrozenTeacher(teacher)
-    trainer = Trainer(student, method, digits, recipe.student.train, seed=1, teacher=frozen)
+    trainer = build_trainer(student, method, digits, recipe.student.train, seed=1, teacher=frozen)
     adapter = method.adapters.adapters["net/1>net/1"]
     assert trainer.fast is None and trainer.cached_logits is None  # features: the teacher runs online
     assert any(p is adapter.linear.weight for p in trainer.trainable_parameters()) if hasattr(adapter, "linear") else True
@@ -57,7 +57,7 @@ def test_fitnets_trains_adapters_not_the_teacher_and_hands_the_teacher_back(digi
     before = copy.deepcopy(teacher.state_dict())
     method = FitNets(FitNetsParams({"net.1": "net.1"}, weight=10.0, hint_epochs=1), "hinton", 3.0, 0.5, 0.5)
     with FrozenTeacher(teacher) as frozen:
-        trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
+        trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
         adapter_before = copy.deepcopy(method.adapters.state_dict())
         (result,) = trainer.fit()
     assert teacher.training and all(p.requires_grad for p in teacher.parameters())  # handed back as given
@@ -75,7 +75,7 @@ def test_fitnets_trains_adapters_not_the_teacher_and_hands_the_teacher_back(digi
 def test_method_state_with_adapters_resumes(digits):
     recipe, teacher, student = _models(MLP, digits)
     method = FitNets(FitNetsParams({"net.1": "net.1"}), "hinton", 3.0, 0.5, 0.5)
-    trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     state = trainer.state_dict()
     buffer = __import__("io").BytesIO()
     torch.save(state, buffer)
@@ -91,7 +91,7 @@ def test_method_state_with_adapters_resumes(digits):
 def test_attention_transfer_on_cnns_equals_the_reference_expression(digits):
     recipe, teacher, student = _models(CNN, digits)
     method = AttentionTransfer(ATParams({"features.2": "features.2", "features.5": "features.5"}), "hinton", 4.0, 0.5, 0.5)
-    trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     idx = next(iter(copy.deepcopy(trainer.indexer).epoch()))
     x = digits.train.x[idx]
     ref_s, ref_t = copy.deepcopy(student), copy.deepcopy(teacher)
@@ -111,11 +111,11 @@ def test_attention_transfer_on_cnns_equals_the_reference_expression(digits):
 def test_bad_pairs_are_one_line_errors(digits):
     recipe, teacher, student = _models(MLP, digits)
     with pytest.raises(ConfigError, match="closest"):
-        Trainer(student, FitNets(FitNetsParams({"net.7": "net.1"})), digits, recipe.student.train, teacher=FrozenTeacher(teacher))
+        build_trainer(student, FitNets(FitNetsParams({"net.7": "net.1"})), digits, recipe.student.train, teacher=FrozenTeacher(teacher))
     with pytest.raises(ConfigError, match="needs layer pairs"):
         FitNets(FitNetsParams({}))
     with pytest.raises(ConfigError, match=r"needs \(B, C, H, W\) feature maps"):  # AT needs maps, an MLP gives vectors
-        Trainer(student, AttentionTransfer(ATParams({"net.1": "net.1"})), digits, recipe.student.train, teacher=FrozenTeacher(teacher))
+        build_trainer(student, AttentionTransfer(ATParams({"net.1": "net.1"})), digits, recipe.student.train, teacher=FrozenTeacher(teacher))
     assert {"fitnets", "at"} <= set(METHODS.names())
 
 
@@ -127,7 +127,7 @@ def test_fitnets_pooled_pair_trains_through_a_trailing_batch_of_one_sample(digit
     # features.8 is 1x1 after three poolings of 8x8 digits: a conv1x1+BN adapter on (B, C, 1, 1); 1437 = 2·718 + 1
     recipe, teacher, student = _models(CNN3, digits)
     method = FitNets(FitNetsParams({"features.8": "features.8"}), "hinton", 4.0, 0.5, 0.5)
-    trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     assert method.adapters.describe() == ["features.8 -> features.8: conv1x1+bn 4->16"]
     bn = method.adapters.adapters["features/8>features/8"].proj[1]
     tracked = int(bn.num_batches_tracked)

@@ -15,7 +15,7 @@ from kdlab.methods.multi_teacher import MultiTeacherKD, MultiTeacherParams, conf
 from kdlab.pipeline import prepare_data, run_distill
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher, TeacherEnsemble
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 
 def _kd(s, target_probs, T):
@@ -133,7 +133,7 @@ def test_accuracy_weights_are_the_members_validation_accuracies_through_the_trai
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     method = build_method("multi-teacher", recipe.distill, {"weighting": "accuracy"})
     with FrozenTeacher(TeacherEnsemble([good, bad])) as frozen:
-        trainer = Trainer(student, method, data, recipe.student.train, teacher=frozen)
+        trainer = build_trainer(student, method, data, recipe.student.train, teacher=frozen)
         assert trainer.cached_logits.shape == (len(data.train), 2, 10)  # each member's logits cached
         torch.testing.assert_close(method.teacher_weights, torch.tensor(accs) / sum(accs))
         (result,) = trainer.fit()

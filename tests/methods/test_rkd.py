@@ -20,7 +20,7 @@ from kdlab.methods.rkd import (RKD, RKDParams, pdist, rkd_angle_loss, rkd_distan
 from kdlab.pipeline import build_role_model
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 RIGHT = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)  # sides 3, 4, 5
 EQUI = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]], dtype=torch.float64)  # sides 1, 1, 1
@@ -336,7 +336,7 @@ def test_default_penultimate_layer_through_the_trainer(digits):
     ref_s, ref_t = copy.deepcopy(student), copy.deepcopy(teacher)
     method = build_method("rkd", recipe.distill, {})
     with FrozenTeacher(teacher) as frozen:
-        trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
+        trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
         assert trainer.cached_logits is None  # the teacher runs online for its embeddings
         expected, ref_d, ref_a = _first_step(trainer, digits, ref_s, ref_t, (0.5, 0.5, 25.0, 50.0))
         row = trainer.train_epoch()[0]
@@ -359,7 +359,7 @@ def test_named_layers_through_the_trainer_equal_the_default_on_mlps(digits):
     recipe, teacher, student = _models(MLP, digits)
     ref_s, ref_t = copy.deepcopy(student), copy.deepcopy(teacher)
     method = build_method("rkd", recipe.distill, {"student_layer": "net.1", "teacher_layer": "net.1", "angle_weight": 10})
-    trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     expected, ref_d, ref_a = _first_step(trainer, digits, ref_s, ref_t, (0.5, 0.5, 25.0, 10.0))
     row = trainer.train_epoch()[0]
     trainer.close()
@@ -374,7 +374,7 @@ def test_named_layers_through_the_trainer_equal_the_default_on_mlps(digits):
 def test_named_conv_maps_are_pooled_and_typos_fail_in_one_line(digits):
     recipe, teacher, student = _models(CNN, digits)
     method = RKD(RKDParams(student_layer="features.5", teacher_layer="features.2"), "hinton", 3.0, 0.5, 0.5)
-    trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
+    trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher))
     idx = next(iter(copy.deepcopy(trainer.indexer).epoch()))
     x = digits.train.x[idx]
     with torch.no_grad():
@@ -383,7 +383,7 @@ def test_named_conv_maps_are_pooled_and_typos_fail_in_one_line(digits):
     trainer.close()
     ref_d, ref_a = reference_rkd(fs, ft)
     assert float(row[3]) == pytest.approx(float(ref_d), rel=1e-4) and float(row[4]) == pytest.approx(float(ref_a), rel=1e-4)
-    default = Trainer(student, RKD(), digits, recipe.student.train, teacher=FrozenTeacher(teacher))  # the CNNs' classifier inputs
+    default = build_trainer(student, RKD(), digits, recipe.student.train, teacher=FrozenTeacher(teacher))  # the CNNs' classifier inputs
     default.close()
     with pytest.raises(ConfigError, match="closest"):  # a typo in a named layer
-        Trainer(student, RKD(RKDParams(student_layer="feature.5")), digits, recipe.student.train, teacher=FrozenTeacher(teacher))
+        build_trainer(student, RKD(RKDParams(student_layer="feature.5")), digits, recipe.student.train, teacher=FrozenTeacher(teacher))

@@ -13,7 +13,7 @@ from kdlab.methods import build_method
 from kdlab.methods.self_ema import SelfEMA, SelfEMAParams, ema_decay, ema_update
 from kdlab.pipeline import build_role_model, prepare_data, run_distill
 from kdlab.recipes import load_recipe
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 
 def test_decay_warm_up_and_update_by_hand():
@@ -47,7 +47,7 @@ def test_first_steps_written_out_and_the_ema_is_never_trained(digits):
     student = build_role_model(recipe, "student", data)
     ref = copy.deepcopy(student)
     method = build_method("self-ema", recipe.distill, {"decay": 0.9})
-    trainer = Trainer(student, method, data, recipe.student.train, seed=0)
+    trainer = build_trainer(student, method, data, recipe.student.train, seed=0)
     assert trainer.cached_logits is None and not any(p.requires_grad for p in method.ema.parameters())
     assert all(p is not q for p in trainer.trainable_parameters() for q in method.ema.parameters())
     idx = next(iter(copy.deepcopy(trainer.indexer).epoch()))
@@ -67,7 +67,7 @@ def test_exact_resume_with_the_average_and_its_step_count(digits):
     recipe, data = digits
 
     def trainer(student):
-        return Trainer(student, build_method("self-ema", recipe.distill, {}), data, recipe.student.train, seed=0)
+        return build_trainer(student, build_method("self-ema", recipe.distill, {}), data, recipe.student.train, seed=0)
 
     a = trainer(build_role_model(recipe, "student", data))
     a.train_epoch()

@@ -10,7 +10,7 @@ from kdlab.methods import CE, KD
 from kdlab.pipeline import build_role_model, prepare_data
 from kdlab.recipes import load_recipe
 from kdlab.train.callbacks import Callback
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _cfg(**kw):
 def _train(setup, cfg, model=None, callbacks=(), method=None):
     recipe, data, logits = setup
     model = model if model is not None else build_role_model(recipe, "student", data)  # no BatchNorm: an MLP
-    trainer = Trainer(model, method or KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=3, teacher_logits=logits, callbacks=callbacks)
+    trainer = build_trainer(model, method or KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=3, teacher_logits=logits, callbacks=callbacks)
     trainer.fit()
     return model, trainer
 
@@ -114,7 +114,7 @@ def test_resume_is_exact_with_warmup_and_accumulation(setup):
     model = build_role_model(recipe, "student", data)
     model.load_state_dict(stop.state[0])
     log = _LRs()
-    trainer = Trainer(model, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=3, teacher_logits=setup[2], callbacks=[log])
+    trainer = build_trainer(model, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=3, teacher_logits=setup[2], callbacks=[log])
     trainer.load_state_dict(stop.state[1])
     trainer.fit()
     assert log.lrs == pytest.approx(full_log.lrs[2:])

@@ -13,7 +13,7 @@ from kdlab.methods import CE, KD
 from kdlab.pipeline import build_role_model, prepare_data, run_student
 from kdlab.recipes import load_recipe
 from kdlab.train.callbacks import Callback
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_bf16_autocast_trains_with_fp32_loss_terms(setup):
     model = build_role_model(recipe, "student", data)
     inner = []
     model.register_forward_hook(lambda m, i, o: inner.append(o.dtype))
-    trainer = Trainer(model, method, data, _cfg(precision="bf16"), teacher_logits=logits)
+    trainer = build_trainer(model, method, data, _cfg(precision="bf16"), teacher_logits=logits)
     assert trainer.fast is None and trainer.amp_dtype == torch.bfloat16  # autocast runs on the autograd path
     (result,) = trainer.fit()
     assert inner[0] == torch.bfloat16  # the forward ran in bf16 ...
@@ -76,7 +76,7 @@ def test_cpu_info_reports_bf16_flags():
 
 def _scaled(trainer, init_scale):
     """An enabled GradScaler on the CPU (fp16 itself needs CUDA; the scaler logic is device-independent)."""
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer.precision.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
     return trainer
 
 
@@ -85,14 +85,14 @@ def test_grad_scaler_unscales_before_clipping_and_is_saved(setup):
     cfg = _cfg(precision="bf16", grad_clip=0.05, epochs=1)
     plain = build_role_model(recipe, "student", data)
     scaled = build_role_model(recipe, "student", data)
-    Trainer(plain, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=1, teacher_logits=logits).fit()
-    trainer = _scaled(Trainer(scaled, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=1, teacher_logits=logits), 2.0 ** 12)
+    build_trainer(plain, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=1, teacher_logits=logits).fit()
+    trainer = _scaled(build_trainer(scaled, KD("hinton", 4.0, 0.5, 0.5), data, cfg, seed=1, teacher_logits=logits), 2.0 ** 12)
     trainer.fit()
     for p, q in zip(plain.parameters(), scaled.parameters()):  # a power-of-two scale, unscaled before clipping: same steps
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
     state = trainer.state_dict()
     assert state["grad_scaler"]["scale"] == trainer.scaler.get_scale()
-    fresh = _scaled(Trainer(build_role_model(recipe, "student", data), CE(), data, cfg), 1.0)
+    fresh = _scaled(build_trainer(build_role_model(recipe, "student", data), CE(), data, cfg), 1.0)
     fresh.load_state_dict(state)
     assert fresh.scaler.get_scale() == trainer.scaler.get_scale()
 
@@ -100,7 +100,7 @@ def test_grad_scaler_unscales_before_clipping_and_is_saved(setup):
 def test_grad_scaler_skips_overflowing_steps_with_the_fused_adam(setup):
     recipe, data, logits = setup
     model = build_role_model(recipe, "student", data)
-    trainer = _scaled(Trainer(model, CE(), data, _cfg(precision="bf16"), teacher_logits=logits), 2.0 ** 127)
+    trainer = _scaled(build_trainer(model, CE(), data, _cfg(precision="bf16"), teacher_logits=logits), 2.0 ** 127)
     trainer.train_epoch()  # first steps overflow and are skipped (scale halves each time) until the scale fits
     before = [p.detach().clone() for p in model.parameters()]
     x, y = data.train.x[:64], data.train.y[:64]
@@ -108,7 +108,7 @@ def test_grad_scaler_skips_overflowing_steps_with_the_fused_adam(setup):
     trainer.optimizer.zero_grad()
     trainer.scaler.scale(loss * float("inf")).backward()
     scale = trainer.scaler.get_scale()
-    trainer._optimizer_step(None, [], 1.0)
+    trainer.step._optimizer_step(1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # skipped, not NaN weights
     assert trainer.scaler.get_scale() == scale / 2
 
@@ -153,7 +153,7 @@ def test_flush_denormal_set_during_training_and_restored(setup, flush, two_threa
     probe = FlushProbe()
     set_flush_denormal(not flush)
     try:
-        Trainer(build_role_model(recipe, "student", data), CE(), data, _cfg(epochs=2, flush_denormal=flush), callbacks=[probe]).fit()
+        build_trainer(build_role_model(recipe, "student", data), CE(), data, _cfg(epochs=2, flush_denormal=flush), callbacks=[probe]).fit()
         assert probe.inside == [flush, flush]
         assert flush_denormal_enabled() is (not flush)  # the caller's mode is back
         assert (subnormals_kept() == 0) is (not flush)  # on every thread
@@ -222,7 +222,7 @@ def test_online_teacher_runs_channels_last_and_is_handed_back_as_given(digits):
         lambda m, i, o: layouts.append(m[0].weight.is_contiguous(memory_format=torch.channels_last)))
     method = build_method("at", recipe.distill, {"pairs": {"block2": "block2"}})
     with FrozenTeacher(teacher) as frozen:
-        trainer = Trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
+        trainer = build_trainer(student, method, digits, recipe.student.train, seed=0, teacher=frozen)
         assert trainer.cached_logits is None
         layouts.clear()  # the build pass above (AT's shape probe) ran before the run's layout was set
         (result,) = trainer.fit()

@@ -111,8 +111,8 @@ def test_training_prints_step_lines_off_a_terminal_and_none_with_no_progress(dig
 
 def test_autograd_and_batched_steps_are_counted_too(digits, capsys):
     """The autograd step loop and the batched students' loop go through the same wrapper."""
-    from kdlab.study.batched import BatchedTrainer
-    from kdlab.methods.kd import from_objective
+    from kdlab.methods import CE
+    from kdlab.train.build import build_grid_trainer
 
     recipe = load_recipe("digits-mlp", TINY + ["student.train.accumulate_steps=2"])  # accumulation: the autograd path
     counted = []
@@ -128,8 +128,7 @@ def test_autograd_and_batched_steps_are_counted_too(digits, capsys):
     counted.clear()
     recipe = load_recipe("digits-mlp", TINY)
     students = [[build_role_model(recipe, "student", digits) for _ in range(2)]]
-    trainer = BatchedTrainer(students, [from_objective(DistillationObjective(), distill=False)], [0, 1], digits,
-                             recipe.student.train, callbacks=[Count("x", 2, bar=False)])
+    trainer = build_grid_trainer(students, [CE()], [0, 1], digits, recipe.student.train, callbacks=[Count("x", 2, bar=False)])
     trainer.fit()
     assert counted == [-(-len(digits.train) // 16)] * 2
 

@@ -13,7 +13,7 @@ from kdlab.schedules import ScheduleHook
 from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
 from kdlab.train import fit
 from kdlab.train.callbacks import ScheduleCallback
-from kdlab.train.trainer import Trainer
+from kdlab.train.build import build_trainer
 
 FAST = ["teacher.model.hidden=[32]", "student.train.epochs=2", "student.train.optimizer.name=sgd",
         "student.train.optimizer.lr=0.05", "student.train.grad_clip=1.0"]
@@ -28,10 +28,11 @@ def setup():
 
 
 class PenalisedKD(KD):
-    """A subclass computing its own terms: must go through autograd, never the closed form."""
+    """A subclass adding a term: the planner's probe finds it differs from the closed form."""
 
     def forward(self, batch, student, teacher):
-        return super().forward(batch, student, teacher)
+        terms = super().forward(batch, student, teacher)
+        return {**terms, "hard": terms["hard"] + 1e-3 * student.logits.pow(2).mean()}
 
 
 class PenalisedObjective(DistillationObjective):
@@ -39,7 +40,7 @@ class PenalisedObjective(DistillationObjective):
         return super().forward(s, y, t)
 
 
-def _both(setup, method, objective, use_teacher):
+def _both(setup, method, objective, use_teacher, steps="auto"):
     recipe, data, teacher = setup
     cfg = recipe.student.train
     logits = teacher.logits_for(data.train.x) if use_teacher else None
@@ -50,7 +51,7 @@ def _both(setup, method, objective, use_teacher):
     old = fit(a, data, cfg, objective, seed=3, teacher_signal=PrecomputedTeacherLogits(logits) if use_teacher else None,
               progress=False, before_epoch=hook if use_teacher else None)
     torch.manual_seed(5)
-    trainer = Trainer(b, method, data, cfg, seed=3, teacher_logits=logits, callbacks=[ScheduleCallback(hook)])
+    trainer = build_trainer(b, method, data, cfg, seed=3, teacher_logits=logits, callbacks=[ScheduleCallback(hook)], steps=steps)
     (new,) = trainer.fit()
     return old, new, a, b, trainer
 
@@ -59,9 +60,9 @@ def _both(setup, method, objective, use_teacher):
 def test_kd_equals_previous_loop(setup, kind):
     recipe = setup[0]
     d = recipe.distill
-    method = (KD if kind == "closed-form" else PenalisedKD)(d.loss, d.temperature, d.hard_weight, d.soft_weight)
+    method = KD(d.loss, d.temperature, d.hard_weight, d.soft_weight)
     objective = (DistillationObjective if kind == "closed-form" else PenalisedObjective)(d.loss, d.temperature, d.hard_weight, d.soft_weight)
-    old, new, a, b, trainer = _both(setup, method, objective, True)
+    old, new, a, b, trainer = _both(setup, method, objective, True, steps="auto" if kind == "closed-form" else "autograd")
     assert (trainer.fast is not None) == (kind == "closed-form")
     torch.testing.assert_close(new.step_losses, old.step_losses, rtol=1e-6, atol=1e-7)
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -76,6 +77,22 @@ def test_ce_equals_previous_loop_and_logs_only_its_term(setup):
     old, new, a, b, trainer = _both(setup, CE(), DistillationObjective(), False)
     torch.testing.assert_close(new.step_losses, old.step_losses[:, :2], rtol=1e-6, atol=1e-7)
     assert "loss_soft" not in new.history[0] and "temperature" not in new.history[0]
+
+
+def test_a_subclass_adding_a_term_is_kept_off_the_closed_form(setup):
+    """No type test: the planner compares the closed form with the method's forward on a probe."""
+    recipe, data, teacher = setup
+    d = recipe.distill
+    logits = teacher.logits_for(data.train.x)
+    model = build_role_model(recipe, "student", data)
+    plain = build_trainer(model, KD(d.loss, d.temperature, d.hard_weight, d.soft_weight), data, recipe.student.train,
+                          teacher_logits=logits)
+    penalised = build_trainer(model, PenalisedKD(d.loss, d.temperature, d.hard_weight, d.soft_weight), data,
+                              recipe.student.train, teacher_logits=logits)
+    assert plain.fast is not None and penalised.fast is None
+    facts = penalised.run_facts()
+    assert facts["step"] == "autograd" and "differs from its closed form" in facts["step_reason"]
+    assert plain.run_facts()["step"] in ("closed form", "autograd-free chain")
 
 
 def test_total_is_the_weighted_sum_of_named_terms():
@@ -115,8 +132,8 @@ def test_user_dataloader_with_online_teacher_equals_in_memory_fast_path(setup):
     test_loader = DataLoader(TensorDataset(data.test.x, data.test.y), batch_size=100)
     a = build_role_model(recipe, "student", data)
     b = copy.deepcopy(a)
-    (mem,) = Trainer(a, KD(d.loss, d.temperature, d.hard_weight, d.soft_weight), data, cfg, seed=3, teacher=teacher).fit()
-    user = Trainer(b, KD(d.loss, d.temperature, d.hard_weight, d.soft_weight), LoaderSplits(loader, 10, test=test_loader),
+    (mem,) = build_trainer(a, KD(d.loss, d.temperature, d.hard_weight, d.soft_weight), data, cfg, seed=3, teacher=teacher).fit()
+    user = build_trainer(b, KD(d.loss, d.temperature, d.hard_weight, d.soft_weight), LoaderSplits(loader, 10, test=test_loader),
                    cfg, seed=3, teacher=teacher)
     assert user.fast is None and user.cached_logits is None
     (got,) = user.fit()

@@ -32,6 +32,8 @@ class Needs:
     indices: bool = False  # the batch's sample indices into the training set (memory banks)
     # teacher logits per member of a teacher ensemble, (B, members, K), instead of their mean (B, K)
     teacher_members: bool = False
+    # the method's own moving average of the student is its teacher (:meth:`Distiller.ema_step`)
+    ema_teacher: bool = False
 
     @property
     def teacher(self) -> bool:
@@ -101,6 +103,10 @@ class Distiller(nn.Module):
 
     def setup(self, ctx: RunContext) -> None:
         """Called by the trainer once, before :meth:`build` (see :class:`RunContext`). Default: nothing."""
+
+    def ema_step(self, student: nn.Module) -> nn.Module:  # pragma: no cover - only methods with needs.ema_teacher
+        """Move the method's EMA copy towards ``student`` and return it (``needs.ema_teacher`` methods)."""
+        raise NotImplementedError
 
     def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
         """Create shape-dependent parts from one probe batch (default: one forward creates them)."""

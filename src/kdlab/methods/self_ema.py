@@ -67,7 +67,7 @@ class SelfEMAParams:
 class SelfEMA(KD):
     """Hinton KD against the EMA of the student's own weights (no separate teacher)."""
 
-    needs = Needs()  # its teacher is its own: the trainer supplies none
+    needs = Needs(ema_teacher=True)  # its teacher is its own moving average (an EMA teacher source)
 
     def __init__(self, params: Optional[SelfEMAParams] = None, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
@@ -86,15 +86,21 @@ class SelfEMA(KD):
         if self.ema is None:
             self.ema = copy.deepcopy(ctx.student).requires_grad_(False).eval()
 
-    def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
-        if self.ema is None or not self._student:
+    def ema_step(self, student: nn.Module) -> nn.Module:
+        """One EMA update towards ``student``; the copy, in eval mode, is this step's teacher."""
+        if self.ema is None:
             raise ConfigError("self-ema: call setup() with the student first (the trainer does)")
-        ema_update(self.ema, self._student[0], ema_decay(self.decay, int(self.steps)))
+        ema_update(self.ema, student, ema_decay(self.decay, int(self.steps)))
         self.steps += 1
-        self.ema.eval()
-        with torch.no_grad():
-            target = logits_of(self.ema(batch.x), "student's EMA copy")
-        return super().forward(batch, student, Outputs(target))
+        return self.ema.eval()
+
+    def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
+        if teacher is None:  # called directly, not through a trainer's EMA teacher source
+            if not self._student:
+                raise ConfigError("self-ema: call setup() with the student first (the trainer does)")
+            with torch.no_grad():
+                teacher = Outputs(logits_of(self.ema_step(self._student[0])(batch.x), "student's EMA copy"))
+        return super().forward(batch, student, teacher)
 
     def train(self, mode: bool = True) -> "SelfEMA":
         super().train(mode)

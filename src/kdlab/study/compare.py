@@ -33,7 +33,8 @@ from ..schedules import ScheduleHook
 from ..train.callbacks import ScheduleCallback, epoch_progress
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
-from .batched import batching_blocker, fit_batched, train_blocker
+from ..train.build import fit_grid, grid_train_blocker
+from ..train.students import grid_blocker
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from .teacher_cache import cached_teacher
 
@@ -220,7 +221,7 @@ def compare(
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
     probe = build_role_model(recipe, "student", data)
-    blocker = batching_blocker(probe) or train_blocker(recipe.student.train)
+    blocker = grid_blocker(probe) or grid_train_blocker(recipe.student.train)
     if batched and blocker:
         raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
     use_batch = blocker is None if batched is None else batched
@@ -241,7 +242,7 @@ def compare(
     if batch_variants:
         grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in batch_variants]
         t0 = time.perf_counter()
-        results = fit_batched(
+        results = fit_grid(
             grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg, teacher_logits=logits,
             callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)), tensorboard(tb_names),
                        epoch_progress(progress, f"{len(batch_variants)}x{len(seed_list)} students", cfg.epochs)],

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar
 
+from . import distributed
 from .records import term_shares
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +68,39 @@ class CallbackList(Callback):
         for c in self.callbacks:
             steps = c.wrap_steps(trainer, steps, total)
         return steps
+
+
+class RankZero(Callback):
+    """Runs ``callback`` on rank 0 only (run-folder files, progress); a plain pass-through otherwise."""
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def _active(self) -> bool:
+        return distributed.is_main()
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if self._active():
+            self.callback.on_fit_start(trainer)
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        if self._active():
+            self.callback.on_epoch_start(trainer, epoch)
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+        if self._active():
+            self.callback.on_epoch_end(trainer, epoch, records)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        if self._active():
+            self.callback.on_fit_end(trainer)
+
+    def wrap_steps(self, trainer: "Trainer", steps: Any, total: Optional[int]) -> Any:
+        return self.callback.wrap_steps(trainer, steps, total) if self._active() else steps
+
+
+def rank_zero(callback: Optional[Callback]) -> Optional[Callback]:
+    return None if callback is None else RankZero(callback)
 
 
 class ScheduleCallback(Callback):

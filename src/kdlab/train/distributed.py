@@ -2,30 +2,11 @@
 
 ``torchrun --nproc_per_node N -m kdlab distill …`` starts N copies of the command; each reads its
 rank from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``).
-:func:`session` joins the process group for a command's duration; while it is active every
-:class:`~kdlab.train.trainer.Trainer` built in the process picks up the :class:`Context`:
-
-* **Data.** Every rank draws the same seeded permutation per epoch (the shuffle generator is
-  seeded identically and restored from the same checkpoint), cuts it into the same global batches
-  of ``batch_size`` and trains on a contiguous slice of ``batch_size / world_size`` of each
-  (:class:`ShardedIndexer`). A user's ``DataLoader`` is not re-sharded: give it a
-  ``DistributedSampler`` (its ``set_epoch`` is called every epoch).
-* **Gradients.** After each backward the gradients of every trainable parameter — the student's
-  and the method's (adapters, heads) — are summed over ranks, each rank's weighted by its share
-  of the global batch (``n_rank / n_global``). For losses that are means over samples this is
-  exactly the gradient of the whole global batch in one process, the last partial batch included.
-* **Teacher logits.** When the method needs only cached training-set logits, each rank computes
-  them for a contiguous 1/N of the training set and the pieces are gathered, so every rank holds
-  the full table (indexed by sample) after one N-times-shorter teacher pass.
-* **Metrics.** Each step's loss terms are weighted the same way and summed over ranks once per
-  epoch; evaluation runs on every rank on identical weights. Records are equal on every rank.
-* **Files.** Only rank 0 writes run folders, checkpoints and prints progress
-  (:class:`RankZero` wraps those callbacks); every rank loads ``last.pt`` on ``--resume``.
-
-Parameters and buffers are broadcast from rank 0 when training starts, so the replicas begin
-equal even when a model's initialisation is not seeded. BatchNorm keeps per-rank batch statistics
-(as plain ``DistributedDataParallel`` does); methods that update per-sample state (CRD's memory
-banks) are refused.
+:func:`session` joins the process group for a command's duration and ends it with one exit code
+on every process; :class:`Context` holds the collectives. How a run trains over the processes
+(sharded batches, gradient all-reduce, gathered teacher logits, rank-0 files) is the process
+plugin, :mod:`kdlab.train.processes`; methods that update per-sample state (CRD's memory banks)
+are refused.
 """
 
 from __future__ import annotations
@@ -36,17 +17,13 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from ..errors import ConfigError
-from .callbacks import Callback
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
 
 #: Commands that train one model and so can run under torchrun.
 DDP_COMMANDS = ("distill", "train-teacher", "train-student")
@@ -181,36 +158,6 @@ class Context:
         dist.all_gather(pieces, wire)
         return torch.cat([p.narrow(0, 0, bounds[r + 1] - bounds[r]) for r, p in enumerate(pieces)]).to(x.device)
 
-    def attach(self, trainer: "Trainer") -> None:
-        """Make ``trainer`` data-parallel: its batches sharded, rank 0's weights broadcast at the start."""
-        self.check_method(trainer.method)
-        if trainer.loaders is None:
-            self.check_batches(trainer.indexer.n, trainer.cfg.batch_size)
-            trainer.indexer = ShardedIndexer(trainer.indexer, self.rank, self.world_size)  # type: ignore[assignment]
-        trainer.callbacks.callbacks.insert(0, SyncCallback(self))
-
-    def after_backward(self, trainer: "Trainer") -> None:
-        """The global batch's gradient on every rank (before clipping and the optimizer step)."""
-        weight = trainer.indexer.weight if trainer.loaders is None else 1.0 / self.world_size  # type: ignore[attr-defined]
-        self.sync_gradients(trainer.trainable_parameters(), weight)
-
-    def before_step(self, trainer: "Trainer", fraction: float) -> float:
-        """The autograd path's optimizer step (after any accumulation): gradients summed over ranks.
-
-        One batch per step: each rank's mean-loss gradient weighted by its share, as above. With
-        ``accumulate_steps`` > 1 each micro-batch loss was already weighted by its local size over the
-        global ``batch_size × steps``, so the gradients are plainly summed, and a short last group's
-        ``fraction`` (local samples / nominal) is summed too: the global fraction, as in one process.
-        """
-        if trainer.cfg.accumulate_steps == 1:
-            self.after_backward(trainer)
-            return fraction
-        return self.sync_gradients(trainer.trainable_parameters(), 1.0, extra=fraction)
-
-    def epoch_rows(self, trainer: "Trainer", rows: Tensor) -> Tensor:
-        """The epoch's loss rows of the global batches, equal on every rank."""
-        return self.reduce_rows(rows, trainer.indexer.weights if trainer.loaders is None else None)  # type: ignore[attr-defined]
-
     def check_batches(self, n: int, batch_size: int) -> None:
         """Every global batch, the last included, must give each process at least one sample."""
         check_batch_size(batch_size, self.world_size)
@@ -224,87 +171,6 @@ class Context:
             name = getattr(method, "name", type(method).__name__)
             raise ConfigError(f"method {name} keeps per-sample state that each process would update only for its own "
                               "shard; it runs in one process only (launch without torchrun)")
-
-
-class ShardedIndexer:
-    """A :class:`~kdlab.data.BatchIndexer` whose every global batch is cut to this rank's slice.
-
-    The global batches are those of one process (same generator, same permutation); rank r takes
-    the r-th of ``world_size`` near-equal contiguous slices. ``weights`` holds, per step of the
-    current epoch, this rank's share ``n_rank / n_global`` of its global batch.
-    """
-
-    def __init__(self, indexer: Any, rank: int, world_size: int) -> None:
-        self.indexer, self.rank, self.world_size = indexer, rank, world_size
-        self.weights: List[float] = []
-        self.weight = 1.0 / world_size
-
-    @property
-    def generator(self) -> torch.Generator:
-        return self.indexer.generator
-
-    def __len__(self) -> int:
-        return len(self.indexer)
-
-    def epoch(self) -> Iterator[Tensor]:
-        self.weights = []
-        for idx in self.indexer.epoch():
-            n = idx.numel()
-            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
-            self.weight = (hi - lo) / n
-            self.weights.append(self.weight)
-            yield idx.narrow(0, lo, hi - lo)
-
-
-class SyncCallback(Callback):
-    """Rank 0's weights everywhere when training starts; each epoch's DistributedSampler seeded."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    def on_fit_start(self, trainer: "Trainer") -> None:
-        tensors = [*trainer.model.parameters(), *trainer.model.buffers(), *trainer.method.parameters(), *trainer.method.buffers()]
-        self.ctx.broadcast_tensors([t.data for t in tensors if t.numel()])
-
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
-        loaders = trainer.loaders
-        sampler = getattr(loaders.train, "sampler", None) if loaders is not None else None
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-
-
-class RankZero(Callback):
-    """Runs ``callback`` on rank 0 only (run-folder files, progress); a plain pass-through otherwise."""
-
-    def __init__(self, callback: Callback) -> None:
-        self.callback = callback
-
-    def _active(self) -> bool:
-        ctx = context()
-        return ctx is None or ctx.is_main()
-
-    def on_fit_start(self, trainer: "Trainer") -> None:
-        if self._active():
-            self.callback.on_fit_start(trainer)
-
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
-        if self._active():
-            self.callback.on_epoch_start(trainer, epoch)
-
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
-        if self._active():
-            self.callback.on_epoch_end(trainer, epoch, records)
-
-    def on_fit_end(self, trainer: "Trainer") -> None:
-        if self._active():
-            self.callback.on_fit_end(trainer)
-
-    def wrap_steps(self, trainer: "Trainer", steps: Any, total: Optional[int]) -> Any:
-        return self.callback.wrap_steps(trainer, steps, total) if self._active() else steps
-
-
-def rank_zero(callback: Optional[Callback]) -> Optional[Callback]:
-    return None if callback is None else RankZero(callback)
 
 
 # ---------------------------------------------------------------------- the process's context

@@ -22,11 +22,12 @@ from ..methods import Distiller
 from ..methods.kd import from_objective
 from ..teacher import FrozenTeacher, PrecomputedTeacherLogits
 from . import distributed
-from .callbacks import (Callback, EpochProgress, LossShareNote, TensorBoardCallback, epoch_progress, stderr_line,
+from .callbacks import (Callback, EpochProgress, LossShareNote, TensorBoardCallback, epoch_progress, rank_zero, stderr_line,
                         tensorboard_available)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .rundir import RunDir
 from .records import FitResult, NonFiniteLossError, evaluate
+from .build import build_trainer
 from .trainer import Trainer
 
 TeacherSignal = Callable[[Tensor, Tensor], Tensor]
@@ -118,12 +119,12 @@ def fit(
         teacher = _SignalTeacher(teacher_signal)  # type: ignore[assignment]
     cbs = [_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks,  # files and progress: rank 0 only
            loss_share_note(progress),  # before the records are written
-           distributed.rank_zero(RunCallback(run, checkpoint_meta or {}) if run is not None else None),
-           distributed.rank_zero(tensorboard_callback(run.path, cfg) if run is not None else None),
-           distributed.rank_zero(epoch_progress(progress, desc, cfg.epochs))]
+           rank_zero(RunCallback(run, checkpoint_meta or {}) if run is not None else None),
+           rank_zero(tensorboard_callback(run.path, cfg) if run is not None else None),
+           rank_zero(epoch_progress(progress, desc, cfg.epochs))]
     if augment is not None and logits is not None and method.needs.teacher:
         raise ValueError("augmented batches need the teacher model (it must see the same augmented images), not cached logits")
-    trainer = Trainer(model, method, data, cfg, seed=seed, teacher=teacher, teacher_logits=logits if augment is None else None,
+    trainer = build_trainer(model, method, data, cfg, seed=seed, teacher=teacher, teacher_logits=logits if augment is None else None,
                       callbacks=[c for c in cbs if c is not None], augment=augment)
     if run is not None:
         trainer.saved_note = lambda epoch: (f"kept the last good checkpoint {run.file('last.pt')} (epoch {epoch - 1})"

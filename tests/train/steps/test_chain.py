@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kdlab.models.chain as chain
+import kdlab.train.steps.chain as chain
 from kdlab.config import TrainConfig
 from kdlab.methods import KD
 from kdlab.models import build_model
-from kdlab.models.chain import ChainStep
-from kdlab.train.trainer import Trainer
+from kdlab.train.steps.chain import ChainStep
+from kdlab.train.build import build_trainer
 
 
 def _cross_entropy(y):
@@ -62,7 +62,7 @@ def test_trainer_runs_equal_with_and_without_autograd(digits, monkeypatch):
             monkeypatch.setattr(chain.ChainStep, "of", staticmethod(lambda model: None))
         torch.manual_seed(0)
         student = build_model("mlp", (1, 8, 8), 10, {"hidden": [16, 16]})
-        trainer = Trainer(student, KD(temperature=3.0), digits, cfg, seed=0, teacher_logits=teacher_logits)
+        trainer = build_trainer(student, KD(temperature=3.0), digits, cfg, seed=0, teacher_logits=teacher_logits)
         assert trainer.run_facts()["autograd_free_steps"] is use_chain and trainer.fast is not None
         (result,) = trainer.fit()
         runs.append((student.state_dict(), [r["loss_total"] for r in result.history]))

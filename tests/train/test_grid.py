@@ -9,7 +9,8 @@ from kdlab.methods import CE, KD
 from kdlab.models import build_model
 from kdlab.pipeline import build_role_model, prepare_data, run_teacher
 from kdlab.schedules import ScheduleHook
-from kdlab.study.batched import batching_blocker, fit_batched
+from kdlab.train.build import fit_grid
+from kdlab.train.students import grid_blocker
 from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
 from kdlab.train import fit
 from kdlab.train.callbacks import ScheduleCallback
@@ -29,7 +30,7 @@ def _method(v):
 def _one_by_one_vs_batched(recipe, data, logits, variants, seeds, before_epoch=None):
     grid = [[build_role_model(dataclasses.replace(recipe, seed=s), "student", data) for s in seeds] for _ in variants]
     callbacks = [ScheduleCallback(before_epoch)] if before_epoch else []
-    batched = fit_batched(grid, [_method(v) for v in variants], seeds, data, recipe.student.train, logits, callbacks)
+    batched = fit_grid(grid, [_method(v) for v in variants], seeds, data, recipe.student.train, teacher_logits=logits, callbacks=callbacks)
     for vi, v in enumerate(variants):
         for si, s in enumerate(seeds):
             model = build_role_model(dataclasses.replace(recipe, seed=s), "student", data)
@@ -76,13 +77,13 @@ def test_batched_cnn_students_equal_one_by_one(setup):
 
 
 def test_dropout_and_batchnorm_students_are_refused_with_a_reason(setup):
-    assert batching_blocker(build_model("mlp", (1, 8, 8), 10, {"hidden": [8], "dropout": 0.2})) is not None
-    assert batching_blocker(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64))) is not None
-    assert batching_blocker(build_model("mlp", (1, 8, 8), 10, {"hidden": [8]})) is None
+    assert grid_blocker(build_model("mlp", (1, 8, 8), 10, {"hidden": [8], "dropout": 0.2})) is not None
+    assert grid_blocker(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64))) is not None
+    assert grid_blocker(build_model("mlp", (1, 8, 8), 10, {"hidden": [8]})) is None
     recipe, data, logits = setup
     student = build_model("mlp", data.in_shape, 10, {"hidden": [8], "dropout": 0.2})
     with pytest.raises(ValueError, match="dropout"):
-        fit_batched([[student]], [_method("hinton")], [0], data, recipe.student.train, logits)
+        fit_grid([[student]], [_method("hinton")], [0], data, recipe.student.train, teacher_logits=logits)
 
 
 def test_a_coding_without_closed_form_is_batched_through_autograd(setup):

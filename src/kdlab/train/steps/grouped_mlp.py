@@ -16,7 +16,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from ..models.chain import Layer
+from ...models.chain import Layer
 
 
 class GroupedMLP:

@@ -1,0 +1,210 @@
+"""The builder of a run's parts: each part of the epoch loop chosen once, with the reason recorded.
+
+:func:`build_trainer` (one student) and :func:`build_grid_trainer` (a variant × seed grid) choose
+the teacher source, the precision and process plugins and the step, build the method's
+shape-dependent parts, the optimizer and the scheduler, in an order that keeps every random stream
+where it was (so a run is reproducible across versions), and hand them to one
+:class:`~kdlab.train.trainer.Trainer`. What was chosen and why is in :meth:`Trainer.run_facts`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..config import TrainConfig
+from ..data import BatchIndexer, DatasetSplits
+from ..data.loaders import LoaderSplits, loader_batches
+from ..methods.base import Batch, Distiller, RunContext
+from ..teacher import FrozenTeacher
+from .callbacks import Callback
+from .optim import OPTIMIZERS, build_scheduler
+from .precision import Precision
+from .processes import current_processes, refuse_batched
+from .sources import CachedLogits, NoTeacher, per_batch_source, source_facts, tabulated_source
+from .steps.autograd import Augment, AutogradStep
+from .steps.closed_form import ClosedFormStep
+from .steps.grid import GridStep
+from .steps.planner import closed_form_disagreement, plan_step
+from .students import OneStudent, StudentGrid, grid_blocker
+from .trainer import Trainer
+
+#: Offset of the augmentation stream from the run's seed (kept: recorded runs replay their crops).
+AUGMENT_SEED_OFFSET = 7919
+
+
+def build_trainer(
+    model: nn.Module,
+    method: Distiller,
+    data: DatasetSplits | LoaderSplits,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    teacher: Optional[FrozenTeacher] = None,
+    teacher_logits: Optional[Tensor] = None,
+    augment: Optional[Augment] = None,
+    callbacks: Sequence[Optional[Callback]] = (),
+    device: Optional[torch.device] = None,
+    weight_plan: Any = None,
+    steps: str = "auto",
+) -> Trainer:
+    """The trainer of ``model`` with ``method`` on ``data`` for ``cfg.epochs`` epochs.
+
+    ``teacher`` is a :class:`FrozenTeacher` (or None for methods without one); ``teacher_logits``
+    are precomputed training-set logits that spare the teacher's forward (studies share them).
+    ``augment(x, y, generator)`` transforms each batch (the teacher then runs online).
+    ``steps="autograd"`` insists on the autograd step (the planner chooses otherwise).
+    """
+    if device is not None:
+        for part in (model, method, teacher):
+            if part is not None:
+                part.to(device)
+    loaders = data if isinstance(data, LoaderSplits) else None  # a user's loader may augment per sample
+    needs = method.needs
+    if needs.teacher and teacher is None and teacher_logits is None:
+        raise ValueError("this method needs a teacher: pass teacher= or teacher_logits=")
+    processes = current_processes()
+    n_train = len(data.train.dataset) if loaders is not None else len(data.train)  # type: ignore[union-attr,arg-type]
+    processes.check(method, n_train if loaders is None else None, cfg.batch_size)
+    students = OneStudent(model, method, data, cfg.eval_batch_size, device)
+    in_memory = loaders is None
+    tabulate = in_memory and augment is None
+    # the teacher's logits first, as one pass (each process a share): nothing random runs in it
+    tabulated = tabulated_source(method, teacher, teacher_logits, tabulate=tabulate,
+                                 x=None if loaders is not None else data.train.x,  # type: ignore[union-attr]
+                                 batch_size=cfg.eval_batch_size, logits_for=processes.teacher_logits)
+    indexer = BatchIndexer(n_train, cfg.batch_size, shuffle=True, seed=seed)
+    if in_memory:  # a user's DataLoader is sharded by its own DistributedSampler
+        indexer = processes.indexer(indexer)
+    # before any hook is on the models: a method may copy the student (an EMA teacher)
+    method.setup(RunContext(n_train, seed, model, getattr(teacher, "model", None), _val_accuracy(students)))
+    students.hook_features()
+    # online, EMA: built after the method's setup (the teacher's hooks; the method's EMA copy)
+    source, source_reason = tabulated if tabulated is not None else per_batch_source(method, model, teacher)
+    augment_rng = torch.Generator().manual_seed(seed + AUGMENT_SEED_OFFSET)
+    if method.lazy or not needs.logits_only:  # build adapters; bad layer pairs fail before any training
+        _build_lazy_parts(students, source, data, loaders, device)
+    params = students.parameters()
+    optimizer = OPTIMIZERS.get(cfg.optimizer.name)(params, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, cfg.warmup_epochs)
+    dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+    precision = Precision(cfg.precision, dev, bool(getattr(cfg, "channels_last", False)), bool(cfg.flush_denormal))
+    precision.prepare(model, source)
+    train = data.train if in_memory else None
+    choice = plan_step(method, model, source, precision, train=train, num_classes=data.num_classes, in_memory=in_memory,
+                       augmented=augment is not None, accumulate=cfg.accumulate_steps, force=steps)
+    if choice.fast is not None:
+        step: Any = ClosedFormStep(students=students, method=method, fast=choice.fast, train=train, indexer=indexer,
+                                   optimizer=optimizer, params=params, clip=cfg.grad_clip, processes=processes,
+                                   chain=choice.chain)
+    else:
+        step = AutogradStep(students=students, method=method, source=source, precision=precision, processes=processes,
+                            optimizer=optimizer, params=params, clip=cfg.grad_clip, accumulate=cfg.accumulate_steps,
+                            batch_size=cfg.batch_size, indexer=indexer, train=train,
+                            loader=loaders.train if loaders is not None else None, device=device,
+                            augment=augment, augment_rng=augment_rng)
+    choices = {"step": choice.kind, "step_reason": choice.reason, **source_facts(source, source_reason)}
+    return Trainer(students=students, step=step, source=source, precision=precision, processes=processes,
+                   optimizer=optimizer, scheduler=scheduler, cfg=cfg, weight_plan=weight_plan, callbacks=callbacks,
+                   indexer=indexer, augment_rng=augment_rng, data=data, choices=choices)
+
+
+def grid_train_blocker(cfg: TrainConfig) -> Optional[str]:
+    """Why these train settings cannot be batched (None when they can): the batched step is fp32,
+    one optimizer step per batch, default memory format."""
+    if cfg.precision != "fp32" or cfg.accumulate_steps != 1 or getattr(cfg, "channels_last", False):
+        return (f"train.precision={cfg.precision}, accumulate_steps={cfg.accumulate_steps}, channels_last={cfg.channels_last} "
+                "are supported one student at a time only (the batched step is fp32, one step per batch)")
+    return None
+
+
+def grid_method_blocker(method: Distiller, data: DatasetSplits, table: Optional[Tensor]) -> Optional[str]:
+    """Why ``method`` cannot train in the batched grid (None when it can): the grid computes methods
+    that read logits alone, in closed form or vmapped through autograd."""
+    if method.needs.teacher_members or not method.needs.logits_only or method.needs.indices or method.needs.ema_teacher:
+        return f"{method.method_name or type(method).__name__} needs features, sample indices, teacher members or its own teacher"
+    return None
+
+
+def build_grid_trainer(
+    students: Sequence[Sequence[nn.Module]],
+    methods: Sequence[Distiller],
+    seeds: Sequence[int],
+    data: DatasetSplits,
+    cfg: TrainConfig,
+    *,
+    teacher_logits: Optional[Tensor] = None,
+    callbacks: Sequence[Optional[Callback]] = (),
+    weight_plan: Any = None,
+) -> Trainer:
+    """The trainer of ``students[v][s]`` with ``methods[v]`` and the batch order of ``seeds[s]``, all in one step."""
+    if any(m.needs.teacher for m in methods) and teacher_logits is None:
+        raise ValueError("distilling variants need teacher_logits (one row per training sample)")
+    for m in methods:
+        if not m.needs.logits_only or m.needs.indices:
+            raise ValueError(f"cannot batch {type(m).__name__}: it needs features or sample indices")
+    blocker = grid_train_blocker(cfg)
+    if blocker:
+        raise ValueError(f"cannot batch these students: {blocker}")
+    processes = current_processes()
+    refuse_batched(processes)
+    grid = StudentGrid(students, methods, seeds, data, cfg.eval_batch_size)
+    Y = data.train.y
+    fast = [m.fast_path(Y, data.num_classes, teacher_logits if m.needs.teacher else None) for m in methods]
+    fast = [f if f is None or closed_form_disagreement(m, f, data.train, data.num_classes,
+                                                       teacher_logits if m.needs.teacher else None) is None else None
+            for f, m in zip(fast, methods)]
+    optimizer = OPTIMIZERS.get(cfg.optimizer.name)(grid.parameters(), cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, cfg.warmup_epochs)
+    indexers = [BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=s) for s in seeds]
+    step = GridStep(grid=grid, train=data.train, indexers=indexers, fast=fast, table=teacher_logits,
+                    optimizer=optimizer, clip=cfg.grad_clip)
+    source = CachedLogits(teacher_logits) if teacher_logits is not None else NoTeacher()
+    device = next(iter(grid.params.values())).device
+    precision = Precision("fp32", device)
+    choices = {"step": step.kind, "step_reason": f"{grid.M} students of one architecture, stacked",
+               **source_facts(source, "training-set logits shared by the grid" if teacher_logits is not None else "no teacher")}
+    return Trainer(students=grid, step=step, source=source, precision=precision, processes=processes,
+                   optimizer=optimizer, scheduler=scheduler, cfg=cfg, weight_plan=weight_plan, callbacks=callbacks,
+                   indexer=indexers[0], data=data, choices=choices)
+
+
+def fit_grid(students: Sequence[Sequence[nn.Module]], methods: Sequence[Distiller], seeds: Sequence[int],
+             data: DatasetSplits, cfg: TrainConfig, **kwargs: Any) -> List[List[Any]]:
+    """Train a grid; ``results[v][s]`` (the students are updated in place)."""
+    flat = build_grid_trainer(students, methods, seeds, data, cfg, **kwargs).fit()
+    V = len(methods)
+    return [[flat[s * V + v] for s in range(len(seeds))] for v in range(V)]
+
+
+def _val_accuracy(students: OneStudent) -> Optional[Callable[[nn.Module], float]]:
+    """Accuracy of any model on the validation split (methods weighting teachers use it)."""
+    if students.data.val is None:
+        return None
+    return lambda m: students.evaluate_split("val", m)["acc"]  # type: ignore[index]
+
+
+@torch.no_grad()
+def _build_lazy_parts(students: OneStudent, source: Any, data: Any, loaders: Optional[LoaderSplits],
+                      device: Optional[torch.device]) -> None:
+    """Let the method build its shape-dependent parts (adapters) from one probe batch.
+
+    Both models run in eval mode so BatchNorm statistics do not see the probe.
+    """
+    model = students.model
+    was = model.training
+    model.eval()
+    try:
+        if loaders is not None:
+            x, y, idx = next(loader_batches(loaders.train, device))
+        else:
+            train = data.train
+            idx = torch.arange(min(2, len(train)), device=train.x.device)
+            x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
+        batch = Batch(x, y, idx)
+        teacher = source.outputs(batch) if students.method.needs.teacher else None
+        students.method.build(batch, students.outputs(batch.x), teacher)
+    finally:
+        model.train(was)

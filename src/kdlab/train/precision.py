@@ -1,0 +1,95 @@
+"""The precision plugin of the epoch loop: autocast dtype, GradScaler, memory format, subnormals.
+
+``train.precision`` picks the autocast dtype (:func:`kdlab.device.autocast_dtype`). The forward
+passes run under :func:`torch.autocast`; logits and features are cast to fp32 before the method,
+so softmax/KL/CE terms are always fp32. fp16 steps go through a ``GradScaler`` (gradients unscaled
+before clipping; its state is part of the trainer's resume state). ``channels_last`` lays out the
+student's (and a per-batch teacher's) 4-D weights and inputs for faster convolutions.
+``train.flush_denormal`` flushes subnormal floats during a fit on every intra-op thread
+(:func:`kdlab.device.set_flush_denormal`) and restores the previous mode afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..device import autocast_dtype, flush_denormal_enabled, precision_name, set_flush_denormal
+from ..methods.base import Outputs
+
+
+class Precision:
+    """What one run's steps compute in; chosen once from the train settings and the device."""
+
+    def __init__(self, setting: str, device: torch.device, channels_last: bool = False, flush_denormal: bool = False) -> None:
+        self.setting, self.device_type = setting, device.type
+        self.dtype = autocast_dtype(setting, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.channels_last = bool(channels_last)
+        self.flush_denormal = bool(flush_denormal)
+        self.flush_supported: Optional[bool] = None
+        self.flush_all_threads: Optional[bool] = None
+
+    @property
+    def plain(self) -> bool:
+        """fp32 in the standard layout: what the closed-form and batched steps compute in."""
+        return self.dtype is None and not self.channels_last
+
+    def prepare(self, model: nn.Module, source: Any) -> None:
+        """The student (and a teacher that runs on every batch) in channels_last when asked."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+            if source.runs_per_batch:
+                source.use_channels_last()
+
+    def inputs(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def fp32(self, outputs: Optional[Outputs]) -> Optional[Outputs]:
+        """Logits and features in fp32 (autocast leaves them bf16/fp16); unchanged in fp32 runs."""
+        if outputs is None or self.dtype is None:
+            return outputs
+        feats = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.features.items()}
+        return Outputs(outputs.logits.float(), feats)
+
+    def backward(self, loss: Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    @contextlib.contextmanager
+    def fitting(self) -> Iterator[None]:
+        """Subnormal flushing for the fit's duration (restored afterwards, also on error)."""
+        before = flush_denormal_enabled()
+        self.flush_supported, self.flush_all_threads = set_flush_denormal(self.flush_denormal)
+        try:
+            yield
+        finally:
+            set_flush_denormal(before)
+
+    def state_dict(self) -> Optional[Dict[str, Any]]:
+        return self.scaler.state_dict() if self.scaler.is_enabled() else None
+
+    def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+    def facts(self) -> Dict[str, Any]:
+        return {"precision": {"setting": self.setting, "autocast": precision_name(self.dtype),
+                              "grad_scaler": self.scaler.is_enabled(), "device": self.device_type},
+                "flush_denormal_supported": self.flush_supported,
+                # False: only the calling thread flushes (an OpenMP runtime kdlab cannot reach)
+                "flush_denormal_all_threads": self.flush_all_threads,
+                "channels_last": self.channels_last}
