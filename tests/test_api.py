@@ -99,3 +99,35 @@ def test_crd_without_sample_indices_is_one_line_before_training(tmp_path):
     with pytest.raises(ConfigError, match="crd needs sample indices.*IndexedDataset") as e:
         kdlab.distill(TinyCNN(2), TinyCNN(4), loader, loader, method="crd", out=tmp_path / "run", progress=False)
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
+
+
+def test_distill_resumes_its_run_folder_and_records_the_cli_facts(tmp_path):
+    """resume=True continues out= from last.pt: the same weights and history as one uninterrupted
+    run; run.json holds the choices kdlab made (step, teacher source, threads), as the CLI's does."""
+    x, y = _data()
+
+    def go(out, epochs, resume=False):
+        torch.manual_seed(0)
+        student, teacher = TinyCNN(3), TinyCNN(3)
+        loader = DataLoader(TensorDataset(x, y), batch_size=32)  # a fixed order: a loader's own shuffle state is not saved
+        if resume:  # the student continues from the checkpoint: its initial weights must not matter
+            student = TinyCNN(3)
+        return kdlab.distill(student, teacher, loader, DataLoader(TensorDataset(x, y), batch_size=48), epochs=epochs,
+                             out=out, resume=resume, progress=False, lr=0.01)
+
+    whole = go(tmp_path / "whole", 3)
+    go(tmp_path / "split", 1)
+    resumed = go(tmp_path / "split", 3, resume=True)
+    assert [h["loss_total"] for h in resumed.history] == pytest.approx([h["loss_total"] for h in whole.history], rel=1e-6)
+    for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    info = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert info["step"] == "autograd" and info["teacher_source"] == "online" and "threads" in info
+    assert len(info["resumed"]) == 1 and info["best_epoch"] >= 1
+    with pytest.raises(ConfigError, match="resume=True but train.optimizer.lr"):
+        kdlab.distill(TinyCNN(3), TinyCNN(3), DataLoader(TensorDataset(x, y), batch_size=32),
+                      DataLoader(TensorDataset(x, y), batch_size=48), epochs=3, lr=0.1, out=tmp_path / "split",
+                      resume=True, progress=False)
+    with pytest.raises(ConfigError, match="holds no run to resume"):
+        kdlab.distill(TinyCNN(3), TinyCNN(3), DataLoader(TensorDataset(x, y), batch_size=32),
+                      DataLoader(TensorDataset(x, y), batch_size=48), out=tmp_path / "new", resume=True, progress=False)

@@ -15,12 +15,12 @@ import contextlib
 import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -33,11 +33,10 @@ from .methods import Distiller, build_method
 from .models import count_parameters
 from .teacher import FrozenTeacher, TeacherEnsemble
 from .train import distributed
-from .train.callbacks import RankZero, epoch_progress, rank_zero
-from .train.loop import RunCallback, loss_share_note
-from .train.rundir import RunDir, run_files
+from .train.rundir import RunDir, new_run_dir, run_files
 from .train.stages import StageCallback, check_stages
-from .train.build import build_trainer
+from .train.run import RunRecord, RunSpec
+from .train.run import run as run_spec
 from .utils import check_output_location, seed_everything
 
 
@@ -93,6 +92,7 @@ def distill(
     out: Optional[str | os.PathLike] = None,
     progress: Optional[bool] = None,
     stages: Optional[Sequence[Dict[str, Any]]] = None,
+    resume: bool = False,
     **method_params: Any,
 ) -> DistillResult:
     """Distill ``teacher`` into ``student`` (trained in place) and return it with its history.
@@ -103,7 +103,8 @@ def distill(
     learn from the mean of their logits) or None for a method that is its own teacher
     (``self-ema``); every teacher is handed back as it was given. ``stages``: a list of
     ``{"epochs": …, "terms": {term: weight}, "reset_optimizer": …}`` as in recipes.
-    ``out`` is the run folder (default ``runs/distill-<timestamp>``; ``False``: none).
+    ``out`` is the run folder (default ``runs/distill-<timestamp>``; ``False``: none); ``resume=True``
+    continues the run in ``out`` from its ``last.pt`` (same arguments as the run that wrote it).
     Datasets are wrapped in a shuffling ``DataLoader`` of ``batch_size``.
     """
     seed_everything(seed)
@@ -113,7 +114,7 @@ def distill(
         "optimizer": {"name": optimizer, "lr": lr, "weight_decay": weight_decay}, "scheduler": {"name": scheduler},
     }, "train")
     _check_settings(dcfg, train_cfg)
-    run_path = _check_out(out)  # a folder holding a run is refused before anything is built or written
+    run_path = _check_out(out, resume)  # a folder holding a run is refused (unless resuming) before anything is built
     dev = _device(device)
     train = _loader(train_loader, batch_size, True, seed)
     val, test = _loader(val_loader, 1000, False, seed), _loader(test_loader, 1000, False, seed)
@@ -139,32 +140,23 @@ def distill(
             "teacher": f"{type(teacher).__module__}.{type(teacher).__qualname__}" if teacher is not None else "none (the method's own)",
             "student_parameters": count_parameters(student),
             "teacher_parameters": count_parameters(teacher) if teacher is not None else 0}
-        shares = loss_share_note(progress)  # before RunCallback writes the records
-        callbacks = [c for c in (StageCallback(stage_list) if stage_list else None, shares,
-                                 rank_zero(epoch_progress(progress, f"distill ({method})", epochs))) if c is not None]
-        # bad layer names, shapes or missing sample indices fail here, before a run folder exists
-        trainer = build_trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev)
-        try:
-            run = None if out is False else RunDir(run_path) if run_path is not None else _new_run_dir()
-            if run is not None:  # under torchrun: written by rank 0 alone
-                import yaml
+        config_yaml = yaml.safe_dump(_plain(settings), sort_keys=False)
+        if resume:
+            _check_resumable(run_path, config_yaml)
+        made: List[RunDir] = []
 
-                if distributed.is_main():
-                    run.write_config(yaml.safe_dump(_plain(settings), sort_keys=False))
-                    run.write_run_info(seed, "distill", info)
-                trainer.callbacks.callbacks.insert(trainer.callbacks.callbacks.index(shares) + 1, RankZero(RunCallback(run, meta)))
-        except BaseException:
-            trainer.close()  # no hook of ours stays on the user's models
-            raise
-        t0 = time.perf_counter()
-        (result,) = trainer.fit()
-    if run is not None and distributed.is_main():
-        info.update(seconds=time.perf_counter() - t0, best_epoch=result.best_epoch, best_metric=result.best_metric)
-        notes = [n for h in result.history for n in h.get("notes", [])]
-        if notes:  # the loss-share note, kept in the run's summary too
-            info["notes"] = notes
-        run.write_run_info(seed, "distill", info)
-    return DistillResult(student, result.history, run.path if run is not None else None, the_method)
+        def run_folder() -> Optional[RunDir]:  # made once the trainer is built: a refused run leaves no folder
+            if out is False:
+                return None
+            made.append(RunDir(run_path) if run_path is not None else new_run_dir("runs", "distill"))
+            return made[0]
+
+        (result,) = run_spec(RunSpec(
+            data=data, train=train_cfg, model=student, method=the_method, seed=seed, teacher=frozen, device=dev,
+            callbacks=[StageCallback(stage_list) if stage_list else None], run=run_folder, checkpoint_meta=meta,
+            resume=resume, record=RunRecord(config_yaml, "distill", info, summary=True), progress=progress,
+            desc=f"distill ({method})"))
+    return DistillResult(student, result.history, made[0].path if made else None, the_method)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,12 +184,14 @@ def _check_settings(dcfg: DistillConfig, train_cfg: TrainConfig) -> None:
             raise ConfigError(f"{name}={value!r}: must be an integer >= 1")
 
 
-def _check_out(out: Any) -> Optional[Path]:
+def _check_out(out: Any, resume: bool = False) -> Optional[Path]:
     """The run folder ``out`` names (None: a fresh default one, or none at all for ``False``).
 
     A folder already holding a run is refused, as the CLI refuses it: a new run would overwrite
     its checkpoints and metrics. Nothing is created here.
     """
+    if resume and (out is None or out is False or (isinstance(out, str) and not out)):
+        raise ConfigError("resume=True needs out= naming the run folder to continue")
     if out is None or out is False or (isinstance(out, str) and not out):
         return None
     if not isinstance(out, (str, os.PathLike)):
@@ -207,10 +201,38 @@ def _check_out(out: Any) -> Optional[Path]:
     except KDLabError as exc:
         raise ConfigError(str(exc)) from None
     found = run_files(path)
+    if resume:
+        if not found:
+            raise ConfigError(f"out={str(path)!r} holds no run to resume; drop resume=True to start one there")
+        return path
     if found:
         raise ConfigError(f"out={str(path)!r} already holds a run ({', '.join(found[:4])}); pass another out= "
                           "(or out=False for no run folder), or delete that folder first")
     return path
+
+
+def _check_resumable(path: Optional[Path], config_yaml: str) -> None:
+    """A resumed run continues with the settings it was started with: any difference is refused in one line."""
+    assert path is not None
+    saved_file = path / "config.yaml"
+    if not saved_file.exists():
+        return  # killed before its first record: it starts over
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    now = yaml.safe_load(config_yaml) or {}
+    for key, value in _flat(now).items():
+        before = _flat(saved).get(key)
+        if before != value and key != "train.epochs":  # epochs may grow: the run goes on
+            raise ConfigError(f"resume=True but {key} is {value!r} here and {before!r} in {saved_file}; pass the run's "
+                              "own settings to resume it, or use another out= for a new run")
+
+
+def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
 
 
 def _device(device: Any) -> Optional[torch.device]:
@@ -374,14 +396,6 @@ def probe(student: nn.Module, teacher: Optional[FrozenTeacher], splits: Dict[str
             _check_labels(every_label, -1, classes, split, "in its TensorDataset")
     assert classes is not None  # the training split is never None
     return device, classes
-
-
-def _new_run_dir() -> RunDir:
-    """``runs/distill-<timestamp>``; under torchrun rank 0 names it for every process."""
-    ctx = distributed.context()
-    if ctx is None:
-        return RunDir.new("runs", "distill")
-    return RunDir(ctx.broadcast_object(RunDir.fresh_path("runs", "distill") if ctx.is_main() else None))
 
 
 def _plain(obj: Any) -> Any:

@@ -25,12 +25,15 @@ from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
 from .schedules import ScheduleHook
-from .teacher import FrozenTeacher, PrecomputedTeacherLogits, TeacherEnsemble
-from .train import FitResult, RunDir, distributed, fit, load_model
+from .teacher import FrozenTeacher, TeacherEnsemble
+from .train import FitResult, RunDir, distributed, load_model
+from .train.processes import current_processes
+from .train.run import RunRecord, RunSpec
+from .train.run import run as run_spec
 from .train.checkpoint import model_payload
-from .train.callbacks import Callback, RankZero, ScheduleCallback
+from .train.callbacks import Callback, ScheduleCallback
 from .train.stages import StageCallback, check_stages
-from .train.rundir import check_new_run_folder, file_sha256
+from .train.rundir import check_new_run_folder, file_sha256, new_run_dir
 from .device import plan_threads, resolve_device, step_macs
 from .utils import check_output_location, seed_everything
 
@@ -89,22 +92,7 @@ def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike], resume
     if out:
         return RunDir(check_output_location(out, "run folder") if resume else check_new_run_folder(out))
     check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
-    ctx = distributed.context()
-    if ctx is None:
-        return RunDir.new(recipe.out_dir, f"{recipe.name}-{role}")
-    return RunDir(ctx.broadcast_object(RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-{role}") if ctx.is_main() else None))
-
-
-class _RecordRun(Callback):
-    """Writes ``config.yaml`` and ``run.json`` once training can start, so a refused resume writes nothing."""
-
-    def __init__(self, run: RunDir, recipe: Recipe, kind: str, info: Dict[str, Any], resumed: bool) -> None:
-        self.run, self.recipe, self.kind, self.info, self.resumed = run, recipe, kind, info, resumed
-
-    def on_fit_start(self, trainer: Any) -> None:
-        self.run.write_config(dump_recipe(self.recipe))
-        facts = trainer.run_facts() if hasattr(trainer, "run_facts") else {}
-        self.run.write_run_info(self.recipe.seed, self.kind, {**self.info, **facts}, resumed=self.resumed)
+    return new_run_dir(recipe.out_dir, f"{recipe.name}-{role}")
 
 
 def train_role(
@@ -133,18 +121,15 @@ def train_role(
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
     if staged:
         check_stages(recipe.distill.stages, method)  # before any folder is written
-    ctx = distributed.context()
-    if ctx is not None:  # before any folder is written (the trainer checks again)
-        ctx.check_method(method)
-        ctx.check_batches(len(data.train), role_cfg.train.batch_size)
+    current_processes().check(method, len(data.train), role_cfg.train.batch_size)  # before any folder is written
     model = build_role_model(recipe, role, data)
     run = _run_dir(recipe, kind, out, resume)
     meta = model_payload(model, role_cfg.model.name, role_cfg.model.params, data.in_shape, data.num_classes, role, input_spec(data))
     meta.pop("state_dict")
-    callbacks = [c for c in callbacks if c is not None]
+    record = None
     if run is not None:
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
-        callbacks.append(RankZero(_RecordRun(run, recipe, kind, info, resume)))
+        record = RunRecord(dump_recipe(recipe), kind, info)
     augment = None
     if role == "student" and recipe.augment:  # the teacher's own training stays un-augmented
         from .data.augment import build_augment
@@ -158,23 +143,13 @@ def train_role(
     if teacher is not None:
         teacher.to(data.train.x.device)
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
-    result = fit(
-        model,
-        data,
-        role_cfg.train,
-        method,
-        seed=recipe.seed,
-        teacher_signal=PrecomputedTeacherLogits(teacher_logits) if teacher_logits is not None else None,
-        teacher=teacher if teacher_logits is None else None,
-        run=run,
-        checkpoint_meta=meta,
-        resume=resume,
-        progress=progress,
-        desc=kind,
+    (result,) = run_spec(RunSpec(
+        data=data, train=role_cfg.train, model=model, method=method, seed=recipe.seed,
+        teacher=teacher if teacher_logits is None else None, teacher_logits=teacher_logits, augment=augment,
         callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs)),
                    *([StageCallback(recipe.distill.stages)] if staged else [])],
-        augment=augment,
-    )
+        run=run, checkpoint_meta=meta, resume=resume, record=record, progress=progress, desc=kind,
+    ))
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 
 

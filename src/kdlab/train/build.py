@@ -28,7 +28,7 @@ from .steps.autograd import Augment, AutogradStep
 from .steps.closed_form import ClosedFormStep
 from .steps.grid import GridStep
 from .steps.planner import closed_form_disagreement, plan_step
-from .students import OneStudent, StudentGrid, grid_blocker
+from .students import OneStudent, StudentGrid
 from .trainer import Trainer
 
 #: Offset of the augmentation stream from the run's seed (kept: recorded runs replay their crops).

@@ -45,8 +45,12 @@ class Callback:
 
 
 class CallbackList(Callback):
-    def __init__(self, callbacks: Sequence[Callback] = ()) -> None:
+    def __init__(self, callbacks: Sequence[Optional[Callback]] = ()) -> None:
         self.callbacks: List[Callback] = [c for c in callbacks if c is not None]
+
+    def extend(self, callbacks: Sequence[Optional[Callback]]) -> None:
+        """Add callbacks before the fit starts (the run builder adds the run folder's once it exists)."""
+        self.callbacks.extend(c for c in callbacks if c is not None)
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         for c in self.callbacks:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import CheckpointError, ConfigError, KDLabError
+from . import distributed
 from ..utils import atomic_write_json, atomic_write_text, check_output_location, environment, remove_stale_temp_files
 
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl")
@@ -61,6 +62,10 @@ class RunDir:
             info.update(extra or {})
         atomic_write_json(self.path / "run.json", info)
 
+    def update_run_info(self, facts: Dict[str, Any]) -> None:
+        """Add ``facts`` to ``run.json`` (a finished run's summary), keeping what the start recorded."""
+        atomic_write_json(self.path / "run.json", {**read_run_info(self.path), **facts})
+
     def log_epoch(self, record: Dict[str, Any]) -> None:
         self.metrics = [m for m in self.metrics if m.get("epoch") != record.get("epoch")] + [record]
         self._write_metrics()
@@ -93,6 +98,14 @@ class RunDir:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def new_run_dir(parent: str | os.PathLike, name: str) -> RunDir:
+    """A fresh ``parent/name-<timestamp>`` run folder; under torchrun rank 0 names it for every process."""
+    ctx = distributed.context()
+    if ctx is None:
+        return RunDir.new(parent, name)
+    return RunDir(ctx.broadcast_object(RunDir.fresh_path(parent, name) if ctx.is_main() else None))
 
 
 def read_metrics(folder: Path) -> List[Dict[str, Any]]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ...data.loaders import loader_batches
-from ...methods.base import Batch, Distiller, Outputs
+from ...methods.base import Batch, Distiller
 from ..precision import Precision
 from ..processes import OneProcess
 from ..sources import TeacherSource

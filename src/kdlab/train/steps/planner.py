@@ -73,6 +73,8 @@ def _closed_form_blocker(method: Distiller, source: TeacherSource, precision: Pr
         return f"train.accumulate_steps={accumulate}: accumulation runs through autograd"
     if not method.needs.logits_only:
         return f"{_name(method)} reads intermediate features"
+    if method.needs.teacher_members:
+        return f"{_name(method)} reads each teacher's logits (no closed form over an ensemble's members)"
     if method.needs.teacher and source.table is None:
         return "the teacher runs on every batch (no tabulated logits)"
     if source.runs_per_batch:
