@@ -91,23 +91,6 @@ class PrecomputedTeacherLogits:
         return self.logits.index_select(0, idx)
 
 
-class CachedTeacherLogits(PrecomputedTeacherLogits):
-    """Teacher signal for un-augmented data: one forward pass over the training set per run."""
-
-    def __init__(self, teacher: FrozenTeacher, train_x: Tensor, batch_size: int = 2000) -> None:
-        super().__init__(teacher.logits_for(train_x, batch_size))
-
-
-class OnlineTeacherLogits:
-    """Teacher signal for augmented data: the teacher must see the same augmented batch."""
-
-    def __init__(self, teacher: FrozenTeacher) -> None:
-        self.teacher = teacher
-
-    def __call__(self, idx: Tensor, xb: Tensor) -> Tensor:
-        return self.teacher(xb)
-
-
 class TeacherEnsemble(nn.Module):
     """Several teachers as one: the mean of their logits (equal weights).
 

@@ -19,7 +19,7 @@ Where each step sits relative to normalisation:
   pad-then-normalise pipeline) when ``mean``/``std`` are given, else with 0 (the mean colour).
   MixUp needs float inputs.
 * MixUp/CutMix return SOFT labels ``λ·onehot(y) + (1−λ)·onehot(y[perm])`` (float, rows sum to 1),
-  which ``kdlab.losses.objective.hard_loss`` takes as class probabilities. With augmentation the
+  which ``kdlab.losses.kd.hard_loss`` takes as class probabilities. With augmentation the
   teacher must see the same augmented batch, so no cached teacher logits can be used.
 """
 

@@ -85,6 +85,14 @@ def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
     return log_p.exp() * (log_p - log_q)
 
 
+def hard_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Batch-mean cross-entropy, = ``F.cross_entropy(s, y)``; written with ``gather`` because
+    ``nll_loss`` has no vmap batching rule (``kdlab compare`` vmaps methods over students)."""
+    if labels.is_floating_point():  # class probabilities (label smoothing, mixup)
+        return F.cross_entropy(student_logits, labels)
+    return -F.log_softmax(student_logits, 1).gather(1, labels.unsqueeze(1)).mean()
+
+
 @SOFT_LOSSES.register("hinton")
 @closed_form("kl", lambda T, K: 1.0)
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..losses.objective import hard_loss
+from ..losses.kd import hard_loss
 from .base import Batch, Distiller, Needs, Outputs
 from .registry import register_method
 

@@ -17,9 +17,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import DatasetSplits
 from ..errors import CheckpointError
-from ..losses import DistillationObjective
 from ..methods import Distiller
-from ..methods.kd import from_objective
 from ..teacher import FrozenTeacher, PrecomputedTeacherLogits
 from . import distributed
 from .callbacks import (Callback, EpochProgress, LossShareNote, TensorBoardCallback, epoch_progress, stderr_line,
@@ -83,7 +81,7 @@ def fit(
     model: nn.Module,
     data: DatasetSplits,
     cfg: TrainConfig,
-    method: Distiller | DistillationObjective,
+    method: Distiller,
     *,
     seed: int = 0,
     teacher_signal: Optional[TeacherSignal] = None,
@@ -109,8 +107,6 @@ def fit(
     from epoch 1 when the run was killed before its first checkpoint). A non-finite loss raises
     :class:`NonFiniteLossError` before that epoch is saved.
     """
-    if isinstance(method, DistillationObjective):  # the pre-Distiller API, kept for users' scripts
-        method = from_objective(method, distill=teacher_signal is not None or teacher is not None)
     logits: Optional[Tensor] = None
     if isinstance(teacher_signal, PrecomputedTeacherLogits):
         logits = teacher_signal.logits
