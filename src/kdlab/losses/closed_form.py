@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .kd import CLOSED_FORM_KINDS, closed_form_of
+from .kd import CLOSED_FORM_KINDS, check_temperature, closed_form_of
 
 _Coefficients = Tuple[Tensor, Tuple[float, ...], Tensor]
 
@@ -86,8 +86,7 @@ class ClosedFormObjective:
 
     def prepare(self, T: float, hard_w: float, soft_w: float, factor: float = 1.0, kind: str = "kl") -> None:
         """Set (T, weights, the coding's factor c and kind) for the coming epoch; re-tabulates only on change."""
-        if not T > 0:
-            raise ConfigError(f"temperature T must be > 0, got {T}; set distill.temperature to a positive value")
+        check_temperature(T)
         if kind not in CLOSED_FORM_KINDS:
             raise ValueError(f"unknown closed-form kind {kind!r}; choose one of {CLOSED_FORM_KINDS}")
         params = (float(T), float(hard_w), float(soft_w), float(factor)) if self.slices == 2 else (1.0, 1.0, 0.0, 0.0)

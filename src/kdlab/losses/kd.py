@@ -21,12 +21,14 @@ from typing import Callable, Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import DistillConfig, rule_of
 from ..errors import ConfigError
 from .registry import SOFT_LOSSES, SoftLoss
 
 Multiple = Callable[[float, int], float]
 ClosedForm = Tuple[str, Multiple]  # (kind, factor(T, K))
 CLOSED_FORM_KINDS = ("kl", "probability-input")
+_TEMPERATURE = rule_of(DistillConfig, "temperature")
 
 
 def closed_form(kind: str, factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
@@ -54,10 +56,15 @@ def closed_form_of(fn: SoftLoss) -> Optional[ClosedForm]:
     return getattr(fn, "closed_form", None)
 
 
+def check_temperature(T: float) -> None:
+    """``distill.temperature``'s rule for a loss function's ``T`` (a 0-d tensor is read as its number)."""
+    _TEMPERATURE.check_argument(T if isinstance(T, (int, float)) else float(T), "temperature T",
+                                "set distill.temperature to a positive value")
+
+
 def check_logits(student_logits: Tensor, teacher_logits: Tensor, T: float) -> None:
     """Raise a one-line :class:`ConfigError` for the mistakes that otherwise fail deep in torch."""
-    if not T > 0:
-        raise ConfigError(f"temperature T must be > 0, got {T}; set distill.temperature to a positive value")
+    check_temperature(T)
     if student_logits.shape != teacher_logits.shape:
         if student_logits.dim() == teacher_logits.dim() == 2 and student_logits.shape[0] == teacher_logits.shape[0]:
             raise ConfigError(

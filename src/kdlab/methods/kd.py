@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 
 from torch import Tensor
 
+from ..config import DistillConfig, rule_of
 from ..errors import ConfigError
 from ..losses.closed_form import ClosedFormObjective, closed_form_of
 from ..losses.kd import hard_loss
@@ -56,10 +57,9 @@ class KD(Distiller):
 
     def __init__(self, coding: str = "hinton", temperature: float = 4.0, hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        if not (hard_weight >= 0 and soft_weight >= 0):
-            raise ConfigError(f"loss weights must be >= 0, got hard_weight={hard_weight}, soft_weight={soft_weight}")
+        rule_of(DistillConfig, "temperature").check_argument(temperature, "temperature")
+        for name, value in (("hard_weight", hard_weight), ("soft_weight", soft_weight)):
+            rule_of(DistillConfig, name).check_argument(value, f"loss weights ({name})")
         self.soft_loss_name = coding
         self.soft_fn = SOFT_LOSSES.get(coding)
         self.temperature = float(temperature)
