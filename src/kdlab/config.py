@@ -148,7 +148,7 @@ class TrainConfig:
     accumulate_steps: int = ruled(1, count_rule(2**16))
     # Linear LR warm-up over the first epochs (from lr/(w+1) up to lr), then the scheduler.
     warmup_epochs: int = 0
-    # torch.set_flush_denormal(True) while training (subnormal weights/moments slow CPU steps ~2×).
+    # torch.set_flush_denormal(True) while training (subnormal weights/moments slow CPU steps down).
     flush_denormal: bool = True
     # Model weights (and 4-D inputs) in channels_last memory format: faster convolutions with bf16.
     channels_last: bool = False

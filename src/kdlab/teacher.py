@@ -29,8 +29,8 @@ class FrozenTeacher(nn.Module):
 
     def use_channels_last(self) -> None:
         """4-D weights in channels_last, as the run trains its student: an online teacher's
-        convolutions are then as fast as the student's (with bf16 on AMX several times faster
-        than in the standard layout). :meth:`release` puts them back."""
+        convolutions are then as fast as the student's (with bf16 on CPUs with native bf16 much
+        faster than in the standard layout). :meth:`release` puts them back."""
         for name, p in self.model.named_parameters():
             if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
                 self._relaid.add(name)

@@ -1,7 +1,7 @@
 """Plain chains of ``Linear`` and ``ReLU`` layers, and their training step without autograd.
 
-Most of a small MLP's training step on the CPU is per-op overhead, not arithmetic (the MNIST
-student's step is ~0.13 ms of arithmetic in ~0.7 ms). Two fast paths exploit that a chain's
+Most of a small MLP's training step on the CPU is per-op overhead, not arithmetic (for the MNIST
+student, a small fraction of the step is arithmetic). Two fast paths exploit that a chain's
 backward pass is known in closed form: the batched study's grouped matmuls
 (:mod:`kdlab.study.grouped_mlp`) and :class:`ChainStep`, which the trainer uses for the
 closed-form objective: one forward without a graph, the backward written out as the matmuls
