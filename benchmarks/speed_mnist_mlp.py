@@ -32,8 +32,8 @@ from torch import nn
 from kdlab.recipes import load_recipe
 from kdlab.data.mnist_family import MNIST, data_root, locate
 from kdlab.pipeline import build_role_model, distill_method, prepare_data
-from kdlab.losses import DistillationObjective
-from kdlab.teacher import CachedTeacherLogits, FrozenTeacher
+from kdlab.methods import CE
+from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
 from kdlab.train import fit
 
 
@@ -116,13 +116,13 @@ class Kdlab:
         self.cache_s = float("nan")
 
     def teacher_epoch(self) -> float:
-        res = fit(self.teacher, self.data, self.recipe.teacher.train, DistillationObjective(), progress=False)
+        res = fit(self.teacher, self.data, self.recipe.teacher.train, CE(), progress=False)
         return res.history[0]["train_seconds"]
 
     def distill_epoch(self) -> float:
         if self.signal is None:  # once per run, like kdlab distill: not part of any epoch
             t0 = time.perf_counter()
-            self.signal = CachedTeacherLogits(FrozenTeacher(self.teacher), self.data.train.x)
+            self.signal = PrecomputedTeacherLogits(FrozenTeacher(self.teacher).logits_for(self.data.train.x))
             self.cache_s = time.perf_counter() - t0
         res = fit(self.student, self.data, self.recipe.student.train, distill_method(self.recipe),
                   teacher_signal=self.signal, progress=False)

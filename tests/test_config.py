@@ -201,3 +201,22 @@ def test_a_section_of_a_method_not_in_use_is_range_checked_too():
                        ("distill.rkd.angle_weight=-1", "distill.rkd.angle_weight: must be a finite number >= 0")):
         with pytest.raises(ConfigError, match=match):
             load_recipe("digits-mlp", [bad])  # distill.method stays hinton
+
+
+@pytest.mark.parametrize("T", [0.0, -1.0, float("nan"), float("inf")])
+def test_one_temperature_rule_for_the_recipe_the_loss_and_the_method(T):
+    """distill.temperature's rule is attached to its field and used by every check of a temperature."""
+    import torch
+
+    from kdlab import kd_loss
+    from kdlab.config import DistillConfig, rule_of
+    from kdlab.methods import KD
+
+    assert not rule_of(DistillConfig, "temperature").holds(T)
+    with pytest.raises(ConfigError, match="distill.temperature: must be a finite number > 0"):
+        load_recipe("digits-mlp", [f"distill.temperature={T}"])
+    with pytest.raises(ConfigError, match="T must be > 0"):
+        kd_loss(torch.zeros(2, 3), torch.zeros(2, 3), T)
+    with pytest.raises(ConfigError, match="temperature"):
+        KD("hinton", T)
+    assert rule_of(DistillConfig, "temperature").holds(0.5)

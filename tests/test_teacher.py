@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from kdlab.teacher import CachedTeacherLogits, FrozenTeacher
+from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
 
 
 def make_teacher():
@@ -35,7 +35,7 @@ def test_cached_logits_computed_once_and_match_forward():
     model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     frozen = FrozenTeacher(model)
     x = torch.randn(50, 4)
-    cache = CachedTeacherLogits(frozen, x, batch_size=20)
+    cache = PrecomputedTeacherLogits(frozen.logits_for(x, batch_size=20))
     assert calls == [20, 20, 10]
     idx = torch.tensor([3, 7, 49])
     torch.testing.assert_close(cache(idx, x[idx]), frozen(x[idx]))

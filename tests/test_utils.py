@@ -42,3 +42,17 @@ def test_check_output_location_refuses_files_and_creates_nothing(tmp_path):
     with pytest.raises(KDLabError, match="which is a file"):
         check_output_location(tmp_path / "f" / "sub")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_file_digest_equals_hashlib_over_the_whole_file(tmp_path):
+    import hashlib
+
+    from kdlab.utils import file_digest
+
+    path = tmp_path / "blob"
+    payload = bytes(range(256)) * 8193  # over 2 MiB: several chunks and a partial last one
+    path.write_bytes(payload)
+    assert file_digest(path) == hashlib.sha256(payload).hexdigest()
+    assert file_digest(str(path), "md5") == hashlib.md5(payload).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_digest(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()

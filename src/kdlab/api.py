@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .config import MAX_COUNT, DistillConfig, StageConfig, TrainConfig, _build, _check_stages
+from .config import DistillConfig, OptimizerConfig, StageConfig, TrainConfig, _build, _check_stages, rule_of
 from .data.loaders import IndexedDataset, LoaderSplits, unpack_batch
 from .errors import ConfigError, KDLabError
 from .features import eval_probe
@@ -164,24 +163,23 @@ def distill(
 
 
 def _check_settings(dcfg: DistillConfig, train_cfg: TrainConfig) -> None:
-    """The numbers a recipe's range check covers, named as ``distill``'s arguments."""
-    def positive(name: str, value: float, fix: str) -> None:
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{name}={value!r}: must be a finite number > 0; {fix}")
-
-    positive("T", dcfg.temperature, "pass a temperature such as 4")
-    positive("lr", train_cfg.optimizer.lr, "pass a learning rate such as 1e-3")
-    if train_cfg.grad_clip is not None:
-        positive("grad_clip", train_cfg.grad_clip, "pass a gradient-norm limit such as 1.0, or None for no clipping")
-    for name, value in (("hard_weight", dcfg.hard_weight), ("soft_weight", dcfg.soft_weight),
-                        ("weight_decay", train_cfg.optimizer.weight_decay)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{name}={value!r}: must be a finite number >= 0")
+    """The numbers a recipe's range check covers (the same rules), named as ``distill``'s arguments."""
+    checks = (  # keyword, value, the dataclass field whose rule it follows, the fix
+        ("T", dcfg.temperature, (DistillConfig, "temperature"), "pass a temperature such as 4"),
+        ("lr", train_cfg.optimizer.lr, (OptimizerConfig, "lr"), "pass a learning rate such as 1e-3"),
+        ("grad_clip", train_cfg.grad_clip, (TrainConfig, "grad_clip"), "pass a gradient-norm limit such as 1.0, or None for no clipping"),
+        ("hard_weight", dcfg.hard_weight, (DistillConfig, "hard_weight"), None),
+        ("soft_weight", dcfg.soft_weight, (DistillConfig, "soft_weight"), None),
+        ("weight_decay", train_cfg.optimizer.weight_decay, (OptimizerConfig, "weight_decay"), None),
+    )
+    for name, value, (cls, field_name), fix in checks:
+        if value is not None:
+            rule_of(cls, field_name).check(value, f"{name}={value!r}", fix, got=False)
     if dcfg.hard_weight == 0 and dcfg.soft_weight == 0:
         raise ConfigError("hard_weight=0 and soft_weight=0: nothing would train the student; give at least one a weight > 0")
-    for name, value in (("epochs", train_cfg.epochs), ("batch_size", train_cfg.batch_size)):
-        if not 1 <= value <= MAX_COUNT:
-            raise ConfigError(f"{name}={value!r}: must be an integer >= 1")
+    for name in ("epochs", "batch_size"):
+        value = getattr(train_cfg, name)
+        rule_of(TrainConfig, name).check(value, f"{name}={value!r}", got=False)
 
 
 def _check_out(out: Any, resume: bool = False) -> Optional[Path]:

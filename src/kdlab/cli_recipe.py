@@ -128,7 +128,8 @@ def _resume_teacher(args: argparse.Namespace) -> str:
     """The teacher checkpoint of the distill run being resumed: the one recorded in its run.json."""
     import os
 
-    from .train.rundir import file_sha256, read_run_info
+    from .train.rundir import read_run_info
+    from .utils import file_digest
 
     info = read_run_info(Path(args.out))
     several, digests = info.get("teacher_checkpoints"), info.get("teacher_sha256s")
@@ -138,7 +139,7 @@ def _resume_teacher(args: argparse.Namespace) -> str:
         for path, digest in zip(several, digests or [None] * len(several)):
             if not os.path.isfile(path):
                 raise KDLabError(f"teacher checkpoint {path} of {args.out} is missing; restore it or start a new run")
-            if digest and file_sha256(path) != digest:
+            if digest and file_digest(path) != digest:
                 raise KDLabError(f"teacher checkpoint {path} has changed since {args.out} was started (sha256 differs); "
                                  "restore that file or start a new run")
         return several  # type: ignore[return-value]
@@ -152,7 +153,7 @@ def _resume_teacher(args: argparse.Namespace) -> str:
     teacher = args.teacher or recorded
     if not teacher:
         raise KDLabError(f"{args.out}/run.json records no teacher checkpoint; pass --teacher CHECKPOINT (the teacher the run started with)")
-    if digest and os.path.isfile(teacher) and file_sha256(teacher) != digest:
+    if digest and os.path.isfile(teacher) and file_digest(teacher) != digest:
         raise KDLabError(f"teacher checkpoint {teacher} has changed since {args.out} was started (sha256 differs); "
                          "restore that file or start a new run")
     return teacher

@@ -16,9 +16,89 @@ import re
 import reprlib
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .errors import ConfigError
+
+# Upper bounds for integers: sizes must fit a C int (torch shapes, DataLoader indices) and seeds the
+# range every seeded library accepts (numpy's legacy seeding and Optuna's samplers: 0 .. 2**32 - 1).
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The allowed range of one kind of parameter, defined once and attached to every dataclass
+    field it governs (``field(metadata={"rule": POSITIVE})``): the recipe check, ``kdlab.distill``'s
+    argument check and the loss functions all test the same predicate and name the range in the
+    same words.
+
+    ``bound`` is the range alone (``> 0``), ``text`` the phrase messages use (``a finite number > 0``).
+    """
+
+    holds: Callable[[Any], bool]
+    text: str
+    bound: str = ""
+
+    def check(self, value: Any, key: str, fix: Optional[str] = None, *, got: bool = True) -> None:
+        """``key: must be <text>, got <value>[; fix]`` (a recipe key, or ``name=value`` with ``got=False``)."""
+        if not self.holds(value):
+            raise ConfigError(f"{key}: must be {self.text}" + (f", got {_short(value)}" if got else "") + (f"; {fix}" if fix else ""))
+
+    def check_argument(self, value: Any, where: str, fix: Optional[str] = None) -> None:
+        """``<where> must be <bound> (and finite), got <value>[; fix]``: a function argument (``T``, ``-T``)."""
+        if not self.holds(value):
+            raise ConfigError(f"{where} must be {self.bound or self.text}{' (and finite)' if self.bound else ''}, "
+                              f"got {_short(value)}" + (f"; {fix}" if fix else ""))
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# NaN fails every comparison and inf passes ``> 0``: each rule tests finiteness explicitly.
+POSITIVE = Rule(lambda v: _real(v) and v > 0, "a finite number > 0", "> 0")
+NON_NEGATIVE = Rule(lambda v: _real(v) and v >= 0, "a finite number >= 0", ">= 0")
+#: dropout rates, momentum, held-out fractions
+FRACTION = Rule(lambda v: _real(v) and 0.0 <= v < 1.0, "a number in [0, 1)")
+
+
+def count_rule(high: int = MAX_COUNT) -> Rule:
+    """An integer in [1, high]; huge values would overflow torch's C integers deep inside a run."""
+    return Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high, f"an integer in [1, {high}]")
+
+
+COUNT = count_rule()
+
+
+def ruled(default: Any, rule: Rule) -> Any:
+    """A dataclass field with a default and its :class:`Rule`."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def rule_of(cls: Any, name: str) -> Rule:
+    """The rule attached to field ``name`` of dataclass ``cls``."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata["rule"]
+    raise KeyError(f"{cls.__name__} has no field {name!r}")  # pragma: no cover - a programming error
+
+
+def check_value(cls: Any, name: str, value: Any, key: Optional[str] = None, fix: Optional[str] = None) -> None:
+    """Check ``value`` against the rule of ``cls.name``; the message names ``key`` (default: ``name``)."""
+    rule_of(cls, name).check(value, key or name, fix)
+
+
+def check_rules(obj: Any, prefix: str = "") -> None:
+    """Every ruled field of dataclass ``obj`` (and of the dataclasses it holds), keys ``prefix + name``;
+    an optional field left ``None`` is not checked."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        rule = f.metadata.get("rule")
+        if rule is not None and value is not None:
+            rule.check(value, prefix + f.name)
+        elif dataclasses.is_dataclass(value):
+            check_rules(value, f"{prefix}{f.name}.")
 
 
 @dataclass
@@ -26,7 +106,7 @@ class DatasetConfig:
     name: str = "digits"
     data_dir: Optional[str] = None
     download: bool = True
-    val_fraction: float = 0.0
+    val_fraction: float = ruled(0.0, FRACTION)
 
 
 @dataclass
@@ -40,35 +120,35 @@ class ModelConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    lr: float = ruled(1e-3, POSITIVE)
+    weight_decay: float = ruled(0.0, NON_NEGATIVE)
+    momentum: float = ruled(0.9, FRACTION)
 
 
 @dataclass
 class SchedulerConfig:
     name: str = "constant"
-    step_size: int = 10
-    gamma: float = 0.1
+    step_size: int = ruled(10, COUNT)
+    gamma: float = ruled(0.1, POSITIVE)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: int = ruled(10, COUNT)
+    batch_size: int = ruled(128, COUNT)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    grad_clip: Optional[float] = None
-    eval_batch_size: int = 2000
+    grad_clip: Optional[float] = ruled(None, POSITIVE)
+    eval_batch_size: int = ruled(2000, COUNT)
     # fp32 | bf16 | fp16 | auto: torch.autocast for the forward passes (bf16 on CPU; fp16 with a
     # GradScaler or bf16 on CUDA; auto = bf16 where the hardware has it, else fp32 on CPU / fp16 on
     # CUDA). Loss terms are always computed in fp32.
     precision: str = "fp32"
     # Micro-batches of ``batch_size`` per optimizer step: effective batch = batch_size × accumulate_steps.
-    accumulate_steps: int = 1
+    accumulate_steps: int = ruled(1, count_rule(2**16))
     # Linear LR warm-up over the first epochs (from lr/(w+1) up to lr), then the scheduler.
     warmup_epochs: int = 0
-    # torch.set_flush_denormal(True) while training (subnormal weights/moments slow CPU steps ~2×).
+    # torch.set_flush_denormal(True) while training (subnormal weights/moments slow CPU steps down).
     flush_denormal: bool = True
     # Model weights (and 4-D inputs) in channels_last memory format: faster convolutions with bf16.
     channels_last: bool = False
@@ -93,7 +173,7 @@ class WeightScheduleConfig:
     """
 
     name: str = "constant"
-    rate: float = 0.1
+    rate: float = ruled(0.1, NON_NEGATIVE)
 
 
 @dataclass
@@ -101,8 +181,8 @@ class TemperatureScheduleConfig:
     """``constant``, or ``linear``: T = max(min, T0 − step·e)."""
 
     name: str = "constant"
-    min: float = 1.0
-    step: float = 0.0
+    min: float = ruled(1.0, POSITIVE)
+    step: float = ruled(0.0, NON_NEGATIVE)
 
 
 @dataclass
@@ -130,9 +210,9 @@ class DistillConfig:
 
     method: str = "hinton"
     loss: str = "hinton"
-    temperature: float = 4.0
-    hard_weight: float = 0.5
-    soft_weight: float = 0.5
+    temperature: float = ruled(4.0, POSITIVE)
+    hard_weight: float = ruled(0.5, NON_NEGATIVE)
+    soft_weight: float = ruled(0.5, NON_NEGATIVE)
     weight_schedule: WeightScheduleConfig = field(default_factory=WeightScheduleConfig)
     temperature_schedule: TemperatureScheduleConfig = field(default_factory=TemperatureScheduleConfig)
     # Progressive training: a list of stages (see StageConfig); empty: one stage, the method as configured.
@@ -178,12 +258,6 @@ class Recipe:
 _DECIMAL = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 # The spellings Python's float() accepts for non-finite values (argparse flags and tune ranges use it).
 _NON_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity|\.nan|\.inf)", re.IGNORECASE)
-
-# Upper bounds for integers: sizes must fit a C int (torch shapes, DataLoader indices) and seeds the
-# range every seeded library accepts (numpy's legacy seeding and Optuna's samplers: 0 .. 2**32 - 1).
-MAX_COUNT = 2**31 - 1
-MAX_SEED = 2**32 - 1
-
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -282,51 +356,26 @@ def _build_fields(cls: Any, data: Dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _finite(value: float, key: str, rule: str) -> None:
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}: must be a finite number {rule}, got {value}")
-
-
-def positive(value: float, key: str) -> None:
-    """A finite number > 0 (NaN fails every comparison, so it is tested explicitly)."""
-    _finite(value, key, "> 0")
-    if not value > 0:
-        raise ConfigError(f"{key}: must be a finite number > 0, got {value}")
-
-
 def non_negative(value: float, key: str) -> None:
-    _finite(value, key, ">= 0")
-    if not value >= 0:
-        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
-
-
-def fraction(value: float, key: str) -> None:
-    """A finite number in [0, 1): dropout rates, momentum, held-out fractions."""
-    if not (math.isfinite(value) and 0.0 <= value < 1.0):
-        raise ConfigError(f"{key}: must be a number in [0, 1), got {_short(value)}")
+    """A finite number >= 0 (stage weights: a dict of terms, no field to attach a rule to)."""
+    NON_NEGATIVE.check(value, key)
 
 
 def count(value: int, key: str, high: int = MAX_COUNT) -> None:
-    """An integer in [1, high]; huge values would overflow torch's C integers deep inside a run."""
-    if not 1 <= value <= high:
-        raise ConfigError(f"{key}: must be an integer in [1, {high}], got {_short(value)}")
+    """An integer in [1, high] (a stage's epochs)."""
+    (COUNT if high == MAX_COUNT else count_rule(high)).check(value, key)
 
 
 def _check_ranges(r: Recipe) -> None:
     if not 0 <= r.seed <= MAX_SEED:
         raise ConfigError(f"seed: must be an integer in [0, {MAX_SEED}] (the range numpy and Optuna accept), got {_short(r.seed)}")
     _check_text(r)
-    positive(r.distill.temperature, "distill.temperature")
-    non_negative(r.distill.hard_weight, "distill.hard_weight")
-    non_negative(r.distill.soft_weight, "distill.soft_weight")
+    check_rules(r.distill, "distill.")  # temperature, weights, schedules
     if r.distill.hard_weight == 0 and r.distill.soft_weight == 0:
         raise ConfigError("distill.hard_weight and distill.soft_weight are both 0; nothing would be trained")
     if not math.isfinite(r.distill.hard_weight + r.distill.soft_weight):
         raise ConfigError("distill.hard_weight + distill.soft_weight overflows to inf; use weights that sum to about 1")
-    non_negative(r.distill.weight_schedule.rate, "distill.weight_schedule.rate")
-    positive(r.distill.temperature_schedule.min, "distill.temperature_schedule.min")
-    non_negative(r.distill.temperature_schedule.step, "distill.temperature_schedule.step")
-    fraction(r.dataset.val_fraction, "dataset.val_fraction")
+    check_rules(r.dataset, "dataset.")
     _check_stages(r.distill.stages, r.student.train.epochs)
     if r.student.checkpoint is not None:
         raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
@@ -336,18 +385,8 @@ def _check_ranges(r: Recipe) -> None:
             raise ConfigError(f"{role}.checkpoint: must be a path to a .pt file, got {rc.checkpoint!r}")
     for role, rc in role_configs(r):
         t: TrainConfig = rc.train
-        count(t.epochs, f"{role}.train.epochs")
-        count(t.batch_size, f"{role}.train.batch_size")
-        count(t.eval_batch_size, f"{role}.train.eval_batch_size")
-        positive(t.optimizer.lr, f"{role}.train.optimizer.lr")
-        non_negative(t.optimizer.weight_decay, f"{role}.train.optimizer.weight_decay")
-        fraction(t.optimizer.momentum, f"{role}.train.optimizer.momentum")
-        count(t.scheduler.step_size, f"{role}.train.scheduler.step_size")
-        positive(t.scheduler.gamma, f"{role}.train.scheduler.gamma")
-        if t.grad_clip is not None:
-            positive(t.grad_clip, f"{role}.train.grad_clip")
+        check_rules(t, f"{role}.train.")  # sizes, optimizer and scheduler numbers, grad_clip
         check_precision(t.precision, f"{role}.train.precision", r.device)
-        count(t.accumulate_steps, f"{role}.train.accumulate_steps", 2**16)
         if not 0 <= t.warmup_epochs < t.epochs:
             raise ConfigError(f"{role}.train.warmup_epochs: must be an integer in [0, epochs - 1] = [0, {t.epochs - 1}], "
                               f"got {_short(t.warmup_epochs)}")

@@ -115,8 +115,8 @@ def set_flush_denormal(enabled: bool) -> Tuple[bool, bool]:
     ``torch.set_flush_denormal`` sets the flags of the calling thread only. Threads inherit them
     when they are created, so once the OpenMP pool exists (after the first parallel op) its workers,
     which run part of every large matmul and of the fused Adam step, keep computing with
-    subnormals: measured on the MNIST MLP teacher's epoch-20 checkpoint, 20 ms/step with the flags
-    set on the main thread only vs 12.5 ms/step on all threads. The same call is therefore run on
+    subnormals (the MNIST MLP teacher's late epochs are measurably slower with the flags set on the
+    main thread only than on all threads). The same call is therefore run on
     each thread of the pool through libgomp's ``GOMP_parallel`` (the OpenMP runtime torch's CPU
     builds use); with another runtime only the calling thread is set, and the second value says so.
     """
@@ -267,9 +267,9 @@ def plan_threads(macs_per_step: int) -> Optional[Dict[str, Any]]:
     """Fix this process's intra-op threads for the run ahead, before any model has run.
 
     Why once, up front: torch documents that ``set_num_threads`` must come before eager work, and
-    measured here it does: after the teacher's 2-thread forwards, a switch to 1 thread left the
-    batched students' step on 2 OpenMP threads (40 students, 20 epochs: 53.8 s with another process
-    on the machine, against 3.2 s when the count was fixed first). The CLI's training commands call
+    it does: after the teacher's 2-thread forwards, a switch to 1 thread left the batched students'
+    step on 2 OpenMP threads (many times slower with another process on the machine than when the
+    count was fixed first). The CLI's training commands call
     this with their main model's step (the students'); :class:`~kdlab.train.trainer.Trainer` then
     records the plan instead of choosing again.
     """

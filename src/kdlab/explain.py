@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Sequence
 
+from .config import DistillConfig, rule_of
 from .errors import ConfigError
 
 EXAMPLE = {"teacher": [2.0, 1.0, 0.1], "student": [1.8, 0.9, 0.4], "label": 0, "T": 2.0, "hard_weight": 1.0, "soft_weight": 0.5}
@@ -65,13 +66,14 @@ def explain(teacher: Sequence[float], student: Sequence[float], label: int, T: f
     _check_finite("student", student)
     if len(teacher) != len(student) or len(teacher) < 2:
         raise ConfigError(f"teacher has {len(teacher)} logits and student {len(student)}; give the same number (>= 2)")
-    if not (math.isfinite(T) and T > 0):
-        raise ConfigError(f"T must be a finite number > 0, got {T}; e.g. -T 2")
+    if not rule_of(DistillConfig, "temperature").holds(T):
+        raise ConfigError(f"T must be {rule_of(DistillConfig, 'temperature').text}, got {T}; e.g. -T 2")
     if not 0 <= label < len(student):
         raise ConfigError(f"label {label} is out of range for {len(student)} classes (0..{len(student) - 1})")
-    for name, w in (("--hard-weight", hard_weight), ("--soft-weight", soft_weight)):
-        if not (math.isfinite(w) and w >= 0):
-            raise ConfigError(f"{name} must be a finite number >= 0, got {w}")
+    for name, field_name, w in (("--hard-weight", "hard_weight", hard_weight), ("--soft-weight", "soft_weight", soft_weight)):
+        rule = rule_of(DistillConfig, field_name)
+        if not rule.holds(w):
+            raise ConfigError(f"{name} must be {rule.text}, got {w}")
     if not all(math.isfinite(x / T) for x in teacher + student):
         raise ConfigError(f"logits / T overflow float64 at T={T:g}; use a larger T or smaller logits")
     log_p, log_q, log_h = _log_softmax(teacher, T), _log_softmax(student, T), _log_softmax(student, 1.0)

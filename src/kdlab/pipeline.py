@@ -33,9 +33,9 @@ from .train.run import run as run_spec
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback, ScheduleCallback
 from .train.stages import StageCallback, check_stages
-from .train.rundir import check_new_run_folder, file_sha256, new_run_dir
+from .train.rundir import check_new_run_folder, new_run_dir
 from .device import plan_threads, resolve_device, step_macs
-from .utils import check_output_location, seed_everything
+from .utils import check_output_location, file_digest, seed_everything
 
 ROLE_SEED_OFFSET = {"teacher": 0, "student": 1}
 
@@ -272,21 +272,21 @@ def run_distill(
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
         lasts = cached.checkpoints  # checked on --resume like a --teacher file
         if len(lasts) == 1:
-            info.update(teacher_checkpoint=str(lasts[0].resolve()), teacher_sha256=file_sha256(lasts[0]))
+            info.update(teacher_checkpoint=str(lasts[0].resolve()), teacher_sha256=file_digest(lasts[0]))
         else:
-            info.update(teacher_checkpoints=[str(x.resolve()) for x in lasts], teacher_sha256s=[file_sha256(x) for x in lasts],
+            info.update(teacher_checkpoints=[str(x.resolve()) for x in lasts], teacher_sha256s=[file_digest(x) for x in lasts],
                         teacher_member_test_accs=[m.test_acc for m in cached.members])
         frozen = cached.teacher
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the recipe's teacher")
     elif isinstance(teacher, (list, tuple)):  # several checkpoints: their ensemble (a resumed multi-teacher run)
         members = [load_teacher(t, data, n_student).release() for t in teacher]
         frozen = FrozenTeacher(TeacherEnsemble(members))
-        info.update(teacher_checkpoints=[str(Path(t).resolve()) for t in teacher], teacher_sha256s=[file_sha256(t) for t in teacher])
+        info.update(teacher_checkpoints=[str(Path(t).resolve()) for t in teacher], teacher_sha256s=[file_digest(t) for t in teacher])
         info["teacher_test_acc"] = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
         say(f"teacher: mean of {len(members)} checkpoints, test acc {100 * info['teacher_test_acc']:.2f}% (measured now)")
     elif isinstance(teacher, (str, os.PathLike)):
         frozen = load_teacher(teacher, data, n_student)  # a missing or unsafe file fails here, in one line
-        info.update(teacher_checkpoint=str(Path(teacher).resolve()), teacher_sha256=file_sha256(teacher))  # checked on --resume
+        info.update(teacher_checkpoint=str(Path(teacher).resolve()), teacher_sha256=file_digest(teacher))  # checked on --resume
         info["teacher_test_acc"] = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
         say(f"teacher: checkpoint {teacher}, test acc {100 * info['teacher_test_acc']:.2f}% (measured now on {data.name})")
     else:  # a model the caller holds (and has measured)

@@ -29,8 +29,8 @@ class FrozenTeacher(nn.Module):
 
     def use_channels_last(self) -> None:
         """4-D weights in channels_last, as the run trains its student: an online teacher's
-        convolutions are then as fast as the student's (with bf16 on AMX several times faster
-        than in the standard layout). :meth:`release` puts them back."""
+        convolutions are then as fast as the student's (with bf16 on CPUs with native bf16 much
+        faster than in the standard layout). :meth:`release` puts them back."""
         for name, p in self.model.named_parameters():
             if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
                 self._relaid.add(name)
@@ -89,23 +89,6 @@ class PrecomputedTeacherLogits:
 
     def __call__(self, idx: Tensor, xb: Tensor) -> Tensor:
         return self.logits.index_select(0, idx)
-
-
-class CachedTeacherLogits(PrecomputedTeacherLogits):
-    """Teacher signal for un-augmented data: one forward pass over the training set per run."""
-
-    def __init__(self, teacher: FrozenTeacher, train_x: Tensor, batch_size: int = 2000) -> None:
-        super().__init__(teacher.logits_for(train_x, batch_size))
-
-
-class OnlineTeacherLogits:
-    """Teacher signal for augmented data: the teacher must see the same augmented batch."""
-
-    def __init__(self, teacher: FrozenTeacher) -> None:
-        self.teacher = teacher
-
-    def __call__(self, idx: Tensor, xb: Tensor) -> Tensor:
-        return self.teacher(xb)
 
 
 class TeacherEnsemble(nn.Module):

@@ -1,8 +1,9 @@
-"""Small helpers shared across the package: atomic writes, seeding, environment capture."""
+"""Small helpers shared across the package: atomic writes, file digests, seeding, environment capture."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -28,6 +29,15 @@ class WriteError(KDLabError, OSError):
     def __init__(self, message: str, errno_: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno_
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks (checkpoints and data files can be large)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from kdlab.data.augment import AugmentConfig, build_augment, cutmix, mixup, random_crop_flip
 from kdlab.errors import ConfigError
-from kdlab.losses.objective import hard_loss
+from kdlab.losses.kd import hard_loss
 from tests.optional import require
 
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from kdlab import ConfigError, kd_loss
-from kdlab.losses import DistillationObjective
 from kdlab.losses.closed_form import ClosedFormObjective
+from kdlab.methods import KD, Batch, Outputs
 
 
 def reference(s, y, t, T, hw, sw):
@@ -20,6 +20,12 @@ def reference(s, y, t, T, hw, sw):
     total = hw * hard + sw * soft
     total.backward()
     return total.detach(), hard.detach(), soft.detach(), s.grad
+
+
+def kd_terms(method, s, y, t):
+    """(total, hard, soft) of the KD method's autograd forward."""
+    terms = method(Batch(s, y), Outputs(s), Outputs(t))
+    return method.total(terms), terms["hard"], terms["soft"]
 
 
 @pytest.mark.parametrize("T,hw,sw", [(1.0, 1.0, 0.0), (3.0, 0.5, 0.5), (7.0, 0.3, 0.7), (0.5, 0.0, 1.0), (20.0, 1.0, 2.0)])
@@ -64,7 +70,7 @@ def test_without_teacher_it_is_cross_entropy_and_soft_is_nan():
     torch.manual_seed(3)
     y = torch.randint(0, 10, (20,))
     fast = ClosedFormObjective(y, 10, distill=False)
-    fast.prepare(4.0, 0.2, 0.8)  # weights are ignored without a teacher, as in DistillationObjective
+    fast.prepare(4.0, 0.2, 0.8)  # weights are ignored without a teacher, as in the CE method
     s = torch.randn(20, 10, dtype=torch.float64)
     values, grad = fast(s, fast.rows(torch.arange(20)))
     total, hard, _, ref_grad = reference(s, y, None, 4.0, 0.2, 0.8)
@@ -84,15 +90,14 @@ def test_retabulates_when_a_schedule_changes_T():
         assert values[2].item() == pytest.approx(kd_loss(s, t, T).item(), rel=1e-12)
 
 
-def test_equals_the_objective_module():
+def test_equals_the_kd_method():
     torch.manual_seed(5)
     y, t, s = torch.randint(0, 10, (32,)), torch.randn(32, 10), torch.randn(32, 10)
-    obj = DistillationObjective("hinton", 3.0, 0.3, 0.7)
+    method = KD("hinton", 3.0, 0.3, 0.7)
     fast = ClosedFormObjective(y, 10, t)
-    fast.prepare(obj.temperature, obj.hard_weight, obj.soft_weight)
+    fast.prepare(method.temperature, method.hard_weight, method.soft_weight)
     values, _ = fast(s, fast.rows(torch.arange(32)))
-    terms = obj(s, y, t)
-    torch.testing.assert_close(values, torch.stack([terms["total"], terms["hard"], terms["soft"]]).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(values, torch.stack(kd_terms(method, s, y, t)).detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_input_gives_one_line_errors():
@@ -147,17 +152,17 @@ def test_every_coding_marked_with_a_closed_form_is_that_form():
 def test_closed_form_runs_every_marked_coding_exactly(coding, T, hw, sw):
     torch.manual_seed(7)
     y, t = torch.randint(0, 10, (24,)), 3 * torch.randn(24, 10, dtype=torch.float64)
-    obj = DistillationObjective(coding, T, hw, sw)
-    assert ClosedFormObjective.supports(obj)
+    method = KD(coding, T, hw, sw)
+    assert method.fast_path(y, 10, t) is not None
     fast = ClosedFormObjective(y, 10, t)
-    fast.prepare_for(obj)
+    fast.prepare_for(method)
     s = 2 * torch.randn(24, 10, dtype=torch.float64, requires_grad=True)
     values, grad = fast(s.detach(), fast.rows(torch.arange(24)))
-    terms = obj(s, y, t)
-    torch.testing.assert_close(values, torch.stack([terms["total"], terms["hard"], terms["soft"]]).detach(), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(grad, torch.autograd.grad(terms["total"], s)[0], rtol=1e-12, atol=1e-15)
+    total, hard, soft = kd_terms(method, s, y, t)
+    torch.testing.assert_close(values, torch.stack([total, hard, soft]).detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, torch.autograd.grad(total, s)[0], rtol=1e-12, atol=1e-15)
     online = ClosedFormObjective(y, 10)  # rows built per batch give the same
-    online.prepare_for(obj)
+    online.prepare_for(method)
     torch.testing.assert_close(online(s.detach(), online.rows_for(y, t))[1], grad, rtol=1e-12, atol=1e-15)
 
 
@@ -166,11 +171,11 @@ def test_codings_without_closed_form_are_refused():
 
     SOFT_LOSSES.register("test-squared-error")(lambda s, t, T: (s - t).pow(2).mean())
     try:
-        obj = DistillationObjective("test-squared-error", 4.0)
-        assert not ClosedFormObjective.supports(obj)
+        method = KD("test-squared-error", 4.0)
+        assert method.fast_path(torch.tensor([0, 1]), 10, torch.zeros(2, 10)) is None
         fast = ClosedFormObjective(torch.tensor([0, 1]), 10, torch.zeros(2, 10))
         with pytest.raises(ConfigError, match="no closed form"):
-            fast.prepare_for(obj)
+            fast.prepare_for(method)
     finally:
         SOFT_LOSSES.unregister("test-squared-error")
 

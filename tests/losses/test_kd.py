@@ -96,3 +96,18 @@ def test_rejects_non_positive_temperature(T):
 def test_rejects_class_count_mismatch():
     with pytest.raises(ConfigError, match="class count mismatch: student has 10 outputs, teacher has 100"):
         kd_loss(torch.zeros(2, 10), torch.zeros(2, 100), 2.0)
+
+
+def test_hard_loss_equals_cross_entropy():
+    import torch.nn.functional as F
+
+    from kdlab.losses.kd import hard_loss
+
+    torch.manual_seed(0)
+    s = torch.randn(32, 10, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 10, (32,))
+    ours, ref = hard_loss(s, y), F.cross_entropy(s, y)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-14)
+    assert torch.allclose(torch.autograd.grad(ours, s)[0], torch.autograd.grad(ref, s)[0], atol=1e-15)
+    probs = torch.softmax(torch.randn(32, 10, dtype=torch.float64), 1)
+    assert hard_loss(s, probs).item() == pytest.approx(F.cross_entropy(s, probs).item())

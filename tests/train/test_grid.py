@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from kdlab.recipes import load_recipe
-from kdlab.losses import DistillationObjective
 from kdlab.methods import CE, KD
 from kdlab.models import build_model
 from kdlab.pipeline import build_role_model, prepare_data, run_teacher
@@ -19,10 +18,6 @@ VARIANTS = ["scratch", "hinton", "softmax-input", "mean-reduction"]
 SEEDS = [0, 3]
 
 
-def _objective(v):
-    return DistillationObjective() if v == "scratch" else DistillationObjective(v, 3.0, 0.4, 0.6)
-
-
 def _method(v):
     return CE() if v == "scratch" else KD(v, 3.0, 0.4, 0.6)
 
@@ -35,7 +30,7 @@ def _one_by_one_vs_batched(recipe, data, logits, variants, seeds, before_epoch=N
         for si, s in enumerate(seeds):
             model = build_role_model(dataclasses.replace(recipe, seed=s), "student", data)
             signal = None if v == "scratch" else PrecomputedTeacherLogits(logits)
-            ref = fit(model, data, recipe.student.train, _objective(v), seed=s, teacher_signal=signal,
+            ref = fit(model, data, recipe.student.train, _method(v), seed=s, teacher_signal=signal,
                       before_epoch=before_epoch if signal else None, progress=False)
             got = batched[vi][si]
             for a, b in zip(model.parameters(), grid[vi][si].parameters()):

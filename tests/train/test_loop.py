@@ -5,7 +5,7 @@ import torch
 
 from kdlab import CheckpointError
 from kdlab.recipes import load_recipe
-from kdlab.losses import DistillationObjective
+from kdlab.methods import CE, KD
 from kdlab.pipeline import build_role_model, run_teacher
 from kdlab.train import RunDir, evaluate, fit, load_checkpoint, load_model
 
@@ -71,7 +71,7 @@ def test_optimizers_and_schedulers(digits, opt, sched):
          "student.train.scheduler.step_size=2", "student.train.optimizer.lr=0.01", "student.train.grad_clip=1.0"],
     )
     model = build_role_model(recipe, "student", digits)
-    result = fit(model, digits, recipe.student.train, DistillationObjective(), progress=False)
+    result = fit(model, digits, recipe.student.train, CE(), progress=False)
     lrs = [h["lr"] for h in result.history]
     if sched == "step":
         assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.001])
@@ -100,7 +100,7 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, codin
     import torch.nn.functional as F
 
     from kdlab.data import BatchIndexer
-    from kdlab.teacher import CachedTeacherLogits, FrozenTeacher, OnlineTeacherLogits
+    from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
     from kdlab.train.optim import build_optimizer
 
     recipe = load_recipe("digits-mlp", ["student.train.epochs=2", "student.train.optimizer.name=sgd", "student.train.optimizer.momentum=0.9",
@@ -108,7 +108,7 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, codin
     torch.manual_seed(0)
     teacher = FrozenTeacher(build_role_model(recipe, "teacher", digits))
     T, hw, sw = 3.0, 0.3, 0.7
-    obj = DistillationObjective(coding, T, hw, sw)
+    method = KD(coding, T, hw, sw) if signal is not None else CE()
     soft_loss = {  # textbook forms, independent of kdlab's codings
         "hinton": lambda s, t: T * T * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean"),
         "extra-T": lambda s, t: T**3 * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean"),
@@ -118,8 +118,10 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, codin
     student = build_role_model(recipe, "student", digits)
     reference = build_role_model(recipe, "student", digits)
     reference.load_state_dict(student.state_dict())
-    teacher_signal = {"cached": lambda: CachedTeacherLogits(teacher, digits.train.x), "online": lambda: OnlineTeacherLogits(teacher), None: lambda: None}[signal]()
-    result = fit(student, digits, recipe.student.train, obj, seed=3, teacher_signal=teacher_signal, progress=False)
+    teacher_signal = PrecomputedTeacherLogits(teacher.logits_for(digits.train.x)) if signal == "cached" else None
+    online = teacher if signal == "online" else None  # the teacher itself, run on every batch
+    result = fit(student, digits, recipe.student.train, method, seed=3, teacher_signal=teacher_signal, teacher=online,
+                 progress=False)
 
     cfg = recipe.student.train
     opt = build_optimizer(reference, cfg.optimizer)
@@ -144,21 +146,22 @@ def test_closed_form_training_equals_a_plain_autograd_loop(digits, signal, codin
     assert torch.isfinite(result.step_losses).all()
 
 
-def test_an_objective_subclass_is_trained_through_its_own_forward(digits):
+def test_a_method_subclass_is_trained_through_its_own_forward(digits):
     """A subclass that changes the objective must not be replaced by the closed form."""
 
-    class WithPenalty(DistillationObjective):
-        def forward(self, student_logits, labels, teacher_logits=None):
-            terms = super().forward(student_logits, labels, teacher_logits)
-            terms["total"] = terms["total"] + 0.5 * student_logits.pow(2).mean()
-            return terms
+    class WithPenalty(CE):
+        def forward(self, batch, student, teacher):
+            return {**super().forward(batch, student, teacher), "penalty": 0.5 * student.logits.pow(2).mean()}
+
+        def term_weights(self):
+            return {"hard": 1.0, "penalty": 1.0}
 
     recipe = load_recipe("digits-mlp", ["student.train.epochs=1"])
     torch.manual_seed(0)
     a = build_role_model(recipe, "student", digits)
     b = build_role_model(recipe, "student", digits)
     b.load_state_dict(a.state_dict())
-    plain = fit(a, digits, recipe.student.train, DistillationObjective(), progress=False)
+    plain = fit(a, digits, recipe.student.train, CE(), progress=False)
     penalised = fit(b, digits, recipe.student.train, WithPenalty(), progress=False)
     # same hard loss on the first step (same weights, same batch); the total includes the penalty
     assert penalised.step_losses[0, 1] == pytest.approx(plain.step_losses[0, 1].item(), rel=1e-5)
@@ -183,13 +186,13 @@ def test_huge_lr_closed_form_stops_at_the_first_bad_step_and_keeps_the_last_good
                                                 "student.train.scheduler.gamma=1.0e+30"])
     saved = {}
 
-    def snapshot_after_epoch_1(epoch, objective):
+    def snapshot_after_epoch_1(epoch, method):
         if epoch == 2:
             saved.update(_fingerprint(tmp_path / "run"))
 
     model = build_role_model(recipe, "student", digits)
     with pytest.raises(NonFiniteLossError) as info:
-        fit(model, digits, recipe.student.train, DistillationObjective(), run=RunDir(tmp_path / "run"), progress=False,
+        fit(model, digits, recipe.student.train, CE(), run=RunDir(tmp_path / "run"), progress=False,
             before_epoch=snapshot_after_epoch_1)
     err = info.value
     assert (err.epoch, err.term) == (2, "hard") and 1 <= err.step <= 12
@@ -202,23 +205,23 @@ def test_huge_lr_closed_form_stops_at_the_first_bad_step_and_keeps_the_last_good
         run_student(load_recipe("digits-mlp", TINY + ["student.train.optimizer.lr=1.0e+30"]), digits, out=False, progress=False)
 
 
-class _Poisoned(DistillationObjective):
+class _Poisoned(KD):
     """Autograd path: the soft term becomes NaN at one (epoch, step), or the total's gradient infinite."""
 
     def __init__(self, at, what, steps_per_epoch=12):
         super().__init__("hinton", 3.0, 0.5, 0.5)
         self.calls, self.at, self.what, self.steps = 0, at, what, steps_per_epoch
 
-    def forward(self, student_logits, labels, teacher_logits=None):
-        terms = super().forward(student_logits, labels, teacher_logits)
+    def forward(self, batch, student, teacher):
+        terms = super().forward(batch, student, teacher)
         self.calls += 1
-        if self.calls == self.at:
-            if self.what == "soft":
-                terms["soft"] = terms["soft"] * float("nan")
-                terms["total"] = self.hard_weight * terms["hard"] + self.soft_weight * terms["soft"]
-            else:
-                terms["total"] = _InfiniteGrad.apply(terms["total"])
+        if self.calls == self.at and self.what == "soft":
+            terms["soft"] = terms["soft"] * float("nan")
         return terms
+
+    def total(self, terms):
+        total = super().total(terms)
+        return _InfiniteGrad.apply(total) if self.calls == self.at and self.what == "grad" else total
 
 
 class _InfiniteGrad(torch.autograd.Function):
@@ -233,7 +236,7 @@ class _InfiniteGrad(torch.autograd.Function):
 
 @pytest.mark.parametrize("what,at,expect", [("soft", 12 + 3, (2, 3, "soft")), ("grad", 12, (1, 12, "weights"))])
 def test_autograd_nan_names_epoch_step_and_term(tmp_path, digits, what, at, expect):
-    from kdlab.teacher import CachedTeacherLogits, FrozenTeacher
+    from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
     from kdlab.train.loop import NonFiniteLossError
 
     recipe = load_recipe("digits-mlp", TINY)
@@ -241,7 +244,7 @@ def test_autograd_nan_names_epoch_step_and_term(tmp_path, digits, what, at, expe
     teacher = FrozenTeacher(build_role_model(recipe, "teacher", digits))
     model = build_role_model(recipe, "student", digits)
     with pytest.raises(NonFiniteLossError) as info:
-        fit(model, digits, recipe.student.train, _Poisoned(at, what), teacher_signal=CachedTeacherLogits(teacher, digits.train.x),
+        fit(model, digits, recipe.student.train, _Poisoned(at, what), teacher_signal=PrecomputedTeacherLogits(teacher.logits_for(digits.train.x)),
             run=RunDir(tmp_path / "run"), progress=False)
     assert (info.value.epoch, info.value.step, info.value.term) == expect
     epochs_saved = [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] \
@@ -268,13 +271,13 @@ def test_callbacks_run_once_per_epoch_outside_the_hot_loop(digits, capsys):
 
     recipe = load_recipe("digits-mlp", TINY)
     rec = Recorder()
-    result = fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, DistillationObjective(),
+    result = fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, CE(),
                  progress=None, callbacks=[rec], desc="scratch")
     assert rec.starts == [(1, 3)] and rec.records == result.history
     lines = capsys.readouterr().err.splitlines()  # stderr is captured: not a terminal -> one line per epoch
     assert [line.split(":")[0] for line in lines] == ["scratch epoch 1/3", "scratch epoch 2/3", "scratch epoch 3/3"]
     assert f"test acc {100 * result.history[-1]['test_acc']:.2f}%" in lines[-1]
-    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, DistillationObjective(), progress=False)
+    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, CE(), progress=False)
     assert capsys.readouterr().err == ""
     assert isinstance(EpochLog("x", 3, bar=False), Callback)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdlab.losses import DistillationObjective
+from kdlab.methods import CE
 from kdlab.pipeline import build_role_model
 from kdlab.recipes import load_recipe
 from kdlab.train import fit
@@ -99,7 +99,7 @@ def test_training_prints_step_lines_off_a_terminal_and_none_with_no_progress(dig
 
     steps = -(-len(digits.train) // 16)
     cb = epoch_progress(None, "scratch", 2, interval=30.0, clock=Jumping())
-    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, DistillationObjective(),
+    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, CE(),
         progress=False, callbacks=[cb])
     lines = capsys.readouterr().err.splitlines()
     step_lines = [line for line in lines if ": step " in line]
@@ -122,7 +122,7 @@ def test_autograd_and_batched_steps_are_counted_too(digits, capsys):
             counted.append(total)
             return super().wrap_steps(trainer, steps, total)
 
-    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, DistillationObjective(),
+    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, CE(),
         progress=False, callbacks=[Count("x", 2, bar=False)])
     assert counted == [-(-len(digits.train) // 16)] * 2
     counted.clear()
@@ -135,7 +135,7 @@ def test_autograd_and_batched_steps_are_counted_too(digits, capsys):
 
 def test_a_terminal_gets_a_step_bar(digits, capsys):
     recipe = load_recipe("digits-mlp", TINY)
-    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, DistillationObjective(),
+    fit(build_role_model(recipe, "student", digits), digits, recipe.student.train, CE(),
         progress=True, desc="scratch")
     err = capsys.readouterr().err
     assert "epoch 1/2" in err and "step" in err  # tqdm's step bar (it writes \r-refreshed lines)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from kdlab.recipes import load_recipe
-from kdlab.losses import DistillationObjective
 from kdlab.methods import CE, KD, Batch, Outputs
 from kdlab.pipeline import build_role_model, prepare_data
 from kdlab.schedules import ScheduleHook
@@ -35,12 +34,7 @@ class PenalisedKD(KD):
         return {**terms, "hard": terms["hard"] + 1e-3 * student.logits.pow(2).mean()}
 
 
-class PenalisedObjective(DistillationObjective):
-    def forward(self, s, y, t=None):
-        return super().forward(s, y, t)
-
-
-def _both(setup, method, objective, use_teacher, steps="auto"):
+def _both(setup, method, fit_method, use_teacher):
     recipe, data, teacher = setup
     cfg = recipe.student.train
     logits = teacher.logits_for(data.train.x) if use_teacher else None
@@ -48,10 +42,10 @@ def _both(setup, method, objective, use_teacher, steps="auto"):
     a = build_role_model(recipe, "student", data)
     b = copy.deepcopy(a)
     torch.manual_seed(5)
-    old = fit(a, data, cfg, objective, seed=3, teacher_signal=PrecomputedTeacherLogits(logits) if use_teacher else None,
+    old = fit(a, data, cfg, fit_method, seed=3, teacher_signal=PrecomputedTeacherLogits(logits) if use_teacher else None,
               progress=False, before_epoch=hook if use_teacher else None)
     torch.manual_seed(5)
-    trainer = build_trainer(b, method, data, cfg, seed=3, teacher_logits=logits, callbacks=[ScheduleCallback(hook)], steps=steps)
+    trainer = build_trainer(b, method, data, cfg, seed=3, teacher_logits=logits, callbacks=[ScheduleCallback(hook)])
     (new,) = trainer.fit()
     return old, new, a, b, trainer
 
@@ -60,9 +54,9 @@ def _both(setup, method, objective, use_teacher, steps="auto"):
 def test_kd_equals_previous_loop(setup, kind):
     recipe = setup[0]
     d = recipe.distill
-    method = KD(d.loss, d.temperature, d.hard_weight, d.soft_weight)
-    objective = (DistillationObjective if kind == "closed-form" else PenalisedObjective)(d.loss, d.temperature, d.hard_weight, d.soft_weight)
-    old, new, a, b, trainer = _both(setup, method, objective, True, steps="auto" if kind == "closed-form" else "autograd")
+    method, fit_method = ((KD if kind == "closed-form" else PenalisedKD)(d.loss, d.temperature, d.hard_weight, d.soft_weight)
+                          for _ in range(2))
+    old, new, a, b, trainer = _both(setup, method, fit_method, True)
     assert (trainer.fast is not None) == (kind == "closed-form")
     torch.testing.assert_close(new.step_losses, old.step_losses, rtol=1e-6, atol=1e-7)
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -74,7 +68,7 @@ def test_kd_equals_previous_loop(setup, kind):
 
 
 def test_ce_equals_previous_loop_and_logs_only_its_term(setup):
-    old, new, a, b, trainer = _both(setup, CE(), DistillationObjective(), False)
+    old, new, a, b, trainer = _both(setup, CE(), CE(), False)
     torch.testing.assert_close(new.step_losses, old.step_losses[:, :2], rtol=1e-6, atol=1e-7)
     assert "loss_soft" not in new.history[0] and "temperature" not in new.history[0]
 

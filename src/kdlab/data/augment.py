@@ -10,16 +10,15 @@ Where each step sits relative to normalisation:
 * AutoAugment / RandAugment (``torchvision.transforms.v2``) work on uint8 images. Given uint8 they
   run directly; given normalised floats they need the ``mean``/``std`` the data were normalised
   with, and undo it, round to uint8 (exact for data that came from uint8), run, and redo it. Cost:
-  one policy call per sample (torchvision draws one op per call): about 1 ms per 32×32 image
-  on a busy 2-core CPU, ~50 s per 50,000-image epoch, usually more than the model step for small
-  students (user ``DataLoader``s can move it into workers). Crop, flip and mixing are vectorised:
-  one gather / one blend per batch, tens of milliseconds for 512 CIFAR images.
+  one policy call per sample (torchvision draws one op per call), usually more than the model step
+  for small students (user ``DataLoader``s can move it into workers). Crop, flip and mixing are
+  vectorised: one gather / one blend per batch.
 * Random crop with zero padding, flip and MixUp/CutMix work on any dtype they can express;
   on normalised floats the padding is filled with ``-mean/std`` (black, as in torchvision's
   pad-then-normalise pipeline) when ``mean``/``std`` are given, else with 0 (the mean colour).
   MixUp needs float inputs.
 * MixUp/CutMix return SOFT labels ``λ·onehot(y) + (1−λ)·onehot(y[perm])`` (float, rows sum to 1),
-  which ``kdlab.losses.objective.hard_loss`` takes as class probabilities. With augmentation the
+  which ``kdlab.losses.kd.hard_loss`` takes as class probabilities. With augmentation the
   teacher must see the same augmented batch, so no cached teacher logits can be used.
 """
 

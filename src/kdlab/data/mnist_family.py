@@ -108,14 +108,6 @@ def locate(spec: IDXDataset, root: Path) -> Tuple[Path, Dict[str, Optional[Path]
     return folder, {k: _existing(folder, spec.files[k][0]) for k in FILE_KEYS}
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_file(mirrors: Tuple[str, ...], filename: str, md5: str, dest: Path) -> None:
     """Fetch ``filename`` from the first mirror that serves it with the right md5."""
     errors = []

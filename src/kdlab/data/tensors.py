@@ -72,8 +72,8 @@ def tensor_fingerprint(tensors: Sequence[Optional[Tensor]], extra: str = "") -> 
     """sha256 over the dtype, shape and bytes of ``tensors`` (and ``extra``): the data's identity.
 
     Used as part of the teacher cache key, so a dataset whose files changed under the same name
-    never reuses a teacher trained on the old content. Hashing MNIST's raw uint8 tensors takes
-    well under a second (measured in the README); it is done once per data load.
+    never reuses a teacher trained on the old content. Hashing MNIST's raw uint8 tensors is cheap
+    next to loading them; it is done once per data load.
     """
     h = hashlib.sha256(extra.encode())
     for t in tensors:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import DistillConfig, rule_of
 from ..errors import ConfigError
 from .calling import Adapted, adapt
 from .measure import Meter, NonFiniteResult
@@ -158,8 +159,7 @@ class _Run:
 
 def _temperature(a: Adapted, temperature: Optional[float]) -> float:
     if temperature is not None:
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ConfigError(f"-T must be > 0 (and finite), got {temperature}; give the temperature to probe at, e.g. -T 4")
+        rule_of(DistillConfig, "temperature").check_argument(temperature, "-T", "give the temperature to probe at, e.g. -T 4")
         if a.init_T and a.init_T in a.init and a.init[a.init_T] != temperature:
             raise ConfigError(f"-T {temperature:g} and --init {a.init_T}={a.init[a.init_T]} disagree; give the temperature once")
         a.default_T_source = None

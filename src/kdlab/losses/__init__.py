@@ -2,7 +2,6 @@
 
 from . import kd, pitfalls  # noqa: F401  (registers "hinton" and the pitfall codings)
 from .kd import kd_loss
-from .objective import DistillationObjective
 from .registry import SOFT_LOSSES
 
-__all__ = ["kd_loss", "DistillationObjective", "SOFT_LOSSES"]
+__all__ = ["kd_loss", "SOFT_LOSSES"]

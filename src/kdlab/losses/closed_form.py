@@ -23,20 +23,20 @@ The trainer then calls ``logits.backward(grad)``: the student's graph is used as
 hooks, clipping, any optimizer), only the loss graph is skipped. Without a teacher the rows are
 ``[onehot | onehot | 0]`` and the same code gives plain cross-entropy. Which coding has which form
 is declared where the coding is registered (:func:`kdlab.losses.kd.closed_form`). Values and
-gradients equal :class:`~kdlab.losses.DistillationObjective` to float rounding (tested in float64).
+gradients equal the autograd forward of :class:`~kdlab.methods.KD`/:class:`~kdlab.methods.CE` to float
+rounding (tested in float64).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .kd import CLOSED_FORM_KINDS, closed_form_of
-from .objective import DistillationObjective
+from .kd import CLOSED_FORM_KINDS, check_temperature, closed_form_of
 
 _Coefficients = Tuple[Tensor, Tuple[float, ...], Tensor]
 
@@ -71,31 +71,22 @@ class ClosedFormObjective:
         self.params: Optional[Tuple[float, float, float, float]] = None
         self._coef: Dict[Tuple[int, torch.dtype, torch.device], _Coefficients] = {}
 
-    @staticmethod
-    def supports(objective: DistillationObjective) -> bool:
-        """True when the objective is the stock one and its soft term declares a closed form.
-
-        A subclass that overrides ``forward`` (say, to add a regulariser) computes something else,
-        so it always goes through autograd.
-        """
-        return type(objective).forward is DistillationObjective.forward and closed_form_of(objective.soft_fn) is not None
-
-    def prepare_for(self, objective: DistillationObjective) -> None:
-        """:meth:`prepare` with the objective's current T, weights and closed form."""
+    def prepare_for(self, method: Any) -> None:
+        """:meth:`prepare` with the method's current T, weights (:meth:`~kdlab.methods.Distiller.weights`)
+        and its coding's closed form (``method.soft_fn``/``soft_loss_name``, as :class:`~kdlab.methods.KD` has)."""
         if self.slices == 1:
             return self.prepare(1.0, 1.0, 0.0)
-        form = closed_form_of(objective.soft_fn)
+        form = closed_form_of(method.soft_fn)
         if form is None:
-            raise ConfigError(f"the '{objective.soft_loss_name}' coding has no closed form; train it through autograd")
+            raise ConfigError(f"the '{method.soft_loss_name}' coding has no closed form; train it through autograd")
         kind, factor = form
-        T = objective.temperature
-        weights = objective.weights() if hasattr(objective, "weights") else {"hard": objective.hard_weight, "soft": objective.soft_weight}
+        T = method.temperature
+        weights = method.weights()
         self.prepare(T, weights["hard"], weights["soft"], factor(T, self.K), kind)
 
     def prepare(self, T: float, hard_w: float, soft_w: float, factor: float = 1.0, kind: str = "kl") -> None:
         """Set (T, weights, the coding's factor c and kind) for the coming epoch; re-tabulates only on change."""
-        if not T > 0:
-            raise ConfigError(f"temperature T must be > 0, got {T}; set distill.temperature to a positive value")
+        check_temperature(T)
         if kind not in CLOSED_FORM_KINDS:
             raise ValueError(f"unknown closed-form kind {kind!r}; choose one of {CLOSED_FORM_KINDS}")
         params = (float(T), float(hard_w), float(soft_w), float(factor)) if self.slices == 2 else (1.0, 1.0, 0.0, 0.0)

@@ -21,12 +21,14 @@ from typing import Callable, Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import DistillConfig, rule_of
 from ..errors import ConfigError
 from .registry import SOFT_LOSSES, SoftLoss
 
 Multiple = Callable[[float, int], float]
 ClosedForm = Tuple[str, Multiple]  # (kind, factor(T, K))
 CLOSED_FORM_KINDS = ("kl", "probability-input")
+_TEMPERATURE = rule_of(DistillConfig, "temperature")
 
 
 def closed_form(kind: str, factor: Multiple) -> Callable[[SoftLoss], SoftLoss]:
@@ -54,10 +56,15 @@ def closed_form_of(fn: SoftLoss) -> Optional[ClosedForm]:
     return getattr(fn, "closed_form", None)
 
 
+def check_temperature(T: float) -> None:
+    """``distill.temperature``'s rule for a loss function's ``T`` (a 0-d tensor is read as its number)."""
+    _TEMPERATURE.check_argument(T if isinstance(T, (int, float)) else float(T), "temperature T",
+                                "set distill.temperature to a positive value")
+
+
 def check_logits(student_logits: Tensor, teacher_logits: Tensor, T: float) -> None:
     """Raise a one-line :class:`ConfigError` for the mistakes that otherwise fail deep in torch."""
-    if not T > 0:
-        raise ConfigError(f"temperature T must be > 0, got {T}; set distill.temperature to a positive value")
+    check_temperature(T)
     if student_logits.shape != teacher_logits.shape:
         if student_logits.dim() == teacher_logits.dim() == 2 and student_logits.shape[0] == teacher_logits.shape[0]:
             raise ConfigError(
@@ -83,6 +90,14 @@ def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
     ``kdlab compare``); tests check it against ``F.kl_div`` itself.
     """
     return log_p.exp() * (log_p - log_q)
+
+
+def hard_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Batch-mean cross-entropy, = ``F.cross_entropy(s, y)``; written with ``gather`` because
+    ``nll_loss`` has no vmap batching rule (``kdlab compare`` vmaps methods over students)."""
+    if labels.is_floating_point():  # class probabilities (label smoothing, mixup)
+        return F.cross_entropy(student_logits, labels)
+    return -F.log_softmax(student_logits, 1).gather(1, labels.unsqueeze(1)).mean()
 
 
 @SOFT_LOSSES.register("hinton")

@@ -89,10 +89,9 @@ def contrast_logits(v: Tensor, memory: Tensor, idx: Tensor, T: float, dense: Opt
     """<memory[idx], v>/T, shape (B, K+1): the log of the un-normalised scores.
 
     Two ways to the same numbers. The reference gathers ``memory[idx]``, a (B, K+1, D) copy: 134 MB per
-    call at B = 64, K = 4096, D = 128, and ~250 ms on one core. Multiplying by the whole bank and
-    picking the K+1 columns, ``(v @ memoryᵀ).gather(idx)``, does N/(K+1) times the arithmetic but no
-    gathered copy: ~87 ms (fp32, the bank copy below included) / ~20 ms (bf16) for MNIST's N = 60,000
-    (AMD EPYC, one core, forward + backward).
+    call at B = 64, K = 4096, D = 128. Multiplying by the whole bank and picking the K+1 columns,
+    ``(v @ memoryᵀ).gather(idx)``, does N/(K+1) times the arithmetic but no gathered copy, which is
+    faster while the bank is not much larger than the draw (MNIST's N = 60,000, forward + backward).
     ``dense`` (default: N <= DENSE_BANK_FACTOR·(K+1)) picks the whole-bank product; a bank much larger
     than the draw (ImageNet-size N with few negatives) keeps the gather.
     """

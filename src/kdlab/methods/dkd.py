@@ -38,8 +38,9 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..config import NON_NEGATIVE, DistillConfig, check_value, ruled
 from ..errors import ConfigError
-from ..losses.objective import hard_loss
+from ..losses.kd import check_temperature, hard_loss
 from .base import Batch, Distiller, Needs, Outputs
 from .registry import register_method
 
@@ -83,8 +84,7 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
     if target.is_floating_point() or target.shape != student_logits.shape[:1]:
         raise ConfigError(f"DKD needs one class index per sample (not MixUp/CutMix probabilities), got labels of "
                           f"dtype {target.dtype} and shape {list(target.shape)}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
     T = float(temperature)
     gt = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, target.long().view(-1, 1), True)
 
@@ -127,8 +127,8 @@ class DKDParams:
     ``distill.temperature`` (4 by default, as mdistiller's); the CE weight is ``distill.hard_weight``
     (0.5 by default, kdlab's; mdistiller's 1.0 is ``distill.hard_weight: 1.0``)."""
 
-    alpha: float = 1.0
-    beta: float = 8.0
+    alpha: float = ruled(1.0, NON_NEGATIVE)
+    beta: float = ruled(8.0, NON_NEGATIVE)
     warmup: int = 20
 
 
@@ -142,16 +142,12 @@ class DKD(Distiller):
         super().__init__()
         params = params or DKDParams()
         for name in ("alpha", "beta"):
-            v = getattr(params, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"distill.dkd.{name}: must be a finite number >= 0, got {v}")
+            check_value(DKDParams, name, getattr(params, name), f"distill.dkd.{name}")
         w = params.warmup
         if isinstance(w, bool) or not isinstance(w, int) or w < 0:
             raise ConfigError(f"distill.dkd.warmup: must be an integer number of epochs >= 0, got {w}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ConfigError(f"distill.temperature: must be a finite number > 0, got {temperature}")
-        if not (isinstance(hard_weight, (int, float)) and math.isfinite(hard_weight) and hard_weight >= 0):
-            raise ConfigError(f"distill.hard_weight: must be a finite number >= 0, got {hard_weight}")
+        check_value(DistillConfig, "temperature", temperature, "distill.temperature")
+        check_value(DistillConfig, "hard_weight", hard_weight, "distill.hard_weight")
         self.alpha, self.beta, self.warmup = float(params.alpha), float(params.beta), int(w)
         self.temperature, self.hard_weight = float(temperature), float(hard_weight)
         self.epoch = 1

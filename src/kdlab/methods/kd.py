@@ -10,13 +10,14 @@ logits and each step costs one ``logits.backward(grad)`` instead of a loss graph
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 from torch import Tensor
 
+from ..config import DistillConfig, rule_of
 from ..errors import ConfigError
 from ..losses.closed_form import ClosedFormObjective, closed_form_of
-from ..losses.objective import hard_loss
+from ..losses.kd import hard_loss
 from ..losses.registry import SOFT_LOSSES
 from .base import Batch, Distiller, Needs, Outputs
 from .registry import register_method
@@ -56,10 +57,9 @@ class KD(Distiller):
 
     def __init__(self, coding: str = "hinton", temperature: float = 4.0, hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        if not (hard_weight >= 0 and soft_weight >= 0):
-            raise ConfigError(f"loss weights must be >= 0, got hard_weight={hard_weight}, soft_weight={soft_weight}")
+        rule_of(DistillConfig, "temperature").check_argument(temperature, "temperature")
+        for name, value in (("hard_weight", hard_weight), ("soft_weight", soft_weight)):
+            rule_of(DistillConfig, name).check_argument(value, f"loss weights ({name})")
         self.soft_loss_name = coding
         self.soft_fn = SOFT_LOSSES.get(coding)
         self.temperature = float(temperature)
@@ -98,66 +98,3 @@ def build_ce(params: None, distill: Any) -> CE:
 def build_kd(params: None, distill: Any) -> KD:
     """Hinton KD: hard_weight·CE + soft_weight·coding(s, t, T); the coding is distill.loss"""
     return KD(distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
-
-
-class ObjectiveMethod(Distiller):
-    """A :class:`DistillationObjective` (or a user's subclass of it) seen as a method.
-
-    Kept so scripts written against the objective API keep working; a stock objective becomes
-    :class:`KD`/:class:`CE` (and keeps the closed form), a subclass runs through its own forward.
-    """
-
-    def __init__(self, objective: Any, distill: bool) -> None:
-        super().__init__()
-        self.objective = objective
-        self.needs = Needs(teacher_logits=distill)
-
-    def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
-        return dict(self.objective(student.logits, batch.y, None if teacher is None else teacher.logits))
-
-    def total(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """The objective's own total: a subclass may add terms (a penalty) the weights do not show."""
-        return terms["total"]
-
-    def term_weights(self) -> Dict[str, float]:
-        o = self.objective
-        return {"hard": o.hard_weight, "soft": o.soft_weight} if self.needs.teacher else {"hard": 1.0}
-
-    def epoch_info(self) -> Dict[str, float]:
-        o = self.objective
-        return {"temperature": o.temperature, "hard_weight": o.hard_weight, "soft_weight": o.soft_weight} if self.needs.teacher else {}
-
-    @property
-    def temperature(self) -> float:  # schedules move the objective's values
-        return self.objective.temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.objective.temperature = value
-
-    @property
-    def hard_weight(self) -> float:
-        return self.objective.hard_weight
-
-    @hard_weight.setter
-    def hard_weight(self, value: float) -> None:
-        self.objective.hard_weight = value
-
-    @property
-    def soft_weight(self) -> float:
-        return self.objective.soft_weight
-
-    @soft_weight.setter
-    def soft_weight(self, value: float) -> None:
-        self.objective.soft_weight = value
-
-
-def from_objective(objective: Any, distill: bool) -> Distiller:
-    """The method equivalent to ``objective`` (see :class:`ObjectiveMethod`)."""
-    from ..losses.objective import DistillationObjective
-
-    if type(objective) is DistillationObjective:
-        if not distill:
-            return CE()
-        return KD(objective.soft_loss_name, objective.temperature, objective.hard_weight, objective.soft_weight)
-    return ObjectiveMethod(objective, distill)

@@ -25,7 +25,6 @@ are cached per member when the data are not augmented (:attr:`Needs.teacher_memb
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import NON_NEGATIVE, POSITIVE, check_value, ruled
 from ..errors import ConfigError
 from .base import Batch, Needs, Outputs, RunContext
 from .kd import KD
@@ -92,7 +92,7 @@ class MultiTeacherParams:
 
     weighting: str = "equal"
     weights: List[float] = field(default_factory=list)  # for ``fixed``: one per teacher
-    tau: float = 1.0  # for ``confidence``
+    tau: float = ruled(1.0, POSITIVE)  # for ``confidence``
 
 
 class MultiTeacherKD(KD):
@@ -104,10 +104,9 @@ class MultiTeacherKD(KD):
         p = params if params is not None else MultiTeacherParams()
         if p.weighting not in WEIGHTINGS:
             raise ConfigError(f"distill.multi-teacher.weighting: must be one of {', '.join(WEIGHTINGS)}, got {p.weighting!r}")
-        if not (math.isfinite(p.tau) and p.tau > 0):
-            raise ConfigError(f"distill.multi-teacher.tau: must be a finite number > 0, got {p.tau}")
+        check_value(MultiTeacherParams, "tau", p.tau, "distill.multi-teacher.tau")
         if p.weighting == "fixed":
-            if not p.weights or any(not (math.isfinite(w) and w >= 0) for w in p.weights) or not sum(p.weights) > 0:
+            if not p.weights or any(not NON_NEGATIVE.holds(w) for w in p.weights) or not sum(p.weights) > 0:
                 raise ConfigError("distill.multi-teacher.weights: weighting 'fixed' needs one finite weight >= 0 per "
                                   f"teacher, not all 0, got {p.weights}")
         elif p.weights:

@@ -1,8 +1,8 @@
 """Dropout with a cheaper mask: 16 random bits per element drawn 64 at a time.
 
-``nn.Dropout`` fills its mask with ``bernoulli_``, which on CPU costs ~2.6 ms for a 128×1200
-activation — a fifth of a whole MLP-teacher step. Drawing int64 words and reading them as four
-int16 lanes costs ~0.4 ms for the same mask. The keep probability is quantized to 1/65536
+``nn.Dropout`` fills its mask with ``bernoulli_``, which on CPU is a sizeable share of a whole
+MLP-teacher step for a 128×1200 activation. Drawing int64 words and reading them as four
+int16 lanes is several times cheaper for the same mask (figures: the README's performance section). The keep probability is quantized to 1/65536
 (exact for p = 0.5). Same semantics as ``nn.Dropout``: inverted scaling by 1/(1−p) in training,
 identity in eval mode.
 """

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 
 def _scipy_stats():
-    """``scipy.stats``, imported on first use: it takes ~0.8 s, which every CLI command would pay."""
+    """``scipy.stats``, imported on first use: its import is slow, and every CLI command would pay it."""
     import scipy.stats
 
     return scipy.stats

@@ -39,7 +39,7 @@ from ..errors import KDLabError
 from ..teacher import FrozenTeacher
 from ..train import distributed
 from ..train.checkpoint import load_checkpoint, model_from_payload
-from ..utils import atomic_write_json, check_output_location, os_error_reason
+from ..utils import atomic_write_json, check_output_location, file_digest, os_error_reason
 
 try:
     import fcntl
@@ -146,14 +146,6 @@ def _normal(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -178,7 +170,7 @@ def _load_verified(path: Path, key: Dict[str, Any], recipe: Recipe, data: Datase
         return None
     if finished:
         entry = _read_json(path / ENTRY_FILE)
-        if not isinstance(entry, dict) or entry.get("key_digest") != _digest(key) or entry.get("checkpoint_sha256") != _sha256(last):
+        if not isinstance(entry, dict) or entry.get("key_digest") != _digest(key) or entry.get("checkpoint_sha256") != file_digest(last):
             return None
     try:
         payload = load_checkpoint(last)
@@ -306,7 +298,7 @@ def cached_teacher(
                 print(announce_training(recipe, data, root, int(partial[0]["epoch"]) if resume else 0, progress, why),  # type: ignore[index]
                       file=sys.stderr, flush=True)
             result = run_teacher(recipe, data, out=path, progress=progress, resume=resume)
-            atomic_write_json(path / ENTRY_FILE, {"key_digest": _digest(key), "checkpoint_sha256": _sha256(path / "last.pt"),
+            atomic_write_json(path / ENTRY_FILE, {"key_digest": _digest(key), "checkpoint_sha256": file_digest(path / "last.pt"),
                                                   "test_acc": result.final_acc})
             return CachedTeacher(FrozenTeacher(result.model), path, False, result.final_acc, waited)
     except OSError as exc:

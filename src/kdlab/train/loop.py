@@ -13,9 +13,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..data import DatasetSplits
-from ..losses import DistillationObjective
 from ..methods import Distiller
-from ..methods.kd import from_objective
 from ..teacher import FrozenTeacher
 from . import distributed
 from .callbacks import Callback, EpochProgress, LossShareNote, stderr_line
@@ -76,16 +74,11 @@ def fit(
     scheduler, shuffle and RNG states it saved (or from epoch 1 when the run was killed before its
     first checkpoint). A non-finite loss raises :class:`NonFiniteLossError` before that epoch is saved.
     """
-    if isinstance(method, DistillationObjective):  # the pre-Distiller API
-        method = from_objective(method, distill=teacher_signal is not None or teacher is not None or teacher_logits is not None)
     if teacher_signal is not None:
-        if hasattr(teacher_signal, "logits"):  # precomputed training-set logits
-            teacher_logits = teacher_signal.logits
-        elif isinstance(getattr(teacher_signal, "teacher", None), FrozenTeacher) and teacher is None:  # online logits
-            teacher = teacher_signal.teacher
-        else:
-            raise TypeError("teacher_signal must hold precomputed logits (.logits) or a FrozenTeacher (.teacher); "
-                            "pass teacher= or teacher_logits= instead")
+        if not hasattr(teacher_signal, "logits"):
+            raise TypeError("teacher_signal must hold precomputed logits (a PrecomputedTeacherLogits); "
+                            "pass teacher= for a teacher that runs on every batch")
+        teacher_logits = teacher_signal.logits
     spec = RunSpec(data=data, train=cfg, model=model, method=method, seed=seed, teacher=teacher, teacher_logits=teacher_logits,
                    augment=augment, weight_plan=weight_plan,
                    callbacks=[_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks],

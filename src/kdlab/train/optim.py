@@ -20,7 +20,7 @@ SCHEDULERS: Registry[Callable[[Optimizer, SchedulerConfig, int], Optional[LRSche
 def _fast(cls: type, params: list, **kwargs) -> Optimizer:
     """Fused kernels when this torch build has them for CPU (2.4+), else the foreach path.
 
-    The fused CPU Adam step is ~3× cheaper than the foreach one; for a tiny student the optimizer
+    The fused CPU Adam step is cheaper than the foreach one; for a tiny student the optimizer
     step dominates the training step, so this matters.
     """
     try:

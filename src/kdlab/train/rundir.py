@@ -7,7 +7,6 @@ a run with its *own* recorded recipe; only :func:`mutable_on_resume` keys may di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -265,11 +264,3 @@ def epochs_done(path: str | os.PathLike) -> int:
         return int(state["epoch"])
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{last} records no epoch; it cannot resume this run (start a new run with --overwrite)") from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
