@@ -36,7 +36,8 @@ from .train import distributed
 from .train.callbacks import epoch_progress
 from .train.loop import RunCallback, loss_share_note
 from .train.rundir import RunDir, run_files
-from .train.stages import StageCallback, check_stages
+from .train.stages import check_stages
+from .train.weights import WeightPlan
 from .train.trainer import Trainer
 from .utils import check_output_location, seed_everything
 
@@ -140,10 +141,10 @@ def distill(
             "student_parameters": count_parameters(student),
             "teacher_parameters": count_parameters(teacher) if teacher is not None else 0}
         shares = loss_share_note(progress)  # before RunCallback writes the records
-        callbacks = [c for c in (StageCallback(stage_list) if stage_list else None, shares,
-                                 distributed.rank_zero(epoch_progress(progress, f"distill ({method})", epochs))) if c is not None]
+        callbacks = [c for c in (shares, distributed.rank_zero(epoch_progress(progress, f"distill ({method})", epochs))) if c is not None]
         # bad layer names, shapes or missing sample indices fail here, before a run folder exists
-        trainer = Trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev)
+        trainer = Trainer(student, the_method, data, train_cfg, seed=seed, teacher=frozen, callbacks=callbacks, device=dev,
+                          weight_plan=WeightPlan(epochs, stages=stage_list))
         try:
             run = None if out is False else RunDir(run_path) if run_path is not None else _new_run_dir()
             if run is not None:  # under torchrun: written by rank 0 alone

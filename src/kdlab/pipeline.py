@@ -24,12 +24,12 @@ from .data import DatasetSplits, input_spec, load_dataset
 from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
-from .schedules import ScheduleHook
 from .teacher import FrozenTeacher, PrecomputedTeacherLogits, TeacherEnsemble
 from .train import FitResult, RunDir, distributed, fit, load_model
 from .train.checkpoint import model_payload
-from .train.callbacks import Callback, ScheduleCallback
-from .train.stages import StageCallback, check_stages
+from .train.callbacks import Callback
+from .train.stages import check_stages
+from .train.weights import WeightPlan
 from .train.rundir import check_new_run_folder, file_sha256
 from .device import plan_threads, resolve_device, step_macs
 from .utils import check_output_location, seed_everything
@@ -171,9 +171,9 @@ def train_role(
         resume=resume,
         progress=progress,
         desc=kind,
-        callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs)),
-                   *([StageCallback(recipe.distill.stages)] if staged else [])],
+        callbacks=callbacks,
         augment=augment,
+        weight_plan=WeightPlan(role_cfg.train.epochs, recipe.distill, recipe.distill.stages if staged else ()),
     )
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..losses.closed_form import ClosedFormObjective, closed_form_of
 from ..losses.objective import hard_loss
 from ..losses.registry import SOFT_LOSSES
-from .base import Batch, Distiller, Needs, Outputs
+from .base import TEMPERATURE_SCHEDULE, WEIGHT_SCHEDULE, Batch, Distiller, EpochWeights, Needs, Outputs
 from .registry import register_method
 
 
@@ -43,8 +43,9 @@ class CE(Distiller):
 
 
 class KD(Distiller):
-    """Hinton KD; ``temperature``/``hard_weight``/``soft_weight`` are plain attributes so a
-    schedule can move them between epochs (the closed form re-tabulates on change).
+    """Hinton KD; ``hard_weight``/``soft_weight`` and ``base_temperature`` are the configured values,
+    which the run's schedules move each epoch through its weight plan (:meth:`weights` and
+    :attr:`temperature` give the values in force; the closed form re-tabulates on change).
 
     Where the defaults (``distill.temperature``/``hard_weight``/``soft_weight``) come from: T = 4 is
     RepDistiller's ``--kd_T 4`` and mdistiller's ``KD.TEMPERATURE 4`` (CIFAR-100); the weights
@@ -53,6 +54,7 @@ class KD(Distiller):
     """
 
     needs = Needs(teacher_logits=True)
+    schedules = frozenset({WEIGHT_SCHEDULE, TEMPERATURE_SCHEDULE})
 
     def __init__(self, coding: str = "hinton", temperature: float = 4.0, hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__()
@@ -62,9 +64,21 @@ class KD(Distiller):
             raise ConfigError(f"loss weights must be >= 0, got hard_weight={hard_weight}, soft_weight={soft_weight}")
         self.soft_loss_name = coding
         self.soft_fn = SOFT_LOSSES.get(coding)
-        self.temperature = float(temperature)
+        self.base_temperature = float(temperature)
         self.hard_weight = float(hard_weight)
         self.soft_weight = float(soft_weight)
+
+    @property
+    def temperature(self) -> float:
+        """The T in force this epoch (the weight plan's; before any plan, the configured one)."""
+        return self.current_temperature()  # type: ignore[return-value]
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:  # sets the configured T (a user's before_epoch hook)
+        self.base_temperature = float(value)
+
+    def configured_temperature(self) -> Optional[float]:
+        return self.base_temperature
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         if teacher is None:
@@ -85,7 +99,8 @@ class KD(Distiller):
         return ClosedFormObjective(labels, num_classes, teacher_logits)
 
     def epoch_info(self) -> Dict[str, float]:
-        return {"temperature": self.temperature, "hard_weight": self.hard_weight, "soft_weight": self.soft_weight}
+        w = self.method_weights()
+        return {"temperature": self.temperature, "hard_weight": w["hard"], "soft_weight": w["soft"]}
 
 
 @register_method("ce")
@@ -97,7 +112,8 @@ def build_ce(params: None, distill: Any) -> CE:
 @register_method("hinton")
 def build_kd(params: None, distill: Any) -> KD:
     """Hinton KD: hard_weight·CE + soft_weight·coding(s, t, T); the coding is distill.loss"""
-    return KD(distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return KD(coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+              soft_weight=distill.soft_weight)
 
 
 class ObjectiveMethod(Distiller):
@@ -105,12 +121,16 @@ class ObjectiveMethod(Distiller):
 
     Kept so scripts written against the objective API keep working; a stock objective becomes
     :class:`KD`/:class:`CE` (and keeps the closed form), a subclass runs through its own forward.
+    The objective's T and weights at wrapping are the configured ones; each epoch the weight plan's
+    values are put into the objective (its forward reads them), and the configured ones back after the run.
     """
 
     def __init__(self, objective: Any, distill: bool) -> None:
         super().__init__()
         self.objective = objective
         self.needs = Needs(teacher_logits=distill)
+        self.schedules = frozenset({WEIGHT_SCHEDULE, TEMPERATURE_SCHEDULE}) if distill else frozenset()
+        self.configured = {"temperature": objective.temperature, "hard": objective.hard_weight, "soft": objective.soft_weight}
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         return dict(self.objective(student.logits, batch.y, None if teacher is None else teacher.logits))
@@ -120,20 +140,31 @@ class ObjectiveMethod(Distiller):
         return terms["total"]
 
     def term_weights(self) -> Dict[str, float]:
-        o = self.objective
-        return {"hard": o.hard_weight, "soft": o.soft_weight} if self.needs.teacher else {"hard": 1.0}
+        c = self.configured
+        return {"hard": c["hard"], "soft": c["soft"]} if self.needs.teacher else {"hard": 1.0}
+
+    def configured_temperature(self) -> Optional[float]:
+        return self.configured["temperature"] if self.needs.teacher else None
+
+    def use_weights(self, weights: Optional[EpochWeights]) -> None:
+        super().use_weights(weights)
+        if self.needs.teacher:  # the objective computes its own total from these
+            w = self.method_weights()
+            o = self.objective
+            o.temperature, o.hard_weight, o.soft_weight = self.current_temperature(), w["hard"], w["soft"]
 
     def epoch_info(self) -> Dict[str, float]:
         o = self.objective
         return {"temperature": o.temperature, "hard_weight": o.hard_weight, "soft_weight": o.soft_weight} if self.needs.teacher else {}
 
+    # the objective's values in force; setting one sets the configured value too (a user's before_epoch hook)
     @property
-    def temperature(self) -> float:  # schedules move the objective's values
+    def temperature(self) -> float:
         return self.objective.temperature
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self.objective.temperature = value
+        self.configured["temperature"] = self.objective.temperature = value
 
     @property
     def hard_weight(self) -> float:
@@ -141,7 +172,7 @@ class ObjectiveMethod(Distiller):
 
     @hard_weight.setter
     def hard_weight(self, value: float) -> None:
-        self.objective.hard_weight = value
+        self.configured["hard"] = self.objective.hard_weight = value
 
     @property
     def soft_weight(self) -> float:
@@ -149,7 +180,7 @@ class ObjectiveMethod(Distiller):
 
     @soft_weight.setter
     def soft_weight(self, value: float) -> None:
-        self.objective.soft_weight = value
+        self.configured["soft"] = self.objective.soft_weight = value
 
 
 def from_objective(objective: Any, distill: bool) -> Distiller:
@@ -159,5 +190,6 @@ def from_objective(objective: Any, distill: bool) -> Distiller:
     if type(objective) is DistillationObjective:
         if not distill:
             return CE()
-        return KD(objective.soft_loss_name, objective.temperature, objective.hard_weight, objective.soft_weight)
+        return KD(coding=objective.soft_loss_name, temperature=objective.temperature, hard_weight=objective.hard_weight,
+                  soft_weight=objective.soft_weight)
     return ObjectiveMethod(objective, distill)

@@ -39,6 +39,7 @@ from ..methods.base import Batch, Distiller, Outputs
 from ..models.dropout import FastDropout
 from ..train.callbacks import Callback, CallbackList
 from ..train.optim import OPTIMIZERS, build_scheduler
+from ..train.weights import WeightPlan
 from ..train.records import FitResult, check_finite, method_record
 from ..train.trainer import Trainer
 from ..models.chain import linear_chain
@@ -89,6 +90,7 @@ class BatchedTrainer(Trainer):
         cfg: TrainConfig,
         teacher_logits: Optional[Tensor] = None,
         callbacks: Sequence[Callback] = (),
+        weight_plan: Optional[WeightPlan] = None,
     ) -> None:
         S = len(seeds)
         V = len(students)
@@ -110,6 +112,7 @@ class BatchedTrainer(Trainer):
         self.methods, self.method = list(methods), methods[0]
         self.data, self.cfg, self.seeds = data, cfg, list(seeds)
         self.callbacks = CallbackList(callbacks)
+        self.weight_plan = weight_plan or WeightPlan.constant()
         self.params, _ = stack_module_state(self.flat)
         self.base = copy.deepcopy(self.flat[0]).to("meta")
         self.shapes = {k: p.shape[1:] for k, p in self.params.items()}
@@ -295,10 +298,11 @@ def fit_batched(
     cfg: TrainConfig,
     teacher_logits: Optional[Tensor] = None,
     callbacks: Sequence[Callback] = (),
+    weight_plan: Optional[WeightPlan] = None,
 ) -> List[List[FitResult]]:
     """Train ``students[v][s]`` with ``methods[v]`` and the batch order of ``seeds[s]``; returns
     ``results[v][s]`` and updates the students in place."""
-    trainer = BatchedTrainer(students, methods, seeds, data, cfg, teacher_logits, callbacks)
+    trainer = BatchedTrainer(students, methods, seeds, data, cfg, teacher_logits, callbacks, weight_plan)
     flat = trainer.fit()
     V = len(methods)
     return [[flat[s * V + v] for s in range(len(seeds))] for v in range(V)]

@@ -29,10 +29,10 @@ from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, plan_threads_for, prepare_data, train_role
-from ..schedules import ScheduleHook
-from ..train.callbacks import ScheduleCallback, epoch_progress
+from ..train.callbacks import epoch_progress
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
+from ..train.weights import WeightPlan
 from .batched import batching_blocker, fit_batched, train_blocker
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from .teacher_cache import cached_teacher
@@ -154,7 +154,7 @@ def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
         return CE()
     if by_method:
         return build_method(variant, d, d.sections.get(variant))
-    return KD(variant, d.temperature, d.hard_weight, d.soft_weight)
+    return KD(coding=variant, temperature=d.temperature, hard_weight=d.hard_weight, soft_weight=d.soft_weight)
 
 
 def _batchable(method: Distiller, data: DatasetSplits, logits: Tensor) -> bool:
@@ -243,8 +243,8 @@ def compare(
         t0 = time.perf_counter()
         results = fit_batched(
             grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg, teacher_logits=logits,
-            callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)), tensorboard(tb_names),
-                       epoch_progress(progress, f"{len(batch_variants)}x{len(seed_list)} students", cfg.epochs)],
+            callbacks=[tensorboard(tb_names), epoch_progress(progress, f"{len(batch_variants)}x{len(seed_list)} students", cfg.epochs)],
+            weight_plan=WeightPlan(cfg.epochs, recipe.distill),
         )
         share = (time.perf_counter() - t0) / (len(batch_variants) * len(seed_list))
         for v, row in zip(batch_variants, results):

@@ -28,6 +28,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .rundir import RunDir
 from .records import FitResult, NonFiniteLossError, evaluate
 from .trainer import Trainer
+from .weights import WeightPlan
 
 TeacherSignal = Callable[[Tensor, Tensor], Tensor]
 EpochLog = EpochProgress  # the one-line-per-epoch display, under the name earlier code used
@@ -96,6 +97,7 @@ def fit(
     desc: str = "train",
     callbacks: Sequence[Callback] = (),
     augment: Optional[Callable[[Tensor, Tensor, torch.Generator], Any]] = None,
+    weight_plan: Optional[WeightPlan] = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``cfg.epochs`` epochs, evaluating after each.
 
@@ -124,7 +126,7 @@ def fit(
     if augment is not None and logits is not None and method.needs.teacher:
         raise ValueError("augmented batches need the teacher model (it must see the same augmented images), not cached logits")
     trainer = Trainer(model, method, data, cfg, seed=seed, teacher=teacher, teacher_logits=logits if augment is None else None,
-                      callbacks=[c for c in cbs if c is not None], augment=augment)
+                      callbacks=[c for c in cbs if c is not None], augment=augment, weight_plan=weight_plan)
     if run is not None:
         trainer.saved_note = lambda epoch: (f"kept the last good checkpoint {run.file('last.pt')} (epoch {epoch - 1})"
                                             if epoch > 1 else "no checkpoint was written")

@@ -50,6 +50,7 @@ from . import distributed
 from .callbacks import Callback, CallbackList
 from .optim import OPTIMIZERS, build_scheduler
 from .records import FitResult, NonFiniteLossError, check_finite, evaluate, evaluate_loader, method_record  # noqa: F401
+from .weights import WeightPlan
 
 Augment = Callable[[Tensor, Tensor, torch.Generator], "tuple[Tensor, Tensor]"]
 _Item = TypeVar("_Item")
@@ -61,6 +62,7 @@ class Trainer:
     ``teacher`` is a :class:`FrozenTeacher` (or None for methods without one); ``teacher_logits``
     are precomputed training-set logits that spare the teacher's forward (studies share them).
     ``augment(x, y, generator)`` transforms each batch (then the teacher runs online).
+    ``weight_plan`` gives the method its weights and T each epoch (schedules, stages, its warm-up).
     """
 
     dist: Optional[distributed.Context] = None  # the torchrun process group; subclasses that skip __init__ run alone
@@ -78,9 +80,11 @@ class Trainer:
         augment: Optional[Augment] = None,
         callbacks: Sequence[Callback] = (),
         device: Optional[torch.device] = None,
+        weight_plan: Optional[WeightPlan] = None,
     ) -> None:
         self.model, self.method, self.data, self.cfg = model, method, data, cfg
         self.methods = [method]
+        self.weight_plan = weight_plan or WeightPlan.constant()
         self.seed = seed
         self.teacher, self.augment = teacher, augment
         self.callbacks = CallbackList(callbacks)
@@ -396,8 +400,8 @@ class Trainer:
             self.callbacks.on_fit_start(self)
             for epoch in range(self.start_epoch, self.cfg.epochs + 1):
                 self.callbacks.on_epoch_start(self, epoch)
-                for method in self.methods:
-                    method.start_epoch(epoch)
+                if self.weight_plan.apply(self.methods, epoch):  # a stage with reset_optimizer starts here
+                    self.optimizer.state.clear()
                 t0 = time.perf_counter()
                 rows = self.train_epoch()
                 if self.dist is not None:
@@ -422,6 +426,7 @@ class Trainer:
         finally:
             try:
                 self.callbacks.on_fit_end(self)
+                self.weight_plan.release(self.methods)  # handed back as configured
                 self.close()
             finally:
                 set_flush_denormal(flushing)
