@@ -33,7 +33,8 @@ from .models import count_parameters
 from .teacher import FrozenTeacher, TeacherEnsemble
 from .train import distributed
 from .train.rundir import RunDir, new_run_dir, run_files
-from .train.stages import StageCallback, check_stages
+from .train.stages import check_stages
+from .train.weights import WeightPlan
 from .train.run import RunRecord, RunSpec
 from .train.run import run as run_spec
 from .utils import check_output_location, seed_everything
@@ -152,7 +153,7 @@ def distill(
 
         (result,) = run_spec(RunSpec(
             data=data, train=train_cfg, model=student, method=the_method, seed=seed, teacher=frozen, device=dev,
-            callbacks=[StageCallback(stage_list) if stage_list else None], run=run_folder, checkpoint_meta=meta,
+            weight_plan=WeightPlan(epochs, stages=stage_list), run=run_folder, checkpoint_meta=meta,
             resume=resume, record=RunRecord(config_yaml, "distill", info, summary=True), progress=progress,
             desc=f"distill ({method})"))
     return DistillResult(student, result.history, made[0].path if made else None, the_method)

@@ -24,15 +24,15 @@ from .data import DatasetSplits, input_spec, load_dataset
 from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
-from .schedules import ScheduleHook
 from .teacher import FrozenTeacher, TeacherEnsemble
 from .train import FitResult, RunDir, distributed, load_model
 from .train.processes import current_processes
 from .train.run import RunRecord, RunSpec
 from .train.run import run as run_spec
 from .train.checkpoint import model_payload
-from .train.callbacks import Callback, ScheduleCallback
-from .train.stages import StageCallback, check_stages
+from .train.callbacks import Callback
+from .train.stages import check_stages
+from .train.weights import WeightPlan
 from .train.rundir import check_new_run_folder, new_run_dir
 from .device import plan_threads, resolve_device, step_macs
 from .utils import check_output_location, file_digest, seed_everything
@@ -146,9 +146,8 @@ def train_role(
     (result,) = run_spec(RunSpec(
         data=data, train=role_cfg.train, model=model, method=method, seed=recipe.seed,
         teacher=teacher if teacher_logits is None else None, teacher_logits=teacher_logits, augment=augment,
-        callbacks=[*callbacks, ScheduleCallback(ScheduleHook(recipe.distill, role_cfg.train.epochs)),
-                   *([StageCallback(recipe.distill.stages)] if staged else [])],
-        run=run, checkpoint_meta=meta, resume=resume, record=record, progress=progress, desc=kind,
+        weight_plan=WeightPlan(role_cfg.train.epochs, recipe.distill, recipe.distill.stages if staged else ()),
+        callbacks=callbacks, run=run, checkpoint_meta=meta, resume=resume, record=record, progress=progress, desc=kind,
     ))
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 

@@ -1,8 +1,8 @@
 """Per-epoch schedules for the loss weights and the temperature.
 
 A schedule is a pure function of (configured values, epoch index e = 0..E−1, E) so it is easy to
-test and to record: the trainer applies it through its ``before_epoch`` hook and logs the values it
-set in every epoch's metrics. Weight schedules shift weight from the hard to the soft term while
+test and to record: the run's weight plan (:class:`kdlab.train.weights.WeightPlan`) applies it
+before every epoch and the trainer logs the values in force in every epoch's metrics. Weight schedules shift weight from the hard to the soft term while
 keeping ``hard_weight + soft_weight`` fixed, so only the balance changes, not the overall scale.
 """
 
@@ -63,13 +63,3 @@ def scheduled_values(cfg: DistillConfig, epoch: int, epochs: int) -> Tuple[float
     hard, soft = WEIGHT_SCHEDULES.get(cfg.weight_schedule.name)(cfg, epoch, epochs)
     T = TEMPERATURE_SCHEDULES.get(cfg.temperature_schedule.name)(cfg, epoch, epochs)
     return T, hard, soft
-
-
-class ScheduleHook:
-    """``before_epoch`` hook for :func:`kdlab.train.fit`; epochs there are 1-based."""
-
-    def __init__(self, cfg: DistillConfig, epochs: int) -> None:
-        self.cfg, self.epochs = cfg, epochs
-
-    def __call__(self, epoch: int, objective) -> None:
-        objective.temperature, objective.hard_weight, objective.soft_weight = scheduled_values(self.cfg, epoch - 1, self.epochs)

@@ -17,6 +17,7 @@ from kdlab.pipeline import build_role_model, prepare_data
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
 from kdlab.train.build import build_trainer
+from kdlab.train.weights import WeightPlan
 
 D = torch.float64
 
@@ -124,11 +125,11 @@ def test_warmup_factor_per_epoch_and_term_weights():
     m = DKD(DKDParams(alpha=2.0, beta=8.0, warmup=4), temperature=4.0, hard_weight=1.0)
     seen = []
     for e in range(1, 6):
-        m.start_epoch(e)
-        seen.append(m.term_weights())
+        WeightPlan().apply([m], e)
+        seen.append(m.weights())
     assert seen[0] == {"hard": 1.0, "tckd": 0.5, "nckd": 2.0}
     assert seen[3] == seen[4] == {"hard": 1.0, "tckd": 2.0, "nckd": 8.0}
-    m.start_epoch(2)
+    WeightPlan().apply([m], 2)
     assert m.epoch_info()["warmup_factor"] == 0.5
     # total = CE + factor·(α·TCKD + β·NCKD)
     terms = m(Batch(S.float(), Y), Outputs(S.float()), Outputs(TT.float()))
@@ -197,7 +198,7 @@ def test_trains_through_the_trainer_on_digits_with_cached_teacher_logits():
     with torch.no_grad():
         t = teacher(x)
     tckd, nckd = dkd_terms(s, t, y, 4.0)
-    method.start_epoch(1)
+    WeightPlan().apply([method], 1)
     expected = F.cross_entropy(s, y) + 0.5 * (tckd + 8.0 * nckd)
     row = trainer.train_epoch()[0]
     assert float(row[0]) == pytest.approx(float(expected.detach()), rel=1e-4)

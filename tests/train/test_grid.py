@@ -7,25 +7,31 @@ from kdlab.recipes import load_recipe
 from kdlab.methods import CE, KD
 from kdlab.models import build_model
 from kdlab.pipeline import build_role_model, prepare_data, run_teacher
-from kdlab.schedules import ScheduleHook
-from kdlab.train.build import fit_grid
+from kdlab.schedules import scheduled_values
+from kdlab.train.run import fit_grid
 from kdlab.train.students import grid_blocker
 from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
 from kdlab.train import fit
-from kdlab.train.callbacks import ScheduleCallback
+from kdlab.train.weights import WeightPlan
 
 VARIANTS = ["scratch", "hinton", "softmax-input", "mean-reduction"]
 SEEDS = [0, 3]
 
 
-def _method(v):
-    return CE() if v == "scratch" else KD(v, 3.0, 0.4, 0.6)
+def _method(v, distill=None):
+    """``distill``: the recipe's settings, which a scheduled run's methods are built from (as kdlab's commands do)."""
+    if v == "scratch":
+        return CE()
+    if distill is None:
+        return KD(coding=v, temperature=3.0, hard_weight=0.4, soft_weight=0.6)
+    return KD(coding=v, temperature=distill.temperature, hard_weight=distill.hard_weight, soft_weight=distill.soft_weight)
 
 
 def _one_by_one_vs_batched(recipe, data, logits, variants, seeds, before_epoch=None):
     grid = [[build_role_model(dataclasses.replace(recipe, seed=s), "student", data) for s in seeds] for _ in variants]
-    callbacks = [ScheduleCallback(before_epoch)] if before_epoch else []
-    batched = fit_grid(grid, [_method(v) for v in variants], seeds, data, recipe.student.train, teacher_logits=logits, callbacks=callbacks)
+    plan = WeightPlan(recipe.student.train.epochs, recipe.distill) if before_epoch else None
+    methods = [_method(v, recipe.distill if before_epoch else None) for v in variants]
+    batched = fit_grid(grid, methods, seeds, data, recipe.student.train, teacher_logits=logits, weight_plan=plan)
     for vi, v in enumerate(variants):
         for si, s in enumerate(seeds):
             model = build_role_model(dataclasses.replace(recipe, seed=s), "student", data)
@@ -61,7 +67,11 @@ def test_batched_equality_holds_with_sgd_clipping_cosine_lr_and_schedules(setup)
     recipe = load_recipe("digits-mlp", ["student.train.epochs=3", "student.train.optimizer={name: sgd, lr: 0.05}",
                                         "student.train.grad_clip=0.5", "student.train.scheduler.name=cosine",
                                         "distill.weight_schedule.name=cosine"])
-    hook = ScheduleHook(recipe.distill, recipe.student.train.epochs)
+
+    def hook(epoch, objective):  # the previous loop's schedule: set on the objective before each epoch
+        objective.temperature, objective.hard_weight, objective.soft_weight = scheduled_values(
+            recipe.distill, epoch - 1, recipe.student.train.epochs)
+
     _one_by_one_vs_batched(recipe, data, logits, ["scratch", "hinton"], [1, 2], hook)
 
 

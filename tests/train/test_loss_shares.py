@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import kdlab
-from kdlab.config import DistillConfig, OptimizerConfig, TrainConfig
+from kdlab.config import DistillConfig, OptimizerConfig, StageConfig, TrainConfig
 from kdlab.data import DatasetSplits, TensorData
 from kdlab.methods import METHODS, build_method
 from kdlab.teacher import FrozenTeacher
@@ -17,6 +17,7 @@ from kdlab.train import RunDir, distributed, fit
 from kdlab.train.callbacks import DOMINANT_SHARE, LossShareNote
 from kdlab.train.loop import loss_share_note
 from kdlab.train.records import term_shares
+from kdlab.train.weights import WeightPlan
 from tests.test_api import _data
 from tests.user_models import TinyCNN
 
@@ -79,7 +80,7 @@ def test_a_hint_only_stage_is_not_judged_the_first_joint_epoch_is():
     trainer = _trainer(method)
     note.on_fit_start(trainer)
     for epoch in (1, 2):
-        method.start_epoch(epoch)
+        WeightPlan().apply([method], epoch)
         r = {"loss_hard": 2.0, "loss_soft": 1.0, "loss_hint": 0.79}
         note.on_epoch_end(trainer, epoch, [r])
         assert ("share_hint" in r) == (epoch == 2)
@@ -88,7 +89,7 @@ def test_a_hint_only_stage_is_not_judged_the_first_joint_epoch_is():
 
 def test_a_staged_run_names_the_stage_setting():
     method = _fitnets()
-    method.stage, method.stage_weights = 2, {"hard": 0.5, "hint": 100.0}
+    WeightPlan(stages=[StageConfig(epochs=1), StageConfig(terms={"hard": 0.5, "hint": 100.0})]).apply([method], 2)
     assert method.weight_setting("hint") == "distill.stages[1].terms.hint (kdlab.distill: stages=)"
 
 

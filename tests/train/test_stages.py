@@ -12,8 +12,9 @@ from kdlab.pipeline import build_role_model, prepare_data, run_distill
 from kdlab.recipes import load_recipe
 from kdlab.teacher import FrozenTeacher
 from kdlab.train.callbacks import Callback
-from kdlab.train.stages import StageCallback, check_stages, stage_at
+from kdlab.train.stages import check_stages, stage_at
 from kdlab.train.build import build_trainer
+from kdlab.train.weights import WeightPlan
 
 
 def test_stage_boundaries_by_hand():
@@ -46,11 +47,14 @@ def test_unknown_terms_name_the_methods_terms():
 
 
 class _OptimizerSeen(Callback):
+    """The optimizer state's size as each epoch's steps begin (after the weight plan's reset)."""
+
     def __init__(self):
         self.sizes = []
 
-    def on_epoch_start(self, trainer, epoch):
+    def wrap_steps(self, trainer, steps, total):
         self.sizes.append(len(trainer.optimizer.state))
+        return steps
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def _run(digits, method, stages, steps="auto"):
     student = build_role_model(recipe, "student", data)
     seen = _OptimizerSeen()
     trainer = build_trainer(student, method, data, recipe.student.train, seed=0, teacher=FrozenTeacher(teacher),
-                      callbacks=[StageCallback(stages), seen], steps=steps)
+                      callbacks=[seen], weight_plan=WeightPlan(stages=stages), steps=steps)
     (result,) = trainer.fit()
     return trainer, result, seen
 
@@ -85,7 +89,7 @@ def test_closed_form_honours_stage_weights_and_resets_the_optimizer(digits):
     assert (h[0]["weight_hard"], h[0]["weight_soft"]) == (1.0, 0.0) and (h[2]["weight_hard"], h[2]["weight_soft"]) == (0.5, 0.5)
     assert h[0]["loss_total"] == pytest.approx(h[0]["loss_hard"], rel=1e-5)  # stage 1 trains CE alone
     assert seen.sizes[0] == 0 and seen.sizes[1] > 0 and seen.sizes[2] == 0 and seen.sizes[3] > 0  # fresh state at stage 2
-    assert fast_trainer.method.stage_weights is None  # the method is handed back as configured
+    assert fast_trainer.method.epoch_weights is None  # the method is handed back as configured
 
 
 def test_fitnets_hint_only_stage_then_kd_plus_hint_through_the_pipeline(tmp_path):
@@ -124,7 +128,7 @@ def test_a_run_resumed_at_a_stage_boundary_resets_there_and_equals_the_uninterru
     def trainer(callbacks):
         student = build_role_model(recipe, "student", data)
         return build_trainer(student, KD("hinton", 4.0, 0.5, 0.5), data, recipe.student.train, seed=0,
-                       teacher=FrozenTeacher(teacher), callbacks=[StageCallback(stages), *callbacks])
+                       teacher=FrozenTeacher(teacher), callbacks=list(callbacks), weight_plan=WeightPlan(stages=stages))
 
     (whole,) = trainer([]).fit()
     stop = _SaveAndStop(2)

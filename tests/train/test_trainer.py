@@ -8,11 +8,11 @@ import torch
 from kdlab.recipes import load_recipe
 from kdlab.methods import CE, KD, Batch, Outputs
 from kdlab.pipeline import build_role_model, prepare_data
-from kdlab.schedules import ScheduleHook
+from kdlab.schedules import scheduled_values
 from kdlab.teacher import FrozenTeacher, PrecomputedTeacherLogits
 from kdlab.train import fit
-from kdlab.train.callbacks import ScheduleCallback
 from kdlab.train.build import build_trainer
+from kdlab.train.weights import WeightPlan
 
 FAST = ["teacher.model.hidden=[32]", "student.train.epochs=2", "student.train.optimizer.name=sgd",
         "student.train.optimizer.lr=0.05", "student.train.grad_clip=1.0"]
@@ -38,14 +38,17 @@ def _both(setup, method, fit_method, use_teacher):
     recipe, data, teacher = setup
     cfg = recipe.student.train
     logits = teacher.logits_for(data.train.x) if use_teacher else None
-    hook = ScheduleHook(recipe.distill, cfg.epochs)
+
+    def hook(epoch, objective):  # the previous loop's schedule: set on the objective before each epoch
+        objective.temperature, objective.hard_weight, objective.soft_weight = scheduled_values(recipe.distill, epoch - 1, cfg.epochs)
+
     a = build_role_model(recipe, "student", data)
     b = copy.deepcopy(a)
     torch.manual_seed(5)
     old = fit(a, data, cfg, fit_method, seed=3, teacher_signal=PrecomputedTeacherLogits(logits) if use_teacher else None,
               progress=False, before_epoch=hook if use_teacher else None)
     torch.manual_seed(5)
-    trainer = build_trainer(b, method, data, cfg, seed=3, teacher_logits=logits, callbacks=[ScheduleCallback(hook)])
+    trainer = build_trainer(b, method, data, cfg, seed=3, teacher_logits=logits, weight_plan=WeightPlan(cfg.epochs, recipe.distill))
     (new,) = trainer.fit()
     return old, new, a, b, trainer
 

@@ -136,7 +136,7 @@ class AttentionTransfer(KD):
 
     def __init__(self, params: ATParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
-        super().__init__(coding, temperature, hard_weight, soft_weight)
+        super().__init__(coding=coding, temperature=temperature, hard_weight=hard_weight, soft_weight=soft_weight)
         self.needs = layer_pair_needs("at", params.pairs)
         for key, value in (("weight", params.weight), ("p", params.p)):
             if not (math.isfinite(value) and (value > 0 if key == "p" else value >= 0)):
@@ -161,4 +161,5 @@ class AttentionTransfer(KD):
 @register_method("at", ATParams)
 def build_at(params: ATParams, distill: Any) -> AttentionTransfer:
     """attention transfer: hard + Hinton KD + weight·Σ mean((a_s − a_t)²), a = L2-normalised mean_c |f|^p"""
-    return AttentionTransfer(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return AttentionTransfer(params=params, coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+                             soft_weight=distill.soft_weight)

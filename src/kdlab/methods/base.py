@@ -16,7 +16,7 @@ resumed with its checkpoint, and never part of the exported student.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,9 @@ class Needs:
     teacher_members: bool = False
     # the method's own moving average of the student is its teacher (:meth:`Distiller.ema_step`)
     ema_teacher: bool = False
+    # state kept per training sample (CRD's memory banks): each torchrun process would update only
+    # its own shard's rows, so such a method runs in one process only
+    per_sample_state: bool = False
 
     @property
     def teacher(self) -> bool:
@@ -44,6 +47,32 @@ class Needs:
     def logits_only(self) -> bool:
         """True when cached teacher logits are all the method needs (the fast path's condition)."""
         return not (self.student_features or self.teacher_features)
+
+
+#: :attr:`Distiller.schedules` entries: the run's weight schedule moves the method's ``hard`` and
+#: ``soft`` terms (keeping their sum), its temperature schedule the method's T.
+WEIGHT_SCHEDULE = "weights"
+TEMPERATURE_SCHEDULE = "temperature"
+
+
+@dataclass(frozen=True)
+class EpochWeights:
+    """What the run's weight plan (:class:`kdlab.train.weights.WeightPlan`) puts in force for one epoch.
+
+    Computed from the epoch alone, so a resumed run trains with the uninterrupted run's weights.
+    """
+
+    epoch: int  # 1-based
+    #: term -> weight in force (what :meth:`Distiller.weights` returns): the stage's, when it lists terms
+    weights: Dict[str, float]
+    #: term -> the method's own weight before any stage: configured × schedule × its warm-up (what it records)
+    method_weights: Dict[str, float]
+    #: term -> the method's warm-up factor this epoch (:meth:`Distiller.warmup_factors`; 1 where it sets none)
+    factors: Dict[str, float]
+    temperature: Optional[float] = None  # None: the method has no temperature
+    stage: Optional[int] = None  # 1-based index of the stage in force; None: the run has no stages
+    stage_name: Optional[str] = None
+    stage_terms: bool = False  # True when the stage's terms replaced the method's weights
 
 
 @dataclass
@@ -87,11 +116,12 @@ class Distiller(nn.Module):
     #: :meth:`build` on a probe batch before the optimizer exists, so those parts are trained.
     lazy: bool = False
 
-    #: Stage name and weights set by a staged recipe (:class:`kdlab.train.stages.StageCallback`):
-    #: they replace :meth:`term_weights` (terms a stage does not list weigh 0). None: no stage.
-    stage: Optional[int] = None  # 1-based
-    stage_name: Optional[str] = None
-    stage_weights: Optional[Dict[str, float]] = None
+    #: Which of the run's schedules move this method (:data:`WEIGHT_SCHEDULE`, :data:`TEMPERATURE_SCHEDULE`);
+    #: none by default. The weight schedule needs ``hard`` and ``soft`` terms.
+    schedules: FrozenSet[str] = frozenset()
+    #: The weights and T in force this epoch, handed over by the run's weight plan (:meth:`use_weights`);
+    #: None before any plan ran and after a run: the method as configured.
+    epoch_weights: Optional[EpochWeights] = None
 
     #: The registered name (``fitnets``), set by :func:`~kdlab.methods.registry.build_method`; None for a
     #: method built directly. Messages use it to name the method's recipe section.
@@ -112,23 +142,42 @@ class Distiller(nn.Module):
         """Create shape-dependent parts from one probe batch (default: one forward creates them)."""
         self(batch, student, teacher)
 
-    def start_epoch(self, epoch: int) -> None:
-        """Called by the trainer before each epoch (1-based), after schedules; stages switch here."""
+    def warmup_factors(self, epoch: int) -> Dict[str, float]:
+        """The method's own factor per term at 1-based ``epoch`` (DKD's linear warm-up, FitNets' hint-only
+        epochs); terms not named keep factor 1. A pure function of the epoch, so a resumed run gets the
+        uninterrupted run's weights. Default: none."""
+        return {}
+
+    def configured_temperature(self) -> Optional[float]:
+        """The method's configured T, which the run's temperature schedule moves; None: it has none."""
+        return None
+
+    def use_weights(self, weights: Optional[EpochWeights]) -> None:
+        """Called by the run's weight plan before each epoch (None after the run: back to the configured weights)."""
+        self.epoch_weights = weights
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:  # pragma: no cover
         """Named, unweighted loss terms (scalar tensors) for this batch."""
         raise NotImplementedError
 
     def term_weights(self) -> Dict[str, float]:  # pragma: no cover
-        """Term name -> current weight, in the order terms are logged; schedules may change them."""
+        """Term name -> configured weight, in the order terms are logged (the weight plan starts from these)."""
         raise NotImplementedError
 
     def weights(self) -> Dict[str, float]:
-        """The weights in force: :meth:`term_weights`, or the current stage's."""
-        configured = self.term_weights()
-        if self.stage_weights is None:
-            return configured
-        return {name: float(self.stage_weights.get(name, 0.0)) for name in configured}
+        """The weights in force: the ones the weight plan handed over this epoch, else :meth:`term_weights`."""
+        w = self.epoch_weights
+        return dict(w.weights) if w is not None else self.term_weights()
+
+    def method_weights(self) -> Dict[str, float]:
+        """The method's own weights this epoch, before any stage (configured × schedule × warm-up): what it records."""
+        w = self.epoch_weights
+        return dict(w.method_weights) if w is not None else self.term_weights()
+
+    def current_temperature(self) -> Optional[float]:
+        """The T in force: the weight plan's this epoch, else :meth:`configured_temperature`."""
+        w = self.epoch_weights
+        return w.temperature if w is not None and w.temperature is not None else self.configured_temperature()
 
     def weight_setting(self, term: str) -> str:
         """Where a user changes ``term``'s weight: the recipe key and the ``kdlab.distill`` keyword.
@@ -136,8 +185,9 @@ class Distiller(nn.Module):
         A staged run's weights come from its stage (``distill.stages[i].terms``); a term without a
         declared setting is named as such rather than guessed.
         """
-        if self.stage_weights is not None and self.stage is not None:
-            return f"distill.stages[{self.stage - 1}].terms.{term} (kdlab.distill: stages=)"
+        w = self.epoch_weights
+        if w is not None and w.stage_terms and w.stage is not None:
+            return f"distill.stages[{w.stage - 1}].terms.{term} (kdlab.distill: stages=)"
         setting = self.weight_settings.get(term)
         if setting is None:
             return f"the weight of the {term} term"
@@ -168,7 +218,7 @@ class Distiller(nn.Module):
 
     def epoch_info(self) -> Dict[str, float]:
         """Values recorded in every epoch's metrics besides the terms (weights, T, …)."""
-        return {f"weight_{k}": float(v) for k, v in self.term_weights().items()}
+        return {f"weight_{k}": float(v) for k, v in self.method_weights().items()}
 
     def term_values(self, terms: Mapping[str, Tensor], total: Tensor) -> Tensor:
         """[total, *terms] as one detached vector, the per-step row the trainer keeps."""

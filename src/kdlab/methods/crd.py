@@ -171,13 +171,12 @@ class CRD(KD):
     """total = hard_weight·CE + soft_weight·KD(T) + weight·(NCE_student + NCE_teacher)."""
 
     lazy = True
-    name = "crd"
-    per_sample_state = True  # memory banks updated by sample index: refused under torchrun
+    method_name = "crd"  # also when built directly: messages (torchrun's refusal) name it
     weight_settings = {**KD.weight_settings, "crd": "weight"}
 
     def __init__(self, params: CRDParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5, seed: int = 0) -> None:
-        super().__init__(coding, temperature, hard_weight, soft_weight)
+        super().__init__(coding=coding, temperature=temperature, hard_weight=hard_weight, soft_weight=soft_weight)
         p = params
         for key, ok, what in (("weight", math.isfinite(p.weight) and p.weight >= 0, "a finite number >= 0"),
                               ("feat_dim", isinstance(p.feat_dim, int) and p.feat_dim >= 1, "an integer >= 1"),
@@ -196,7 +195,8 @@ class CRD(KD):
         self.p = p
         self.student_feature, self.teacher_feature = p.student_layer or PENULTIMATE, p.teacher_layer or PENULTIMATE
         self.needs = Needs(teacher_logits=True, student_features=(self.student_feature,),
-                           teacher_features=(self.teacher_feature,), indices=True)
+                           teacher_features=(self.teacher_feature,), indices=True,
+                           per_sample_state=True)  # memory banks updated by sample index: refused under torchrun
         self.crd_weight = float(p.weight)
         self.embed_s: Optional[nn.Linear] = None
         self.embed_t: Optional[nn.Linear] = None
@@ -307,4 +307,5 @@ class CRD(KD):
 @register_method("crd", CRDParams)
 def build_crd(params: CRDParams, distill: Any) -> CRD:
     """CRD: hard + Hinton KD + weight·NCE(student/teacher embeddings vs momentum memory banks)"""
-    return CRD(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return CRD(params=params, coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+               soft_weight=distill.soft_weight)

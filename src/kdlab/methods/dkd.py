@@ -20,7 +20,8 @@ Training objective (mdistiller ``DKD.forward_train``)::
 
     total = hard_weight · CE(s, y) + min(epoch / warmup, 1) · (α · TCKD + β · NCKD)
 
-``epoch`` is 1-based (as in mdistiller's trainer, and kdlab's ``start_epoch``). T is the recipe's
+``epoch`` is 1-based (as in mdistiller's trainer, and kdlab's weight plan, which applies the factor
+:meth:`DKD.warmup_factors` declares). T is the recipe's
 ``distill.temperature`` and the CE weight is ``distill.hard_weight`` (mdistiller's CE_WEIGHT is 1.0;
 kdlab's default hard_weight is 0.5, so set ``distill.hard_weight: 1.0`` to reproduce the paper's
 setting). ``distill.soft_weight`` is not used. ``warmup`` defaults to mdistiller's CIFAR value 20
@@ -149,11 +150,19 @@ class DKD(Distiller):
         check_value(DistillConfig, "temperature", temperature, "distill.temperature")
         check_value(DistillConfig, "hard_weight", hard_weight, "distill.hard_weight")
         self.alpha, self.beta, self.warmup = float(params.alpha), float(params.beta), int(w)
-        self.temperature, self.hard_weight = float(temperature), float(hard_weight)
-        self.epoch = 1
+        self.base_temperature, self.hard_weight = float(temperature), float(hard_weight)
 
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    @property
+    def temperature(self) -> float:
+        """The T in force (DKD's T is not scheduled: the configured one)."""
+        return self.current_temperature()  # type: ignore[return-value]
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.base_temperature = float(value)
+
+    def configured_temperature(self) -> Optional[float]:
+        return self.base_temperature
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         if teacher is None:
@@ -162,16 +171,21 @@ class DKD(Distiller):
         return {"hard": hard_loss(student.logits, batch.y), "tckd": tckd, "nckd": nckd}
 
     def term_weights(self) -> Dict[str, float]:
-        f = warmup_factor(self.epoch, self.warmup)
-        return {"hard": self.hard_weight, "tckd": f * self.alpha, "nckd": f * self.beta}
+        return {"hard": self.hard_weight, "tckd": self.alpha, "nckd": self.beta}
+
+    def warmup_factors(self, epoch: int) -> Dict[str, float]:
+        """min(epoch / warmup, 1) on the DKD part (TCKD and NCKD)."""
+        f = warmup_factor(epoch, self.warmup)
+        return {"tckd": f, "nckd": f}
 
     def epoch_info(self) -> Dict[str, float]:
-        w = self.term_weights()
+        w = self.method_weights()
+        factor = self.epoch_weights.factors["tckd"] if self.epoch_weights is not None else 1.0
         return {"temperature": self.temperature, "hard_weight": w["hard"], "tckd_weight": w["tckd"],
-                "nckd_weight": w["nckd"], "warmup_factor": warmup_factor(self.epoch, self.warmup)}
+                "nckd_weight": w["nckd"], "warmup_factor": factor}
 
 
 @register_method("dkd", DKDParams)
 def build_dkd(params: DKDParams, distill: Any) -> DKD:
     """DKD: hard_weight·CE + warm-up·(alpha·TCKD + beta·NCKD) at distill.temperature"""
-    return DKD(params, distill.temperature, distill.hard_weight)
+    return DKD(params=params, temperature=distill.temperature, hard_weight=distill.hard_weight)

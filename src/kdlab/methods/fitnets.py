@@ -80,7 +80,7 @@ class FitNets(KD):
 
     def __init__(self, params: FitNetsParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
-        super().__init__(coding, temperature, hard_weight, soft_weight)
+        super().__init__(coding=coding, temperature=temperature, hard_weight=hard_weight, soft_weight=soft_weight)
         self.needs = layer_pair_needs("fitnets", params.pairs)
         if not (math.isfinite(params.weight) and params.weight >= 0):
             raise ConfigError(f"distill.fitnets.weight: must be a finite number >= 0, got {params.weight}")
@@ -90,14 +90,18 @@ class FitNets(KD):
         self.hint_weight = float(params.weight)
         self.hint_epochs = int(params.hint_epochs)
         self.adapters = AdapterSet()
-        self.epoch = 1
 
     def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
         super().build(batch, student, teacher)
         self.adapters.lock()  # a pair first seen later would have no place in the optimizer
 
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def hint_only(self, epoch: int) -> bool:
+        """True in the paper's first stage (1-based ``epoch`` <= ``hint_epochs``): the hint alone trains."""
+        return epoch <= self.hint_epochs
+
+    def warmup_factors(self, epoch: int) -> Dict[str, float]:
+        """The hint-only epochs weigh the hard and soft terms 0."""
+        return {"hard": 0.0, "soft": 0.0} if self.hint_only(epoch) else {}
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         terms = super().forward(batch, student, teacher)
@@ -107,17 +111,16 @@ class FitNets(KD):
         return terms
 
     def term_weights(self) -> Dict[str, float]:
-        if self.epoch <= self.hint_epochs:  # stage 1: the hint alone
-            return {"hard": 0.0, "soft": 0.0, "hint": self.hint_weight}
         return {"hard": self.hard_weight, "soft": self.soft_weight, "hint": self.hint_weight}
 
     def epoch_info(self) -> Dict[str, float]:
-        w = self.term_weights()
+        w, handed = self.method_weights(), self.epoch_weights
         return {"temperature": self.temperature, "hard_weight": w["hard"], "soft_weight": w["soft"], "hint_weight": w["hint"],
-                "stage": 1 if self.epoch <= self.hint_epochs else 2}
+                "stage": 1 if handed is not None and self.hint_only(handed.epoch) else 2}
 
 
 @register_method("fitnets", FitNetsParams)
 def build_fitnets(params: FitNetsParams, distill: Any) -> FitNets:
     """FitNets: hard + Hinton KD + weight·MSE(adapter(student layer), teacher layer) per pair"""
-    return FitNets(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return FitNets(params=params, coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+                   soft_weight=distill.soft_weight)

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..losses.closed_form import ClosedFormObjective, closed_form_of
 from ..losses.kd import hard_loss
 from ..losses.registry import SOFT_LOSSES
-from .base import Batch, Distiller, Needs, Outputs
+from .base import TEMPERATURE_SCHEDULE, WEIGHT_SCHEDULE, Batch, Distiller, Needs, Outputs
 from .registry import register_method
 
 
@@ -44,8 +44,9 @@ class CE(Distiller):
 
 
 class KD(Distiller):
-    """Hinton KD; ``temperature``/``hard_weight``/``soft_weight`` are plain attributes so a
-    schedule can move them between epochs (the closed form re-tabulates on change).
+    """Hinton KD; ``hard_weight``/``soft_weight`` and ``base_temperature`` are the configured values,
+    which the run's schedules move each epoch through its weight plan (:meth:`weights` and
+    :attr:`temperature` give the values in force; the closed form re-tabulates on change).
 
     Where the defaults (``distill.temperature``/``hard_weight``/``soft_weight``) come from: T = 4 is
     RepDistiller's ``--kd_T 4`` and mdistiller's ``KD.TEMPERATURE 4`` (CIFAR-100); the weights
@@ -54,6 +55,7 @@ class KD(Distiller):
     """
 
     needs = Needs(teacher_logits=True)
+    schedules = frozenset({WEIGHT_SCHEDULE, TEMPERATURE_SCHEDULE})
 
     def __init__(self, coding: str = "hinton", temperature: float = 4.0, hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
         super().__init__()
@@ -62,9 +64,21 @@ class KD(Distiller):
             rule_of(DistillConfig, name).check_argument(value, f"loss weights ({name})")
         self.soft_loss_name = coding
         self.soft_fn = SOFT_LOSSES.get(coding)
-        self.temperature = float(temperature)
+        self.base_temperature = float(temperature)
         self.hard_weight = float(hard_weight)
         self.soft_weight = float(soft_weight)
+
+    @property
+    def temperature(self) -> float:
+        """The T in force this epoch (the weight plan's; before any plan, the configured one)."""
+        return self.current_temperature()  # type: ignore[return-value]
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:  # sets the configured T (a user's before_epoch hook)
+        self.base_temperature = float(value)
+
+    def configured_temperature(self) -> Optional[float]:
+        return self.base_temperature
 
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         if teacher is None:
@@ -85,7 +99,8 @@ class KD(Distiller):
         return ClosedFormObjective(labels, num_classes, teacher_logits)
 
     def epoch_info(self) -> Dict[str, float]:
-        return {"temperature": self.temperature, "hard_weight": self.hard_weight, "soft_weight": self.soft_weight}
+        w = self.method_weights()
+        return {"temperature": self.temperature, "hard_weight": w["hard"], "soft_weight": w["soft"]}
 
 
 @register_method("ce")
@@ -97,4 +112,5 @@ def build_ce(params: None, distill: Any) -> CE:
 @register_method("hinton")
 def build_kd(params: None, distill: Any) -> KD:
     """Hinton KD: hard_weight·CE + soft_weight·coding(s, t, T); the coding is distill.loss"""
-    return KD(distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return KD(coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+              soft_weight=distill.soft_weight)

@@ -100,7 +100,7 @@ class MultiTeacherKD(KD):
 
     def __init__(self, params: Optional[MultiTeacherParams] = None, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
-        super().__init__(coding, temperature, hard_weight, soft_weight)
+        super().__init__(coding=coding, temperature=temperature, hard_weight=hard_weight, soft_weight=soft_weight)
         p = params if params is not None else MultiTeacherParams()
         if p.weighting not in WEIGHTINGS:
             raise ConfigError(f"distill.multi-teacher.weighting: must be one of {', '.join(WEIGHTINGS)}, got {p.weighting!r}")
@@ -171,4 +171,5 @@ class MultiTeacherKD(KD):
 @register_method("multi-teacher", MultiTeacherParams)
 def build_multi_teacher(params: MultiTeacherParams, distill: Any) -> MultiTeacherKD:
     """Multi-teacher: hard + KD against the mixture of the teachers (equal, fixed, accuracy or confidence weights)"""
-    return MultiTeacherKD(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return MultiTeacherKD(params=params, coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+                          soft_weight=distill.soft_weight)

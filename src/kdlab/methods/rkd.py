@@ -197,7 +197,7 @@ class RKD(KD):
 
     def __init__(self, params: Optional[RKDParams] = None, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
-        super().__init__(coding, temperature, hard_weight, soft_weight)
+        super().__init__(coding=coding, temperature=temperature, hard_weight=hard_weight, soft_weight=soft_weight)
         p = params if params is not None else RKDParams()
         for key in ("distance_weight", "angle_weight"):
             value = getattr(p, key)
@@ -237,4 +237,5 @@ class RKD(KD):
 @register_method("rkd", RKDParams)
 def build_rkd(params: RKDParams, distill: Any) -> RKD:
     """RKD: hard + Hinton KD + 25·distance + 50·angle relations of penultimate (or named) embeddings"""
-    return RKD(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return RKD(params=params, coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+               soft_weight=distill.soft_weight)

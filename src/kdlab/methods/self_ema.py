@@ -71,7 +71,7 @@ class SelfEMA(KD):
 
     def __init__(self, params: Optional[SelfEMAParams] = None, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:
-        super().__init__(coding, temperature, hard_weight, soft_weight)
+        super().__init__(coding=coding, temperature=temperature, hard_weight=hard_weight, soft_weight=soft_weight)
         p = params if params is not None else SelfEMAParams()
         if not (math.isfinite(p.decay) and 0.0 <= p.decay < 1.0):
             raise ConfigError(f"distill.self-ema.decay: must be a number in [0, 1), got {p.decay}")
@@ -115,4 +115,5 @@ class SelfEMA(KD):
 @register_method("self-ema", SelfEMAParams)
 def build_self_ema(params: SelfEMAParams, distill: Any) -> SelfEMA:
     """Self-distillation: hard + KD against an exponential moving average of the student itself"""
-    return SelfEMA(params, distill.loss, distill.temperature, distill.hard_weight, distill.soft_weight)
+    return SelfEMA(params=params, coding=distill.loss, temperature=distill.temperature, hard_weight=distill.hard_weight,
+                   soft_weight=distill.soft_weight)

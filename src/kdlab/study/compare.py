@@ -29,12 +29,12 @@ from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, plan_threads_for, prepare_data, train_role
-from ..schedules import ScheduleHook
-from ..train.callbacks import ScheduleCallback, epoch_progress
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
-from ..train.build import fit_grid, grid_train_blocker
+from ..train.build import grid_train_blocker
+from ..train.run import fit_grid
 from ..train.students import grid_blocker
+from ..train.weights import WeightPlan
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from .teacher_cache import cached_teacher
 
@@ -155,7 +155,7 @@ def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
         return CE()
     if by_method:
         return build_method(variant, d, d.sections.get(variant))
-    return KD(variant, d.temperature, d.hard_weight, d.soft_weight)
+    return KD(coding=variant, temperature=d.temperature, hard_weight=d.hard_weight, soft_weight=d.soft_weight)
 
 
 def _batchable(method: Distiller, data: DatasetSplits, logits: Tensor) -> bool:
@@ -242,11 +242,9 @@ def compare(
     if batch_variants:
         grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in batch_variants]
         t0 = time.perf_counter()
-        results = fit_grid(
-            grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg, teacher_logits=logits,
-            callbacks=[ScheduleCallback(ScheduleHook(recipe.distill, cfg.epochs)), tensorboard(tb_names),
-                       epoch_progress(progress, f"{len(batch_variants)}x{len(seed_list)} students", cfg.epochs)],
-        )
+        results = fit_grid(grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg,
+                           teacher_logits=logits, weight_plan=WeightPlan(cfg.epochs, recipe.distill),
+                           callbacks=[tensorboard(tb_names)], progress=progress)
         share = (time.perf_counter() - t0) / (len(batch_variants) * len(seed_list))
         for v, row in zip(batch_variants, results):
             for s, fr in zip(seed_list, row):

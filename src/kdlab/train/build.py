@@ -171,14 +171,6 @@ def build_grid_trainer(
                    indexer=indexers[0], data=data, choices=choices)
 
 
-def fit_grid(students: Sequence[Sequence[nn.Module]], methods: Sequence[Distiller], seeds: Sequence[int],
-             data: DatasetSplits, cfg: TrainConfig, **kwargs: Any) -> List[List[Any]]:
-    """Train a grid; ``results[v][s]`` (the students are updated in place)."""
-    flat = build_grid_trainer(students, methods, seeds, data, cfg, **kwargs).fit()
-    V = len(methods)
-    return [[flat[s * V + v] for s in range(len(seeds))] for v in range(V)]
-
-
 def _val_accuracy(students: OneStudent) -> Optional[Callable[[nn.Module], float]]:
     """Accuracy of any model on the validation split (methods weighting teachers use it)."""
     if students.data.val is None:

@@ -1,7 +1,7 @@
 """Trainer callbacks: everything around the epoch loop that is not training itself.
 
 The trainer (:mod:`kdlab.train.trainer`) runs epochs and steps; writing metrics, checkpoints,
-progress and moving schedules are callbacks, in the spirit of Lightning's Trainer/Callback split.
+progress and notes are callbacks (the loss weights per epoch are the run's weight plan, :mod:`kdlab.train.weights`), in the spirit of Lightning's Trainer/Callback split.
 A later feature (TensorBoard, rank-0-only writing under DDP) is one more callback, not another
 branch in the loop.
 """
@@ -28,7 +28,7 @@ class Callback:
         """After the optimizer exists and any resume state is loaded, before the first epoch."""
 
     def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
-        """Before epoch ``epoch`` (1-based) trains; schedules move the method's values here."""
+        """Before epoch ``epoch`` (1-based) trains; the run's weight plan is applied right after."""
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
         """After evaluation, with one metrics record per student; the records are final."""
@@ -105,22 +105,6 @@ class RankZero(Callback):
 
 def rank_zero(callback: Optional[Callback]) -> Optional[Callback]:
     return None if callback is None else RankZero(callback)
-
-
-class ScheduleCallback(Callback):
-    """Moves T and the loss weights of every distilling method before each epoch.
-
-    ``hook(epoch, method)`` is e.g. :class:`kdlab.schedules.ScheduleHook`; methods without a
-    soft term (CE: no ``soft_weight``) are left alone.
-    """
-
-    def __init__(self, hook: Any) -> None:
-        self.hook = hook
-
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
-        for method in trainer.methods:
-            if hasattr(method, "soft_weight"):
-                self.hook(epoch, method)
 
 
 #: A weighted term above this share of the loss, in the first epoch weighing several terms, gets a note.

@@ -167,8 +167,8 @@ class Context:
                               f"{self.world_size} processes; choose a batch size that leaves at least {self.world_size}")
 
     def check_method(self, method: Any) -> None:
-        if getattr(method, "per_sample_state", False):
-            name = getattr(method, "name", type(method).__name__)
+        if method.needs.per_sample_state:
+            name = method.method_name or type(method).__name__
             raise ConfigError(f"method {name} keeps per-sample state that each process would update only for its own "
                               "shard; it runs in one process only (launch without torchrun)")
 

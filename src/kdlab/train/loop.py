@@ -20,6 +20,7 @@ from .callbacks import Callback, EpochProgress, LossShareNote, stderr_line
 from .records import FitResult, NonFiniteLossError, evaluate
 from .rundir import RunDir
 from .run import RunCallback, RunSpec, tensorboard_callback
+from .weights import WeightPlan
 from .run import run as run_spec
 
 EpochLog = EpochProgress  # the one-line-per-epoch display, under the name earlier code used
@@ -59,7 +60,7 @@ def fit(
     desc: str = "train",
     callbacks: Sequence[Callback] = (),
     augment: Optional[Callable[[Tensor, Tensor, torch.Generator], Any]] = None,
-    weight_plan: Any = None,
+    weight_plan: Optional[WeightPlan] = None,
     teacher_logits: Optional[Tensor] = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``cfg.epochs`` epochs, evaluating after each.

@@ -138,10 +138,11 @@ def method_record(
     if method.needs.teacher:
         record["negative_loss_steps"] = int((rows[:, 0] < 0).sum())
     record.update(method.epoch_info())
-    if method.stage is not None:  # a staged recipe: the stage and the weights it put in force
-        record["stage"] = method.stage
-        if method.stage_name:
-            record["stage_name"] = method.stage_name
+    handed = method.epoch_weights
+    if handed is not None and handed.stage is not None:  # a staged recipe: the stage and the weights it put in force
+        record["stage"] = handed.stage
+        if handed.stage_name:
+            record["stage_name"] = handed.stage_name
         record.update({f"weight_{k}": float(w) for k, w in method.weights().items()})
     if val is not None:
         record.update(val_acc=float(val[0]), val_loss=float(val[1]))

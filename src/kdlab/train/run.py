@@ -78,9 +78,10 @@ class RunSpec:
 def run(spec: RunSpec) -> List[FitResult]:
     """Build and train the run ``spec`` describes; one :class:`FitResult` per student."""
     if spec.grid is not None:
+        desc = spec.desc if spec.desc != "train" else f"{len(spec.methods)}x{len(spec.seeds)} students"
         trainer = build_grid_trainer(spec.grid, list(spec.methods), list(spec.seeds), spec.data, spec.train,
                                      teacher_logits=spec.teacher_logits, weight_plan=spec.weight_plan,
-                                     callbacks=[*spec.callbacks, rank_zero(epoch_progress(spec.progress, spec.desc, spec.train.epochs))])
+                                     callbacks=[*spec.callbacks, rank_zero(epoch_progress(spec.progress, desc, spec.train.epochs))])
         return trainer.fit()
     assert spec.model is not None and spec.method is not None
     if spec.resume and spec.run is None:
@@ -125,6 +126,17 @@ def run(spec: RunSpec) -> List[FitResult]:
             info["notes"] = notes
         run_dir.update_run_info(info)
     return results
+
+
+def fit_grid(grid: Sequence[Sequence[nn.Module]], methods: Sequence[Distiller], seeds: Sequence[int], data: Any,
+             cfg: TrainConfig, *, teacher_logits: Optional[Tensor] = None, callbacks: Sequence[Optional[Callback]] = (),
+             weight_plan: Any = None, progress: Optional[bool] = False) -> List[List[FitResult]]:
+    """Train ``grid[v][s]`` with ``methods[v]`` and the batch order of ``seeds[s]`` in one batched step
+    (:func:`run` of a grid spec); returns ``results[v][s]`` and updates the students in place."""
+    flat = run(RunSpec(data=data, train=cfg, grid=grid, methods=methods, seeds=seeds, teacher_logits=teacher_logits,
+                       callbacks=callbacks, weight_plan=weight_plan, progress=progress))
+    V = len(methods)
+    return [[flat[s * V + v] for s in range(len(seeds))] for v in range(V)]
 
 
 def _resume_state(trainer: Trainer, run_dir: Optional[RunDir]) -> Optional[Dict[str, Any]]:

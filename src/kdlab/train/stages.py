@@ -1,24 +1,21 @@
-"""Progressive (staged) training: a recipe's ``distill.stages`` as a trainer callback.
+"""Progressive (staged) training: which of a recipe's ``distill.stages`` is in force, and its check.
 
 Each stage trains a chosen set of the method's weighted loss terms for a number of epochs — e.g.
 FitNets' hint alone for 5 epochs, then hard + soft + hint — optionally starting with fresh
 optimizer state. The stage in force follows from the epoch number alone, so a resumed run is in
 the same stage as the uninterrupted one; a reset happens at the first epoch of its stage, also
-when a resume starts exactly there. Any method works: stages only set
-:attr:`~kdlab.methods.base.Distiller.stage_weights`, which :meth:`Distiller.weights` (and so the
-autograd total and the closed-form fast path) use instead of the configured weights.
+when a resume starts exactly there. Any method works: the run's weight plan
+(:class:`kdlab.train.weights.WeightPlan`) hands each method its stage's weights, which
+:meth:`Distiller.weights` (and so the autograd total and the closed-form fast path) return instead
+of the configured ones.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 from ..config import StageConfig
 from ..errors import ConfigError
-from .callbacks import Callback
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
 
 
 def stage_at(stages: Sequence[StageConfig], epoch: int) -> Tuple[int, int]:
@@ -39,31 +36,3 @@ def check_stages(stages: Sequence[StageConfig], method: Any) -> None:
         if unknown:
             raise ConfigError(f"distill.stages[{i}].terms: {', '.join(unknown)} not a term of this method; "
                               f"its terms are {', '.join(known)}")
-
-
-class StageCallback(Callback):
-    """Sets each method's stage weights before every epoch and resets the optimizer where asked."""
-
-    def __init__(self, stages: Sequence[StageConfig]) -> None:
-        if not stages:
-            raise ValueError("StageCallback needs at least one stage")
-        self.stages: List[StageConfig] = list(stages)
-
-    def on_fit_start(self, trainer: "Trainer") -> None:
-        for method in trainer.methods:
-            check_stages(self.stages, method)
-
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
-        index, first = stage_at(self.stages, epoch)
-        st = self.stages[index]
-        weights: Optional[Dict[str, float]] = {k: float(v) for k, v in st.terms.items()} if st.terms else None
-        for method in trainer.methods:
-            method.stage = index + 1
-            method.stage_name = st.name
-            method.stage_weights = weights
-        if st.reset_optimizer and epoch == first and index > 0:
-            trainer.optimizer.state.clear()
-
-    def on_fit_end(self, trainer: "Trainer") -> None:
-        for method in trainer.methods:  # a method handed back is as configured
-            method.stage, method.stage_name, method.stage_weights = None, None, None

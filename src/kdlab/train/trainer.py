@@ -31,18 +31,20 @@ from .precision import Precision
 from .processes import OneProcess
 from .records import FitResult
 from .sources import TeacherSource
+from .weights import WeightPlan
 
 
 class Trainer:
     """Runs ``cfg.epochs`` epochs of ``step`` over ``students``; see the module docstring."""
 
     def __init__(self, *, students: Any, step: Any, source: TeacherSource, precision: Precision, processes: OneProcess,
-                 optimizer: torch.optim.Optimizer, scheduler: Any, cfg: Any, weight_plan: Any = None,
+                 optimizer: torch.optim.Optimizer, scheduler: Any, cfg: Any, weight_plan: Optional[WeightPlan] = None,
                  callbacks: Sequence[Optional[Callback]] = (), indexer: Any = None,
                  augment_rng: Optional[torch.Generator] = None, data: Any = None,
                  choices: Optional[Dict[str, Any]] = None) -> None:
         self.students, self.step, self.source, self.precision, self.processes = students, step, source, precision, processes
-        self.optimizer, self.scheduler, self.cfg, self.weight_plan = optimizer, scheduler, cfg, weight_plan
+        self.optimizer, self.scheduler, self.cfg = optimizer, scheduler, cfg
+        self.weight_plan = weight_plan or WeightPlan.constant()
         self.callbacks = CallbackList([c for c in callbacks if c is not None])
         self.indexer, self.augment_rng, self.data = indexer, augment_rng, data
         self.choices = dict(choices or {})
@@ -177,6 +179,7 @@ class Trainer:
             finally:
                 try:
                     self.callbacks.on_fit_end(self)
+                    self.weight_plan.release(self.methods)  # handed back as configured
                 finally:
                     self.close()
         return self.students.results(self.histories, self.step_rows, self.best_epoch, self.best_metric)
@@ -184,7 +187,8 @@ class Trainer:
     def _epoch(self, epoch: int) -> None:
         self.callbacks.on_epoch_start(self, epoch)
         self.processes.start_epoch(getattr(self.loaders, "train", None), epoch)
-        self._apply_weights(epoch)
+        if self.weight_plan.apply(self.methods, epoch):  # a stage with reset_optimizer starts here
+            self.optimizer.state.clear()
         t0 = time.perf_counter()
         rows = self.processes.reduce_rows(self.train_epoch(), self.indexer)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -204,14 +208,6 @@ class Trainer:
         for record in records:
             record.setdefault("seconds", seconds)
         self.callbacks.on_epoch_end(self, epoch, records)
-
-    def _apply_weights(self, epoch: int) -> None:
-        if self.weight_plan is None:
-            for method in self.methods:
-                method.start_epoch(epoch)
-            return
-        if self.weight_plan.apply(self.methods, epoch):
-            self.optimizer.state.clear()
 
     def step_losses(self, rows: Tensor) -> List[Any]:
         """Per student: the names and (steps, names) columns of one epoch's loss rows (callbacks log them)."""
