@@ -9,7 +9,7 @@ where it was (so a run is reproducible across versions), and hand them to one
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
