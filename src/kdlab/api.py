@@ -23,8 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
-from .config import MAX_COUNT, DistillConfig, StageConfig, TrainConfig, _build, _check_stages
+from .config import MAX_COUNT, DistillConfig, StageConfig, TrainConfig
+from .config import build_section as _build, check_stage_epochs as _check_stages  # local names kept until distill() is rewritten
 from .data.loaders import IndexedDataset, LoaderSplits, unpack_batch
 from .errors import ConfigError, KDLabError
 from .features import eval_probe
@@ -58,8 +60,6 @@ def _loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Optional[Da
         return data
     ctx = distributed.context()
     if isinstance(data, Dataset) and shuffle and ctx is not None:  # under torchrun: this rank's share of each global batch
-        from torch.utils.data.distributed import DistributedSampler
-
         distributed.check_batch_size(batch_size, ctx.world_size)
         sampler = DistributedSampler(data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         return DataLoader(data, batch_size=batch_size // ctx.world_size, sampler=sampler)

@@ -26,7 +26,8 @@ from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
 from .schedules import ScheduleHook
 from .teacher import FrozenTeacher, PrecomputedTeacherLogits, TeacherEnsemble
-from .train import FitResult, RunDir, distributed, fit, load_model
+from .teacher_cache import cached_teacher, check_teacher_cache
+from .train import FitResult, RunDir, distributed, evaluate, fit, load_model
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback, ScheduleCallback
 from .train.stages import StageCallback, check_stages
@@ -272,9 +273,6 @@ def run_distill(
 
     ``log`` receives one line naming the teacher used and its test accuracy.
     """
-    from .study.teacher_cache import cached_teacher, check_teacher_cache
-    from .train.loop import evaluate
-
     method = distill_method(recipe)
     own_teacher = teacher is None and not method.needs.teacher  # e.g. self-ema: the student is its own teacher
     if teacher is None and not own_teacher:
@@ -292,7 +290,8 @@ def run_distill(
         info["teacher"] = "none (the method's own)"
     elif teacher is None:
         with distributed.main_first():  # under torchrun rank 0 trains/caches the teacher alone, then the others load it
-            cached = cached_teacher(recipe, data, teacher_cache, progress, say, why="no --teacher given")
+            cached = cached_teacher(recipe, data, teacher_cache, progress, say, why="no --teacher given",
+                                    train=run_teacher, load=load_teacher)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
         lasts = cached.checkpoints  # checked on --resume like a --teacher file

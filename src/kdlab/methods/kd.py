@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.closed_form import ClosedFormObjective, closed_form_of
-from ..losses.objective import hard_loss
+from ..losses.objective import DistillationObjective, hard_loss
 from ..losses.registry import SOFT_LOSSES
 from .base import Batch, Distiller, Needs, Outputs
 from .registry import register_method
@@ -154,8 +154,6 @@ class ObjectiveMethod(Distiller):
 
 def from_objective(objective: Any, distill: bool) -> Distiller:
     """The method equivalent to ``objective`` (see :class:`ObjectiveMethod`)."""
-    from ..losses.objective import DistillationObjective
-
     if type(objective) is DistillationObjective:
         if not distill:
             return CE()

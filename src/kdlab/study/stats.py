@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 def _scipy_stats():
     """``scipy.stats``, imported on first use: it takes ~0.8 s, which every CLI command would pay."""
-    import scipy.stats
+    import scipy.stats  # optional: scipy
 
     return scipy.stats
 
