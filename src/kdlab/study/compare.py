@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -30,13 +30,15 @@ from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, train_role
 from ..schedules import ScheduleHook
-from ..ship.profile import Profile, profile_models
 from ..train.callbacks import ScheduleCallback, epoch_progress
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
 from .batched import batching_blocker, fit_batched, train_blocker
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from ..teacher_cache import cached_teacher
+
+if TYPE_CHECKING:
+    from ..ship.profile import Profile
 
 SCRATCH = "scratch"
 REFERENCE = "hinton"
@@ -282,6 +284,8 @@ def compare_profile(result: CompareResult, teacher: nn.Module, student: nn.Modul
                     min_seconds: float = 0.05) -> Profile:
     """The profile a ``kdlab compare`` report shows: its teacher beside the student architecture, with
     the teacher's accuracy and the mean final accuracy of the reference variant (``hinton``, else the last)."""
+    from ..ship.profile import profile_models  # start-up time: the CLI imports this module at start (kdlab demo)
+
     variant = REFERENCE if REFERENCE in result.variants else result.variants[-1]
     accs = [r.final_acc for r in result.of(variant)]
     r = result.recipe

@@ -23,7 +23,6 @@ from ..pipeline import build_role_model, prepare_data
 from ..train.rundir import RunDir
 from ..utils import atomic_write_json, atomic_write_text, check_output_location
 from .compare import CompareResult, compare
-from .report import write_report
 from .stats import PairedComparison, Summary, paired, summarize
 
 
@@ -174,6 +173,8 @@ def run_demo(
     cache. The run folder gets compare's report plus ``demo.md`` (the printed table) and
     ``demo.json`` (its numbers at full precision).
     """
+    from .report import write_report  # start-up time: the CLI imports this module at start (DEMO_SEEDS)
+
     if seeds < 2:
         raise ConfigError(f"--seeds must be >= 2 so the demo can give an interval, got {seeds}; e.g. --seeds {DEMO_SEEDS}")
     path = Path(out) if out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-demo")
