@@ -132,12 +132,13 @@ def test_recipes_command(capsys):
 
 
 def test_data_dir_with_quotes_and_backslashes_survives_the_override(tmp_path):
-    from kdlab.cli import _overrides, build_parser
+    from kdlab.cli import build_parser
+    from kdlab.cli_recipe import recipe_overrides
     from kdlab.recipes import load_recipe
 
     weird = str(tmp_path / "it's a \\ \"dir\"")
     args = build_parser().parse_args(["train-student", "mnist-mlp", "--data-dir", weird])
-    assert load_recipe("mnist-mlp", _overrides(args, "student")).dataset.data_dir == weird
+    assert load_recipe("mnist-mlp", recipe_overrides(args, "student")).dataset.data_dir == weird
 
 
 @pytest.mark.parametrize("command", ["compare", "tune", "doctor", "losses", "explain"])
@@ -213,11 +214,12 @@ def test_target_acc_accepts_fractions_and_percentages(text, fraction):
 
 def test_float_flag_in_scientific_notation_reaches_the_recipe():
     """--lr 1e-5 becomes the override text 'lr=1e-05', which YAML 1.1 would read as a string."""
-    from kdlab.cli import _overrides, build_parser
+    from kdlab.cli import build_parser
+    from kdlab.cli_recipe import recipe_overrides
     from kdlab.recipes import load_recipe
 
     args = build_parser().parse_args(["train-student", "digits-mlp", "--lr", "1e-5"])
-    assert load_recipe("digits-mlp", _overrides(args, "student")).student.train.optimizer.lr == 1e-5
+    assert load_recipe("digits-mlp", recipe_overrides(args, "student")).student.train.optimizer.lr == 1e-5
 
 
 def test_command_errors_point_at_the_subcommand_help(capsys):
@@ -437,7 +439,7 @@ def test_teacher_training_is_announced_on_stderr_before_it_starts(tmp_path, caps
 
 def test_resumed_teacher_training_is_announced_with_the_epochs_left(tmp_path, digits):
     from kdlab.recipes import load_recipe
-    from kdlab.study.teacher_cache import announce_training
+    from kdlab.teacher_cache import announce_training
 
     recipe = load_recipe("digits-mlp", ["teacher.train.epochs=5"])
     line = announce_training(recipe, digits, tmp_path, 2, progress=False)
@@ -453,12 +455,13 @@ TRAINING_COMMANDS = {"train-teacher": "teacher", "train-student": "student", "di
 @pytest.mark.parametrize("command,role", TRAINING_COMMANDS.items())
 def test_every_training_command_takes_the_same_flag_names(command, role, capsys):
     """--epochs / --batch-size / --lr set the same role's train values everywhere (the README's list of short forms)."""
-    from kdlab.cli import _recipe, build_parser
+    from kdlab.cli import build_parser
+    from kdlab.cli_recipe import recipe_from_args
 
     extra = ["--param", "T=1:4"] if command == "tune" else []
     args = build_parser().parse_args([command, "digits-mlp", "--epochs", "3", "--batch-size", "32", "--lr", "0.02",
                                       "--seed", "4", "--dataset", "digits", "--data-dir", "d", *extra])
-    recipe = _recipe(args, role if command in ("train-teacher", "train-student", "distill") else None)
+    recipe = recipe_from_args(args, role if command in ("train-teacher", "train-student", "distill") else None)
     train = getattr(recipe, role).train
     assert (train.epochs, train.batch_size, train.optimizer.lr, recipe.seed) == (3, 32, 0.02, 4)
     with pytest.raises(SystemExit):
@@ -475,11 +478,12 @@ def test_every_training_command_takes_the_same_flag_names(command, role, capsys)
 
 @pytest.mark.parametrize("command", ["demo", "compare", "tune"])
 def test_student_epochs_is_still_accepted_as_another_name_for_epochs(command):
-    from kdlab.cli import _recipe, build_parser
+    from kdlab.cli import build_parser
+    from kdlab.cli_recipe import recipe_from_args
 
     extra = ["--param", "T=1:4"] if command == "tune" else []
     args = build_parser().parse_args([command, "digits-mlp", "--student-epochs", "2", "--teacher-epochs", "5", *extra])
-    recipe = _recipe(args, None)
+    recipe = recipe_from_args(args, None)
     assert (recipe.student.train.epochs, recipe.teacher.train.epochs) == (2, 5)
 
 

@@ -177,7 +177,7 @@ def test_cifar10_resnet_augmented_teacher_route_its_header_gives(tmp_path, capsy
 
 def test_method_recipes_share_mnist_cnn_s_cached_teacher(tmp_path, monkeypatch):
     """Same teacher key, so a teacher cached by mnist-cnn (or either method recipe) serves all three."""
-    from kdlab.study.teacher_cache import teacher_key
+    from kdlab.teacher_cache import teacher_key
 
     tiny_idx(monkeypatch, tmp_path / "data", MNIST)
     sets = [f"dataset.data_dir={tmp_path / 'data'}", "dataset.download=false"]

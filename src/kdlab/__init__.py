@@ -18,7 +18,7 @@ __all__ = [
 
 def __getattr__(name: str):  # lazy: `import kdlab` stays light for the command line
     if name in ("distill", "DistillResult"):
-        from . import api
+        from . import api  # start-up time: `import kdlab` (and the CLI) stay light
 
         return getattr(api, name)
     raise AttributeError(f"module 'kdlab' has no attribute {name!r}")

@@ -22,8 +22,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
-from .config import DistillConfig, OptimizerConfig, StageConfig, TrainConfig, _build, _check_stages, rule_of
+from .config import DistillConfig, OptimizerConfig, StageConfig, TrainConfig, build_section, check_stage_epochs, rule_of
 from .data.loaders import IndexedDataset, LoaderSplits, unpack_batch
 from .errors import ConfigError, KDLabError
 from .features import eval_probe
@@ -57,8 +58,6 @@ def _loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Optional[Da
         return data
     ctx = distributed.context()
     if isinstance(data, Dataset) and shuffle and ctx is not None:  # under torchrun: this rank's share of each global batch
-        from torch.utils.data.distributed import DistributedSampler
-
         distributed.check_batch_size(batch_size, ctx.world_size)
         sampler = DistributedSampler(data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         return DataLoader(data, batch_size=batch_size // ctx.world_size, sampler=sampler)
@@ -108,8 +107,8 @@ def distill(
     Datasets are wrapped in a shuffling ``DataLoader`` of ``batch_size``.
     """
     seed_everything(seed)
-    dcfg = _build(DistillConfig, {"loss": loss, "temperature": T, "hard_weight": hard_weight, "soft_weight": soft_weight}, "distill")
-    train_cfg = _build(TrainConfig, {
+    dcfg = build_section(DistillConfig, {"loss": loss, "temperature": T, "hard_weight": hard_weight, "soft_weight": soft_weight}, "distill")
+    train_cfg = build_section(TrainConfig, {
         "epochs": epochs, "batch_size": batch_size, "grad_clip": grad_clip,
         "optimizer": {"name": optimizer, "lr": lr, "weight_decay": weight_decay}, "scheduler": {"name": scheduler},
     }, "train")
@@ -119,9 +118,9 @@ def distill(
     train = _loader(train_loader, batch_size, True, seed)
     val, test = _loader(val_loader, 1000, False, seed), _loader(test_loader, 1000, False, seed)
     the_method = build_method(method, dcfg, method_params)
-    stage_list = [_build(StageConfig, dict(st), f"stages[{i}]") for i, st in enumerate(stages or [])]
+    stage_list = [build_section(StageConfig, dict(st), f"stages[{i}]") for i, st in enumerate(stages or [])]
     if stage_list:
-        _check_stages(stage_list, epochs)
+        check_stage_epochs(stage_list, epochs)
         check_stages(stage_list, the_method)
     if teacher is None and the_method.needs.teacher:
         raise ConfigError(f"method {method!r} needs a teacher; pass one (or a list of them)")

@@ -1,19 +1,21 @@
 """Command-line interface. Parsing and printing only; the work is done by :mod:`kdlab.pipeline`.
 
-Every user mistake ends as exit code 2 with exactly one line on stderr.
+Every user mistake ends as exit code 2 with exactly one line on stderr. Each command imports what
+it needs inside its own function (marked "start-up time"), so a command never waits for another's modules.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .cli_recipe import FLAG_KEYS, RESUME_HELP, _overrides, _recipe, _resume_teacher, _run_recipe  # noqa: F401
-from .cli_types import MAX_SEEDS, MAX_TRIALS, _finite_float, _floats, _int_in, _percent  # noqa: F401
+from .cli_recipe import RESUME_HELP, recipe_from_args, resume_teacher, run_recipe
+from .cli_types import MAX_SEEDS, MAX_TRIALS, finite_float, float_list, int_in, percent
 from .errors import KDLabError
 from .study.demo import DEMO_SEEDS
 
@@ -37,7 +39,7 @@ def _common(p: argparse.ArgumentParser, role: Optional[str], students: str = "")
     g.add_argument("--dataset", help="dataset name: digits (embedded), mnist, fashion-mnist, kmnist")
     g.add_argument("--data-dir", help="folder holding <dataset>/ with the four IDX .gz files (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
     g.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
-    g.add_argument("--val-fraction", type=_finite_float, help="fraction of the training set held out for validation")
+    g.add_argument("--val-fraction", type=finite_float, help="fraction of the training set held out for validation")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help="seed for weights, shuffling and dropout (default: from the recipe)")
     g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -48,7 +50,7 @@ def _common(p: argparse.ArgumentParser, role: Optional[str], students: str = "")
     if role is not None:
         g.add_argument("--epochs", type=int, help=f"{role} training epochs")
         g.add_argument("--batch-size", type=int, help=f"{role} batch size")
-        g.add_argument("--lr", type=_finite_float, help=f"{role} learning rate")
+        g.add_argument("--lr", type=finite_float, help=f"{role} learning rate")
         g.add_argument("--resume", action="store_true", help=RESUME_HELP.format(role=role))
         g.add_argument("--overwrite", action="store_true",
                        help="if --out already holds a run, move it aside to <out>.replaced-<timestamp> and start afresh")
@@ -56,7 +58,7 @@ def _common(p: argparse.ArgumentParser, role: Optional[str], students: str = "")
         g.add_argument("--epochs", "--student-epochs", dest="student_epochs", type=int, metavar="N",
                        help=f"student training epochs ({students}); --student-epochs is the same flag")
         g.add_argument("--batch-size", dest="student_batch_size", type=int, metavar="N", help=f"student batch size ({students})")
-        g.add_argument("--lr", dest="student_lr", type=_finite_float, metavar="LR", help=f"student learning rate ({students})")
+        g.add_argument("--lr", dest="student_lr", type=finite_float, metavar="LR", help=f"student learning rate ({students})")
         g.add_argument("--teacher-epochs", type=int, help="teacher training epochs (when the teacher is trained for the cache)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe value, e.g. --set teacher.model.dropout=0.3 (repeatable)")
@@ -71,9 +73,9 @@ def _distill_flags(p: argparse.ArgumentParser, loss: bool = True) -> None:
     g = p.add_argument_group("distillation (total = hard_weight*CE + soft_weight*soft_loss)")
     if loss:
         g.add_argument("--loss", help="soft loss coding (default: hinton = KL(batchmean) x T^2); see `kdlab losses`")
-    g.add_argument("-T", "--temperature", type=_finite_float, help="softmax temperature T > 0")
-    g.add_argument("--hard-weight", type=_finite_float, help="weight of the hard-label cross-entropy")
-    g.add_argument("--soft-weight", type=_finite_float, help="weight of the soft (teacher) term")
+    g.add_argument("-T", "--temperature", type=finite_float, help="softmax temperature T > 0")
+    g.add_argument("--hard-weight", type=finite_float, help="weight of the hard-label cross-entropy")
+    g.add_argument("--soft-weight", type=finite_float, help="weight of the soft (teacher) term")
 
 
 IMPORT_HELP = "import MODULE first, so what it registers is listed or can be named (repeatable)"
@@ -85,12 +87,14 @@ def _imports(p: argparse.ArgumentParser, help: str = IMPORT_HELP) -> None:
 
 def _import_user(args: argparse.Namespace) -> None:
     """The user's modules (``--import``) for a command that takes no recipe: its registrations are listed or used."""
+    # start-up time: loaded only by this command
     from .recipes import import_user_modules
 
     import_user_modules(args.imports)
 
 
 def _report(result) -> None:
+    # start-up time: loaded only by this command
     from .train.distributed import is_main
 
     if not is_main():  # under torchrun: printed once, by rank 0
@@ -104,31 +108,34 @@ def _report(result) -> None:
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .pipeline import run_teacher
 
-    recipe, out = _run_recipe(args, "teacher", "teacher")
+    recipe, out = run_recipe(args, "teacher", "teacher")
     _report(run_teacher(recipe, out=out, progress=args.progress, resume=args.resume))
     _nothing_resumed(args)
     return 0
 
 
 def cmd_train_student(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .pipeline import run_student
 
-    recipe, out = _run_recipe(args, "student", "scratch")
+    recipe, out = run_recipe(args, "student", "scratch")
     _report(run_student(recipe, out=out, progress=args.progress, resume=args.resume))
     _nothing_resumed(args)
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .pipeline import run_distill
 
     if args.teacher and (args.teacher_epochs is not None or args.teacher_cache):
         raise KDLabError("--teacher-epochs and --teacher-cache apply only when the teacher comes from the cache; "
                          "drop them, or drop --teacher to use the cached (or newly trained) recipe teacher")
-    recipe, out = _run_recipe(args, "student", "distill")
-    teacher = _resume_teacher(args) if args.resume else args.teacher
+    recipe, out = run_recipe(args, "student", "distill")
+    teacher = resume_teacher(args) if args.resume else args.teacher
     _report(run_distill(recipe, teacher, out=out, progress=args.progress, resume=args.resume,
                         teacher_cache=args.teacher_cache, log=_say))
     _nothing_resumed(args)
@@ -142,6 +149,7 @@ def _nothing_resumed(args: argparse.Namespace) -> None:
 
 
 def _say(line: str) -> None:
+    # start-up time: loaded only by this command
     from .train.distributed import is_main
 
     if is_main():
@@ -149,12 +157,13 @@ def _say(line: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .recipes import bundled_recipes
     from .study.demo import run_demo
 
     dataset = args.dataset or "digits"
     default = f"{dataset}-mlp" if f"{dataset}-mlp" in bundled_recipes() else "mnist-mlp"
-    recipe = _recipe(args, None, default)
+    recipe = recipe_from_args(args, None, default)
     st = recipe.student.train
     print(f"kdlab demo: recipe {recipe.name}, dataset {recipe.dataset.name}, {args.seeds} seeds from {recipe.seed}; "
           f"student {st.epochs} epochs, {st.optimizer.name} lr {st.optimizer.lr}; loss {recipe.distill.loss}, "
@@ -168,6 +177,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .recipes import bundled_recipes, dump_recipe, load_recipe
 
     _import_user(args)
@@ -180,6 +190,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .explain import explain
 
     e = explain(args.teacher, args.student, args.label, args.temperature, args.hard_weight, args.soft_weight)
@@ -189,14 +200,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .study.compare import compare
     from .study.report import markdown, write_report
     from .train.rundir import RunDir
 
-    from .study.teacher_cache import check_teacher_cache
+    from .teacher_cache import check_teacher_cache
     from .utils import check_output_location
 
-    recipe = _recipe(args, None)
+    recipe = recipe_from_args(args, None)
     out = check_output_location(args.out or RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-compare"), "--out folder")
     check_teacher_cache(args.teacher_cache)
     plots = _want_plots(args.plots)
@@ -212,6 +224,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .utils import environment
 
     info = environment()
@@ -221,6 +234,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     if "cuda" in info:
         cuda = info.pop("cuda")
         print(f"cuda: {cuda['device']}; precision auto = {'bf16' if cuda['bf16'] else 'fp16'}")
+    # start-up time: loaded only by this command
     from .train.callbacks import tensorboard_available
 
     info["tensorboard"] = "installed" if tensorboard_available() else "not installed (no event files)"
@@ -230,10 +244,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .features import format_layer_table, layer_table, penultimate
     from .pipeline import build_role_model, prepare_data
 
-    recipe = _recipe(args, None)
+    recipe = recipe_from_args(args, None)
     data = prepare_data(recipe)
     roles = [args.role] if args.role else ["teacher", "student"]
     for i, role in enumerate(roles):
@@ -248,6 +263,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .ship import export_onnx, export_torchscript
     from .ship.export import check_atol, check_targets
 
@@ -264,6 +280,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .ship import profile_recipe, profile_run
 
     if args.recipe and Path(args.recipe).is_dir():
@@ -271,14 +288,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         if args.teacher:
             raise KDLabError("--teacher applies to a run folder; for a recipe the recipe's own teacher is built")
-        profile = profile_recipe(_recipe(args, None), threads=args.threads)
+        profile = profile_recipe(recipe_from_args(args, None), threads=args.threads)
     print(f"profile of {profile.source}\n{profile.table()}")
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
-
+    # start-up time: loaded only by this command
     from .methods import METHODS
 
     _import_user(args)
@@ -290,6 +306,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_losses(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .losses import SOFT_LOSSES
 
     _import_user(args)
@@ -300,6 +317,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .doctor import diagnose, load_function, parse_layout, parse_values
 
     fn = load_function(args.function)
@@ -315,7 +333,7 @@ def _want_plots(flag: Optional[bool]) -> bool:
     if flag is not None:
         return flag
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  (optional: matplotlib)
     except ImportError:
         print("kdlab: matplotlib not installed, skipping plots (pip install 'kdlab[report]')", file=sys.stderr)
         return False
@@ -323,14 +341,15 @@ def _want_plots(flag: Optional[bool]) -> bool:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    # start-up time: loaded only by this command
     from .study.tune import tune, tune_report
     from .train.rundir import RunDir
 
-    from .study.teacher_cache import check_teacher_cache
+    from .teacher_cache import check_teacher_cache
     from .study.tune import check_storage
     from .utils import check_output_location
 
-    recipe = _recipe(args, None)
+    recipe = recipe_from_args(args, None)
     out = check_output_location(Path(args.out) if args.out else RunDir.fresh_path(recipe.out_dir, f"{recipe.name}-tune"), "--out folder")
     storage = args.storage or str(out / "study.db")
     check_storage(storage)
@@ -399,11 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None,
                    help="instead of --losses: comma-separated methods (see `kdlab methods`), e.g. hinton,fitnets,at,rkd,crd,dkd; "
                         "each uses the recipe's distill.<method> section, paired differences are against hinton")
-    p.add_argument("--seeds", type=_int_in(1, MAX_SEEDS), default=5, help="number of seeds, starting at the recipe seed (default 5)")
+    p.add_argument("--seeds", type=int_in(1, MAX_SEEDS), default=5, help="number of seeds, starting at the recipe seed (default 5)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
                    help="train all students in one batched step (default: when the student has no dropout/BatchNorm)")
-    p.add_argument("--target-acc", type=_percent, help="accuracy for 'epochs to target', e.g. 95 or 0.95 (default: scratch's mean final accuracy)")
+    p.add_argument("--target-acc", type=percent, help="accuracy for 'epochs to target', e.g. 95 or 0.95 (default: scratch's mean final accuracy)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write PNG plots (default: if matplotlib is installed)")
     _distill_flags(p, loss=False)
     p = add("tune", cmd_tune, "search T / loss weights / any recipe value with Optuna",
@@ -416,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], required=True, metavar="NAME=LOW:HIGH",
                    help="search dimension: T=1:10, soft_weight=0:1, lr=1e-4:1e-2:log, distill.loss=hinton,no-T2, or any "
                         "recipe key (repeatable; aliases T, soft_weight, hard_weight, lr, weight_decay, batch_size)")
-    p.add_argument("--trials", type=_int_in(1, MAX_TRIALS), default=20, help="completed trials the study should reach (default 20)")
+    p.add_argument("--trials", type=int_in(1, MAX_TRIALS), default=20, help="completed trials the study should reach (default 20)")
     p.add_argument("--sampler", choices=["grid", "random", "tpe"], default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--grid-points", type=int, default=5, help="points per range for --sampler grid (default 5)")
     p.add_argument("--storage", help="SQLite file or database URL (default: OUT/study.db)")
@@ -450,8 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of RUN_DIR (default best)")
     p.add_argument("--normalization", choices=["graph", "metadata"], default="graph",
                    help="graph: the file takes raw pixels (default); metadata: normalised tensors, formula in the metadata")
-    p.add_argument("--opset", type=_int_in(18, 23), default=18, help="ONNX opset (default 18)")
-    p.add_argument("--atol", type=_finite_float, default=1e-4, help="largest |exported - PyTorch| accepted (default 1e-4)")
+    p.add_argument("--opset", type=int_in(18, 23), default=18, help="ONNX opset (default 18)")
+    p.add_argument("--atol", type=finite_float, default=1e-4, help="largest |exported - PyTorch| accepted (default 1e-4)")
     p.add_argument("--force", action="store_true", help="replace an existing --onnx / --torchscript file (default: refuse)")
     p = add("profile", cmd_profile, "teacher vs student: parameters, FLOPs, size, CPU latency, accuracy kept",
             "Measure the teacher and the student side by side: parameters, FLOPs per image (torch.utils.flop_counter), "
@@ -462,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", default=None, metavar="RECIPE|RUN_DIR", help="run folder, or recipe name / YAML (default mnist-mlp)")
     p.add_argument("--teacher", metavar="CHECKPOINT", help="teacher checkpoint to compare with (default: the run's recorded teacher)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of RUN_DIR (default best)")
-    p.add_argument("--threads", type=_int_in(1, 1024), help="torch threads for the latency runs (default: torch's setting)")
+    p.add_argument("--threads", type=int_in(1, 1024), help="torch threads for the latency runs (default: torch's setting)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help="import MODULE first, repeatable")
     p.add_argument("--dataset", help="dataset name (RECIPE only)")
     p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
@@ -500,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Compute soft labels, soft/hard predictions, KL, the T^2-scaled soft term, CE and the total for one "
             "example, in log space (logits of any size, e.g. +-1e4, give finite numbers; NaN/inf logits are refused). "
             "Defaults: the worked example (teacher 2.0,1.0,0.1; student 1.8,0.9,0.4; T=2; class 0).")
-    p.add_argument("--teacher", type=_floats, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1 (first value negative: --teacher=-1,2,3)")
-    p.add_argument("--student", type=_floats, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4 (first value negative: --student=-1,2,3)")
+    p.add_argument("--teacher", type=float_list, default=[2.0, 1.0, 0.1], help="teacher logits, e.g. 2.0,1.0,0.1 (first value negative: --teacher=-1,2,3)")
+    p.add_argument("--student", type=float_list, default=[1.8, 0.9, 0.4], help="student logits, e.g. 1.8,0.9,0.4 (first value negative: --student=-1,2,3)")
     p.add_argument("--label", type=int, default=0, help="true class index")
     p.add_argument("-T", "--temperature", type=float, default=2.0, help="temperature T > 0")
     p.add_argument("--hard-weight", type=float, default=1.0, help="weight of CE")
@@ -529,6 +548,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the subcommand's parser, so the hint points at its --help
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # start-up time: loaded only by this command
     from .train import distributed
 
     world = distributed.launched_world_size()
@@ -559,6 +579,7 @@ def _guarded(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except Exception:
+        # start-up time: loaded only by this command
         from .train import distributed
 
         if distributed.interrupted():  # a collective ended by a peer that Ctrl-C stopped first

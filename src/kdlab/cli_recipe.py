@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .errors import KDLabError
+from .errors import ConfigError, KDLabError
 
 FLAG_KEYS: Dict[str, str] = {
     "dataset": "dataset.name",
@@ -34,7 +35,7 @@ FLAG_KEYS: Dict[str, str] = {
 ROLE_FLAG_KEYS: Dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.optimizer.lr"}
 
 
-def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
+def recipe_overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
     out: List[str] = []
     for dest, key in FLAG_KEYS.items():
         value = getattr(args, dest, None)
@@ -53,10 +54,10 @@ def _overrides(args: argparse.Namespace, role: Optional[str]) -> List[str]:
     return out + list(args.overrides)
 
 
-def _recipe(args: argparse.Namespace, role: Optional[str], default: str = "mnist-mlp"):
+def recipe_from_args(args: argparse.Namespace, role: Optional[str], default: str = "mnist-mlp"):
     from .recipes import load_recipe
 
-    return load_recipe(args.recipe or default, _overrides(args, role), getattr(args, "imports", None) or ())
+    return load_recipe(args.recipe or default, recipe_overrides(args, role), getattr(args, "imports", None) or ())
 
 
 RESUME_HELP = (
@@ -72,16 +73,17 @@ def _check_resume(args: argparse.Namespace) -> None:
         raise KDLabError("--resume needs --out pointing at the run folder to continue")
 
 
-def _run_recipe(args: argparse.Namespace, role: str, kind: str):
+def run_recipe(args: argparse.Namespace, role: str, kind: str):
     """The recipe to train and the --out folder, after every check that may refuse the command.
 
     Nothing is written before this returns (``--overwrite`` then moves the old run aside, printing where).
     A resume uses the run's own config.yaml; see RESUME_HELP for what may differ. ``--resume`` of a run
     that already trained every epoch asked of it sets ``args.nothing_to_resume`` to the line to print.
     """
-    from .errors import ConfigError
+    # start-up time: torch and the recipe loader load when a run command runs, not for --help
+    from .resume import resume_recipe
     from .train import distributed
-    from .train.rundir import epochs_done, move_aside, read_run_info, resume_recipe, run_files
+    from .train.rundir import check_new_run_folder, epochs_done, move_aside, read_run_info, run_files
     from .utils import check_output_location
 
     _check_resume(args)
@@ -94,7 +96,7 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
         started_as = read_run_info(path).get("role")
         if started_as in RUN_KINDS and started_as != kind:
             raise KDLabError(f"{path} is a {started_as} run; resume it with `kdlab {RUN_KINDS[started_as]} --resume --out {path}`")
-        recipe = resume_recipe(path, role, args.recipe, _overrides(args, role))
+        recipe = resume_recipe(path, role, args.recipe, recipe_overrides(args, role))
         done, epochs = epochs_done(path), getattr(recipe, role).train.epochs
         if epochs < done:
             raise ConfigError(f"cannot resume {path} with {role}.train.epochs={epochs}: it has already trained {done} epochs; "
@@ -106,7 +108,7 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
         distributed.check_batch_size(getattr(recipe, role).train.batch_size, where=f"{role}.train.batch_size")
         distributed.barrier()  # under torchrun: every process has read the run before rank 0 writes to it
         return recipe, str(path)
-    recipe = _recipe(args, role)
+    recipe = recipe_from_args(args, role)
     distributed.check_batch_size(getattr(recipe, role).train.batch_size, where="--batch-size")
     if not args.out:
         check_output_location(recipe.out_dir, "output folder (recipe out_dir)")
@@ -114,8 +116,6 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
     path = check_output_location(args.out, "--out")
     if run_files(path):
         if not args.overwrite:
-            from .train.rundir import check_new_run_folder
-
             check_new_run_folder(path)  # raises: says how to resume or overwrite
         distributed.barrier()  # under torchrun: every process has looked before rank 0 moves the old run
         if distributed.is_main():
@@ -124,12 +124,10 @@ def _run_recipe(args: argparse.Namespace, role: str, kind: str):
     return recipe, str(path)
 
 
-def _resume_teacher(args: argparse.Namespace) -> str:
+def resume_teacher(args: argparse.Namespace) -> str:
     """The teacher checkpoint of the distill run being resumed: the one recorded in its run.json."""
-    import os
-
-    from .train.rundir import read_run_info
-    from .utils import file_digest
+    from .train.rundir import read_run_info  # start-up time: torch loads when a run command runs
+    from .utils import file_digest  # start-up time: as above
 
     info = read_run_info(Path(args.out))
     several, digests = info.get("teacher_checkpoints"), info.get("teacher_sha256s")

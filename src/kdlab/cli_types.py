@@ -10,7 +10,7 @@ import argparse
 import math
 from typing import Callable
 
-def _floats(text: str) -> list:
+def float_list(text: str) -> list:
     try:
         return [float(x) for x in text.replace("[", "").replace("]", "").split(",") if x.strip()]
     except ValueError:
@@ -21,7 +21,7 @@ MAX_SEEDS = 10_000
 MAX_TRIALS = 2**31 - 1
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
     """``type=float`` without the 'nan'/'inf' that Python's float() accepts."""
     try:
         value = float(text)
@@ -32,7 +32,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
+def int_in(low: int, high: int) -> Callable[[str], int]:
     """``type=int`` restricted to [low, high], with the range in the message."""
 
     def parse(text: str) -> int:
@@ -47,9 +47,9 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _percent(text: str) -> float:
+def percent(text: str) -> float:
     """An accuracy as a fraction in (0, 1] or a percentage in (1, 100]; returned as a fraction."""
-    value = _finite_float(text)
+    value = finite_float(text)
     fraction = value / 100 if value > 1 else value
     if not 0 < fraction <= 1:
         raise argparse.ArgumentTypeError(f"must be an accuracy in (0, 1] or a percentage in (1, 100], got {text!r}")

@@ -43,13 +43,13 @@ class Rule:
     def check(self, value: Any, key: str, fix: Optional[str] = None, *, got: bool = True) -> None:
         """``key: must be <text>, got <value>[; fix]`` (a recipe key, or ``name=value`` with ``got=False``)."""
         if not self.holds(value):
-            raise ConfigError(f"{key}: must be {self.text}" + (f", got {_short(value)}" if got else "") + (f"; {fix}" if fix else ""))
+            raise ConfigError(f"{key}: must be {self.text}" + (f", got {short_repr(value)}" if got else "") + (f"; {fix}" if fix else ""))
 
     def check_argument(self, value: Any, where: str, fix: Optional[str] = None) -> None:
         """``<where> must be <bound> (and finite), got <value>[; fix]``: a function argument (``T``, ``-T``)."""
         if not self.holds(value):
             raise ConfigError(f"{where} must be {self.bound or self.text}{' (and finite)' if self.bound else ''}, "
-                              f"got {_short(value)}" + (f"; {fix}" if fix else ""))
+                              f"got {short_repr(value)}" + (f"; {fix}" if fix else ""))
 
 
 def _real(value: Any) -> bool:
@@ -278,7 +278,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
+        return build_section(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -307,26 +307,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     else:  # pragma: no cover - schema error, not user error
         raise TypeError(f"unsupported config type {tp}")
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {short_repr(value)}")
 
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """repr cut to one readable piece: a pasted list, a huge number or binary junk must not flood
     the error line (reprlib also stops a self-referencing YAML alias from expanding)."""
     return _REPR.repr(value)
 
 
-def _build(cls: Any, data: Any, where: str) -> Any:
+def build_section(cls: Any, data: Any, where: str) -> Any:
     if data is None:
         data = {}
     if cls is ModelConfig and isinstance(data, str):
         raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}; write {where}.name: {data}")
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'recipe'}: expected a mapping of keys, got {_short(data)}")
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping of keys, got {short_repr(data)}")
     prefix = f"{where}." if where else ""
     if cls is DistillConfig:  # mappings under unknown keys are method sections (checked by name later)
         data = dict(data)
@@ -368,7 +368,7 @@ def count(value: int, key: str, high: int = MAX_COUNT) -> None:
 
 def _check_ranges(r: Recipe) -> None:
     if not 0 <= r.seed <= MAX_SEED:
-        raise ConfigError(f"seed: must be an integer in [0, {MAX_SEED}] (the range numpy and Optuna accept), got {_short(r.seed)}")
+        raise ConfigError(f"seed: must be an integer in [0, {MAX_SEED}] (the range numpy and Optuna accept), got {short_repr(r.seed)}")
     _check_text(r)
     check_rules(r.distill, "distill.")  # temperature, weights, schedules
     if r.distill.hard_weight == 0 and r.distill.soft_weight == 0:
@@ -376,7 +376,7 @@ def _check_ranges(r: Recipe) -> None:
     if not math.isfinite(r.distill.hard_weight + r.distill.soft_weight):
         raise ConfigError("distill.hard_weight + distill.soft_weight overflows to inf; use weights that sum to about 1")
     check_rules(r.dataset, "dataset.")
-    _check_stages(r.distill.stages, r.student.train.epochs)
+    check_stage_epochs(r.distill.stages, r.student.train.epochs)
     if r.student.checkpoint is not None:
         raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
                           "the student always starts from fresh weights")
@@ -389,18 +389,18 @@ def _check_ranges(r: Recipe) -> None:
         check_precision(t.precision, f"{role}.train.precision", r.device)
         if not 0 <= t.warmup_epochs < t.epochs:
             raise ConfigError(f"{role}.train.warmup_epochs: must be an integer in [0, epochs - 1] = [0, {t.epochs - 1}], "
-                              f"got {_short(t.warmup_epochs)}")
+                              f"got {short_repr(t.warmup_epochs)}")
 
 
 def check_precision(value: str, key: str, device: str = "cpu") -> None:
     """One of :data:`PRECISIONS`; fp16 is refused on the CPU (bf16 is the CPU's half format)."""
     if value not in PRECISIONS:
-        raise ConfigError(f"{key}: unknown precision {_short(value)}; valid: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"{key}: unknown precision {short_repr(value)}; valid: {', '.join(PRECISIONS)}")
     if value == "fp16" and str(device).strip().lower() == "cpu":
         raise ConfigError(f"{key}: fp16 needs a CUDA device (device is cpu); use bf16 on the CPU")
 
 
-def _check_stages(stages: List[StageConfig], epochs: int) -> None:
+def check_stage_epochs(stages: List[StageConfig], epochs: int) -> None:
     """Stage lengths fit the student's epochs; stage weights are finite numbers >= 0 (term names are
     checked against the method when it is built: :func:`kdlab.train.stages.check_stages`)."""
     for i, st in enumerate(stages):
@@ -411,7 +411,7 @@ def _check_stages(stages: List[StageConfig], epochs: int) -> None:
             count(st.epochs, f"{key}.epochs")
         for term, w in st.terms.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)):
-                raise ConfigError(f"{key}.terms.{term}: expected a number, got {_short(w)}")
+                raise ConfigError(f"{key}.terms.{term}: expected a number, got {short_repr(w)}")
             non_negative(float(w), f"{key}.terms.{term}")
         if st.terms and not any(float(w) > 0 for w in st.terms.values()):
             raise ConfigError(f"{key}.terms: every weight is 0; nothing would be trained in this stage")
@@ -449,7 +449,7 @@ def _check_all_finite(obj: Any, where: str = "") -> None:
 
 def schema_from_dict(data: Dict[str, Any]) -> Recipe:
     """The recipe's types, ranges and finiteness checked; names are resolved by :mod:`kdlab.recipes`."""
-    recipe = _build(Recipe, data, "")
+    recipe = build_section(Recipe, data, "")
     _check_ranges(recipe)
     _check_all_finite(recipe)
     return recipe

@@ -7,8 +7,11 @@ model, which the pipeline places on :func:`resolve_device` of the recipe's ``dev
 from __future__ import annotations
 
 import contextlib
+import copy
+import ctypes
 import math
 import os
+import platform
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -63,8 +66,6 @@ def cpu_flags() -> frozenset:
 
 def cpu_model() -> str:
     """The CPU's model name, to state beside every measured figure (our hosts differ day to day)."""
-    import platform
-
     return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
@@ -143,8 +144,6 @@ def _libgomp() -> Any:
         own = {p for p in paths if p.startswith(os.path.dirname(torch.__file__))}
         paths = own or paths
         if len(paths) == 1 and "OpenMP" in torch.__config__.parallel_info():
-            import ctypes
-
             try:
                 lib = ctypes.CDLL(paths.pop())
                 lib.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
@@ -160,8 +159,6 @@ def _on_openmp_threads(fn: Callable[[], Any]) -> bool:
     lib = _libgomp()
     if lib is None:
         return False
-    import ctypes
-
     callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _data: fn())  # ctypes takes the GIL per call
     lib.GOMP_parallel(ctypes.cast(callback, ctypes.c_void_p), None, torch.get_num_threads(), 0)
     return True
@@ -191,8 +188,6 @@ def step_macs(model: "torch.nn.Module", sample: "torch.Tensor", batch_size: int)
     FlopCounterMode: the first forward through either costs about a second of imports, at every
     command.
     """
-    import copy
-
     nn = torch.nn
     try:
         memo: dict = {}

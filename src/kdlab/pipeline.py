@@ -29,6 +29,8 @@ from .train import FitResult, RunDir, distributed, load_model
 from .train.processes import current_processes
 from .train.run import RunRecord, RunSpec
 from .train.run import run as run_spec
+from .teacher_cache import cached_teacher, check_teacher_cache
+from .train import evaluate
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback
 from .train.stages import check_stages
@@ -246,9 +248,6 @@ def run_distill(
 
     ``log`` receives one line naming the teacher used and its test accuracy.
     """
-    from .study.teacher_cache import cached_teacher, check_teacher_cache
-    from .train.loop import evaluate
-
     method = distill_method(recipe)
     own_teacher = teacher is None and not method.needs.teacher  # e.g. self-ema: the student is its own teacher
     if teacher is None and not own_teacher:
@@ -266,7 +265,8 @@ def run_distill(
         info["teacher"] = "none (the method's own)"
     elif teacher is None:
         with distributed.main_first():  # under torchrun rank 0 trains/caches the teacher alone, then the others load it
-            cached = cached_teacher(recipe, data, teacher_cache, progress, say, why="no --teacher given")
+            cached = cached_teacher(recipe, data, teacher_cache, progress, say, why="no --teacher given",
+                                    train=run_teacher, load=load_teacher)
         say(cached.describe())
         info.update(teacher_cache=str(cached.path), teacher_reused=cached.hit, teacher_test_acc=cached.test_acc)
         lasts = cached.checkpoints  # checked on --resume like a --teacher file

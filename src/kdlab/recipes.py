@@ -8,6 +8,8 @@ is fully validated before any data is read or folder made.
 from __future__ import annotations
 
 import copy
+import importlib
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
-from .config import Recipe, _short, role_configs, schema_from_dict
+from .config import DistillConfig, Recipe, role_configs, schema_from_dict, short_repr
 from .errors import ConfigError
 
 
@@ -33,12 +35,9 @@ def import_user_modules(modules: Sequence[str]) -> None:
     The working directory is importable (as with ``python -m``), so ``--import mypkg.models`` finds
     ``./mypkg/models.py``. A failing import is one line naming the module and the error.
     """
-    import importlib
-    import os
-
     for name in modules:
         if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"imports: expected module names like mypkg.models, got {_short(name)}")
+            raise ConfigError(f"imports: expected module names like mypkg.models, got {short_repr(name)}")
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
         try:
@@ -54,7 +53,7 @@ def import_user_modules(modules: Sequence[str]) -> None:
 
 def check_method(r: Recipe) -> None:
     """``distill.method`` is registered, each section names a method, and each section fits its dataclass."""
-    from .methods import METHODS, build_method
+    from .methods import METHODS, build_method  # start-up time: the registries import torch
 
     d = r.distill
     if d.method not in METHODS:
@@ -71,8 +70,6 @@ def check_method(r: Recipe) -> None:
 
 
 def _distill_keys() -> List[str]:
-    from .config import DistillConfig
-
     return [f for f in DistillConfig.__dataclass_fields__ if f != "sections"]
 
 
@@ -89,13 +86,13 @@ def check_names(r: Recipe) -> None:
         if name not in registry:
             raise ConfigError(f"{key}: unknown value {name!r}; choose one of: {', '.join(registry.names())}")
 
-    from .device import resolve_device
+    from .device import resolve_device  # start-up time: torch
 
     resolve_device(r.device)
     known(DATASETS, r.dataset.name, "dataset.name")
     known(SOFT_LOSSES, r.distill.loss, "distill.loss")
     check_method(r)
-    from .data.augment import AugmentConfig
+    from .data.augment import AugmentConfig  # start-up time: torch
 
     AugmentConfig.from_dict(r.augment, "augment")
     known(WEIGHT_SCHEDULES, r.distill.weight_schedule.name, "distill.weight_schedule.name")
@@ -154,7 +151,7 @@ def read_recipe_dict(spec: str) -> Dict[str, Any]:
         except UnicodeDecodeError:
             raise ConfigError(f"recipe {spec} is not a UTF-8 text file; give a YAML recipe (see `kdlab recipes mnist-mlp`)") from None
         except OSError as exc:
-            from .utils import os_error_reason
+            from .utils import os_error_reason  # start-up time: utils imports torch
 
             raise ConfigError(f"cannot read recipe {spec} ({os_error_reason(exc)}); check the path and its permissions") from None
     else:
@@ -181,17 +178,17 @@ def read_recipe_dict(spec: str) -> Dict[str, Any]:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override {_short(text)}: expected KEY=VALUE, e.g. teacher.train.epochs=5")
+        raise ConfigError(f"override {short_repr(text)}: expected KEY=VALUE, e.g. teacher.train.epochs=5")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {_short(text)}: empty key")
+        raise ConfigError(f"override {short_repr(text)}: empty key")
     try:
         value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     except ConfigError as exc:
-        raise ConfigError(f"override {_short(text)}: {exc}") from None
+        raise ConfigError(f"override {short_repr(text)}: {exc}") from None
     return key.split("."), value
 
 
@@ -213,11 +210,11 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {_short(item)}: {'.'.join(path[: i + 1])} is not a section")
+                raise ConfigError(f"override {short_repr(item)}: {'.'.join(path[: i + 1])} is not a section")
             node = child
         if isinstance(node.get(path[-1]), dict) and not isinstance(value, dict):
             # ``--set teacher=`` would otherwise swap the whole section for the built-in defaults
-            raise ConfigError(f"override {_short(item)}: {'.'.join(path)} is a section; set one of its keys, "
+            raise ConfigError(f"override {short_repr(item)}: {'.'.join(path)} is a section; set one of its keys, "
                               f"e.g. {'.'.join(path + _first_leaf(node[path[-1]]))}=VALUE")
         node[path[-1]] = value
     return data
@@ -229,7 +226,7 @@ def load_recipe(spec: str | None = None, overrides: Sequence[str] = (), imports:
     if imports:
         listed = data.get("imports") or []
         if not isinstance(listed, list):
-            raise ConfigError(f"imports: expected a list of module names, got {_short(listed)}")
+            raise ConfigError(f"imports: expected a list of module names, got {short_repr(listed)}")
         data["imports"] = list(dict.fromkeys([*listed, *imports]))
     return recipe_from_dict(data)
 

@@ -10,12 +10,15 @@ import platform
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, IO
 
 import numpy as np
 import torch
 
+from . import __version__
+from .device import cpu_info
 from .errors import KDLabError
 
 
@@ -52,7 +55,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -108,8 +111,6 @@ def _test_pause(point: str) -> None:
         signal_file = os.environ.get("KDLAB_TEST_PAUSE_SIGNAL")
         if signal_file:
             Path(signal_file).touch()
-        import time
-
         time.sleep(600)
 
 
@@ -147,7 +148,7 @@ def os_error_reason(exc: OSError) -> str:
     return names.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -170,8 +171,6 @@ def seed_everything(seed: int) -> None:
 
 def environment() -> Dict[str, Any]:
     """Library versions and machine facts recorded next to every run's metrics."""
-    from . import __version__
-
     info: Dict[str, Any] = {
         "kdlab": __version__,
         "python": sys.version.split()[0],
@@ -180,8 +179,6 @@ def environment() -> Dict[str, Any]:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
     }
-    from .device import cpu_info
-
     info["cpu"] = cpu_info()
     if torch.cuda.is_available():
         info["cuda"] = {"device": torch.cuda.get_device_name(), "bf16": torch.cuda.is_bf16_supported()}

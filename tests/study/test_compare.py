@@ -8,7 +8,7 @@ from kdlab.cli import main
 from kdlab.recipes import load_recipe
 from kdlab.study.compare import compare, parse_variants
 from kdlab.study.report import write_report
-from kdlab.study.teacher_cache import teacher_cache_path
+from kdlab.teacher_cache import teacher_cache_path
 
 FAST = ["teacher.model.hidden=[32]", "teacher.train.epochs=2", "student.train.epochs=3"]
 

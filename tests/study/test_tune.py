@@ -40,13 +40,13 @@ def test_tune_uses_validation_split_resumes_and_reports(tmp_path):
 
     # The objective is validation accuracy: retrain the best trial by hand and compare.
     from kdlab.recipes import apply_overrides, recipe_from_dict
-    from kdlab.pipeline import distill_method, prepare_data, train_role
-    from kdlab.study.teacher_cache import cached_teacher
+    from kdlab.pipeline import distill_method, load_teacher, prepare_data, run_teacher, train_role
+    from kdlab.teacher_cache import cached_teacher
 
     r = recipe_from_dict(apply_overrides(recipe.to_dict(), ["dataset.val_fraction=0.1",
                          f"distill.temperature={again.best_params['T']!r}", f"distill.soft_weight={again.best_params['soft_weight']!r}"]))
     data = prepare_data(r)
-    logits = cached_teacher(r, data, tmp_path / "cache").teacher.logits_for(data.train.x)
+    logits = cached_teacher(r, data, tmp_path / "cache", train=run_teacher, load=load_teacher).teacher.logits_for(data.train.x)
     res = train_role(r, "student", "check", data, distill_method(r), out=False, progress=False, teacher_logits=logits)
     assert res.fit.final["val_acc"] == pytest.approx(again.best_value)
 

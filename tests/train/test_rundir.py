@@ -10,9 +10,8 @@ import pytest
 
 from kdlab import CheckpointError, ConfigError, KDLabError
 from kdlab.recipes import dump_recipe, load_recipe
-from kdlab.train.rundir import (
-    RunDir, check_new_run_folder, epochs_done, move_aside, mutable_on_resume, read_metrics, resume_recipe, run_files,
-)
+from kdlab.resume import mutable_on_resume, resume_recipe
+from kdlab.train.rundir import RunDir, check_new_run_folder, epochs_done, move_aside, read_metrics, run_files
 from kdlab.utils import WriteError, atomic_write, atomic_write_text, remove_stale_temp_files
 
 

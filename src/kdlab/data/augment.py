@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..models.zoo import TORCHVISION_PIN
 
 AUTOAUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")
 RANDAUGMENT_MAX_MAGNITUDE = 30  # torchvision's default num_magnitude_bins=31 → m in 0..30
@@ -173,10 +174,8 @@ def cutmix(x: Tensor, y: Tensor, alpha: float, num_classes: int, generator: torc
 
 def _policy_transform(cfg: AugmentConfig) -> Callable[[Tensor], Tensor]:
     try:
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # optional: torchvision
     except Exception:  # absent, or built for another torch
-        from ..models.zoo import TORCHVISION_PIN
-
         key = "autoaugment" if cfg.autoaugment is not None else "randaugment"
         raise ConfigError(f"augment.{key} needs torchvision: {TORCHVISION_PIN} (torchvision must match torch "
                           f"{torch.__version__})") from None

@@ -13,6 +13,7 @@ could run code. :class:`CifarUnpickler` only resolves the few numpy globals genu
 
 from __future__ import annotations
 
+import _codecs
 import hashlib
 import importlib
 import pickle
@@ -28,7 +29,7 @@ import torch
 
 from ..errors import DataError
 from ..utils import atomic_write
-from .mnist_family import DOWNLOAD_TIMEOUT_S, ENV_VAR, data_root
+from .paths import DOWNLOAD_TIMEOUT_S, ENV_VAR, data_root
 from .registry import DATASETS, RawData
 
 IMAGE_SHAPE = (3, 32, 32)
@@ -80,8 +81,6 @@ class CifarUnpickler(pickle.Unpickler):
         if (module, name) not in ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refused global {module}.{name}")
         if module == "_codecs":
-            import _codecs
-
             return _codecs.encode
         if module == "numpy":
             return getattr(np, name)

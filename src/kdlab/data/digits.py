@@ -22,7 +22,7 @@ SPLIT_RANDOM_STATE = 0
 
 def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train and test indices of scikit-learn's stratified split (20 % test, random_state 0)."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # start-up time: scikit-learn loads only for digits
 
     train_idx, test_idx = train_test_split(
         np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_RANDOM_STATE,
@@ -32,7 +32,7 @@ def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("digits")
 def load_digits(data_dir: Optional[Path] = None, download: bool = False) -> RawData:
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # start-up time: as above
 
     bunch = sk_load_digits()
     images = torch.from_numpy((bunch.images / 16.0).astype(np.float32))  # (N, 8, 8) in [0, 1]

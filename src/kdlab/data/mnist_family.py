@@ -10,7 +10,6 @@ Missing files are downloaded (md5-verified, written atomically) into that folder
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,10 @@ import torch
 from ..errors import DataError
 from ..utils import atomic_write
 from .idx import IMAGES_NDIM, LABELS_NDIM, read_idx
+from .paths import DOWNLOAD_TIMEOUT_S, ENV_VAR, data_root
 from .registry import DATASETS, RawData
 
-ENV_VAR = "KDLAB_DATA_DIR"
 FILE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
-DOWNLOAD_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -74,21 +72,6 @@ KMNIST = IDXDataset(
     },
     ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
 )
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kdlab"
-
-
-def data_root(data_dir: Optional[os.PathLike | str] = None) -> Path:
-    """The folder kdlab reads datasets from: argument > $KDLAB_DATA_DIR > user cache."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return default_cache_dir()
 
 
 def _existing(folder: Path, name: str) -> Optional[Path]:

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .paths import data_root
 
 
 @dataclass
@@ -68,8 +71,6 @@ def _binds(obj: Any, *args: Any) -> bool:
 def _as_tensor(value: Any, what: str) -> Tensor:
     if isinstance(value, Tensor):
         return value
-    import numpy as np
-
     try:
         return torch.as_tensor(np.array(value))  # numpy arrays, PIL images, nested lists (copied: PIL arrays are read-only)
     except (TypeError, ValueError) as exc:
@@ -121,8 +122,6 @@ def dataset_class_loader(name: str, cls: type) -> DatasetLoader:
     where = f"dataset {name!r} ({cls.__name__})"
 
     def load(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
-        from .mnist_family import data_root
-
         def build(train: bool) -> Any:
             kwargs: dict = {split_arg: train if split_arg == "train" else ("train" if train else "test")}
             if root_arg is not None:
@@ -152,8 +151,6 @@ class DatasetRegistry(Registry[DatasetLoader]):
         store = super().register(name)
 
         def decorator(obj: Any) -> Any:
-            from torch.utils.data import Dataset
-
             if isinstance(obj, type) and issubclass(obj, Dataset):
                 store(dataset_class_loader(name, obj))
             elif isinstance(obj, Dataset) or not callable(obj):

@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Needs:
@@ -228,8 +230,6 @@ class Distiller(nn.Module):
 def layer_pair_needs(method: str, pairs: Mapping[str, str]) -> Needs:
     """What a method comparing named layers needs: teacher logits (for its KD term) and both sides'
     features. No pairs is a one-line error pointing at ``kdlab layers``."""
-    from ..errors import ConfigError
-
     if not pairs:
         raise ConfigError(f"{method} needs layer pairs: distill.{method}.pairs: {{student_module: teacher_module}} "
                           "(list the modules with `kdlab layers RECIPE --role student|teacher`)")

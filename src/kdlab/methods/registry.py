@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
+from ..config import build_section
+from ..errors import ConfigError
 from ..registry import Registry
 
 
@@ -38,9 +40,6 @@ def build_method(name: str, distill: Any, params: Optional[Dict[str, Any]] = Non
 
     ``distill`` is the recipe's :class:`~kdlab.config.DistillConfig` (T, weights, coding).
     """
-    from ..config import _build
-    from ..errors import ConfigError
-
     entry = METHODS.get(name)
     params = dict(params or {})
     if entry.params is None:
@@ -48,6 +47,6 @@ def build_method(name: str, distill: Any, params: Optional[Dict[str, Any]] = Non
             raise ConfigError(f"method {name!r} takes no parameters, got {', '.join(params)}; drop them (`kdlab methods` lists each method's parameters)")
         method = entry.factory(None, distill)
     else:
-        method = entry.factory(_build(entry.params, params, f"distill.{name}"), distill)
+        method = entry.factory(build_section(entry.params, params, f"distill.{name}"), distill)
     method.method_name = name  # messages name its recipe section (distill.<name>.<field>)
     return method

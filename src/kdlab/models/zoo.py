@@ -47,10 +47,10 @@ def import_library(library: str, model: str) -> Any:
     """Import torchvision or timm, turning absence or a torch mismatch into one actionable line."""
     try:
         if library == "torchvision":
-            import torchvision.models as module  # noqa: F401  (imports torchvision)
+            import torchvision.models as module  # noqa: F401  (optional: torchvision)
 
             return module
-        import timm as module
+        import timm as module  # optional: timm
 
         return module
     except ModuleNotFoundError as exc:

@@ -33,7 +33,7 @@ from .. import __version__
 from ..errors import ExportError, KDLabError
 from ..logits import logits_of
 from ..models import count_parameters
-from ..utils import WriteError, _umask, check_output_location, os_error_reason
+from ..utils import WriteError, current_umask, check_output_location, os_error_reason
 from .source import LoadedModel, load_student
 
 NORMALIZATIONS = ("graph", "metadata")
@@ -180,7 +180,7 @@ def _staged(path: Path) -> Iterator[Path]:
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {os_error_reason(exc)}; choose another location") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the exported file gets normal permissions
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the exported file gets normal permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -270,8 +270,8 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, checkpoint
     module, meta, desc, sample = deployable(loaded, normalization)
     module.eval()
     meta.update({"kdlab.opset": str(opset), "kdlab.parameters": str(count_parameters(loaded.model))})
-    import onnx
-    import onnxruntime as ort
+    import onnx  # optional: onnx
+    import onnxruntime as ort  # optional: onnxruntime
 
     example = sample(2, torch.Generator().manual_seed(1))  # batch > 1, so the batch axis stays symbolic
     try:

@@ -25,6 +25,8 @@ from torch import nn
 from ..device import cpu_model
 from ..errors import KDLabError
 from ..models import count_parameters
+from ..pipeline import build_role_model, prepare_data
+from ..teacher import TeacherEnsemble
 from .source import load_student, recorded_teacher_acc, recorded_teachers
 
 LATENCY_BATCHES = (1, 64)
@@ -127,7 +129,7 @@ def load_average() -> Optional[float]:
 
 def flops_per_image(model: nn.Module, in_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass on one image (eval mode), as torch's FLOP counter counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # start-up time: more of torch, only when FLOPs are counted (kdlab export imports kdlab.ship)
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     counter = FlopCounterMode(display=False)
@@ -202,8 +204,6 @@ def profile_models(teacher: nn.Module, student: nn.Module, in_shape: Sequence[in
 
 def profile_recipe(recipe: Any, **kwargs: Any) -> Profile:
     """A recipe's teacher and student as built (untrained: accuracy n/a)."""
-    from ..pipeline import build_role_model, prepare_data
-
     data = prepare_data(recipe)
     teacher, student = (build_role_model(recipe, role, data) for role in ("teacher", "student"))
     names = (recipe.teacher.model.name, recipe.student.model.name)
@@ -213,8 +213,6 @@ def profile_recipe(recipe: Any, **kwargs: Any) -> Profile:
 def profile_run(source: str | os.PathLike, teacher: Optional[str | os.PathLike] = None, checkpoint: str = "best",
                 **kwargs: Any) -> Profile:
     """A run's student (``best.pt``) beside its teacher: ``teacher`` if given, else the one its ``run.json`` records."""
-    from ..teacher import TeacherEnsemble
-
     student = load_student(source, checkpoint)
     folder = Path(source) if Path(source).is_dir() else Path(source).parent
     paths = [Path(teacher)] if teacher is not None else recorded_teachers(folder)
@@ -240,16 +238,3 @@ def profile_run(source: str | os.PathLike, teacher: Optional[str | os.PathLike] 
         s_acc = None
     return profile_models(model, student.model, student.payload["model"]["in_shape"], source=f"run {student.path}",
                           names=(name, student.name), accuracies=(t_acc, s_acc), **kwargs)
-
-
-def compare_profile(result: Any, teacher: nn.Module, student: nn.Module, in_shape: Sequence[int], min_seconds: float = 0.05) -> Profile:
-    """The profile a ``kdlab compare`` report shows: its teacher beside the student architecture, with
-    the teacher's accuracy and the mean final accuracy of the reference variant (``hinton``, else the last)."""
-    from ..study.compare import REFERENCE
-
-    variant = REFERENCE if REFERENCE in result.variants else result.variants[-1]
-    accs = [r.final_acc for r in result.of(variant)]
-    r = result.recipe
-    return profile_models(teacher, student, in_shape, source=f"compare {r.name} (student accuracy: `{variant}`, mean of {len(accs)} seeds)",
-                          names=(r.teacher.model.name, r.student.model.name),
-                          accuracies=(result.teacher.get("test_acc"), sum(accs) / len(accs)), min_seconds=min_seconds)

@@ -19,16 +19,16 @@ import os
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import Recipe
 from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
-from ..pipeline import build_role_model, plan_threads_for, prepare_data, train_role
+from ..pipeline import build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, train_role
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
 from ..train.build import grid_train_blocker
@@ -36,7 +36,10 @@ from ..train.run import fit_grid
 from ..train.students import grid_blocker
 from ..train.weights import WeightPlan
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
-from .teacher_cache import cached_teacher
+from ..teacher_cache import cached_teacher
+
+if TYPE_CHECKING:
+    from ..ship.profile import Profile
 
 SCRATCH = "scratch"
 REFERENCE = "hinton"
@@ -92,7 +95,7 @@ class CompareResult:
     mode: str  # "batched", "one by one", or "partly batched"
     wall_seconds: float
     notes: List[str] = field(default_factory=list)
-    profile: Optional[Any] = None  # kdlab.ship.Profile: teacher vs student cost, measured after the study
+    profile: Optional[Profile] = None  # teacher vs student cost, measured after the study
 
     def run(self, variant: str, seed: int) -> StudentRun:
         return self.runs[(variant, seed)]
@@ -216,7 +219,7 @@ def compare(
     if batched and single:
         why = "the recipe has distill.stages" if recipe.distill.stages else "it has no closed form"
         raise ConfigError(f"cannot train the students batched: {', '.join(single)} trains one by one ({why}); drop --batched")
-    cached = cached_teacher(recipe, data, teacher_cache, progress, log)
+    cached = cached_teacher(recipe, data, teacher_cache, progress, log, train=run_teacher, load=load_teacher)
     log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
@@ -272,7 +275,19 @@ def compare(
         ("batched" if not single else "partly batched") if batch_variants else "one by one", time.perf_counter() - start, notes,
     )
     if profile:
-        from ..ship.profile import compare_profile
-
         result.profile = compare_profile(result, cached.teacher.model, probe, data.in_shape)
     return result
+
+
+def compare_profile(result: CompareResult, teacher: nn.Module, student: nn.Module, in_shape: Sequence[int],
+                    min_seconds: float = 0.05) -> Profile:
+    """The profile a ``kdlab compare`` report shows: its teacher beside the student architecture, with
+    the teacher's accuracy and the mean final accuracy of the reference variant (``hinton``, else the last)."""
+    from ..ship.profile import profile_models  # start-up time: the CLI imports this module at start (kdlab demo)
+
+    variant = REFERENCE if REFERENCE in result.variants else result.variants[-1]
+    accs = [r.final_acc for r in result.of(variant)]
+    r = result.recipe
+    return profile_models(teacher, student, in_shape, source=f"compare {r.name} (student accuracy: `{variant}`, mean of {len(accs)} seeds)",
+                          names=(r.teacher.model.name, r.student.model.name),
+                          accuracies=(result.teacher.get("test_acc"), sum(accs) / len(accs)), min_seconds=min_seconds)

@@ -13,18 +13,18 @@ from ..utils import atomic_write
 from .compare import CompareResult
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
-        import matplotlib
+        import matplotlib  # optional: matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional: matplotlib
     except ImportError:
         raise KDLabError("plots need matplotlib: pip install 'kdlab[report]' (or pass --no-plots)") from None
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> None:
+def save_png(fig: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     fig.clf()
@@ -33,7 +33,7 @@ def _save(fig: Any, path: str | os.PathLike) -> None:
 
 def plot_accuracy(result: CompareResult, path: str | os.PathLike) -> None:
     """Mean test accuracy per epoch per variant, with a min–max band over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for v in result.variants:
         curves = np.array([run.curve() for run in result.of(v)]) * 100
@@ -47,13 +47,13 @@ def plot_accuracy(result: CompareResult, path: str | os.PathLike) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{result.recipe.name}: test accuracy, {len(result.seeds)} seeds")
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
 def plot_step_losses(result: CompareResult, path: str | os.PathLike) -> None:
     """Per-step total loss of the first seed per variant (thin) and its running mean (thick)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     seed = result.seeds[0]
     for v in result.variants:
@@ -68,5 +68,5 @@ def plot_step_losses(result: CompareResult, path: str | os.PathLike) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{result.recipe.name}: per-step loss, seed {seed}")
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)

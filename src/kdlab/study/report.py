@@ -18,6 +18,7 @@ import numpy as np
 from ..recipes import dump_recipe
 from ..utils import atomic_write, atomic_write_json, atomic_write_text, environment
 from .compare import REFERENCE, CompareResult
+from .plots import plot_accuracy, plot_step_losses
 from .stats import Summary
 
 
@@ -151,8 +152,6 @@ def write_report(result: CompareResult, out: str | os.PathLike, plots: bool = Tr
     out.mkdir(parents=True, exist_ok=True)
     images: Dict[str, str] = {}
     if plots:
-        from .plots import plot_accuracy, plot_step_losses
-
         plot_accuracy(result, out / "accuracy.png")
         plot_step_losses(result, out / "step_loss.png")
         images = {"Test accuracy per epoch (band: min–max over seeds)": "accuracy.png", "Per-step training loss": "step_loss.png"}

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 def _scipy_stats():
     """``scipy.stats``, imported on first use: its import is slow, and every CLI command would pay it."""
-    import scipy.stats
+    import scipy.stats  # optional: scipy
 
     return scipy.stats
 

@@ -23,14 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
+import yaml
+
 from ..config import Recipe
 from ..recipes import apply_overrides, recipe_from_dict
 from ..errors import ConfigError, KDLabError
-from ..pipeline import distill_method, plan_threads_for, prepare_data, train_role
+from ..pipeline import distill_method, load_teacher, plan_threads_for, prepare_data, run_teacher, train_role
 from ..train.records import NonFiniteLossError
 from ..data import data_fingerprint
-from ..utils import check_output_location
-from .teacher_cache import cached_teacher, check_teacher_cache
+from ..utils import atomic_write_json, atomic_write_text, check_output_location
+from ..teacher_cache import cached_teacher, check_teacher_cache
+from .plots import pyplot, save_png
+from .report import csv_text
 
 try:
     import fcntl
@@ -75,8 +79,6 @@ class SearchParam:
 
 
 def parse_param(text: str) -> SearchParam:
-    import yaml
-
     if "=" not in text:
         raise ConfigError(f"--param {text!r}: expected NAME=LOW:HIGH or NAME=A,B,C, e.g. --param T=1:10")
     name, spec = (x.strip() for x in text.split("=", 1))
@@ -220,7 +222,7 @@ def open_study(storage: str, name: str, sampler: Any, settings: Dict[str, Any]) 
     every join, so a changed search space never mixes into an existing study. Returns
     ``(study, created)``.
     """
-    import optuna
+    import optuna  # optional: optuna
 
     url = _storage_url(storage)
     sqlite = _sqlite_path(storage)
@@ -257,7 +259,7 @@ def open_study(storage: str, name: str, sampler: Any, settings: Dict[str, Any]) 
 
 
 def _sampler(name: str, params: Sequence[SearchParam], seed: int, grid_points: int):
-    import optuna
+    import optuna  # optional: optuna
 
     if name == "grid":
         return optuna.samplers.GridSampler({p.name: p.grid(grid_points) for p in params}, seed=seed)
@@ -288,7 +290,7 @@ def tune(
 ) -> TuneResult:
     """Run trials until the study holds ``trials`` completed ones; returns the whole study."""
     try:
-        import optuna
+        import optuna  # optional: optuna
     except ImportError:
         raise KDLabError("tune needs Optuna: pip install 'kdlab[tune]'") from None
     space = [p if isinstance(p, SearchParam) else parse_param(p) for p in params]
@@ -318,7 +320,7 @@ def tune(
         study.sampler = _sampler(sampler, space, hash((recipe.seed, len(study.trials), os.getpid())) % 2**31, grid_points)
     url = _storage_url(storage)
 
-    cached = cached_teacher(recipe, data, teacher_cache, progress, log)
+    cached = cached_teacher(recipe, data, teacher_cache, progress, log, train=run_teacher, load=load_teacher)
     log(cached.describe())
     logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
@@ -368,9 +370,6 @@ def tune(
 
 def tune_report(result: TuneResult, out: str | os.PathLike, plot: bool = True) -> Path:
     """trials.csv, best.json, report.md and (with matplotlib) val_acc_vs_<param>.png."""
-    from ..utils import atomic_write_json, atomic_write_text
-    from .report import csv_text
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "trials.csv", csv_text(result.trials))
@@ -398,9 +397,7 @@ def tune_report(result: TuneResult, out: str | os.PathLike, plot: bool = True) -
 
 
 def _plot(result: TuneResult, x_name: str, path: Path) -> None:
-    from .plots import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     done = [r for r in result.trials if r["state"] == "COMPLETE"]
     xs = [r[x_name] for r in done]
     ys = [100 * r["val_acc"] for r in done]
@@ -416,5 +413,5 @@ def _plot(result: TuneResult, x_name: str, path: Path) -> None:
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.set_title(f"{result.study_name}: {len(done)} trials")
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)

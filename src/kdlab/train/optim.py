@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
 
 from ..config import OptimizerConfig, SchedulerConfig
 from ..registry import Registry
@@ -75,8 +75,6 @@ def build_scheduler(opt: Optimizer, cfg: SchedulerConfig, epochs: int, warmup_ep
     """
     if warmup_epochs <= 0:
         return SCHEDULERS.get(cfg.name)(opt, cfg, epochs)
-    from torch.optim.lr_scheduler import LinearLR, SequentialLR
-
     warm = LinearLR(opt, start_factor=1.0 / (warmup_epochs + 1), end_factor=1.0, total_iters=warmup_epochs)
     main = SCHEDULERS.get(cfg.name)(opt, cfg, max(epochs - warmup_epochs, 1))
     if main is None:

@@ -2,7 +2,7 @@
 
 Also the rules for reusing a folder: an existing run is never silently mixed into (a new run
 needs a new or empty folder, ``--overwrite`` moves the old one aside), and ``--resume`` continues
-a run with its *own* recorded recipe; only :func:`mutable_on_resume` keys may differ.
+a run with its *own* recorded recipe (:func:`kdlab.resume.resume_recipe`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from ..errors import CheckpointError, ConfigError, KDLabError
+from ..errors import CheckpointError, KDLabError
+from ..utils import atomic_write_json, atomic_write_text, check_output_location, environment, os_error_reason, remove_stale_temp_files
 from . import distributed
-from ..utils import atomic_write_json, atomic_write_text, check_output_location, environment, remove_stale_temp_files
+from .checkpoint import load_checkpoint
 
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl")
 
@@ -178,84 +179,12 @@ def move_aside(path: str | os.PathLike) -> Path:
     try:
         os.rename(path, target)
     except OSError as exc:
-        from ..utils import os_error_reason
-
         raise KDLabError(f"cannot move {path} aside to {target} ({os_error_reason(exc)}); move or delete it yourself, or choose another --out") from None
     return target
 
 
-def mutable_on_resume(role: str) -> List[str]:
-    """Recipe keys ``--resume`` accepts changed: more epochs extend the run; data may have moved.
-
-    Everything else defines the experiment, so a different value would record settings that were
-    never used for the epochs already trained.
-    """
-    return [f"{role}.train.epochs", f"{role}.train.tensorboard", "dataset.data_dir", "dataset.download"]
-
-
-_ABSENT = object()
-
-
-def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(tree, dict):
-        out: Dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _show(value: Any) -> str:
-    if value is _ABSENT:
-        return "nothing"
-    return repr(value) if isinstance(value, str) else json.dumps(value)
-
-
-def resume_recipe(path: str | os.PathLike, role: str, recipe_spec: Optional[str] = None, overrides: Sequence[str] = ()):
-    """The recipe to resume the run in ``path`` with: the run's own ``config.yaml``.
-
-    ``recipe_spec`` and ``overrides`` are what the command line gave; each value must equal the
-    run's, except :func:`mutable_on_resume` keys, which are taken from ``overrides`` only (a
-    recipe file's own epoch count is not a request to extend the run). Otherwise a one-line
-    :class:`ConfigError` lists every differing key. Reads files only; writes nothing.
-    """
-    import copy
-
-    from ..recipes import apply_overrides, parse_override, read_recipe_dict, recipe_from_dict
-
-    config = Path(path) / "config.yaml"
-    run_dict = read_recipe_dict(str(config))
-    try:
-        recorded = recipe_from_dict(copy.deepcopy(run_dict))
-    except ConfigError as exc:
-        raise ConfigError(f"{config} is not a valid recipe ({exc}); restore it or start a new run with --overwrite") from None
-    base = read_recipe_dict(recipe_spec) if recipe_spec else copy.deepcopy(run_dict)
-    given = recipe_from_dict(apply_overrides(base, overrides))
-    mutable = mutable_on_resume(role)
-    ran, asked = _flatten(recorded.to_dict()), _flatten(given.to_dict())
-    diffs = [
-        f"{key}: run has {_show(ran.get(key, _ABSENT))}, command line gives {_show(asked.get(key, _ABSENT))}"
-        for key in sorted(set(ran) | set(asked))
-        if key not in mutable and ran.get(key, _ABSENT) != asked.get(key, _ABSENT)
-    ]
-    if diffs:
-        raise ConfigError(
-            f"cannot resume {path}: {'; '.join(diffs)}. A resumed run keeps its own config; only {', '.join(mutable)} "
-            "and --progress may change (drop the other settings, or start a new run with another --out)"
-        )
-    explicit = [".".join(parse_override(item)[0]) for item in overrides]
-    changes = [
-        f"{key}={json.dumps(asked[key])}"
-        for key in mutable
-        if key in asked and any(key == k or key.startswith(k + ".") for k in explicit)
-    ]
-    return recipe_from_dict(apply_overrides(run_dict, changes))
-
-
 def epochs_done(path: str | os.PathLike) -> int:
     """Epochs completed by the run in ``path`` according to its ``last.pt`` (0 when there is none)."""
-    from .checkpoint import load_checkpoint
-
     last = Path(path) / "last.pt"
     if not last.exists():
         return 0

@@ -11,8 +11,8 @@ import pytest
 from kdlab.recipes import load_recipe
 from kdlab.data import DATASETS, RawData
 from kdlab.data.digits import load_digits
-from kdlab.pipeline import prepare_data
-from kdlab.study.teacher_cache import cached_teacher, teacher_cache_path
+from kdlab.pipeline import load_teacher, prepare_data, run_teacher
+from kdlab.teacher_cache import cached_teacher, teacher_cache_path
 from tests.catalogue.harness import SRC
 from tests import subprocesses
 
@@ -20,7 +20,7 @@ FAST = ["teacher.model.hidden=[16]", "teacher.train.epochs=1", "student.train.ep
 
 
 def _cached(recipe, cache, data=None):
-    return cached_teacher(recipe, data or prepare_data(recipe), cache, progress=False)
+    return cached_teacher(recipe, data or prepare_data(recipe), cache, progress=False, train=run_teacher, load=load_teacher)
 
 
 def test_key_covers_the_data_content(tmp_path, monkeypatch):
@@ -67,10 +67,11 @@ def test_foreign_or_swapped_checkpoint_is_retrained_never_reused(tmp_path):
 SCRIPT = """
 import json, sys
 from kdlab.recipes import load_recipe
-from kdlab.pipeline import prepare_data
-from kdlab.study.teacher_cache import cached_teacher
+from kdlab.pipeline import load_teacher, prepare_data, run_teacher
+from kdlab.teacher_cache import cached_teacher
 recipe = load_recipe("digits-mlp", sys.argv[2:])
-c = cached_teacher(recipe, prepare_data(recipe), sys.argv[1], progress=False, log=lambda m: print(m, flush=True))
+c = cached_teacher(recipe, prepare_data(recipe), sys.argv[1], progress=False, log=lambda m: print(m, flush=True),
+                   train=run_teacher, load=load_teacher)
 print(json.dumps({"hit": c.hit, "waited": c.waited, "acc": c.test_acc, "path": str(c.path)}), flush=True)
 """
 

@@ -1,110 +1,59 @@
-"""A teacher is trained once per (data, teacher config, seed) and reused by every study.
-
-The cache key hashes exactly what determines the teacher's weights — the dataset's name, its
-content fingerprint (a hash of the image and label tensors and the validation split, so changed
-files under the same name never reuse a teacher trained on the old ones), the teacher's model and
-training config, the seed — and nothing else: changing the student, the loss or T reuses the
-teacher, while changing e.g. the teacher's epochs retrains it.
-
-An entry is trusted only when it proves what it holds: ``key.json`` equals the expected key,
-``entry.json`` (written once training finished) names the sha256 of ``last.pt``, and the
-checkpoint itself is a teacher with the expected model spec. Anything else — a foreign checkpoint
-copied in, a half-written entry of another config — is moved aside and retrained, never reused.
-An interrupted run of the same key resumes from its ``last.pt``.
-
-Concurrent runs serialise on an ``fcntl.flock`` lock next to the entry: a run that finds another
-process training the same teacher waits for it and then reuses its result. The kernel drops the
-lock when its holder dies (even by SIGKILL), so a crashed run never leaves a stale lock.
-"""
+"""The cache's entries: find a trusted one, or train the teacher into it (see :mod:`kdlab.teacher_cache`)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
+
+from torch import nn
 
 from ..config import Recipe
-from ..data import DatasetSplits, data_fingerprint
-from ..data.mnist_family import default_cache_dir
-from ..device import autocast_dtype, precision_name, resolve_device
+from ..data import DatasetSplits
 from ..errors import KDLabError
-from ..teacher import FrozenTeacher
+from ..teacher import FrozenTeacher, TeacherEnsemble
 from ..train import distributed
 from ..train.checkpoint import load_checkpoint, model_from_payload
+from ..train.records import evaluate
 from ..utils import atomic_write_json, check_output_location, file_digest, os_error_reason
+from .keys import key_digest, normal, teacher_cache_path, teacher_cache_root, teacher_key
+from .lock import entry_lock
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover  (Windows: no locking; concurrent runs may train the same teacher twice)
-    fcntl = None  # type: ignore[assignment]
-
-CACHE_FORMAT = 2
 KEY_FILE = "key.json"
 ENTRY_FILE = "entry.json"
 
 
-def teacher_cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
-    """``cache_dir`` > ``$KDLAB_TEACHER_CACHE`` > ``<user cache>/kdlab/teachers``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("KDLAB_TEACHER_CACHE")
-    return Path(env).expanduser() if env else default_cache_dir() / "teachers"
+class TrainedTeacher(Protocol):
+    """What training a teacher returns (``kdlab.pipeline.RunResult``)."""
+
+    model: nn.Module
+
+    @property
+    def final_acc(self) -> float: ...
+
+
+class TrainTeacher(Protocol):
+    """Trains the recipe's teacher into the run folder ``out`` (``kdlab.pipeline.run_teacher``)."""
+
+    def __call__(self, recipe: Recipe, data: DatasetSplits, *, out: Path, progress: Optional[bool],
+                 resume: bool) -> TrainedTeacher: ...
+
+
+class LoadTeacher(Protocol):
+    """Loads a teacher checkpoint and checks it fits ``data`` (``kdlab.pipeline.load_teacher``)."""
+
+    def __call__(self, path: str | os.PathLike, data: DatasetSplits) -> FrozenTeacher: ...
 
 
 def check_teacher_cache(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     """One-line error now (before any training) when the cache folder cannot be written."""
     return check_output_location(teacher_cache_root(cache_dir), "teacher cache")
-
-
-def _data(recipe: Recipe, data: Optional[DatasetSplits]) -> DatasetSplits:
-    if data is not None:
-        return data
-    from ..pipeline import prepare_data
-
-    return prepare_data(recipe)
-
-
-def teacher_key(recipe: Recipe, data: Optional[DatasetSplits] = None) -> Dict[str, Any]:
-    """Everything that determines the trained teacher's weights (``data`` defaults to the recipe's)."""
-    d = recipe.dataset
-    return {
-        "format": CACHE_FORMAT,
-        "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(_data(recipe, data))},
-        "teacher": _weights_config(recipe.to_dict()["teacher"], recipe.device),
-        "seed": recipe.seed,
-    }
-
-
-# Train keys added after the cache format was fixed: left out of the key at their defaults, so
-# existing cache entries stay valid; ``tensorboard`` only chooses what is logged, never the weights.
-_LATER_TRAIN_DEFAULTS = {"precision": "fp32", "accumulate_steps": 1, "warmup_epochs": 0, "flush_denormal": True,
-                         "channels_last": False}
-
-
-def _weights_config(role: Dict[str, Any], device: str) -> Dict[str, Any]:
-    train = dict(role["train"])
-    if train.get("precision") == "auto":  # what it resolves to on this machine decides the weights
-        train["precision"] = precision_name(autocast_dtype("auto", resolve_device(device)))
-    train = {k: v for k, v in train.items()
-             if k != "tensorboard" and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])}
-    return {**role, "train": train}
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def teacher_cache_path(recipe: Recipe, cache_dir: Optional[str | os.PathLike] = None, data: Optional[DatasetSplits] = None) -> Path:
-    digest = _digest(teacher_key(recipe, data))[:16]
-    return teacher_cache_root(cache_dir) / f"{recipe.dataset.name}-{recipe.teacher.model.name}-{digest}"
 
 
 @dataclass
@@ -141,9 +90,6 @@ class CachedTeacher:
         return f"teacher: {how} at {self.path}, test acc {100 * self.test_acc:.2f}%"
 
 
-def _normal(obj: Any) -> Any:
-    """JSON round trip, so tuples and lists (and int/float keys) compare as they were stored."""
-    return json.loads(json.dumps(obj, sort_keys=True))
 
 
 def _read_json(path: Path) -> Any:
@@ -157,7 +103,7 @@ def _checkpoint_fits(payload: Dict[str, Any], recipe: Recipe, data: DatasetSplit
     """The checkpoint says it is this recipe's teacher for this data's shape and classes."""
     expected = {"name": recipe.teacher.model.name, "params": dict(recipe.teacher.model.params),
                 "in_shape": list(data.in_shape), "num_classes": data.num_classes}
-    return payload.get("role", "teacher") == "teacher" and _normal(payload.get("model")) == _normal(expected)
+    return payload.get("role", "teacher") == "teacher" and normal(payload.get("model")) == normal(expected)
 
 
 def _load_verified(path: Path, key: Dict[str, Any], recipe: Recipe, data: DatasetSplits, finished: bool):
@@ -166,11 +112,11 @@ def _load_verified(path: Path, key: Dict[str, Any], recipe: Recipe, data: Datase
     ``finished=True`` also demands ``entry.json`` with the checkpoint's sha256 and all epochs done.
     """
     last = path / "last.pt"
-    if _normal(_read_json(path / KEY_FILE)) != _normal(key) or not last.is_file():
+    if normal(_read_json(path / KEY_FILE)) != normal(key) or not last.is_file():
         return None
     if finished:
         entry = _read_json(path / ENTRY_FILE)
-        if not isinstance(entry, dict) or entry.get("key_digest") != _digest(key) or entry.get("checkpoint_sha256") != file_digest(last):
+        if not isinstance(entry, dict) or entry.get("key_digest") != key_digest(key) or entry.get("checkpoint_sha256") != file_digest(last):
             return None
     try:
         payload = load_checkpoint(last)
@@ -183,30 +129,6 @@ def _load_verified(path: Path, key: Dict[str, Any], recipe: Recipe, data: Datase
         return payload, model_from_payload(payload, last)
     except (KDLabError, KeyError, TypeError, ValueError):
         return None  # a damaged or foreign entry is retrained, not trusted
-
-
-@contextlib.contextmanager
-def _entry_lock(path: Path, log: Callable[[str], None]) -> Iterator[bool]:
-    """Hold the entry's lock for the ``with`` block; yields True if another process held it first."""
-    if fcntl is None:  # pragma: no cover
-        yield False
-        return
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    waited = False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            log(f"teacher: waiting for process {holder}, which is training this teacher into {path}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            waited = True
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield waited
-    finally:
-        os.close(fd)  # releases the lock; the file stays (unlinking a lock file races with waiters)
 
 
 def _set_aside(path: Path, log: Callable[[str], None]) -> None:
@@ -246,21 +168,22 @@ def cached_teacher(
     progress: Optional[bool] = None,
     log: Optional[Callable[[str], None]] = None,
     why: str = "",
+    *,
+    train: TrainTeacher,
+    load: LoadTeacher,
 ) -> CachedTeacher:
     """The recipe's trained teacher, from the cache or trained (and cached) now.
 
     The returned ``test_acc`` belongs to the returned weights, whichever process trained them.
     With ``recipe.teachers`` each is cached on its own and the result is their ensemble. Before
     training, one line on stderr says why and how much (:func:`announce_training`; ``why`` adds
-    the caller's reason, e.g. that no teacher was given).
+    the caller's reason, e.g. that no teacher was given). ``train`` trains a teacher into a cache
+    entry and ``load`` loads the recipe's own ``teacher.checkpoint`` (``kdlab.pipeline.run_teacher``
+    and ``load_teacher``), so the cache needs nothing from the layers above it.
     """
-    from ..pipeline import run_teacher
-
     if recipe.teachers:
-        from ..teacher import TeacherEnsemble
-        from ..train.records import evaluate
-
-        members = [cached_teacher(dataclasses.replace(recipe, teacher=t, teachers=[]), data, cache_dir, progress, log, why)
+        members = [cached_teacher(dataclasses.replace(recipe, teacher=t, teachers=[]), data, cache_dir, progress, log, why,
+                                  train=train, load=load)
                    for t in recipe.teachers]
         if len(members) == 1:
             return members[0]
@@ -269,10 +192,7 @@ def cached_teacher(
         return CachedTeacher(ensemble, members[0].path, all(m.hit for m in members), acc, any(m.waited for m in members), members)
 
     if recipe.teacher.checkpoint is not None:  # a trained teacher named by the recipe: nothing to cache
-        from ..pipeline import load_teacher
-        from ..train.records import evaluate
-
-        frozen = load_teacher(recipe.teacher.checkpoint, data)
+        frozen = load(recipe.teacher.checkpoint, data)
         acc = evaluate(frozen, data.test, recipe.teacher.train.eval_batch_size)["acc"]
         return CachedTeacher(frozen, Path(recipe.teacher.checkpoint), True, acc)
 
@@ -282,7 +202,7 @@ def cached_teacher(
     path = teacher_cache_path(recipe, cache_dir, data)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with _entry_lock(path, say) as waited:
+        with entry_lock(path, say) as waited:
             found = _load_verified(path, key, recipe, data, finished=True)
             if found is not None:
                 payload, model = found
@@ -297,8 +217,8 @@ def cached_teacher(
             if distributed.is_main():
                 print(announce_training(recipe, data, root, int(partial[0]["epoch"]) if resume else 0, progress, why),  # type: ignore[index]
                       file=sys.stderr, flush=True)
-            result = run_teacher(recipe, data, out=path, progress=progress, resume=resume)
-            atomic_write_json(path / ENTRY_FILE, {"key_digest": _digest(key), "checkpoint_sha256": file_digest(path / "last.pt"),
+            result = train(recipe, data, out=path, progress=progress, resume=resume)
+            atomic_write_json(path / ENTRY_FILE, {"key_digest": key_digest(key), "checkpoint_sha256": file_digest(path / "last.pt"),
                                                   "test_acc": result.final_acc})
             return CachedTeacher(FrozenTeacher(result.model), path, False, result.final_acc, waited)
     except OSError as exc:

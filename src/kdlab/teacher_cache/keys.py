@@ -1,0 +1,72 @@
+"""Where a teacher is cached: the key of exactly what determines its weights, and the entry's folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..config import Recipe
+from ..data import DatasetSplits, data_fingerprint, load_dataset
+from ..data.paths import default_cache_dir
+from ..device import autocast_dtype, precision_name, resolve_device
+
+CACHE_FORMAT = 2
+
+# Train keys added after the cache format was fixed: left out of the key at their defaults, so
+# existing cache entries stay valid; ``tensorboard`` only chooses what is logged, never the weights.
+_LATER_TRAIN_DEFAULTS = {"precision": "fp32", "accumulate_steps": 1, "warmup_epochs": 0, "flush_denormal": True,
+                         "channels_last": False}
+
+
+def teacher_cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """``cache_dir`` > ``$KDLAB_TEACHER_CACHE`` > ``<user cache>/kdlab/teachers``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("KDLAB_TEACHER_CACHE")
+    return Path(env).expanduser() if env else default_cache_dir() / "teachers"
+
+
+def _data(recipe: Recipe, data: Optional[DatasetSplits]) -> DatasetSplits:
+    """``data``, else the recipe's dataset loaded as ``kdlab.pipeline.prepare_data`` loads it."""
+    if data is not None:
+        return data
+    d = recipe.dataset
+    return load_dataset(d.name, d.data_dir, d.download, d.val_fraction, recipe.seed).to(resolve_device(recipe.device))
+
+
+def teacher_key(recipe: Recipe, data: Optional[DatasetSplits] = None) -> Dict[str, Any]:
+    """Everything that determines the trained teacher's weights (``data`` defaults to the recipe's)."""
+    d = recipe.dataset
+    return {
+        "format": CACHE_FORMAT,
+        "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(_data(recipe, data))},
+        "teacher": _weights_config(recipe.to_dict()["teacher"], recipe.device),
+        "seed": recipe.seed,
+    }
+
+
+def _weights_config(role: Dict[str, Any], device: str) -> Dict[str, Any]:
+    train = dict(role["train"])
+    if train.get("precision") == "auto":  # what it resolves to on this machine decides the weights
+        train["precision"] = precision_name(autocast_dtype("auto", resolve_device(device)))
+    train = {k: v for k, v in train.items()
+             if k != "tensorboard" and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])}
+    return {**role, "train": train}
+
+
+def key_digest(key: Any) -> str:
+    """sha256 of the key's canonical JSON (the entry's folder name and ``entry.json`` use it)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def normal(obj: Any) -> Any:
+    """JSON round trip, so tuples and lists (and int/float keys) compare as they were stored."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def teacher_cache_path(recipe: Recipe, cache_dir: Optional[str | os.PathLike] = None, data: Optional[DatasetSplits] = None) -> Path:
+    digest = key_digest(teacher_key(recipe, data))[:16]
+    return teacher_cache_root(cache_dir) / f"{recipe.dataset.name}-{recipe.teacher.model.name}-{digest}"
