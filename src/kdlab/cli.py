@@ -52,6 +52,9 @@ def _common(p: argparse.ArgumentParser, role: Optional[str], students: str = "")
         g.add_argument("--batch-size", type=int, help=f"{role} batch size")
         g.add_argument("--lr", type=finite_float, help=f"{role} learning rate")
         g.add_argument("--resume", action="store_true", help=RESUME_HELP.format(role=role))
+        g.add_argument("-v", "--verbose", action="store_true",
+                       help="print what kdlab chose for the run and why: the training step (closed form, autograd, ...), "
+                            "where the teacher's outputs come from, threads and precision (also recorded in run.json)")
         g.add_argument("--overwrite", action="store_true",
                        help="if --out already holds a run, move it aside to <out>.replaced-<timestamp> and start afresh")
     else:  # the same names as train-student and distill: --epochs is the student's everywhere
@@ -112,7 +115,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     from .pipeline import run_teacher
 
     recipe, out = run_recipe(args, "teacher", "teacher")
-    _report(run_teacher(recipe, out=out, progress=args.progress, resume=args.resume))
+    _report(run_teacher(recipe, out=out, progress=args.progress, resume=args.resume, verbose=args.verbose))
     _nothing_resumed(args)
     return 0
 
@@ -122,7 +125,7 @@ def cmd_train_student(args: argparse.Namespace) -> int:
     from .pipeline import run_student
 
     recipe, out = run_recipe(args, "student", "scratch")
-    _report(run_student(recipe, out=out, progress=args.progress, resume=args.resume))
+    _report(run_student(recipe, out=out, progress=args.progress, resume=args.resume, verbose=args.verbose))
     _nothing_resumed(args)
     return 0
 
@@ -137,7 +140,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     recipe, out = run_recipe(args, "student", "distill")
     teacher = resume_teacher(args) if args.resume else args.teacher
     _report(run_distill(recipe, teacher, out=out, progress=args.progress, resume=args.resume,
-                        teacher_cache=args.teacher_cache, log=_say))
+                        teacher_cache=args.teacher_cache, log=_say, verbose=args.verbose))
     _nothing_resumed(args)
     return 0
 

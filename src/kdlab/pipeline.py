@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .config import Recipe
 from .recipes import dump_recipe
 from .data import DatasetSplits, input_spec, load_dataset
+from .data.augment import build_augment
 from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
@@ -32,7 +33,7 @@ from .train.run import run as run_spec
 from .teacher_cache import cached_teacher, check_teacher_cache
 from .train import evaluate
 from .train.checkpoint import model_payload
-from .train.callbacks import Callback
+from .train.callbacks import Callback, PlanNote, rank_zero
 from .train.stages import check_stages
 from .train.weights import WeightPlan
 from .train.rundir import check_new_run_folder, new_run_dir
@@ -110,6 +111,7 @@ def train_role(
     extra_info: Optional[Dict[str, Any]] = None,
     teacher_logits: Optional[Tensor] = None,
     callbacks: Sequence[Optional[Callback]] = (),
+    verbose: bool = False,
 ) -> RunResult:
     """Build the ``role`` model with its seeded weights and train it with ``method``.
 
@@ -118,6 +120,7 @@ def train_role(
     method needs nothing else, and runs it online for features).
     ``out`` must not already hold a run unless ``resume`` (then ``recipe`` should be the run's own,
     as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
+    ``verbose``: print what kdlab chose for the run (step, teacher source, threads) and why.
     """
     role_cfg = getattr(recipe, role)
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
@@ -134,8 +137,6 @@ def train_role(
         record = RunRecord(dump_recipe(recipe), kind, info)
     augment = None
     if role == "student" and recipe.augment:  # the teacher's own training stays un-augmented
-        from .data.augment import build_augment
-
         augment = build_augment(recipe.augment, data.num_classes, data.info.get("mean"), data.info.get("std"))
         if not augment.cfg.enabled:
             augment = None
@@ -149,23 +150,25 @@ def train_role(
         data=data, train=role_cfg.train, model=model, method=method, seed=recipe.seed,
         teacher=teacher if teacher_logits is None else None, teacher_logits=teacher_logits, augment=augment,
         weight_plan=WeightPlan(role_cfg.train.epochs, recipe.distill, recipe.distill.stages if staged else ()),
-        callbacks=callbacks, run=run, checkpoint_meta=meta, resume=resume, record=record, progress=progress, desc=kind,
+        callbacks=[*callbacks, rank_zero(PlanNote()) if verbose else None], run=run, checkpoint_meta=meta, resume=resume, record=record, progress=progress, desc=kind,
     ))
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 
 
-def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
+def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None,
+                resume: bool = False, verbose: bool = False) -> RunResult:
     """Train the recipe's teacher on hard labels."""
     data = data or prepare_data(recipe)
     plan_threads_for(recipe, data, "teacher")
-    return train_role(recipe, "teacher", "teacher", data, CE(), out, progress=progress, resume=resume)
+    return train_role(recipe, "teacher", "teacher", data, CE(), out, progress=progress, resume=resume, verbose=verbose)
 
 
-def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None, resume: bool = False) -> RunResult:
+def run_student(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None,
+                resume: bool = False, verbose: bool = False) -> RunResult:
     """Train the recipe's student from scratch on hard labels (the baseline distillation must beat)."""
     data = data or prepare_data(recipe)
     plan_threads_for(recipe, data, "student")
-    return train_role(recipe, "student", "scratch", data, CE(), out, progress=progress, resume=resume)
+    return train_role(recipe, "student", "scratch", data, CE(), out, progress=progress, resume=resume, verbose=verbose)
 
 
 def warn(message: str) -> None:
@@ -241,6 +244,7 @@ def run_distill(
     resume: bool = False,
     teacher_cache: Optional[str | os.PathLike] = None,
     log: Optional[Callable[[str], None]] = None,
+    verbose: bool = False,
 ) -> RunResult:
     """Distill the recipe's student from ``teacher``: a model, a checkpoint path (or a list of them:
     their ensemble), or None for the recipe's teacher(s) from the teacher cache (trained and cached
@@ -291,4 +295,4 @@ def run_distill(
     else:  # a model the caller holds (and has measured)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
-    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info)
+    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info, verbose=verbose)

@@ -6,11 +6,9 @@ import pytest
 
 from kdlab.config import DistillConfig, StageConfig, TemperatureScheduleConfig, WeightScheduleConfig
 from kdlab.errors import ConfigError
-from kdlab.losses import DistillationObjective
 from kdlab.methods import CE, KD
 from kdlab.methods.dkd import DKD, DKDParams
 from kdlab.methods.fitnets import FitNets, FitNetsParams
-from kdlab.methods.kd import from_objective
 from kdlab.train.weights import EpochWeights, WeightPlan
 
 COS = [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]  # hard, sum 1, E = 4
@@ -148,24 +146,6 @@ def test_the_schedule_starts_from_the_methods_configured_values_without_compound
         plan.apply([m], 3)
         assert m.weights() == {"hard": pytest.approx(0.8 * math.exp(-1.0)), "soft": pytest.approx(1.2 - 0.8 * math.exp(-1.0))}
         assert m.temperature == 2.0
-
-
-class _Penalised(DistillationObjective):
-    def forward(self, s, y, t=None):
-        return super().forward(s, y, t)
-
-
-def test_an_objective_method_gets_the_plans_values_in_its_objective_and_the_configured_ones_back():
-    objective = _Penalised("hinton", 4.0, 0.3, 0.7)
-    m = from_objective(objective, distill=True)
-    plan = WeightPlan(4, _distill())
-    plan.apply([m], 2)
-    assert (objective.temperature, objective.hard_weight) == (3.0, pytest.approx(COS[1]))
-    assert m.epoch_info() == {"temperature": 3.0, "hard_weight": objective.hard_weight, "soft_weight": objective.soft_weight}
-    plan.apply([m], 3)  # from the configured values again, not the last epoch's
-    assert (objective.temperature, objective.hard_weight) == (2.0, 0.5)
-    plan.release([m])
-    assert (objective.temperature, objective.hard_weight, objective.soft_weight) == (4.0, 0.3, 0.7)
 
 
 def test_a_stage_naming_a_term_the_method_lacks_is_refused():

@@ -8,35 +8,54 @@ branch in the loop.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, TypeVar
 
 from . import distributed
 from .records import term_shares
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
-
 T = TypeVar("T")
+
+
+class Loop(Protocol):
+    """What a callback reads of the epoch loop (:class:`kdlab.train.trainer.Trainer` is one)."""
+
+    model: Any
+    method: Any
+    methods: List[Any]
+    optimizer: Any
+    histories: List[List[Dict[str, Any]]]
+    step_rows: List[Any]
+    start_epoch: int
+    epoch: int
+    best_epoch: int
+
+    def step_losses(self, rows: Any) -> List[Any]: ...
+
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def run_facts(self) -> Dict[str, Any]: ...
 
 
 class Callback:
     """Hooks the trainer calls; every default does nothing."""
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         """After the optimizer exists and any resume state is loaded, before the first epoch."""
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+    def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         """Before epoch ``epoch`` (1-based) trains; the run's weight plan is applied right after."""
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, records: Sequence[Dict[str, Any]]) -> None:
         """After evaluation, with one metrics record per student; the records are final."""
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         """After the last epoch, or when training stops early with an error."""
 
-    def wrap_steps(self, trainer: "Trainer", steps: Iterable[T], total: Optional[int]) -> Iterable[T]:
+    def wrap_steps(self, trainer: Loop, steps: Iterable[T], total: Optional[int]) -> Iterable[T]:
         """The epoch's step iterable, ``total`` items long when known; a progress display wraps it.
 
         The default hands it back unchanged, so a run without such a callback pays nothing per step.
@@ -52,23 +71,23 @@ class CallbackList(Callback):
         """Add callbacks before the fit starts (the run builder adds the run folder's once it exists)."""
         self.callbacks.extend(c for c in callbacks if c is not None)
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         for c in self.callbacks:
             c.on_fit_start(trainer)
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+    def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         for c in self.callbacks:
             c.on_epoch_start(trainer, epoch)
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, records: Sequence[Dict[str, Any]]) -> None:
         for c in self.callbacks:
             c.on_epoch_end(trainer, epoch, records)
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         for c in self.callbacks:
             c.on_fit_end(trainer)
 
-    def wrap_steps(self, trainer: "Trainer", steps: Iterable[T], total: Optional[int]) -> Iterable[T]:
+    def wrap_steps(self, trainer: Loop, steps: Iterable[T], total: Optional[int]) -> Iterable[T]:
         for c in self.callbacks:
             steps = c.wrap_steps(trainer, steps, total)
         return steps
@@ -83,28 +102,53 @@ class RankZero(Callback):
     def _active(self) -> bool:
         return distributed.is_main()
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         if self._active():
             self.callback.on_fit_start(trainer)
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+    def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         if self._active():
             self.callback.on_epoch_start(trainer, epoch)
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, records: Sequence[Dict[str, Any]]) -> None:
         if self._active():
             self.callback.on_epoch_end(trainer, epoch, records)
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         if self._active():
             self.callback.on_fit_end(trainer)
 
-    def wrap_steps(self, trainer: "Trainer", steps: Any, total: Optional[int]) -> Any:
+    def wrap_steps(self, trainer: Loop, steps: Any, total: Optional[int]) -> Any:
         return self.callback.wrap_steps(trainer, steps, total) if self._active() else steps
 
 
 def rank_zero(callback: Optional[Callback]) -> Optional[Callback]:
     return None if callback is None else RankZero(callback)
+
+
+class PlanNote(Callback):
+    """Prints what the builder chose for the run and why (``-v``): the step, the teacher source, threads, precision."""
+
+    def __init__(self, say: Callable[[str], None] = None) -> None:  # type: ignore[assignment]
+        self.say = say or stderr_line
+
+    def on_fit_start(self, trainer: Loop) -> None:
+        for line in plan_lines(trainer.run_facts()):
+            self.say(f"kdlab: {line}")
+
+
+def plan_lines(facts: Dict[str, Any]) -> List[str]:
+    """The run's choices as short lines (see :class:`PlanNote`)."""
+    lines = [f"step: {facts.get('step')} ({facts.get('step_reason')})",
+             f"teacher: {facts.get('teacher_source')} ({facts.get('teacher_source_reason')})"]
+    threads = facts.get("threads") or {}
+    if threads:
+        lines.append(f"threads: {threads.get('intra_op')} ({threads.get('reason')})")
+    precision = facts.get("precision") or {}
+    if precision:
+        lines.append(f"precision: {precision.get('autocast')} (train.precision={precision.get('setting')}), "
+                     f"channels_last={facts.get('channels_last')}, processes={facts.get('processes')}")
+    return lines
 
 
 #: A weighted term above this share of the loss, in the first epoch weighing several terms, gets a note.
@@ -142,11 +186,11 @@ class LossShareNote(Callback):
         self.say, self.threshold = say, float(threshold)
         self.judged: List[bool] = []
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         # a resumed run was judged before it stopped if an earlier record has shares
         self.judged = [any(any(k.startswith("share_") for k in r) for r in h) for h in trainer.histories]
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, records: Sequence[Dict[str, Any]]) -> None:
         for m, (method, record) in enumerate(zip(trainer.methods, records)):
             weights = method.weights()
             shares = term_shares(record, weights)
@@ -215,17 +259,17 @@ class EpochProgress(Callback):
         self.last_line = 0.0  # clock time of the last line printed (either kind)
         self.epoch_seconds: Optional[float] = None  # the last whole epoch, evaluation included
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         self.last_line = self.clock()
         if self.bar:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # start-up time: only a terminal's bars need it
 
             self._tqdm = tqdm(total=self.epochs, initial=trainer.start_epoch - 1, desc=self.desc, leave=False, unit="epoch")
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+    def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         self.epoch = epoch
 
-    def wrap_steps(self, trainer: "Trainer", steps: Iterable[T], total: Optional[int]) -> Iterator[T]:
+    def wrap_steps(self, trainer: Loop, steps: Iterable[T], total: Optional[int]) -> Iterator[T]:
         """Yield ``steps`` unchanged, reading the clock every ``stride`` steps (see the class docstring)."""
         clock, check_every = self.clock, self.check_every
         start = clock()
@@ -251,7 +295,7 @@ class EpochProgress(Callback):
                 bar.close()
 
     def _step_bar(self, total: Optional[int]) -> Any:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # start-up time: only a terminal's bars need it
 
         return tqdm(total=total, desc=f"epoch {self.epoch}/{self.epochs}", leave=False, unit="step", position=1)
 
@@ -266,7 +310,7 @@ class EpochProgress(Callback):
                 parts.append(f"~{duration(epoch_left + (self.epochs - self.epoch) * per_epoch)} left in all {self.epochs} epochs")
         print(f"{self.desc} epoch {self.epoch}/{self.epochs}: {', '.join(parts)}", file=sys.stderr, flush=True)
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, records: Sequence[Dict[str, Any]]) -> None:
         """``distill epoch 3/20: loss 0.4120, test acc 95.12%, 0.5 s`` (means over batched students)."""
         n = len(records)
 
@@ -287,7 +331,7 @@ class EpochProgress(Callback):
         print(f"{self.desc} epoch {epoch}/{self.epochs}{who}: {', '.join(parts)}, {seconds:.1f} s", file=sys.stderr, flush=True)
         self.last_line = self.clock()
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
@@ -304,8 +348,6 @@ def epoch_progress(progress: Optional[bool], desc: str, epochs: int, interval: f
 
 def tensorboard_available() -> bool:
     """Whether ``torch.utils.tensorboard`` can write (it needs the ``tensorboard`` package)."""
-    import importlib.util
-
     return importlib.util.find_spec("tensorboard") is not None
 
 
@@ -324,13 +366,11 @@ class TensorBoardCallback(Callback):
     """
 
     def __init__(self, log_dir: Any, names: Optional[Sequence[str]] = None, step_every: int = 10) -> None:
-        from pathlib import Path
-
         self.log_dir, self.names, self.step_every = Path(log_dir), list(names) if names is not None else None, max(1, int(step_every))
         self.writers: List[Any] = []
 
     def _writer(self, m: int) -> Any:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard
 
         while len(self.writers) <= m:
             i = len(self.writers)
@@ -338,7 +378,7 @@ class TensorBoardCallback(Callback):
             self.writers.append(SummaryWriter(str(folder)))
         return self.writers[m]
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, records: Sequence[Dict[str, Any]]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, records: Sequence[Dict[str, Any]]) -> None:
         if not tensorboard_available():
             return
         steps = trainer.step_losses(trainer.step_rows[-1]) if trainer.step_rows else []
@@ -357,7 +397,7 @@ class TensorBoardCallback(Callback):
                         writer.add_scalar(f"step/loss_{name}", value, first + i * self.step_every)
             writer.flush()
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         for writer in self.writers:
             writer.close()
         self.writers = []
