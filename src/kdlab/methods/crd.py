@@ -99,7 +99,7 @@ def contrast_logits(v: Tensor, memory: Tensor, idx: Tensor, T: float, dense: Opt
         dense = memory.size(0) <= DENSE_BANK_FACTOR * idx.size(1)
     if dense:
         # the banks are updated in place after the loss, and this product's backward needs the bank as
-        # it was: a copy (N·D, a few ms for MNIST) where a gradient will flow
+        # it was: a copy (N·D) where a gradient will flow
         bank = memory.clone() if v.requires_grad else memory
         return (v @ bank.t()).gather(1, idx) / T
     w = memory[idx]  # (B, K+1, D)

@@ -357,8 +357,8 @@ class TensorBoardCallback(Callback):
     Per epoch (x = epoch): ``epoch/<key>`` for every number in the record (``loss_total``, each
     ``loss_<term>``, accuracies and losses, ``lr``, ``T``, the loss weights, seconds, ...). Per step
     (x = step of the run): ``step/loss_<term>``, every ``step_every``-th step, written at the
-    epoch's end from the rows the trainer already holds (nothing runs in the step loop; one event
-    costs ~75 µs, so logging all 469 steps of an MNIST epoch would add ~10% to a small student's epoch).
+    epoch's end from the rows the trainer already holds (nothing runs in the step loop; an event per
+    step would cost a small student's epoch a noticeable share of its time).
 
     ``names``: one sub-folder per student when the trainer returns several records per epoch
     (batched students: ``<variant>-seed<k>``); None writes one run into ``log_dir``. Without the

@@ -4,7 +4,7 @@ Both give the loop the same things: the trainable parameters, one metrics record
 epoch, the divergence check, the per-student loss columns and the results. The grid stacks its
 students' parameters along a leading (seed, variant) axis (:func:`torch.func.stack_module_state`)
 so one call computes every student's logits: grouped matmuls for Linear/ReLU students
-(:mod:`kdlab.train.steps.grouped_mlp`), ``vmap(vmap(functional_call))`` for any other model.
+(:mod:`kdlab.train.grouped_mlp`), ``vmap(vmap(functional_call))`` for any other model.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ..methods.base import Distiller, Outputs
 from ..models.chain import linear_chain
 from ..models.dropout import FastDropout
 from .records import FitResult, check_finite, evaluate, evaluate_loader, method_record
-from .steps.grouped_mlp import GroupedMLP
+from .grouped_mlp import GroupedMLP
 
 
 class OneStudent:

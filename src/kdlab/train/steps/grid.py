@@ -1,7 +1,7 @@
 """The batched step of a (variant × seed) grid of students: every student's step in one.
 
 For small students one training step is mostly fixed overhead (Python, autograd, dispatch), so
-training 15 students one by one costs ~15× one run. Here:
+training N students one by one costs about N times one run. Here:
 
 * each seed has its own batch order, and the variants of a seed share its batch;
 * each variant's objective runs over all its seeds at once — in closed form

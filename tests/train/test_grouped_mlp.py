@@ -5,7 +5,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from kdlab.models import build_model
 from kdlab.models.chain import linear_chain
-from kdlab.train.steps.grouped_mlp import GroupedMLP
+from kdlab.train.grouped_mlp import GroupedMLP
 
 
 def _students(make, n):

@@ -1,8 +1,8 @@
-"""Many MLP students' logits with grouped matmuls instead of ``vmap`` — the batched study's fast path.
+"""Many MLP students' logits with grouped matmuls instead of ``vmap`` — the batched grid's fast path.
 
 ``vmap(vmap(functional_call))`` over (seed, variant) has to materialise a copy of each seed's
-batch for every variant before the first layer's batched matmul (~2.4 ms a step for 15 students
-on MNIST — more than the matmul itself). For a plain chain of ``Linear`` and ``ReLU`` layers the
+batch for every variant before the first layer's batched matmul (for small MLP students that copy
+costs more than the matmul itself). For a plain chain of ``Linear`` and ``ReLU`` layers the
 variants can share the batch instead: the first layer of all V variants of a seed is one matmul
 of their weights stacked to (V·hidden, in) with the seed's batch; later layers are one batched
 matmul over all students. The arithmetic is the same as ``nn.Linear``'s, so results equal
@@ -16,7 +16,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from ...models.chain import Layer
+from ..models.chain import Layer
 
 
 class GroupedMLP:
