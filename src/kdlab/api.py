@@ -109,7 +109,7 @@ def distill(
     seed_everything(seed)
     dcfg = build_section(DistillConfig, {"loss": loss, "temperature": T, "hard_weight": hard_weight, "soft_weight": soft_weight}, "distill")
     train_cfg = build_section(TrainConfig, {
-        "epochs": epochs, "batch_size": batch_size, "grad_clip": grad_clip,
+        "epochs": epochs, "batch_size": batch_size, "grad_clip": grad_clip, "tensorboard": False,
         "optimizer": {"name": optimizer, "lr": lr, "weight_decay": weight_decay}, "scheduler": {"name": scheduler},
     }, "train")
     _check_settings(dcfg, train_cfg)

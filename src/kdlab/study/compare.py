@@ -31,7 +31,7 @@ from ..methods import CE, KD, METHODS, Distiller, build_method
 from ..pipeline import build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, train_role
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
-from ..train.build import grid_train_blocker
+from ..train.build import grid_method_blocker, grid_train_blocker
 from ..train.run import fit_grid
 from ..train.students import grid_blocker
 from ..train.weights import WeightPlan
@@ -163,7 +163,7 @@ def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
 
 def _batchable(method: Distiller, data: DatasetSplits, logits: Tensor) -> bool:
     """True when the batched trainer computes exactly this method: it has a closed form (or is CE)."""
-    if method.needs.teacher_members or not method.needs.logits_only:
+    if grid_method_blocker(method) is not None:
         return False
     return method.fast_path(data.train.y, data.num_classes, logits if method.needs.teacher else None) is not None
 

@@ -120,7 +120,7 @@ def grid_train_blocker(cfg: TrainConfig) -> Optional[str]:
     return None
 
 
-def grid_method_blocker(method: Distiller, data: DatasetSplits, table: Optional[Tensor]) -> Optional[str]:
+def grid_method_blocker(method: Distiller) -> Optional[str]:
     """Why ``method`` cannot train in the batched grid (None when it can): the grid computes methods
     that read logits alone, in closed form or vmapped through autograd."""
     if method.needs.teacher_members or not method.needs.logits_only or method.needs.indices or method.needs.ema_teacher:
@@ -143,8 +143,9 @@ def build_grid_trainer(
     if any(m.needs.teacher for m in methods) and teacher_logits is None:
         raise ValueError("distilling variants need teacher_logits (one row per training sample)")
     for m in methods:
-        if not m.needs.logits_only or m.needs.indices:
-            raise ValueError(f"cannot batch {type(m).__name__}: it needs features or sample indices")
+        why = grid_method_blocker(m)
+        if why is not None:
+            raise ValueError(f"cannot batch {type(m).__name__}: {why}")
     blocker = grid_train_blocker(cfg)
     if blocker:
         raise ValueError(f"cannot batch these students: {blocker}")

@@ -62,6 +62,7 @@ def fit(
     augment: Optional[Callable[[Tensor, Tensor, torch.Generator], Any]] = None,
     weight_plan: Optional[WeightPlan] = None,
     teacher_logits: Optional[Tensor] = None,
+    steps: str = "auto",
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``cfg.epochs`` epochs, evaluating after each.
 
@@ -74,6 +75,8 @@ def fit(
     ``cfg.tensorboard``. ``resume=True`` continues from the run's ``last.pt`` with the optimizer,
     scheduler, shuffle and RNG states it saved (or from epoch 1 when the run was killed before its
     first checkpoint). A non-finite loss raises :class:`NonFiniteLossError` before that epoch is saved.
+    ``steps="autograd"`` insists on autograd steps (say, for a method whose ``forward`` changes from
+    call to call, which the planner's probe of its closed form cannot see).
     """
     if teacher_signal is not None:
         if not hasattr(teacher_signal, "logits"):
@@ -83,6 +86,7 @@ def fit(
     spec = RunSpec(data=data, train=cfg, model=model, method=method, seed=seed, teacher=teacher, teacher_logits=teacher_logits,
                    augment=augment, weight_plan=weight_plan,
                    callbacks=[_EpochHook(before_epoch) if before_epoch is not None else None, *callbacks],
-                   run=run, checkpoint_meta=dict(checkpoint_meta or {}), resume=resume, progress=progress, desc=desc)
+                   run=run, checkpoint_meta=dict(checkpoint_meta or {}), resume=resume, progress=progress, desc=desc,
+                   steps=steps)
     (result,) = run_spec(spec)
     return result
