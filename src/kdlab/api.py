@@ -38,7 +38,7 @@ from .train.stages import check_stages
 from .train.weights import WeightPlan
 from .train.run import RunRecord, RunSpec
 from .train.run import run as run_spec
-from .utils import check_output_location, seed_everything
+from .utils import check_output_location, flatten_settings, seed_everything
 
 
 @dataclass
@@ -217,20 +217,12 @@ def _check_resumable(path: Optional[Path], config_yaml: str) -> None:
         return  # killed before its first record: it starts over
     saved = yaml.safe_load(saved_file.read_text()) or {}
     now = yaml.safe_load(config_yaml) or {}
-    for key, value in _flat(now).items():
-        before = _flat(saved).get(key)
+    before_all = flatten_settings(saved)
+    for key, value in flatten_settings(now).items():
+        before = before_all.get(key)
         if before != value and key != "train.epochs":  # epochs may grow: the run goes on
             raise ConfigError(f"resume=True but {key} is {value!r} here and {before!r} in {saved_file}; pass the run's "
                               "own settings to resume it, or use another out= for a new run")
-
-
-def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: Dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return {k.rstrip("."): v for k, v in out.items()}
 
 
 def _device(device: Any) -> Optional[torch.device]:

@@ -10,11 +10,12 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from .config import Recipe
 from .errors import ConfigError
 from .recipes import apply_overrides, parse_override, read_recipe_dict, recipe_from_dict
+from .utils import flatten_settings
 
 
 def mutable_on_resume(role: str) -> List[str]:
@@ -27,15 +28,6 @@ def mutable_on_resume(role: str) -> List[str]:
 
 
 _ABSENT = object()
-
-
-def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(tree, dict):
-        out: Dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def _show(value: Any) -> str:
@@ -61,7 +53,7 @@ def resume_recipe(path: str | os.PathLike, role: str, recipe_spec: Optional[str]
     base = read_recipe_dict(recipe_spec) if recipe_spec else copy.deepcopy(run_dict)
     given = recipe_from_dict(apply_overrides(base, overrides))
     mutable = mutable_on_resume(role)
-    ran, asked = _flatten(recorded.to_dict()), _flatten(given.to_dict())
+    ran, asked = flatten_settings(recorded.to_dict()), flatten_settings(given.to_dict())
     diffs = [
         f"{key}: run has {_show(ran.get(key, _ABSENT))}, command line gives {_show(asked.get(key, _ABSENT))}"
         for key in sorted(set(ran) | set(asked))

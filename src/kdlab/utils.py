@@ -187,3 +187,13 @@ def environment() -> Dict[str, Any]:
         if m is not None:
             info[mod] = getattr(m, "__version__", "?")
     return info
+
+
+def flatten_settings(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """Nested settings as ``{"train.optimizer.lr": 0.001, ...}`` (to compare two runs key by key)."""
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten_settings(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}

@@ -207,6 +207,11 @@ class LossShareNote(Callback):
                     self.say(f"kdlab: note: {note}")
 
 
+def loss_share_note(progress: Optional[bool]) -> LossShareNote:
+    """Loss shares in every record; the note printed unless ``progress`` is False (rank 0 alone under torchrun)."""
+    return LossShareNote(say=stderr_line if progress is not False and distributed.is_main() else None)
+
+
 def dominance_note(method: Any, record: Dict[str, Any], weights: Dict[str, float], shares: Dict[str, float],
                    epoch: int, threshold: float = DOMINANT_SHARE) -> Optional[str]:
     """The note's text when one term's share is above ``threshold``, else None (see :class:`LossShareNote`)."""

@@ -15,8 +15,7 @@ from ..config import TrainConfig
 from ..data import DatasetSplits
 from ..methods import Distiller
 from ..teacher import FrozenTeacher
-from . import distributed
-from .callbacks import Callback, EpochProgress, LossShareNote, stderr_line
+from .callbacks import Callback, EpochProgress, loss_share_note
 from .records import FitResult, NonFiniteLossError, evaluate
 from .rundir import RunDir
 from .run import RunCallback, RunSpec, tensorboard_callback
@@ -25,12 +24,8 @@ from .run import run as run_spec
 
 EpochLog = EpochProgress  # the one-line-per-epoch display, under the name earlier code used
 
-__all__ = ["Callback", "EpochLog", "FitResult", "NonFiniteLossError", "RunCallback", "evaluate", "fit", "tensorboard_callback"]
-
-
-def loss_share_note(progress: Optional[bool]) -> LossShareNote:
-    """Loss shares in every record; the note printed unless ``progress`` is False (rank 0 alone under torchrun)."""
-    return LossShareNote(say=stderr_line if progress is not False and distributed.is_main() else None)
+__all__ = ["Callback", "EpochLog", "FitResult", "NonFiniteLossError", "RunCallback", "evaluate", "fit", "loss_share_note",
+           "tensorboard_callback"]
 
 
 class _EpochHook(Callback):

@@ -27,7 +27,7 @@ from ..methods.base import Distiller
 from ..teacher import FrozenTeacher
 from . import distributed
 from .build import build_grid_trainer, build_trainer
-from .callbacks import Callback, LossShareNote, TensorBoardCallback, epoch_progress, rank_zero, stderr_line, tensorboard_available
+from .callbacks import Callback, TensorBoardCallback, loss_share_note, epoch_progress, rank_zero, stderr_line, tensorboard_available
 from .checkpoint import load_checkpoint, save_checkpoint
 from .records import FitResult
 from .rundir import RunDir
@@ -88,7 +88,7 @@ def run(spec: RunSpec) -> List[FitResult]:
         raise CheckpointError("resume needs a run folder holding last.pt")
     if spec.augment is not None and spec.teacher_logits is not None and spec.method.needs.teacher:
         raise ValueError("augmented batches need the teacher model (it must see the same augmented images), not cached logits")
-    shares = LossShareNote(say=stderr_line if spec.progress is not False and distributed.is_main() else None)
+    shares = loss_share_note(spec.progress)
     # bad layer names, shapes or missing sample indices fail here, before a run folder is made
     trainer = build_trainer(spec.model, spec.method, spec.data, spec.train, seed=spec.seed, teacher=spec.teacher,
                             teacher_logits=spec.teacher_logits if spec.augment is None else None, augment=spec.augment,
