@@ -138,7 +138,7 @@ class Trainer:
     def train_epoch(self) -> Tensor:
         """One epoch of steps; returns the loss rows, (steps, 1 + terms) (a grid: (steps, V, S, width))."""
         step = self.step
-        items, total = step.epoch()
+        items, total = step.epoch(self.epoch + 1)  # the epoch being trained (1-based; resume-safe)
         rows = [step(item) for item in self.callbacks.wrap_steps(self, items, total)]
         step.finish()
         return torch.stack(rows).float()
