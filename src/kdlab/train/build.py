@@ -76,7 +76,8 @@ def build_trainer(
     processes.check(method, n_train if loaders is None else None, cfg.batch_size)
     students = OneStudent(model, method, data, cfg.eval_batch_size, device)
     in_memory = loaders is None
-    tabulate = in_memory and augment is None
+    augmented = augment is not None or (signals is not None and signals.views.cfg.enabled)
+    tabulate = in_memory and not augmented
     # the teacher's logits first, as one pass (each process a share): nothing random runs in it
     tabulated = tabulated_source(method, teacher, teacher_logits, tabulate=tabulate,
                                  x=None if loaders is not None else data.train.x,  # type: ignore[union-attr]
@@ -111,7 +112,7 @@ def build_trainer(
         elif why:
             source_reason = f"{source_reason}; {why}"
     choice = plan_step(method, model, source, precision, train=train, num_classes=data.num_classes, in_memory=in_memory,
-                       augmented=augment is not None, accumulate=cfg.accumulate_steps, force=steps)
+                       augmented=augmented, accumulate=cfg.accumulate_steps, force=steps)
     if choice.fast is not None:
         step: Any = ClosedFormStep(students=students, method=method, fast=choice.fast, train=train, indexer=indexer,
                                    optimizer=optimizer, params=params, clip=cfg.grad_clip, processes=processes,
