@@ -119,6 +119,7 @@ def train_role(
     verbose: bool = False,
     teacher_online: bool = False,
     signal_cache: Optional[str | os.PathLike] = None,
+    signal_seed: Optional[int] = None,
 ) -> RunResult:
     """Build the ``role`` model with its seeded weights and train it with ``method``.
 
@@ -131,6 +132,7 @@ def train_role(
     Where the teacher would run on every batch (augmentation, features), it runs once per stored view
     into a signal store under the teacher cache (``signal_cache``, default the teacher cache's folder)
     and the student trains from the store, unless ``teacher_online`` or ``teacher_signals.online``.
+    ``signal_seed`` fixes the views' seed (a study shares one store across its seeds); default the recipe's.
     """
     role_cfg = getattr(recipe, role)
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
@@ -156,8 +158,10 @@ def train_role(
     if teacher is not None:
         teacher.to(data.train.x.device)
     signals = None
-    if teacher is not None and teacher_logits is None and not teacher_online:
-        signals = signals_plan(recipe, data, role_cfg.train.epochs, signal_cache)
+    # a study (signal_seed) replays the same views for its scratch students too: paired by construction
+    if ((teacher is not None and teacher_logits is None) or (signal_seed is not None and teacher_logits is None)) \
+            and not teacher_online and role == "student":
+        signals = signals_plan(recipe, data, role_cfg.train.epochs, signal_cache, signal_seed)
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
     (result,) = run_spec(RunSpec(
         data=data, train=role_cfg.train, model=model, method=method, seed=recipe.seed,
@@ -169,15 +173,15 @@ def train_role(
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 
 
-def signals_plan(recipe: Recipe, data: DatasetSplits, epochs: int,
-                 cache_dir: Optional[str | os.PathLike] = None) -> Optional[SignalsPlan]:
+def signals_plan(recipe: Recipe, data: DatasetSplits, epochs: int, cache_dir: Optional[str | os.PathLike] = None,
+                 seed: Optional[int] = None) -> Optional[SignalsPlan]:
     """The recipe's stored-teacher-signal plan (views of its augmentation, the store's folder), or None
     when ``teacher_signals.online`` keeps the teacher online."""
     cfg = TeacherSignalsConfig.from_dict(recipe.teacher_signals)
     if cfg.online:
         return None
     augment = AugmentConfig.from_dict(recipe.augment)
-    views = ReplayViews(augment, recipe.seed + AUGMENT_SEED_OFFSET, cfg.views_for(augment.enabled, epochs),
+    views = ReplayViews(augment, (recipe.seed if seed is None else seed) + AUGMENT_SEED_OFFSET, cfg.views_for(augment.enabled, epochs),
                         data.num_classes, data.info.get("mean"), data.info.get("std"))
     root = teacher_cache_root(cache_dir) / "signals"
     return SignalsPlan(views, functools.partial(signal_store, root, max_gb=cfg.max_gb, log=_signal_log),

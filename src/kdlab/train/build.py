@@ -101,7 +101,10 @@ def build_trainer(
     precision.prepare(model, source)
     train = data.train if in_memory else None
     replay = None
-    if signals is not None and not signals.store and in_memory and isinstance(source, OnlineTeacher):
+    if signals is not None and in_memory and isinstance(source, NoTeacher) and signals.views.cfg.enabled:
+        replay, augment = signals.views, None  # a study's scratch student sees the distilled students' views
+        source_reason = f"{source_reason}; the batches replay {signals.views.views} stored view(s) per sample"
+    elif signals is not None and not signals.store and in_memory and isinstance(source, OnlineTeacher):
         replay, augment = signals.views, None
         source_reason = f"{source_reason}; replaying {signals.views.views} stored view(s) per sample with the teacher online"
     elif signals is not None:

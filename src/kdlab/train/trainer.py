@@ -182,7 +182,10 @@ class Trainer:
                     self.weight_plan.release(self.methods)  # handed back as configured
                 finally:
                     self.close()
-        return self.students.results(self.histories, self.step_rows, self.best_epoch, self.best_metric)
+        results = self.students.results(self.histories, self.step_rows, self.best_epoch, self.best_metric)
+        for r in results:  # what a study reports of its teacher side
+            r.extra.update({k: self.choices[k] for k in ("teacher_source", "teacher_signals") if k in self.choices})
+        return results
 
     def _epoch(self, epoch: int) -> None:
         self.callbacks.on_epoch_start(self, epoch)
