@@ -113,12 +113,31 @@ def test_augmented_distillation_runs_the_teacher_online_on_the_augmented_batch(t
                                         data, out=False, progress=False).model)
     seen = []
     handle = teacher.model.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
-    result = run_distill(recipe, teacher, data, out=False, progress=False)
+    result = run_distill(recipe, teacher, data, out=False, progress=False, teacher_online=True)
     handle.remove()
     steps = -(-len(data.train) // recipe.student.train.batch_size)
     assert len(seen) == steps  # one teacher forward per step, none for a cache
     assert not any(torch.equal(x, data.train.x[: len(x)]) for x in seen)
     assert result.fit.history[0]["loss_total"] == result.fit.history[0]["loss_total"]  # finite
+
+
+def test_augmented_distillation_by_default_runs_the_teacher_once_per_stored_view(tmp_path):
+    """Without --teacher-online the teacher runs over views 0..V-1 of the training set once, not per step."""
+    from kdlab.pipeline import run_distill
+    from kdlab.teacher import FrozenTeacher
+
+    recipe = load_recipe("digits-mlp", ["teacher.model.hidden=[16]", "student.train.epochs=2",
+                                        "augment={crop: 1, flip: true}", "teacher_signals={views: 2}"])
+    data = prepare_data(recipe)
+    teacher = FrozenTeacher(run_teacher(load_recipe("digits-mlp", ["teacher.model.hidden=[16]", "teacher.train.epochs=1"]),
+                                        data, out=False, progress=False).model)
+    rows = []
+    handle = teacher.model.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    result = run_distill(recipe, teacher, data, out=False, progress=False, teacher_cache=tmp_path / "cache")
+    handle.remove()
+    assert sum(rows) == 2 * len(data.train) + 2  # two views of every sample, and the 2-row shape probe
+    assert result.fit.extra["teacher_source"] == "stored signals"
+    assert result.fit.extra["teacher_signals"]["views"] == 2
 
 
 def test_a_bad_augment_section_is_one_line():

@@ -125,7 +125,7 @@ def _online_teacher_run(recipe, data, tmp_path):
     seen = []
     handle = teacher.model.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
     try:
-        result = run_distill(recipe, teacher, data, out=tmp_path / "d", progress=False)
+        result = run_distill(recipe, teacher, data, out=tmp_path / "d", progress=False, teacher_online=True)
     finally:
         handle.remove()
     steps = -(-len(data.train) // recipe.student.train.batch_size)
