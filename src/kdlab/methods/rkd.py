@@ -166,6 +166,9 @@ def _span64(e: Tensor) -> Tuple[Tensor, Tensor]:
     # the mean is a translation, which changes no difference: no gradient through it (its share is 0,
     # but rounding of an equal pair's 1/eps-sized gradient would leak into every row)
     centred = x - x.mean(dim=0).detach()
+    if not (e.requires_grad and torch.is_grad_enabled()):  # the teacher: Rᵀ (centredᵀ = Q R), no Q needed
+        with torch.no_grad():
+            return torch.linalg.qr(centred.t(), mode="r").R.t()[first], first
     with torch.no_grad():
         basis = torch.linalg.qr(centred.t()).Q  # D×N, orthonormal columns
     coords = centred @ basis
