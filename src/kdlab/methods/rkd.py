@@ -46,9 +46,13 @@ A named layer (``distill.rkd.student_layer`` / ``teacher_layer``) is a module OU
 way. Any embedding is made a vector per sample: 4-D maps ``(B, C, H, W)`` are average-pooled to
 ``(B, C)`` (``adaptive_avg_pool2d`` to 1×1), other shapes are flattened to ``(B, −1)``.
 
-Memory: the angle term holds ``N×N×D`` difference vectors and ``N³`` cosines per side. On the teacher
-side (no gradient) an embedding wider than the batch is first put in coordinates of its own span
-(:func:`span_coordinates`: same angles, N×N instead of N×D), which makes a wide teacher cheap.
+Cost: written out, the angle term holds ``N×N×D`` difference vectors and takes ``N³·D`` multiply-adds
+per side, forward and backward. But N rows span at most N − 1 dimensions after centring, so a side
+wider than the batch (D > N) is first put in coordinates of its own span (:func:`span_coordinates`,
+an orthonormal basis from a QR): the same differences, distances and angles, the same gradients,
+at ``N⁴`` (benchmarks/rkd_student.md). The coordinates are computed in float64, so the difference of
+two near-equal rows stays as accurate as the explicit one in the input's dtype, and exactly equal
+rows keep the explicit form's exact 0 difference (its ``1e-12`` normalisation included).
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ from .base import Batch, Needs, Outputs
 from .kd import KD
 from .registry import register_method
 
-__all__ = ["pdist", "span_coordinates", "rkd_embedding", "rkd_distance_loss", "rkd_angle_loss", "RKDParams", "RKD"]
+__all__ = ["pdist", "span_coordinates", "rkd_cosines", "rkd_embedding", "rkd_distance_loss", "rkd_angle_loss",
+           "RKDParams", "RKD"]
 
 EPS = 1e-12
 """``pdist``'s clamp of squared distances (the reference's ``eps``)."""
@@ -126,32 +131,76 @@ def rkd_distance_loss(student: Tensor, teacher: Tensor, eps: float = EPS) -> Ten
     return F.smooth_l1_loss(d, t_d, reduction="mean")
 
 
-def _angles(e: Tensor, same: Optional[Tensor] = None) -> Tensor:
-    """All N³ cosines ``<e_ij, e_kj>``; ``same[j, i]`` marks pairs of equal rows (their unit vector is 0)."""
-    diff = e.unsqueeze(0) - e.unsqueeze(1)  # diff[j, i] = e_i − e_j: vectors from anchor j
+def _cosines(diff: Tensor) -> Tensor:
+    """The N³ cosines ``<e_ij, e_kj>`` from the N×N difference vectors ``diff[j, i] = e_i − e_j``
+    (``F.normalize``: a zero difference has the unit vector 0, as in the reference)."""
     unit = F.normalize(diff, p=2, dim=2)
-    if same is not None:
-        unit = unit.masked_fill(same.unsqueeze(-1), 0.0)
     return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)  # [j, i, k] = <e_ij, e_kj>
 
 
-def span_coordinates(e: Tensor) -> Tuple[Tensor, Tensor]:
-    """The rows of ``e`` (N×D, D > N) as N×N coordinates in an orthonormal basis of their centred span,
-    and the N×N mask of exactly equal rows.
-
-    Why: every difference ``e_i − e_j`` lies in that span, so distances and angles are unchanged (the
-    basis is orthonormal, from a Householder QR), but the angle term's N³ cosines then cost N³·N
-    instead of N³·D, a large saving when D ≫ N (a CNN's flattened 256×7×7 teacher penultimate against
-    N = 64). Only for the teacher side (no gradient). Exactly equal rows, whose difference is 0 and so
-    whose unit vector is 0 in the reference, are returned in the mask because the QR may round their
-    coordinates apart.
-    """
+def _first_equal(e: Tensor) -> Tensor:
+    """For each row, the index of the first row exactly equal to it (its own index when unique)."""
     with torch.no_grad():
         _, inverse = torch.unique(e, dim=0, return_inverse=True)
-        same = inverse.unsqueeze(0) == inverse.unsqueeze(1)
-        x = e if e.dtype in (torch.float32, torch.float64) else e.float()  # QR has no bf16/fp16 kernels
-        coords = torch.linalg.qr((x - x.mean(dim=0)).t(), mode="r").R.t()  # centred = coords @ Qᵀ
-        return coords.to(e.dtype), same
+        n = e.size(0)
+        first = torch.full((n,), n, dtype=torch.long, device=e.device)
+        first.scatter_reduce_(0, inverse, torch.arange(n, device=e.device), reduce="amin")
+        return first[inverse]
+
+
+def _span64(e: Tensor) -> Tuple[Tensor, Tensor]:
+    """float64 N×N coordinates of the rows of ``e`` in an orthonormal basis of their centred span
+    (differentiable), and :func:`_first_equal`.
+
+    The basis comes from a Householder QR under ``no_grad``; the coordinates are the centred rows
+    times it, so the gradient is the coordinates' gradient times the basisᵀ. That is the exact
+    gradient: the loss depends only on differences of rows, which lie in the basis' span, and so
+    does its gradient. float64 whatever the input: the difference of two near-equal rows is then as
+    accurate as the explicit ``e_i − e_j`` in the input's dtype (float32 coordinates would lose it
+    to the rounding of the projection, about eps·‖row‖). Exactly equal rows get bitwise equal
+    coordinates (the first one's value, each row keeping its own gradient), so their difference is
+    the exact 0 the explicit form has.
+    """
+    first = _first_equal(e)
+    x = e.double()
+    # the mean is a translation, which changes no difference: no gradient through it (its share is 0,
+    # but rounding of an equal pair's 1/eps-sized gradient would leak into every row)
+    centred = x - x.mean(dim=0).detach()
+    if not (e.requires_grad and torch.is_grad_enabled()):  # the teacher: Rᵀ (centredᵀ = Q R), no Q needed
+        with torch.no_grad():
+            return torch.linalg.qr(centred.t(), mode="r").R.t()[first], first
+    with torch.no_grad():
+        basis = torch.linalg.qr(centred.t()).Q  # D×N, orthonormal columns
+    coords = centred @ basis
+    kept = coords.detach()
+    return kept[first] + (coords - kept), first
+
+
+def span_coordinates(e: Tensor) -> Tuple[Tensor, Tensor]:
+    """The rows of ``e`` (N×D) as N×N coordinates in an orthonormal basis of their centred span (in
+    ``e``'s dtype, differentiable), and the N×N mask of exactly equal rows (their coordinates are
+    equal too).
+
+    Why: every difference ``e_i − e_j`` lies in that span, so distances and angles are unchanged,
+    but the angle term's N³ cosines then cost N³·N instead of N³·D, a large saving when D ≫ N (a
+    CNN's flattened 16×7×7 student or 256×7×7 teacher penultimate against N = 32 … 128).
+    """
+    coords, first = _span64(e)
+    return coords.to(e.dtype), first.unsqueeze(0) == first.unsqueeze(1)
+
+
+def rkd_cosines(e: Tensor) -> Tensor:
+    """All N³ cosines ``<e_ij, e_kj>`` of the rows of ``e`` (N×D), flattened in the order
+    ``[j, i, k]`` of the reference's ``RKdAngle``; a zero difference gives 0.
+
+    When D > N the differences are taken in :func:`span_coordinates` (computed in float64, then
+    cast to ``e``'s dtype): the same values and gradients as the explicit N×N×D differences, at
+    N⁴ instead of N³·D.
+    """
+    if e.size(1) > e.size(0):
+        coords, _ = _span64(e)
+        return _cosines((coords.unsqueeze(0) - coords.unsqueeze(1)).to(e.dtype))
+    return _cosines(e.unsqueeze(0) - e.unsqueeze(1))
 
 
 def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -161,8 +210,8 @@ def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
     if s.size(0) < 3:
         return _zero(s)
     with torch.no_grad():
-        t_angle = _angles(*span_coordinates(t)) if t.size(1) > t.size(0) else _angles(t)
-    return F.smooth_l1_loss(_angles(s), t_angle, reduction="mean")
+        t_angle = rkd_cosines(t)
+    return F.smooth_l1_loss(rkd_cosines(s), t_angle, reduction="mean")
 
 
 @dataclass
