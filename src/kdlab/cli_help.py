@@ -25,7 +25,7 @@ DISTILL = (
 
 # One example per command: what a first-time user can paste (bundled recipes, the embedded digits).
 EXAMPLES: Dict[str, str] = {
-    "train-teacher": "kdlab train-teacher digits-mlp --epochs 5 --out runs/teacher",
+    "train-teacher": "kdlab train-teacher digits-mlp --epochs 3 --out runs/teacher",
     "train-student": "kdlab train-student digits-mlp --epochs 20 --out runs/scratch",
     "distill": "kdlab distill digits-mlp --teacher runs/teacher/best.pt -T 4 --epochs 20 --out runs/distilled",
     "demo": "kdlab demo --seeds 5",
