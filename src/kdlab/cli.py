@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import __version__
+from .cli_help import DISTILL, EPILOG, CommandListFormatter, HelpFormatter, epilog
 from .cli_recipe import RESUME_HELP, recipe_from_args, resume_teacher, run_recipe
 from .cli_types import MAX_SEEDS, MAX_TRIALS, finite_float, float_list, int_in, percent
 from .errors import KDLabError
 from .study.demo import DEMO_SEEDS
 
 DEFAULT_LOSSES = "hinton,softmax-input,extra-T"
-EPILOG = "Recipes: a bundled name (see `kdlab recipes`) or a path to a YAML file. Docs: README.md."
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -250,17 +250,16 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
     # start-up time: loaded only by this command
     from .features import format_layer_table, layer_table, penultimate
-    from .pipeline import build_role_model, prepare_data
+    from .pipeline import layer_models
 
     recipe = recipe_from_args(args, None)
-    data = prepare_data(recipe)
     roles = [args.role] if args.role else ["teacher", "student"]
-    for i, role in enumerate(roles):
-        model = build_role_model(recipe, role, data)
+    dataset, in_shape, models = layer_models(recipe, roles)
+    for i, (role, model) in enumerate(models.items()):
         spec = getattr(recipe, role).model
-        print(("\n" if i else "") + f"{role}: {spec.name} on {data.name} input {list(data.in_shape)} (batch of 2)")
-        print(format_layer_table(layer_table(model, data.in_shape, role=role)))
-        last = penultimate(model, data.in_shape)
+        print(("\n" if i else "") + f"{role}: {spec.name} on {dataset} input {list(in_shape)} (batch of 2)")
+        print(format_layer_table(layer_table(model, in_shape, role=role)))
+        last = penultimate(model, in_shape)
         if last is not None:
             print(f"penultimate feature (the rkd/crd default): the input of {last[0]!r}, {list(last[1])}")
     return 0
@@ -371,13 +370,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 # Upper bounds for the command's own counts: beyond these a run could never finish, and a huge
 # value would otherwise fail deep inside (memory for the seed grid, C integers in Optuna/SQLite).
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="kdlab", description="Knowledge distillation for PyTorch: train a teacher, distill a student, compare.", epilog=EPILOG)
+    parser = OneLineParser(prog="kdlab", description="Knowledge distillation for PyTorch: train a teacher, distill a student, compare.",
+                           epilog="Start with `kdlab demo`; `kdlab COMMAND --help` shows each command's flags and an example. " + EPILOG,
+                           formatter_class=CommandListFormatter)
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
 
     def add(name: str, func: Callable, help: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description, epilog=EPILOG)
+        p = sub.add_parser(name, help=help, description=description, epilog=epilog(name), formatter_class=HelpFormatter)
         p.set_defaults(func=func, command_prog=p.prog, command_parser=p)
         return p
 
@@ -387,15 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-student", cmd_train_student, "train the recipe's student from scratch (baseline)",
             "Train the student from scratch on hard labels: the baseline a distilled student must beat.")
     _common(p, "student")
-    p = add("distill", cmd_distill, "distill the student from a teacher",
-            "Distill the student with --method (default hinton: total = hard_weight*CE(s, y) + soft_weight*T^2*KL(softmax(t/T) || "
-            "softmax(s/T)); fitnets, at, rkd, crd, dkd, multi-teacher, self-ema add their own terms, set in the recipe's "
-            "distill.<method> section or with --set distill.<method>.<key>=VALUE; see `kdlab methods`). "
-            "Without --teacher the recipe's teacher comes from the teacher cache (trained and cached on first use, "
-            "shared with compare and tune). The teacher's test accuracy is printed. The teacher stays in eval mode and runs once: "
-            "on the training set (its logits, for methods that read logits alone on un-augmented batches), or, with augmentation "
-            "or a feature method, on every stored view of each sample (the teacher signal store beside the teacher cache, reused by "
-            "later runs); --teacher-online runs it on every batch instead.")
+    p = add("distill", cmd_distill, "distill the student from a teacher", DISTILL)
     _common(p, "student")
     p.add_argument("--teacher", help="teacher checkpoint (best.pt/last.pt of a train-teacher run); default: the recipe's "
                                       "teacher from the teacher cache, trained there on first use")
@@ -406,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(recipe: teacher_signals.online)")
     _distill_flags(p)
     p.add_argument("--method", help="distillation method (default: the recipe's distill.method, hinton); see `kdlab methods`")
-    p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",
+    p = add("demo", cmd_demo, "teacher, scratch and distilled students side by side",
             "Train a teacher (or reuse it from the teacher cache), then for each of --seeds seeds a scratch and a "
             "distilled student from the same initial weights and batch order (batched, like `kdlab compare`). Prints "
             "both students' mean ± std, the paired difference distilled − scratch with its 95% interval and on how "
@@ -417,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False, help="also write compare's PNG plots (default: off)")
     _distill_flags(p)
-    p = add("compare", cmd_compare, "compare KD loss codings or methods over several seeds, with statistics",
+    p = add("compare", cmd_compare, "compare losses or methods over seeds, with statistics",
             "Train the teacher once (cached by its config and seed), then for each seed a scratch student and one "
             "student per loss (or per method with --methods), all from the same initial weights and batch order. Writes report.md, summary.csv, "
             "epochs.csv, results.json, step_losses.npz and PNG plots, and prints the summary table.")
@@ -451,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="study name inside the storage (default: <recipe>-tune)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write the PNG (default: if matplotlib is installed)")
-    p = add("layers", cmd_layers, "list the recipe's model modules with their output shapes",
+    p = add("layers", cmd_layers, "the recipe's model modules and their output shapes",
             "Print every named module of the recipe's teacher and/or student with its type, output shape on a batch of "
             "2 of the dataset's inputs, and parameter count: the names FitNets/attention-transfer layer pairs use "
             "(distill.fitnets.pairs: {student_module: teacher_module}).")
@@ -463,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data folder (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
-    p = add("export", cmd_export, "export a run's student to ONNX / TorchScript, checked against PyTorch",
+    p = add("export", cmd_export, "export a run's student to ONNX / TorchScript, checked",
             "Export the student of RUN_DIR (its best.pt: the model alone; FitNets adapters and other training-only parts "
             "are not part of it) with a dynamic batch axis. Before the file appears, onnxruntime (or torch.jit.load) runs "
             "it on random inputs at batch 1 and 64 and must match PyTorch within --atol; otherwise nothing is written "
@@ -481,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int_in(18, 23), default=18, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=finite_float, default=1e-4, help="largest |exported - PyTorch| accepted (default 1e-4)")
     p.add_argument("--force", action="store_true", help="replace an existing --onnx / --torchscript file (default: refuse)")
-    p = add("profile", cmd_profile, "teacher vs student: parameters, FLOPs, size, CPU latency, accuracy kept",
+    p = add("profile", cmd_profile, "teacher vs student: size, FLOPs, latency, accuracy kept",
             "Measure the teacher and the student side by side: parameters, FLOPs per image (torch.utils.flop_counter), "
             "serialized size as fp32 and as int8 (dynamic quantization of Linear layers), CPU latency at batch 1 and "
             "64 (median of repeated runs; the thread count is printed), speed-up and the accuracy the student keeps. "
@@ -502,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("losses", cmd_losses, "list the registered soft-loss codings",
             "List every registered soft-loss coding (the correct hinton loss and the pitfalls found in the wild).")
     _imports(p)
-    p = add("doctor", cmd_doctor, "check your own KD loss function against the Hinton loss",
+    p = add("doctor", cmd_doctor, "check your own KD loss against the Hinton loss",
             "Run MODULE:FUNCTION (a function, an nn.Module loss class or a module-level loss instance) on probe logits, "
             "compare its gradient, then its value, with the Hinton loss and name the known pitfall it matches "
             "(probabilities as KL input, extra T, mean reduction, missing T^2, reversed KL, sum over the batch, NaN/inf "
@@ -534,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--temperature", type=float, default=2.0, help="temperature T > 0")
     p.add_argument("--hard-weight", type=float, default=1.0, help="weight of CE")
     p.add_argument("--soft-weight", type=float, default=0.5, help="weight of the T^2-scaled KL")
-    add("env", cmd_env, "show versions and what this machine offers for mixed precision",
+    add("env", cmd_env, "versions; what the CPU offers for mixed precision",
         "Print the library versions, the CPU (torch's kernel level, AMX / AVX-512-BF16: what precision: auto picks) "
         "and CUDA device, as recorded in every run.json.")
     p = add("recipes", cmd_recipes, "list bundled recipes or print one, resolved",

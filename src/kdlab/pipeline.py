@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .config import Recipe
 from .recipes import dump_recipe
-from .data import DatasetSplits, input_spec, load_dataset
+from .data import DatasetSplits, dataset_shape, input_spec, load_dataset
 from .data.augment import AugmentConfig, build_augment
 from .data.views import ReplayViews
 from .errors import ConfigError
@@ -91,6 +91,24 @@ def build_role_model(recipe: Recipe, role: str, data: DatasetSplits) -> nn.Modul
     seed_everything(recipe.seed + ROLE_SEED_OFFSET[role])
     model = build_model(cfg.name, data.in_shape, data.num_classes, cfg.params, where=f"{role}.model")
     return model.to(data.train.x.device)
+
+
+def layer_models(recipe: Recipe, roles: Sequence[str]) -> "tuple[str, tuple, Dict[str, nn.Module]]":
+    """The recipe's models as built (seeded, untrained) for listing their layers, with the dataset's
+    name and input shape. A dataset whose shape is declared (built-in ones) is not read at all, so
+    ``kdlab layers`` works before the data are downloaded; any other dataset is loaded to find out."""
+    shape = dataset_shape(recipe.dataset.name)
+    if shape is not None:
+        in_shape, num_classes, device = shape.in_shape, shape.num_classes, resolve_device(recipe.device)
+    else:
+        data = prepare_data(recipe)
+        in_shape, num_classes, device = data.in_shape, data.num_classes, data.train.x.device
+    models = {}
+    for role in roles:
+        cfg = getattr(recipe, role).model
+        seed_everything(recipe.seed + ROLE_SEED_OFFSET[role])
+        models[role] = build_model(cfg.name, in_shape, num_classes, cfg.params, where=f"{role}.model").to(device)
+    return recipe.dataset.name, tuple(in_shape), models
 
 
 def _run_dir(recipe: Recipe, role: str, out: Optional[str | os.PathLike], resume: bool) -> Optional[RunDir]:

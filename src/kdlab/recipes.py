@@ -141,10 +141,69 @@ def bundled_recipes() -> List[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_recipe_dict(spec: str) -> Dict[str, Any]:
-    """Raw dict of a bundled recipe name (``mnist-mlp``) or a path to a YAML file."""
+def merge_recipe(base: Dict[str, Any], child: Dict[str, Any], top: bool = True) -> Dict[str, Any]:
+    """``child`` laid over ``base``: mappings merge key by key, every other value (lists included) replaces.
+
+    Below the top level, a mapping whose ``name`` differs from the base's replaces it whole, so a
+    different model, optimizer or schedule never inherits the parameters of the one it replaces.
+    """
+    if not top and "name" in child and child.get("name") != base.get("name"):
+        return copy.deepcopy(child)
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_recipe(out[key], value, top=False)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_recipe_dict(spec: str, _chain: Sequence[str] = ()) -> Dict[str, Any]:
+    """Raw dict of a bundled recipe name (``mnist-mlp``) or a path to a YAML file, its ``base`` merged in.
+
+    ``base: mnist-cnn`` (a bundled name, or a YAML path relative to the file naming it) starts the
+    recipe from that one; the file then gives only the keys that change (:func:`merge_recipe`).
+    """
+    data, is_file = _read_one(spec)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"recipe {spec}: base: expected a bundled recipe name or a YAML path, got {short_repr(base)}; "
+                          f"e.g. base: mnist-cnn")
+    base_path = Path(base)
+    if is_file and base_path.suffix in (".yaml", ".yml") and not base_path.is_absolute():
+        base = str(Path(spec).parent / base_path)  # relative to the file that names it, not the working directory
+    here = str(Path(spec).resolve()) if is_file else spec
+    if here in _chain:
+        raise ConfigError(f"recipe {spec}: base: {' -> '.join([*_chain, here])} is a cycle; end the chain at a bundled recipe")
+    try:
+        parent = read_recipe_dict(base, (*_chain, here))
+    except ConfigError as exc:
+        raise ConfigError(f"recipe {spec}: base: {exc}") from None
+    merged = merge_recipe(parent, data)
+    if is_file and "name" not in data:  # a run folder named after the base would hide which file made it
+        merged["name"] = Path(spec).stem
+    return merged
+
+
+def require_dataset(data: Dict[str, Any], spec: str) -> None:
+    """A recipe file must say its data: without ``dataset.name`` it would silently train on the digits."""
+    dataset = data.get("dataset")
+    if not isinstance(dataset, dict) or dataset.get("name") is None:
+        raise ConfigError(f"recipe {spec} names no dataset; add `dataset: {{name: mnist}}` (one of the datasets in "
+                          f"`kdlab recipes`), or start from a bundled recipe with `base: mnist-cnn`")
+
+
+def is_recipe_file(spec: str) -> bool:
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    return path.suffix in (".yaml", ".yml") or path.exists()
+
+
+def _read_one(spec: str) -> tuple[Dict[str, Any], bool]:
+    """One recipe's own mapping (no base merged) and whether it came from a file."""
+    path = Path(spec)
+    if is_recipe_file(spec):
         if path.is_dir():
             raise ConfigError(f"recipe {spec} is a folder; give a YAML file or one of: {', '.join(bundled_recipes())}")
         if not path.is_file():
@@ -172,11 +231,12 @@ def read_recipe_dict(spec: str) -> Dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"recipe {spec}: {exc}") from None
     if data is None:  # an empty file would silently train the built-in defaults
-        raise ConfigError(f"recipe {spec} is empty; start from a bundled one: kdlab recipes mnist-mlp > {Path(spec).name}")
+        raise ConfigError(f"recipe {spec} is empty; start from a bundled one: write `base: mnist-mlp` and the keys "
+                          f"that change, or copy one with kdlab recipes mnist-mlp > {Path(spec).name}")
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {spec}: top level must be a mapping of keys, got {type(data).__name__}; "
                           f"see `kdlab recipes mnist-mlp` for the layout")
-    return data
+    return data, is_recipe_file(spec)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -231,7 +291,10 @@ def load_recipe(spec: str | None = None, overrides: Sequence[str] = (), imports:
         if not isinstance(listed, list):
             raise ConfigError(f"imports: expected a list of module names, got {short_repr(listed)}")
         data["imports"] = list(dict.fromkeys([*listed, *imports]))
-    return recipe_from_dict(data)
+    recipe = recipe_from_dict(copy.deepcopy(data))
+    if spec and is_recipe_file(spec):  # after the schema: a wrong value in the file is named first
+        require_dataset(data, spec)
+    return recipe
 
 
 def dump_recipe(recipe: Recipe) -> str:

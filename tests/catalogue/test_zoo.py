@@ -28,7 +28,7 @@ def test_missing_timm_names_the_pip_install(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     check_bad_input(["train-teacher", "mnist-cnn", "--set", "teacher.model.name=timm:resnet50", "--out", "run"],
-                    work, ["model 'timm:resnet50' needs timm: pip install timm"], env=env)
+                    work, ["model 'timm:resnet50' needs timm: pip install 'kdlab[vision]'"], env=env)
 
 
 class _Exploit:

@@ -199,5 +199,5 @@ def test_policy_without_torchvision_names_the_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.transforms", None)
-    with pytest.raises(ConfigError, match=r"augment.randaugment needs torchvision: pip install torch==2.14.1 torchvision==0.29.1"):
+    with pytest.raises(ConfigError, match=r"augment.randaugment needs torchvision: pip install 'kdlab\[vision\]' torch==2.14.1 torchvision==0.29.1"):
         build_augment({"randaugment": {"n": 1, "m": 5}}, 10)

@@ -60,8 +60,8 @@ def test_builtin_models_unchanged_and_prefixes_listed():
 
 
 @pytest.mark.parametrize("library,fix", [
-    ("timm", "needs timm: pip install timm"),
-    ("torchvision", "needs torchvision: pip install torch==2.14.1 torchvision==0.29.1"),
+    ("timm", "needs timm: pip install 'kdlab[vision]'"),
+    ("torchvision", "needs torchvision: pip install 'kdlab[vision]' torch==2.14.1 torchvision==0.29.1"),
 ])
 def test_missing_library_is_one_line_with_the_pip_command(monkeypatch, library, fix):
     monkeypatch.setitem(sys.modules, library, None)  # makes "import <library>" fail as if absent

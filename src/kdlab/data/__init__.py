@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import cifar, digits, mnist_family  # noqa: F401  (registration)
-from .registry import DATASETS, RawData, check_raw
+from .registry import DATASETS, SHAPES, DatasetShape, RawData, check_raw, dataset_shape
 from .tensors import (
     BatchIndexer, DatasetSplits, TensorData, carve_validation, data_fingerprint, input_spec, normalize_images, tensor_fingerprint,
 )
@@ -44,4 +44,4 @@ def load_dataset(
     )
 
 
-__all__ = ["DATASETS", "RawData", "BatchIndexer", "DatasetSplits", "TensorData", "data_fingerprint", "input_spec", "load_dataset"]
+__all__ = ["DATASETS", "SHAPES", "DatasetShape", "dataset_shape", "RawData", "BatchIndexer", "DatasetSplits", "TensorData", "data_fingerprint", "input_spec", "load_dataset"]

@@ -30,7 +30,7 @@ import torch
 from ..errors import DataError
 from ..utils import atomic_write
 from .paths import DOWNLOAD_TIMEOUT_S, ENV_VAR, data_root
-from .registry import DATASETS, RawData
+from .registry import DATASETS, SHAPES, DatasetShape, RawData
 
 IMAGE_SHAPE = (3, 32, 32)
 PIXELS = 3 * 32 * 32
@@ -193,3 +193,4 @@ def load_cifar(spec: CifarSpec, data_dir: Optional[Path], download: bool) -> Raw
 
 for _spec in (CIFAR10, CIFAR100):
     DATASETS.register(_spec.name)(lambda data_dir=None, download=True, _s=_spec: load_cifar(_s, data_dir, download))
+    SHAPES.register(_spec.name)(DatasetShape((3, 32, 32), _spec.num_classes))

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .registry import DATASETS, RawData
+from .registry import DATASETS, SHAPES, DatasetShape, RawData
 
 TEST_FRACTION = 0.2
 SPLIT_RANDOM_STATE = 0
@@ -28,6 +28,9 @@ def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_RANDOM_STATE,
     )
     return np.sort(train_idx), np.sort(test_idx)
+
+
+SHAPES.register("digits")(DatasetShape((1, 8, 8), 10))
 
 
 @DATASETS.register("digits")

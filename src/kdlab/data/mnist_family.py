@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..utils import atomic_write
 from .idx import IMAGES_NDIM, LABELS_NDIM, read_idx
 from .paths import DOWNLOAD_TIMEOUT_S, ENV_VAR, data_root
-from .registry import DATASETS, RawData
+from .registry import DATASETS, SHAPES, DatasetShape, RawData
 
 FILE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -148,6 +148,7 @@ def load_idx_dataset(spec: IDXDataset, data_dir: Optional[Path], download: bool)
 
 def _register(spec: IDXDataset) -> None:
     DATASETS.register(spec.name)(lambda data_dir=None, download=True: load_idx_dataset(spec, data_dir, download))
+    SHAPES.register(spec.name)(DatasetShape((1, 28, 28), len(spec.classes)))
 
 
 for _spec in (MNIST, FASHION_MNIST, KMNIST):

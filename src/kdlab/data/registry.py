@@ -43,6 +43,23 @@ class RawData:
     pixel_max: float = 255.0  # the stored pixel value that means "white" (recorded so raw inputs can be scaled)
 
 
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a model needs to be built without reading the data: one normalized input's shape, the classes."""
+
+    in_shape: Tuple[int, ...]
+    num_classes: int
+
+
+# name -> shape, for datasets whose input shape is known without their files (``kdlab layers``);
+# a dataset without an entry is loaded to find out.
+SHAPES: Registry[DatasetShape] = Registry("dataset shape")
+
+
+def dataset_shape(name: str) -> Optional[DatasetShape]:
+    return SHAPES.get(name) if name in SHAPES else None
+
+
 # loader(data_dir, download) -> RawData
 DatasetLoader = Callable[[Optional[Path], bool], RawData]
 

@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError
 from .registry import MODELS, ModelBuilder
 
 # Versions CI pins; torchvision wheels are built for exactly one torch release.
-TORCHVISION_PIN = "pip install torch==2.14.1 torchvision==0.29.1"
+TORCHVISION_PIN = "pip install 'kdlab[vision]' torch==2.14.1 torchvision==0.29.1"
 RESERVED = {
     "num_classes": "comes from the dataset",
     "in_chans": "comes from the dataset",
@@ -56,7 +56,7 @@ def import_library(library: str, model: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] != library:
             raise ConfigError(f"model {model!r}: {library} cannot be imported ({exc}); pip install {exc.name}") from None
-        fix = f"{TORCHVISION_PIN} (torchvision must match torch; this is torch {torch.__version__})" if library == "torchvision" else "pip install timm"
+        fix = f"{TORCHVISION_PIN} (torchvision must match torch; this is torch {torch.__version__})" if library == "torchvision" else "pip install 'kdlab[vision]' (or pip install timm)"
         raise ConfigError(f"model {model!r} needs {library}: {fix}") from None
     except Exception as exc:  # e.g. "operator torchvision::nms does not exist": built for another torch
         first = (str(exc).splitlines() or [""])[0][:160]

@@ -367,7 +367,7 @@ class TensorBoardCallback(Callback):
 
     ``names``: one sub-folder per student when the trainer returns several records per epoch
     (batched students: ``<variant>-seed<k>``); None writes one run into ``log_dir``. Without the
-    ``tensorboard`` package it writes nothing (``pip install tensorboard``).
+    ``tensorboard`` package it writes nothing (``pip install 'kdlab[tensorboard]'``).
     """
 
     def __init__(self, log_dir: Any, names: Optional[Sequence[str]] = None, step_every: int = 10) -> None:

@@ -187,7 +187,7 @@ def tensorboard_callback(log_dir: Any, cfg: TrainConfig, names: Optional[Sequenc
         return None
     if not tensorboard_available():
         stderr_line("kdlab: note: tensorboard is not installed, so no TensorBoard event files are written "
-                    "(pip install tensorboard; set train.tensorboard=false to silence this)")
+                    "(pip install 'kdlab[tensorboard]'; set train.tensorboard=false to silence this)")
         return None
     return TensorBoardCallback(log_dir, names)
 
