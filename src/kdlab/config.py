@@ -163,6 +163,10 @@ class RoleConfig:
     # Teachers only: a trained checkpoint to distill from instead of training ``model`` (e.g. the
     # student's own earlier run, for self-distillation). Loaded safely; its model spec is its own.
     checkpoint: Optional[str] = None
+    # Teachers only: per-sample augmentation of the teacher's own training batches, the schema of
+    # the top-level ``augment`` (kdlab.data.augment.AugmentConfig); empty: un-augmented. Part of
+    # the teacher cache key; checked when the recipe is resolved.
+    augment: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -383,6 +387,9 @@ def _check_ranges(r: Recipe) -> None:
     if r.student.checkpoint is not None:
         raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
                           "the student always starts from fresh weights")
+    if r.student.augment:
+        raise ConfigError("student.augment: the students' batches are augmented by the top-level augment section; "
+                          "move these keys there (teacher.augment is the teacher's own)")
     for role, rc in role_configs(r):
         if rc.checkpoint is not None and (not rc.checkpoint.strip() or "\0" in rc.checkpoint):
             raise ConfigError(f"{role}.checkpoint: must be a path to a .pt file, got {rc.checkpoint!r}")
