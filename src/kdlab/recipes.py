@@ -139,12 +139,47 @@ def _load_yaml(text: str) -> Any:
 
 
 def bundled_recipes() -> List[str]:
+    """Bundled recipe names; files starting with ``_`` are bases for ``base:`` only, not listed."""
     folder = resources.files("kdlab") / "recipes"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
-def read_recipe_dict(spec: str) -> Dict[str, Any]:
-    """Raw dict of a bundled recipe name (``mnist-mlp``) or a path to a YAML file."""
+#: ``base:`` chains longer than this are refused (a cycle would otherwise never end)
+MAX_BASE_DEPTH = 8
+
+
+def merge_sections(base: Dict[str, Any], derived: Dict[str, Any]) -> Dict[str, Any]:
+    """``derived`` over ``base``: mappings merge key by key, any other value replaces the base's."""
+    out = copy.deepcopy(base)
+    for key, value in derived.items():
+        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def read_recipe_dict(spec: str, _depth: int = 0) -> Dict[str, Any]:
+    """Raw dict of a bundled recipe name (``mnist-mlp``) or a path to a YAML file.
+
+    A recipe with ``base: NAME`` (a bundled name, or a YAML path relative to the recipe's folder)
+    is that recipe with its own keys merged over it, so a family of recipes states its shared
+    settings once.
+    """
+    data = _read_one(spec)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"recipe {spec}: base: expected a recipe name or YAML path, got {short_repr(base)}")
+    if _depth >= MAX_BASE_DEPTH:
+        raise ConfigError(f"recipe {spec}: base: more than {MAX_BASE_DEPTH} bases in a chain (a cycle?); "
+                          f"point base at a recipe without one")
+    path = Path(spec)
+    if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute() and path.suffix in (".yaml", ".yml"):
+        base = str(path.parent / base)
+    return merge_sections(read_recipe_dict(base, _depth + 1), data)
+
+
+def _read_one(spec: str) -> Dict[str, Any]:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if path.is_dir():
