@@ -46,6 +46,9 @@ def test_top_level_help_lists_commands(capsys):
         (["train-teacher", "--epochs", "x"], "argument --epochs: invalid int value"),
         (["frobnicate"], "invalid choice"),
         (["train-teacher", "--resume"], "--resume needs --out"),
+        (["train-teacher", "digits-mlp", "--set", "teacher.augment={crop: -1}"], "teacher.augment.crop: padding"),
+        (["train-teacher", "digits-mlp", "--set", "teacher.augment={zoom: 2}"], "teacher.augment.zoom: unknown augmentation"),
+        (["distill", "digits-mlp", "--set", "student.augment={flip: true}"], "student.augment: the students' batches"),
     ],
 )
 def test_bad_input_exit_2_one_line_nothing_written(args, message, tmp_path, capsys, monkeypatch):

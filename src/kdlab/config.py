@@ -127,9 +127,13 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
+    """``step``: LR × ``gamma`` every ``step_size`` epochs; ``multistep``: LR × ``gamma`` at each of
+    the epochs in ``milestones`` (CRD's CIFAR schedule: [150, 180, 210], 0.1)."""
+
     name: str = "constant"
     step_size: int = ruled(10, COUNT)
     gamma: float = ruled(0.1, POSITIVE)
+    milestones: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -163,6 +167,10 @@ class RoleConfig:
     # Teachers only: a trained checkpoint to distill from instead of training ``model`` (e.g. the
     # student's own earlier run, for self-distillation). Loaded safely; its model spec is its own.
     checkpoint: Optional[str] = None
+    # Teachers only: per-sample augmentation of the teacher's own training batches, the schema of
+    # the top-level ``augment`` (kdlab.data.augment.AugmentConfig); empty: un-augmented. Part of
+    # the teacher cache key; checked when the recipe is resolved.
+    augment: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -383,6 +391,9 @@ def _check_ranges(r: Recipe) -> None:
     if r.student.checkpoint is not None:
         raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
                           "the student always starts from fresh weights")
+    if r.student.augment:
+        raise ConfigError("student.augment: the students' batches are augmented by the top-level augment section; "
+                          "move these keys there (teacher.augment is the teacher's own)")
     for role, rc in role_configs(r):
         if rc.checkpoint is not None and (not rc.checkpoint.strip() or "\0" in rc.checkpoint):
             raise ConfigError(f"{role}.checkpoint: must be a path to a .pt file, got {rc.checkpoint!r}")
@@ -390,9 +401,26 @@ def _check_ranges(r: Recipe) -> None:
         t: TrainConfig = rc.train
         check_rules(t, f"{role}.train.")  # sizes, optimizer and scheduler numbers, grad_clip
         check_precision(t.precision, f"{role}.train.precision", r.device)
+        check_scheduler(t.scheduler, f"{role}.train.scheduler")
         if not 0 <= t.warmup_epochs < t.epochs:
             raise ConfigError(f"{role}.train.warmup_epochs: must be an integer in [0, epochs - 1] = [0, {t.epochs - 1}], "
                               f"got {short_repr(t.warmup_epochs)}")
+
+
+def check_scheduler(cfg: SchedulerConfig, key: str) -> None:
+    """``milestones``: strictly increasing epochs >= 1; ``multistep`` needs them and a ``gamma`` in (0, 1]."""
+    ms = cfg.milestones
+    example = "e.g. [150, 180, 210]"
+    if not isinstance(ms, list) or any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_COUNT for m in ms):
+        raise ConfigError(f"{key}.milestones: expected a list of epochs (integers >= 1), {example}, got {short_repr(ms)}")
+    if any(b <= a for a, b in zip(ms, ms[1:])):
+        raise ConfigError(f"{key}.milestones: epochs must be strictly increasing, {example}, got {short_repr(ms)}")
+    if cfg.name == "multistep":
+        if not ms:
+            raise ConfigError(f"{key}.milestones: the multistep scheduler needs the epochs at which to decay, {example}")
+        if not cfg.gamma <= 1:
+            raise ConfigError(f"{key}.gamma: multistep multiplies the LR by gamma at each milestone; use a number in (0, 1] "
+                              f"(e.g. 0.1), got {short_repr(cfg.gamma)}")
 
 
 def check_precision(value: str, key: str, device: str = "cpu") -> None:

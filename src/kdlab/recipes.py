@@ -95,6 +95,8 @@ def check_names(r: Recipe) -> None:
     from .data.augment import AugmentConfig  # start-up time: torch
 
     AugmentConfig.from_dict(r.augment, "augment")
+    for role, rc in role_configs(r)[:-1]:  # the teachers' own augmentation
+        AugmentConfig.from_dict(rc.augment, f"{role}.augment")
     from .train.stored import TeacherSignalsConfig  # start-up time: torch
 
     TeacherSignalsConfig.from_dict(r.teacher_signals, "teacher_signals")
@@ -137,8 +139,9 @@ def _load_yaml(text: str) -> Any:
 
 
 def bundled_recipes() -> List[str]:
+    """Bundled recipe names; files starting with ``_`` are bases for ``base:`` only, not listed."""
     folder = resources.files("kdlab") / "recipes"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
 def merge_recipe(base: Dict[str, Any], child: Dict[str, Any], top: bool = True) -> Dict[str, Any]:

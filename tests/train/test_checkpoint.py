@@ -54,7 +54,7 @@ def test_everything_kdlab_saves_loads_weights_only(tmp_path, opt):
     model(torch.randn(3, 1, 8, 8)).sum().backward()
     optimizer.step()
     for name in SCHEDULERS.names():
-        scheduler = build_scheduler(optimizer, SchedulerConfig(name=name), 5)
+        scheduler = build_scheduler(optimizer, SchedulerConfig(name=name, milestones=[2]), 5)  # multistep needs them
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

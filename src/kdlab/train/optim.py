@@ -9,7 +9,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
 
-from ..config import OptimizerConfig, SchedulerConfig
+from ..config import OptimizerConfig, SchedulerConfig, check_scheduler
 from ..registry import Registry
 from .lean_adam import LeanAdam, LeanAdamW
 
@@ -59,6 +59,13 @@ def cosine(opt: Optimizer, cfg: SchedulerConfig, epochs: int) -> Optional[LRSche
 def step(opt: Optimizer, cfg: SchedulerConfig, epochs: int) -> Optional[LRScheduler]:
     """Multiply the LR by ``gamma`` every ``step_size`` epochs."""
     return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+
+
+@SCHEDULERS.register("multistep")
+def multistep(opt: Optimizer, cfg: SchedulerConfig, epochs: int) -> Optional[LRScheduler]:
+    """Multiply the LR by ``gamma`` at each epoch in ``milestones`` (counted after any warm-up)."""
+    check_scheduler(cfg, "train.scheduler")  # also for configs built in Python, not read from a recipe
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> Optimizer:
