@@ -201,6 +201,9 @@ def compare(
         raise ConfigError("compare either loss codings (--losses) or methods (--methods), not both")
     by_method = methods is not None
     variants = parse_methods(methods) if by_method else parse_variants(losses)  # type: ignore[arg-type]
+    if recipe.distill.transfer.active:
+        raise ConfigError("kdlab compare trains every student on the same training set, so distill.transfer is not "
+                          "supported here; use kdlab distill (or kdlab reproduce) for a transfer-set student")
     if recipe.augment:
         raise ConfigError("kdlab compare shares one set of cached teacher logits, which augmented batches cannot use; "
                           "remove the recipe's augment section (or use kdlab distill per setting)")
