@@ -11,7 +11,7 @@ reference set (the training images, or a held-out part) that the corrected stude
 example has which label. The choice is exact, not a search: example ``i`` is predicted in ``C``
 exactly when ``b > d_i = max_{k∉C} z_ik − max_{k∈C} z_ik``, so ``b`` lies between two sorted ``d_i``.
 
-:func:`test_optimal_offset` gives the offset the paper reported, chosen on labelled data (the test
+:func:`optimal_offset` gives the offset the paper reported, chosen on labelled data (the test
 set) to minimise errors; it is reported beside the rule's, labelled as chosen on the test set.
 """
 
@@ -75,7 +75,7 @@ class OffsetChoice:
     errors: int
 
 
-def test_optimal_offset(logits: Tensor, labels: Tensor, classes: Sequence[int]) -> OffsetChoice:
+def optimal_offset(logits: Tensor, labels: Tensor, classes: Sequence[int]) -> OffsetChoice:
     """The offset minimising errors on labelled ``logits`` (the paper's choice, on the test set), and
     those errors. Exact: errors change only where the offset crosses a margin ``d_i``; every interval
     between margins is tried (its midpoint), and of equally good offsets the one nearest 0 is kept."""

@@ -27,7 +27,7 @@ from ..pipeline import distill_method, load_teacher, plan_threads_for, prepare_d
 from ..recipes import dump_recipe, load_recipe
 from ..teacher_cache import cached_teacher
 from ..train.constraints import linear_weights
-from .bias import predictions, prior_offset_from_labels, test_optimal_offset
+from .bias import predictions, prior_offset_from_labels, optimal_offset
 from .reproduce import Reproduction, ReproductionResult, Row, Settings, host_facts, judge, paired_row, register_reproduction
 
 RECIPES = {"full": "hinton2015-mnist", "no3": "hinton2015-no3", "only78": "hinton2015-only78"}
@@ -76,7 +76,7 @@ def _corrected(model: nn.Module, data: Any, classes: List[int], batch: int, focu
     z_test = logits(model, data.test.x, batch)
     y = data.test.y
     rule = prior_offset_from_labels(z_train, data.train.y, classes)
-    best = test_optimal_offset(z_test, y, classes)
+    best = optimal_offset(z_test, y, classes)
     out: Dict[str, Any] = {"classes": classes, "errors": _errors(z_test.argmax(1), y), "rule_offset": rule,
                            "rule_errors": _errors(predictions(z_test, classes, rule), y),
                            "test_offset": best.offset, "test_errors": best.errors}
