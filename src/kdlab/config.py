@@ -166,6 +166,10 @@ class RoleConfig:
     # Teachers only: a trained checkpoint to distill from instead of training ``model`` (e.g. the
     # student's own earlier run, for self-distillation). Loaded safely; its model spec is its own.
     checkpoint: Optional[str] = None
+    # Teachers only: per-sample augmentation of the teacher's own training batches, the schema of
+    # the top-level ``augment:`` (e.g. {crop: 2}: random translation by up to 2 px). The students'
+    # augmentation is the top-level ``augment:`` section.
+    augment: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -410,6 +414,8 @@ def _check_ranges(r: Recipe) -> None:
     if r.student.checkpoint is not None:
         raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
                           "the student always starts from fresh weights")
+    if r.student.augment:
+        raise ConfigError("student.augment: the students' augmentation is the top-level augment: section; move it there")
     for role, rc in role_configs(r):
         if rc.checkpoint is not None and (not rc.checkpoint.strip() or "\0" in rc.checkpoint):
             raise ConfigError(f"{role}.checkpoint: must be a path to a .pt file, got {rc.checkpoint!r}")

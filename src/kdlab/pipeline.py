@@ -140,8 +140,9 @@ def train_role(
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
         record = RunRecord(dump_recipe(recipe), kind, info)
     augment = None
-    if role == "student" and recipe.augment:  # the teacher's own training stays un-augmented
-        augment = build_augment(recipe.augment, data.num_classes, data.info.get("mean"), data.info.get("std"))
+    wanted = recipe.augment if role == "student" else role_cfg.augment  # a teacher's: teacher.augment
+    if wanted:
+        augment = build_augment(wanted, data.num_classes, data.info.get("mean"), data.info.get("std"))
         if not augment.cfg.enabled:
             augment = None
         elif teacher_logits is not None and kind != "scratch":

@@ -95,6 +95,8 @@ def check_names(r: Recipe) -> None:
     from .data.augment import AugmentConfig  # start-up time: torch
 
     AugmentConfig.from_dict(r.augment, "augment")
+    for role, rc in role_configs(r):
+        AugmentConfig.from_dict(rc.augment, f"{role}.augment")
     known(WEIGHT_SCHEDULES, r.distill.weight_schedule.name, "distill.weight_schedule.name")
     known(TEMPERATURE_SCHEDULES, r.distill.temperature_schedule.name, "distill.temperature_schedule.name")
     for role, rc in role_configs(r):
