@@ -494,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding mnist/ with the four IDX .gz files (default: $KDLAB_DATA_DIR, then ~/.cache/kdlab)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 teacher and 2 student epochs (numbers far from the paper's)")
-    p.add_argument("--epochs", type=int_in(1, 10_000), help="epochs of every student (default: the recipes', 20)")
-    p.add_argument("--teacher-epochs", type=int_in(1, 10_000), help="teacher epochs (default: the recipe's, 20)")
+    p.add_argument("--epochs", type=int_in(1, 10_000), help="epochs of every student (default: the recipes', 12)")
+    p.add_argument("--teacher-epochs", type=int_in(1, 10_000), help="teacher epochs (default: the recipe's, 12)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of every recipe of the reproduction, e.g. --set student.train.lr=0.0005 (repeatable; "
