@@ -159,3 +159,19 @@ def test_device_setting_resolves_and_refuses_what_is_not_there():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device is available"):
             load_recipe("digits-mlp", ["device=cuda"])
+
+
+def test_teacher_augment_jitters_the_teachers_batches_only(setup, tmp_path):
+    recipe, data, _ = setup
+    jittered = load_recipe("digits-mlp", [*FAST, "teacher.augment={crop: 2}"])
+    t = run_teacher(jittered, data, out=tmp_path / "t", progress=False)
+    info = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert info["step"] == "autograd" and "augmented" in info["step_reason"]
+    plain = run_teacher(recipe, data, out=False, progress=False)
+    assert not torch.equal(t.model.net[0].weight, plain.model.net[0].weight)  # same seed, other batches
+    run_distill(jittered, t.model, data, out=tmp_path / "d", progress=False)  # the student is not augmented
+    assert json.loads((tmp_path / "d" / "run.json").read_text())["step"] == "autograd-free chain"
+    with pytest.raises(ConfigError, match=r"teacher.augment.crop: padding in pixels must be an integer >= 0"):
+        load_recipe("digits-mlp", ["teacher.augment={crop: -1}"])
+    with pytest.raises(ConfigError, match="student.augment: the students' augmentation is the top-level augment: section"):
+        load_recipe("digits-mlp", ["student.augment={crop: 2}"])

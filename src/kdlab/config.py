@@ -158,6 +158,9 @@ class TrainConfig:
     channels_last: bool = False
     # Write TensorBoard event files into the run folder (when the tensorboard package is installed).
     tensorboard: bool = True
+    # Max-norm weight constraint (Srivastava et al. 2014): after every optimizer step each row of
+    # every nn.Linear weight (one unit's incoming weights) is scaled down to L2 norm <= max_norm.
+    max_norm: Optional[float] = ruled(None, POSITIVE)
 
 
 @dataclass
@@ -206,6 +209,30 @@ class StageConfig:
     reset_optimizer: bool = False
 
 
+FRACTION_OF_ALL = Rule(lambda v: _real(v) and 0.0 < v <= 1.0, "a number in (0, 1]")
+
+
+@dataclass
+class TransferConfig:
+    """The distilled student's transfer set: the training examples it learns from (Hinton et al.
+    2015 §3). Default: the whole training set, with labels.
+
+    ``classes`` keeps only these class indices, ``exclude_classes`` drops these (one or the other);
+    ``fraction`` then keeps a seeded random share of what remains; ``labels: false`` trains on the
+    teacher's soft targets alone (the hard term's weight becomes 0), as for an unlabelled transfer set.
+    """
+
+    classes: Optional[List[int]] = None
+    exclude_classes: List[int] = field(default_factory=list)
+    fraction: float = ruled(1.0, FRACTION_OF_ALL)
+    labels: bool = True
+
+    @property
+    def active(self) -> bool:
+        """False when the transfer set is the labelled training set itself."""
+        return self.classes is not None or bool(self.exclude_classes) or self.fraction < 1.0 or not self.labels
+
+
 @dataclass
 class DistillConfig:
     """How the student learns from the teacher.
@@ -225,6 +252,8 @@ class DistillConfig:
     temperature_schedule: TemperatureScheduleConfig = field(default_factory=TemperatureScheduleConfig)
     # Progressive training: a list of stages (see StageConfig); empty: one stage, the method as configured.
     stages: List[StageConfig] = field(default_factory=list)
+    # The examples the distilled student trains on (see TransferConfig); default: the training set.
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     sections: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
@@ -387,6 +416,7 @@ def _check_ranges(r: Recipe) -> None:
     if not math.isfinite(r.distill.hard_weight + r.distill.soft_weight):
         raise ConfigError("distill.hard_weight + distill.soft_weight overflows to inf; use weights that sum to about 1")
     check_rules(r.dataset, "dataset.")
+    check_transfer(r.distill)
     check_stage_epochs(r.distill.stages, r.student.train.epochs)
     if r.student.checkpoint is not None:
         raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
@@ -421,6 +451,24 @@ def check_scheduler(cfg: SchedulerConfig, key: str) -> None:
         if not cfg.gamma <= 1:
             raise ConfigError(f"{key}.gamma: multistep multiplies the LR by gamma at each milestone; use a number in (0, 1] "
                               f"(e.g. 0.1), got {short_repr(cfg.gamma)}")
+def check_transfer(d: DistillConfig) -> None:
+    """Class lists of ``distill.transfer`` are distinct integers >= 0, one of the two lists only, and
+    an unlabelled transfer set leaves a soft term to train (class indices are checked against the
+    dataset when it is loaded: :func:`kdlab.data.transfer.transfer_indices`)."""
+    t, key = d.transfer, "distill.transfer"
+    if t.classes is not None and t.exclude_classes:
+        raise ConfigError(f"{key}: give classes (keep only these) or exclude_classes (drop these), not both")
+    for name in ("classes", "exclude_classes"):
+        values = getattr(t, name) or []
+        if any(v < 0 for v in values):
+            raise ConfigError(f"{key}.{name}: class indices must be integers >= 0, got {short_repr(values)}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{key}.{name}: a class is listed twice in {short_repr(values)}; list each once")
+    if t.classes is not None and not t.classes:
+        raise ConfigError(f"{key}.classes: an empty list keeps no example; list the classes to keep, or remove the key")
+    if not t.labels and d.soft_weight == 0:
+        raise ConfigError(f"{key}.labels is false (soft targets alone) but distill.soft_weight is 0; nothing would be "
+                          "trained; set distill.soft_weight > 0")
 
 
 def check_precision(value: str, key: str, device: str = "cpu") -> None:

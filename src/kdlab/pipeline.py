@@ -24,6 +24,7 @@ from .recipes import dump_recipe
 from .data import DatasetSplits, dataset_shape, input_spec, load_dataset
 from .data.augment import AugmentConfig, build_augment
 from .data.views import ReplayViews
+from .data.transfer import transfer_indices, transfer_split
 from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
@@ -154,6 +155,9 @@ def train_role(
     """
     role_cfg = getattr(recipe, role)
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
+    if role == "student" and kind not in ("teacher", "scratch") and recipe.distill.transfer.active:
+        data, teacher_logits, facts = _transfer_set(recipe, data, teacher_logits)
+        extra_info = {**(extra_info or {}), "transfer": facts}
     if staged:
         check_stages(recipe.distill.stages, method)  # before any folder is written
     current_processes().check(method, len(data.train), role_cfg.train.batch_size)  # before any folder is written
@@ -211,6 +215,18 @@ def signals_plan(recipe: Recipe, data: DatasetSplits, epochs: int, cache_dir: Op
 def _signal_log(message: str) -> None:
     if distributed.launched_rank() == 0:
         print(f"kdlab: {message}", file=sys.stderr, flush=True)
+
+
+def _transfer_set(recipe: Recipe, data: DatasetSplits, teacher_logits: Optional[Tensor]):
+    """The distilled student's data cut to the recipe's transfer set (``distill.transfer``), the
+    teacher's training-set logits (if handed in) cut alike, and the facts ``run.json`` records."""
+    t = recipe.distill.transfer
+    idx = transfer_indices(data.train.y, t, data.num_classes, recipe.seed)
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.index_select(0, idx.to(teacher_logits.device))
+    counts = data.train.y.index_select(0, idx).bincount(minlength=data.num_classes).tolist()
+    facts = {"examples": len(idx), "of": len(data.train), "labels": t.labels, "class_counts": counts}
+    return transfer_split(data, idx), teacher_logits, facts
 
 
 def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None,
@@ -288,8 +304,11 @@ def count_student_parameters(recipe: Recipe, data: DatasetSplits) -> int:
 
 def distill_method(recipe: Recipe, loss: Optional[str] = None) -> Distiller:
     """The recipe's method (``distill.method`` with its ``distill.<method>`` section); ``loss``
-    swaps the soft-loss coding (as ``kdlab compare`` does)."""
+    swaps the soft-loss coding (as ``kdlab compare`` does). A transfer set without labels
+    (``distill.transfer.labels: false``) builds it with ``hard_weight`` 0: soft targets alone."""
     d = recipe.distill if loss is None else dataclasses.replace(recipe.distill, loss=loss)
+    if d.transfer.active and not d.transfer.labels:  # soft targets alone: the labels are not shown
+        d = dataclasses.replace(d, hard_weight=0.0)
     return build_method(d.method, d, d.sections.get(d.method))
 
 

@@ -28,7 +28,7 @@ def test_cnn_works_on_8x8_digits():
 
 
 def test_unknown_parameter_names_the_key():
-    with pytest.raises(ConfigError, match=r"student.model.hiden: unknown parameter for model 'mlp'; accepted: hidden, dropout"):
+    with pytest.raises(ConfigError, match=r"student.model.hiden: unknown parameter for model 'mlp'; accepted: hidden, dropout, input_dropout"):
         build_model("mlp", MNIST, 10, {"hiden": [5]}, where="student.model")
 
 
@@ -47,7 +47,24 @@ def test_bad_values_are_config_errors():
 
 
 def test_model_params_lists_defaults():
-    assert model_params("mlp") == {"hidden": (1200, 1200), "dropout": 0.0}
+    assert model_params("mlp") == {"hidden": (1200, 1200), "dropout": 0.0, "input_dropout": 0.0}
+
+
+def test_mlp_input_dropout_drops_pixels_in_training_only():
+    from kdlab.models.chain import linear_chain
+
+    model = build_model("mlp", MNIST, 10, {"hidden": [8], "input_dropout": 0.2})
+    first = model.net[0]
+    assert isinstance(first, FastDropout) and first.p == 0.2
+    torch.manual_seed(0)
+    assert first(torch.ones(100, 784)).eq(0).float().mean().item() == pytest.approx(0.2, abs=0.01)
+    x = torch.randn(2, *MNIST)
+    model.eval()
+    assert torch.equal(model(x), model.net[1:](x.flatten(1)))  # eval: the pixels pass unchanged
+    assert linear_chain(model) is None  # not a plain Linear/ReLU chain any more
+    assert isinstance(build_model("mlp", MNIST, 10, {"hidden": [8]}).net[0], torch.nn.Linear)  # 0: no module at all
+    with pytest.raises(ConfigError, match=r"model.input_dropout: must be a number in \[0, 1\), got 1.0"):
+        build_model("mlp", MNIST, 10, {"input_dropout": 1.0})
 
 
 def test_fast_dropout_statistics_and_gradient():

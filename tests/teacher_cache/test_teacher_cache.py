@@ -141,3 +141,16 @@ def test_key_holds_what_precision_auto_resolves_to_here(tmp_path, monkeypatch):
         monkeypatch.setattr(device, "cpu_info", lambda native=native: {"bf16_native": native})
         auto = load_recipe("digits-mlp", ["teacher.train.precision=auto"])
         assert teacher_cache_path(auto, tmp_path, data) == path[resolved]
+
+
+def test_keys_of_teachers_without_the_later_settings_are_unchanged(tmp_path):
+    """teacher.augment and train.max_norm left at their defaults are absent from the key (entries
+    cached before they existed stay valid); set, they make another entry."""
+    from kdlab.teacher_cache import teacher_key
+
+    data = prepare_data(load_recipe("digits-mlp"))
+    key = teacher_key(load_recipe("digits-mlp"), data)
+    assert "augment" not in key["teacher"] and "max_norm" not in key["teacher"]["train"]
+    base = teacher_cache_path(load_recipe("digits-mlp"), tmp_path, data)
+    for extra in ("teacher.augment={crop: 2}", "teacher.train.max_norm=15"):
+        assert teacher_cache_path(load_recipe("digits-mlp", [extra]), tmp_path, data) != base

@@ -113,6 +113,7 @@ def _check_float(value: Any, key: str) -> None:
 # default is a float must at least be a finite number.
 PARAM_CHECKS: Dict[str, Callable[[Any, str], None]] = {
     "dropout": _check_rate,
+    "input_dropout": _check_rate,
     "hidden": _check_widths,
     "channels": _check_widths,
 }

@@ -202,6 +202,9 @@ def compare(
         raise ConfigError("compare either loss codings (--losses) or methods (--methods), not both")
     by_method = methods is not None
     variants = parse_methods(methods) if by_method else parse_variants(losses)  # type: ignore[arg-type]
+    if recipe.distill.transfer.active:
+        raise ConfigError("kdlab compare trains every student on the same training set, so distill.transfer is not "
+                          "supported here; use kdlab distill (or kdlab reproduce) for a transfer-set student")
     augmented = AugmentConfig.from_dict(recipe.augment).enabled
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 
 def _scipy_stats():
@@ -48,6 +48,16 @@ def summarize(values: Sequence[float], level: float = 0.95) -> Summary:
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(_scipy_stats().t.ppf(0.5 + level / 2.0, n - 1)) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half, level)
+
+
+def prediction_interval(values: Sequence[float], level: float = 0.95) -> Optional[Tuple[float, float]]:
+    """Where one more run falls with probability ``level``: ``mean ± t · s · √(1 + 1/n)`` (Student's
+    t, n − 1 degrees of freedom); None below 2 values. The yardstick for one published run."""
+    s = summarize(values, level)
+    if s.n < 2:
+        return None
+    half = float(_scipy_stats().t.ppf(0.5 + level / 2.0, s.n - 1)) * s.std * math.sqrt(1.0 + 1.0 / s.n)
+    return (s.mean - half, s.mean + half)
 
 
 @dataclass

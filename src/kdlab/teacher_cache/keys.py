@@ -18,7 +18,7 @@ CACHE_FORMAT = 2
 # Train keys added after the cache format was fixed: left out of the key at their defaults, so
 # existing cache entries stay valid; ``tensorboard`` only chooses what is logged, never the weights.
 _LATER_TRAIN_DEFAULTS = {"precision": "fp32", "accumulate_steps": 1, "warmup_epochs": 0, "flush_denormal": True,
-                         "channels_last": False}
+                         "channels_last": False, "max_norm": None}
 
 
 def teacher_cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:

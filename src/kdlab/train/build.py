@@ -21,6 +21,7 @@ from ..data.loaders import LoaderSplits, loader_batches
 from ..methods.base import Batch, Distiller, RunContext
 from ..teacher import FrozenTeacher
 from .callbacks import Callback
+from .constraints import attach_max_norm
 from .optim import OPTIMIZERS, build_scheduler
 from .precision import Precision
 from .processes import current_processes, refuse_batched
@@ -95,6 +96,8 @@ def build_trainer(
         _build_lazy_parts(students, source, data, loaders, device)
     params = students.parameters()
     optimizer = OPTIMIZERS.get(cfg.optimizer.name)(params, cfg.optimizer)
+    if cfg.max_norm is not None:
+        attach_max_norm(optimizer, model, cfg.max_norm)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, cfg.warmup_epochs)
     dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     precision = Precision(cfg.precision, dev, bool(getattr(cfg, "channels_last", False)), bool(cfg.flush_denormal))
@@ -149,6 +152,8 @@ def _stored(plan: SignalsPlan, method: Distiller, source: Any, data: Any, in_mem
 def grid_train_blocker(cfg: TrainConfig) -> Optional[str]:
     """Why these train settings cannot be batched (None when they can): the batched step is fp32,
     one optimizer step per batch, default memory format."""
+    if getattr(cfg, "max_norm", None) is not None:
+        return "train.max_norm is applied one student at a time only (the batched step keeps no nn.Linear weights)"
     if cfg.precision != "fp32" or cfg.accumulate_steps != 1 or getattr(cfg, "channels_last", False):
         return (f"train.precision={cfg.precision}, accumulate_steps={cfg.accumulate_steps}, channels_last={cfg.channels_last} "
                 "are supported one student at a time only (the batched step is fp32, one step per batch)")
