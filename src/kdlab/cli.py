@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="study name inside the storage (default: <recipe>-tune)")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write the PNG (default: if matplotlib is installed)")
-    p = add("reproduce", cmd_reproduce, "reproduce a paper's experiments, each result printed beside the paper's",
+    p = add("reproduce", cmd_reproduce, "a paper's experiments, each result beside the paper's",
             "Run a paper's experiments from bundled recipes over --seeds seeds and print each result beside the paper's, "
             "with the mean ± std over seeds, a 95% interval, and a verdict: 'reproduced' when the paper's figure lies in "
             "the 95% prediction interval of one more run, else the gap. Writes OUT/report.md, OUT/results.json and one "

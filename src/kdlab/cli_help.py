@@ -31,6 +31,7 @@ EXAMPLES: Dict[str, str] = {
     "demo": "kdlab demo --seeds 5",
     "compare": "kdlab compare digits-mlp --losses hinton,extra-T --seeds 3 --epochs 20 --out runs/compare",
     "tune": "kdlab tune digits-mlp --param T=1:10 --trials 10 --epochs 20",
+    "reproduce": "kdlab reproduce hinton2015 --seeds 3 --out runs/hinton2015",
     "layers": "kdlab layers mnist-cnn --role student",
     "export": "kdlab export runs/distilled --onnx student.onnx",
     "profile": "kdlab profile runs/distilled --threads 1",
