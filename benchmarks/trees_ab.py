@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,10 +75,19 @@ def child(tree: Path, code: str, *args: str) -> float:
 
 
 def wall(tree: Path, argv: List[str]) -> float:
+    """Wall seconds of ``kdlab argv`` (``--cpu``: the child's user + system CPU seconds instead)."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _child_cpu()
     subprocess.run([sys.executable, "-m", "kdlab", *argv], env=env, capture_output=True, text=True, check=True)
-    return time.perf_counter() - t0
+    return _child_cpu() - c0 if CPU_TIME else time.perf_counter() - t0
+
+
+CPU_TIME = False  # set by --cpu
+
+
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def teacher_checkpoint(tree: Path, recipe: str, data_dir: str, folder: Path, epochs: int) -> str:
@@ -95,7 +105,12 @@ def main() -> None:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--reps", type=int, default=3, help="runs per side and workload")
     ap.add_argument("--only", help="comma-separated workloads (default: all)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="time the whole-command workloads (demo, cold-study) in CPU seconds (user + system) instead "
+                         "of wall seconds: less sensitive to other jobs on a busy host, blind to idle waits")
     args = ap.parse_args()
+    global CPU_TIME
+    CPU_TIME = args.cpu
     a, b = Path(args.a).resolve(), Path(args.b).resolve()
     names = args.only.split(",") if args.only else ["mlp-distill", "grid", "fitnets-cnn", "demo", "cold-study"]
     work = Path(tempfile.mkdtemp(prefix="kdlab-ab-"))

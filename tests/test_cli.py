@@ -46,6 +46,9 @@ def test_top_level_help_lists_commands(capsys):
         (["train-teacher", "--epochs", "x"], "argument --epochs: invalid int value"),
         (["frobnicate"], "invalid choice"),
         (["train-teacher", "--resume"], "--resume needs --out"),
+        (["train-teacher", "digits-mlp", "--set", "teacher.augment={crop: -1}"], "teacher.augment.crop: padding"),
+        (["train-teacher", "digits-mlp", "--set", "teacher.augment={zoom: 2}"], "teacher.augment.zoom: unknown augmentation"),
+        (["distill", "digits-mlp", "--set", "student.augment={flip: true}"], "student.augment: the students' batches"),
     ],
 )
 def test_bad_input_exit_2_one_line_nothing_written(args, message, tmp_path, capsys, monkeypatch):
@@ -114,12 +117,20 @@ def test_verbose_prints_the_runs_plan_with_its_reasons_as_run_json_records_it(tm
     assert main(["train-teacher", "digits-mlp", "--epochs", "1", "--out", str(tmp_path / "t"), "--set", "teacher.model.hidden=[32]",
                  "--no-progress"]) == 0
     assert main(["distill", "digits-mlp", "--teacher", str(tmp_path / "t" / "best.pt"), "--epochs", "1", "--method", "fitnets",
-                 "--set", "distill.fitnets.pairs={net.1: net.1}", "-v", "--no-progress", "--out", str(tmp_path / "s")]) == 0
+                 "--set", "distill.fitnets.pairs={net.1: net.1}", "-v", "--no-progress", "--out", str(tmp_path / "s"),
+                 "--teacher-online"]) == 0
     err = capsys.readouterr().err
     info = json.loads((tmp_path / "s" / "run.json").read_text())
     assert info["step"] == "autograd" and info["teacher_source"] == "online"
     assert f"kdlab: step: autograd ({info['step_reason']})" in err and "intermediate features" in info["step_reason"]
     assert f"kdlab: teacher: online ({info['teacher_source_reason']})" in err
+    # without --teacher-online, the teacher's features come from the stored teacher signal
+    assert main(["distill", "digits-mlp", "--teacher", str(tmp_path / "t" / "best.pt"), "--epochs", "1", "--method", "fitnets",
+                 "--set", "distill.fitnets.pairs={net.1: net.1}", "-v", "--no-progress", "--out", str(tmp_path / "s2")]) == 0
+    err = capsys.readouterr().err
+    info = json.loads((tmp_path / "s2" / "run.json").read_text())
+    assert info["teacher_source"] == "stored signals" and info["teacher_signals"]["views"] == 1
+    assert f"kdlab: teacher: stored signals ({info['teacher_source_reason']})" in err
     assert main(["train-student", "digits-mlp", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "q")]) == 0
     assert "kdlab: step:" not in capsys.readouterr().err  # quiet without -v
     assert json.loads((tmp_path / "q" / "run.json").read_text())["step"] == "autograd-free chain"

@@ -140,7 +140,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     recipe, out = run_recipe(args, "student", "distill")
     teacher = resume_teacher(args) if args.resume else args.teacher
     _report(run_distill(recipe, teacher, out=out, progress=args.progress, resume=args.resume,
-                        teacher_cache=args.teacher_cache, log=_say, verbose=args.verbose))
+                        teacher_cache=args.teacher_cache, log=_say, verbose=args.verbose,
+                        teacher_online=args.teacher_online))
     _nothing_resumed(args)
     return 0
 
@@ -422,13 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
             "softmax(s/T)); fitnets, at, rkd, crd, dkd, multi-teacher, self-ema add their own terms, set in the recipe's "
             "distill.<method> section or with --set distill.<method>.<key>=VALUE; see `kdlab methods`). "
             "Without --teacher the recipe's teacher comes from the teacher cache (trained and cached on first use, "
-            "shared with compare and tune). The teacher's test accuracy is printed. The teacher stays in eval mode and its training-set "
-            "logits are computed once per run.")
+            "shared with compare and tune). The teacher's test accuracy is printed. The teacher stays in eval mode and runs once: "
+            "on the training set (its logits, for methods that read logits alone on un-augmented batches), or, with augmentation "
+            "or a feature method, on every stored view of each sample (the teacher signal store beside the teacher cache, reused by "
+            "later runs); --teacher-online runs it on every batch instead.")
     _common(p, "student")
     p.add_argument("--teacher", help="teacher checkpoint (best.pt/last.pt of a train-teacher run); default: the recipe's "
                                       "teacher from the teacher cache, trained there on first use")
     p.add_argument("--teacher-epochs", type=int, help="teacher training epochs when the teacher comes from the cache")
     p.add_argument("--teacher-cache", help="teacher cache folder (default: $KDLAB_TEACHER_CACHE, then ~/.cache/kdlab/teachers)")
+    p.add_argument("--teacher-online", action="store_true",
+                   help="run the teacher on every batch instead of training from the stored teacher signal "
+                        "(recipe: teacher_signals.online)")
     _distill_flags(p)
     p.add_argument("--method", help="distillation method (default: the recipe's distill.method, hinton); see `kdlab methods`")
     p = add("demo", cmd_demo, "teacher, scratch student and distilled student, side by side",

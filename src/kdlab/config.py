@@ -167,8 +167,8 @@ class RoleConfig:
     # student's own earlier run, for self-distillation). Loaded safely; its model spec is its own.
     checkpoint: Optional[str] = None
     # Teachers only: per-sample augmentation of the teacher's own training batches, the schema of
-    # the top-level ``augment:`` (e.g. {crop: 2}: random translation by up to 2 px). The students'
-    # augmentation is the top-level ``augment:`` section.
+    # the top-level ``augment`` (kdlab.data.augment.AugmentConfig); empty: un-augmented. Part of
+    # the teacher cache key; checked when the recipe is resolved.
     augment: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -278,6 +278,9 @@ class Recipe:
     # Per-sample augmentation of the students' training batches (kdlab.data.augment.AugmentConfig:
     # crop, flip, autoaugment, randaugment, mixup, cutmix); checked when the recipe is resolved.
     augment: Dict[str, Any] = field(default_factory=dict)
+    # The stored teacher signal (kdlab.train.stored.TeacherSignalsConfig: views, dtype, max_gb,
+    # online): used whenever the teacher would run on every batch; checked when the recipe is resolved.
+    teacher_signals: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return _to_plain(self)
@@ -415,7 +418,8 @@ def _check_ranges(r: Recipe) -> None:
         raise ConfigError("student.checkpoint: only teachers take a checkpoint (teacher.checkpoint or teachers[i].checkpoint); "
                           "the student always starts from fresh weights")
     if r.student.augment:
-        raise ConfigError("student.augment: the students' augmentation is the top-level augment: section; move it there")
+        raise ConfigError("student.augment: the students' batches are augmented by the top-level augment section; "
+                          "move these keys there (teacher.augment is the teacher's own)")
     for role, rc in role_configs(r):
         if rc.checkpoint is not None and (not rc.checkpoint.strip() or "\0" in rc.checkpoint):
             raise ConfigError(f"{role}.checkpoint: must be a path to a .pt file, got {rc.checkpoint!r}")

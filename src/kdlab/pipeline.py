@@ -8,6 +8,7 @@ prints; anything it does can be done from Python with these functions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -21,8 +22,9 @@ from torch import Tensor, nn
 from .config import Recipe
 from .recipes import dump_recipe
 from .data import DatasetSplits, input_spec, load_dataset
-from .data.augment import build_augment
+from .data.augment import AugmentConfig, build_augment
 from .data.transfer import transfer_indices, transfer_split
+from .data.views import ReplayViews
 from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters
@@ -31,7 +33,10 @@ from .train import FitResult, RunDir, distributed, load_model
 from .train.processes import current_processes
 from .train.run import RunRecord, RunSpec
 from .train.run import run as run_spec
-from .teacher_cache import cached_teacher, check_teacher_cache
+from .teacher_cache import cached_teacher, check_teacher_cache, teacher_cache_root
+from .teacher_cache.signals import signal_store
+from .train.build import AUGMENT_SEED_OFFSET
+from .train.stored import SignalsPlan, TeacherSignalsConfig
 from .train import evaluate
 from .train.checkpoint import model_payload
 from .train.callbacks import Callback, PlanNote, rank_zero
@@ -113,6 +118,9 @@ def train_role(
     teacher_logits: Optional[Tensor] = None,
     callbacks: Sequence[Optional[Callback]] = (),
     verbose: bool = False,
+    teacher_online: bool = False,
+    signal_cache: Optional[str | os.PathLike] = None,
+    signal_seed: Optional[int] = None,
 ) -> RunResult:
     """Build the ``role`` model with its seeded weights and train it with ``method``.
 
@@ -122,6 +130,10 @@ def train_role(
     ``out`` must not already hold a run unless ``resume`` (then ``recipe`` should be the run's own,
     as the CLI's ``--resume`` ensures); ``config.yaml``/``run.json`` are written once training can start.
     ``verbose``: print what kdlab chose for the run (step, teacher source, threads) and why.
+    Where the teacher would run on every batch (augmentation, features), it runs once per stored view
+    into a signal store under the teacher cache (``signal_cache``, default the teacher cache's folder)
+    and the student trains from the store, unless ``teacher_online`` or ``teacher_signals.online``.
+    ``signal_seed`` fixes the views' seed (a study shares one store across its seeds); default the recipe's.
     """
     role_cfg = getattr(recipe, role)
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
@@ -140,9 +152,10 @@ def train_role(
         info = {"dataset": data.name, "data_source": data.info.get("source"), "parameters": count_parameters(model), **(extra_info or {})}
         record = RunRecord(dump_recipe(recipe), kind, info)
     augment = None
-    wanted = recipe.augment if role == "student" else role_cfg.augment  # a teacher's: teacher.augment
-    if wanted:
-        augment = build_augment(wanted, data.num_classes, data.info.get("mean"), data.info.get("std"))
+    # the students' batches follow the top-level augment, the teacher's own training its teacher.augment
+    augment_section = recipe.augment if role == "student" else role_cfg.augment
+    if augment_section:
+        augment = build_augment(augment_section, data.num_classes, data.info.get("mean"), data.info.get("std"))
         if not augment.cfg.enabled:
             augment = None
         elif teacher_logits is not None and kind != "scratch":
@@ -150,12 +163,18 @@ def train_role(
                               "precomputed logits; this command does not support the recipe's augment section yet — remove it")
     if teacher is not None:
         teacher.to(data.train.x.device)
+    signals = None
+    # a study (signal_seed) replays the same views for its scratch students too: paired by construction
+    if ((teacher is not None and teacher_logits is None) or (signal_seed is not None and teacher_logits is None)) \
+            and not teacher_online and role == "student":
+        signals = signals_plan(recipe, data, role_cfg.train.epochs, signal_cache, signal_seed)
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
     (result,) = run_spec(RunSpec(
         data=data, train=role_cfg.train, model=model, method=method, seed=recipe.seed,
         teacher=teacher if teacher_logits is None else None, teacher_logits=teacher_logits, augment=augment,
         weight_plan=WeightPlan(role_cfg.train.epochs, recipe.distill, recipe.distill.stages if staged else ()),
         callbacks=[*callbacks, rank_zero(PlanNote()) if verbose else None], run=run, checkpoint_meta=meta, resume=resume, record=record, progress=progress, desc=kind,
+        signals=signals,
     ))
     return RunResult(kind, run.path if run else None, model, result, count_parameters(model))
 
@@ -170,6 +189,26 @@ def _transfer_set(recipe: Recipe, data: DatasetSplits, teacher_logits: Optional[
     counts = data.train.y.index_select(0, idx).bincount(minlength=data.num_classes).tolist()
     facts = {"examples": len(idx), "of": len(data.train), "labels": t.labels, "class_counts": counts}
     return transfer_split(data, idx), teacher_logits, facts
+
+
+def signals_plan(recipe: Recipe, data: DatasetSplits, epochs: int, cache_dir: Optional[str | os.PathLike] = None,
+                 seed: Optional[int] = None) -> Optional[SignalsPlan]:
+    """The recipe's stored-teacher-signal plan (views of its augmentation, the store's folder), or None
+    when ``teacher_signals.online`` keeps the teacher online."""
+    cfg = TeacherSignalsConfig.from_dict(recipe.teacher_signals)
+    if cfg.online:
+        return None
+    augment = AugmentConfig.from_dict(recipe.augment)
+    views = ReplayViews(augment, (recipe.seed if seed is None else seed) + AUGMENT_SEED_OFFSET, cfg.views_for(augment.enabled, epochs),
+                        data.num_classes, data.info.get("mean"), data.info.get("std"))
+    root = teacher_cache_root(cache_dir) / "signals"
+    return SignalsPlan(views, functools.partial(signal_store, root, max_gb=cfg.max_gb, log=_signal_log),
+                       feature_dtype=cfg.dtype, explicit=cfg.given)
+
+
+def _signal_log(message: str) -> None:
+    if distributed.launched_rank() == 0:
+        print(f"kdlab: {message}", file=sys.stderr, flush=True)
 
 
 def run_teacher(recipe: Recipe, data: Optional[DatasetSplits] = None, out: Any = None, progress: Optional[bool] = None,
@@ -265,6 +304,7 @@ def run_distill(
     teacher_cache: Optional[str | os.PathLike] = None,
     log: Optional[Callable[[str], None]] = None,
     verbose: bool = False,
+    teacher_online: bool = False,
 ) -> RunResult:
     """Distill the recipe's student from ``teacher``: a model, a checkpoint path (or a list of them:
     their ensemble), or None for the recipe's teacher(s) from the teacher cache (trained and cached
@@ -315,4 +355,5 @@ def run_distill(
     else:  # a model the caller holds (and has measured)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
-    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info, verbose=verbose)
+    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info, verbose=verbose,
+                      teacher_online=teacher_online, signal_cache=teacher_cache)

@@ -95,8 +95,11 @@ def check_names(r: Recipe) -> None:
     from .data.augment import AugmentConfig  # start-up time: torch
 
     AugmentConfig.from_dict(r.augment, "augment")
-    for role, rc in role_configs(r):
+    for role, rc in role_configs(r)[:-1]:  # the teachers' own augmentation
         AugmentConfig.from_dict(rc.augment, f"{role}.augment")
+    from .train.stored import TeacherSignalsConfig  # start-up time: torch
+
+    TeacherSignalsConfig.from_dict(r.teacher_signals, "teacher_signals")
     known(WEIGHT_SCHEDULES, r.distill.weight_schedule.name, "distill.weight_schedule.name")
     known(TEMPERATURE_SCHEDULES, r.distill.temperature_schedule.name, "distill.temperature_schedule.name")
     for role, rc in role_configs(r):

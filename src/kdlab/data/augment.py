@@ -119,13 +119,20 @@ def _uniform_int(high: int, n: int, generator: torch.Generator, device: torch.de
 def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Zero-pad by ``padding``, crop back to (H, W) at a per-sample random offset and, with
     ``flip``, mirror each sample with probability ½: one ``gather`` for the whole batch."""
-    b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4) if padding else x
+    b = x.shape[0]
     dy = _uniform_int(2 * padding, b, generator, x.device)
     dx = _uniform_int(2 * padding, b, generator, x.device)
+    mirrored = torch.rand(b, generator=generator, device=generator.device).lt(0.5).to(x.device) if flip else None
+    return crop_flip(x, padding, dy, dx, mirrored)
+
+
+def crop_flip(x: Tensor, padding: int, dy: Tensor, dx: Tensor, mirrored: Optional[Tensor]) -> Tensor:
+    """Zero-pad by ``padding`` and crop (H, W) at per-sample offsets ``dy``, ``dx`` (in ``[0, 2·padding]``),
+    mirroring the samples where ``mirrored`` is true: one ``gather`` for the whole batch."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4) if padding else x
     cols = torch.arange(w, device=x.device).expand(b, w)
-    if flip:
-        mirrored = torch.rand(b, generator=generator, device=generator.device).lt(0.5).to(x.device)
+    if mirrored is not None:
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
     index = (rows[:, :, None] * (w + 2 * padding) + (dx[:, None] + cols)[:, None, :]).reshape(b, 1, h * w)
@@ -172,7 +179,7 @@ def cutmix(x: Tensor, y: Tensor, alpha: float, num_classes: int, generator: torc
     return out, t * lam + t[perm] * (1.0 - lam), lam
 
 
-def _policy_transform(cfg: AugmentConfig) -> Callable[[Tensor], Tensor]:
+def policy_transform(cfg: AugmentConfig) -> Callable[[Tensor], Tensor]:
     try:
         from torchvision.transforms import v2  # optional: torchvision
     except Exception:  # absent, or built for another torch
@@ -197,7 +204,7 @@ class Augmenter:
         cfg.validate()
         self.cfg, self.num_classes = cfg, int(num_classes)
         self.mean, self.std = mean, std
-        self.policy = _policy_transform(cfg) if cfg.policy else None
+        self.policy = policy_transform(cfg) if cfg.policy else None
 
     def _stats(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """mean and std as (C or 1, 1, 1) tensors on ``x``'s device, checked against its channels."""

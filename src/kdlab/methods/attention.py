@@ -45,7 +45,7 @@ from .base import Batch, Outputs, layer_pair_needs
 from .kd import KD
 from .registry import register_method
 
-__all__ = ["REFERENCE_WEIGHT", "at_loss", "attention_map", "ATParams", "AttentionTransfer"]
+__all__ = ["REFERENCE_WEIGHT", "at_loss", "attention_from_energy", "attention_map", "energy_map", "ATParams", "AttentionTransfer"]
 
 REFERENCE_WEIGHT = 1000.0
 """Weight of :func:`at_loss` in the authors' code (``--beta 1e+3``, multiplying the loss as is)."""
@@ -59,11 +59,12 @@ def _check_map(f: Tensor, what: str) -> None:
         )
 
 
-def attention_map(f: Tensor, p: float = 2, size: Optional[Tuple[int, int]] = None) -> Tensor:
-    """``(B, C, H, W) -> (B, H*W)``: L2-normalised mean over channels of ``|f|^p``.
+def energy_map(f: Tensor, p: float = 2) -> Tensor:
+    """``(B, C, H, W) -> (B, H, W)``: the mean over channels of ``|f / max|f||^p`` per sample.
 
-    ``size`` (rows, cols) average-pools the un-normalised map to that spatial size first, used to
-    compare maps of different resolutions.
+    What the attention map is made of before pooling and normalisation: C times smaller than the
+    feature, and all a stored teacher signal needs to keep for AT (the map is scale-invariant, so
+    the per-sample scaling changes nothing but the float range; see the module doc).
     """
     _check_map(f, "the feature")
     if p <= 0:
@@ -71,10 +72,23 @@ def attention_map(f: Tensor, p: float = 2, size: Optional[Tuple[int, int]] = Non
     scale = f.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
     f = f / torch.where(scale > 0, scale, torch.ones_like(scale))  # the map is scale-invariant; see the module doc
     energy = f.pow(2) if p == 2 else f.abs().pow(p)  # p = 2: the reference expression (of the scaled f)
-    energy = energy.mean(1)
+    return energy.mean(1)
+
+
+def attention_from_energy(energy: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
+    """``(B, H, W) -> (B, H*W)``: the energy map average-pooled to ``size`` (rows, cols) when given, L2-normalised."""
     if size is not None and tuple(energy.shape[-2:]) != tuple(size):
         energy = F.adaptive_avg_pool2d(energy.unsqueeze(1), size).squeeze(1)
     return F.normalize(energy.reshape(energy.size(0), -1), dim=1)
+
+
+def attention_map(f: Tensor, p: float = 2, size: Optional[Tuple[int, int]] = None) -> Tensor:
+    """``(B, C, H, W) -> (B, H*W)``: L2-normalised mean over channels of ``|f|^p``.
+
+    ``size`` (rows, cols) average-pools the un-normalised map to that spatial size first, used to
+    compare maps of different resolutions.
+    """
+    return attention_from_energy(energy_map(f, p), size)
 
 
 def at_loss(
@@ -82,10 +96,13 @@ def at_loss(
     teacher_feats: Sequence[Tensor],
     p: float = 2,
     names: Optional[Sequence[Tuple[str, str]]] = None,
+    teacher_energy: bool = False,
 ) -> Tensor:
     """Sum over layer pairs of ``mean((a(student) - a(teacher))^2)``; teachers are detached targets.
 
-    ``names`` (student layer, teacher layer) per pair only improve error messages.
+    With ``teacher_energy`` the teacher entries are already their :func:`energy_map` ``(B, H, W)``
+    (the form every teacher source hands AT: :meth:`AttentionTransfer.teacher_signal`). ``names`` (student layer, teacher layer)
+    per pair only improve error messages.
     """
     if len(student_feats) != len(teacher_feats) or not student_feats:
         raise ConfigError(
@@ -96,14 +113,18 @@ def at_loss(
     for i, (fs, ft) in enumerate(zip(student_feats, teacher_feats)):
         s_name, t_name = names[i] if names and i < len(names) else (f"pair {i} student", f"pair {i} teacher")
         _check_map(fs, f"student {s_name!r}")
-        _check_map(ft, f"teacher {t_name!r}")
+        t_energy = ft.detach() if teacher_energy and ft.dim() == 3 else None
+        if t_energy is None:
+            _check_map(ft, f"teacher {t_name!r}")
         if fs.size(0) != ft.size(0):
             raise ConfigError(
                 f"attention transfer: student {s_name!r} output {list(fs.shape)} and teacher {t_name!r} "
                 f"output {list(ft.shape)} have different batch sizes; feed both models the same batch"
             )
-        size = (min(fs.size(2), ft.size(2)), min(fs.size(3), ft.size(3)))
-        diff = attention_map(fs, p, size) - attention_map(ft.detach(), p, size)
+        th, tw = ft.shape[-2:]
+        size = (min(fs.size(2), th), min(fs.size(3), tw))
+        t_map = attention_from_energy(t_energy, size) if t_energy is not None else attention_map(ft.detach(), p, size)
+        diff = attention_map(fs, p, size) - t_map
         term = diff.pow(2).mean()
         total = term if total is None else total + term
     assert total is not None
@@ -148,8 +169,19 @@ class AttentionTransfer(KD):
         terms = super().forward(batch, student, teacher)
         assert teacher is not None
         names = list(self.pairs.items())
-        terms["at"] = at_loss([student.features[s] for s, _ in names], [teacher.features[t] for _, t in names], self.p, names)
+        teachers = [teacher.features[t] for _, t in names]
+        # 3-D: the energy maps of teacher_signal (4-D features never come out of it as 3-D)
+        terms["at"] = at_loss([student.features[s] for s, _ in names], teachers, self.p, names,
+                              teacher_energy=all(t.dim() == 3 for t in teachers))
         return terms
+
+    def teacher_signal(self, name: str, feature: Tensor) -> Tensor:
+        """The teacher's energy map (B, H, W): C times smaller than its feature, the same loss."""
+        _check_map(feature, f"teacher {name!r}")  # a 3-D input would later read as an energy map
+        return energy_map(feature, self.p)
+
+    def teacher_signal_form(self, name: str) -> str:
+        return f"at-energy-p{self.p:g}"
 
     def term_weights(self) -> Dict[str, float]:
         return {"hard": self.hard_weight, "soft": self.soft_weight, "at": self.at_weight}

@@ -96,6 +96,8 @@ class Batch:
     x: Tensor
     y: Tensor
     index: Optional[Tensor] = None
+    #: which replayable view of each sample ``x`` is (:mod:`kdlab.data.views`), when the run replays stored views
+    view: Optional[Tensor] = None
 
 
 @dataclass
@@ -143,6 +145,18 @@ class Distiller(nn.Module):
     def build(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> None:
         """Create shape-dependent parts from one probe batch (default: one forward creates them)."""
         self(batch, student, teacher)
+
+    def teacher_signal(self, name: str, feature: Tensor) -> Tensor:
+        """The form of the teacher's feature ``name`` this method reads: the smallest that gives the same loss.
+
+        Every teacher source hands the method this form (the online teacher as well as the stored
+        teacher signal, which stores it), so both give the same loss. Default: the feature itself.
+        """
+        return feature
+
+    def teacher_signal_form(self, name: str) -> str:
+        """What :meth:`teacher_signal` computes, as a stable string (part of a signal store's key)."""
+        return "feature"
 
     def warmup_factors(self, epoch: int) -> Dict[str, float]:
         """The method's own factor per term at 1-based ``epoch`` (DKD's linear warm-up, FitNets' hint-only

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 from torch import Tensor, nn
 
 from ..config import Recipe
+from ..data.augment import AugmentConfig
 from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
@@ -204,9 +205,7 @@ def compare(
     if recipe.distill.transfer.active:
         raise ConfigError("kdlab compare trains every student on the same training set, so distill.transfer is not "
                           "supported here; use kdlab distill (or kdlab reproduce) for a transfer-set student")
-    if recipe.augment:
-        raise ConfigError("kdlab compare shares one set of cached teacher logits, which augmented batches cannot use; "
-                          "remove the recipe's augment section (or use kdlab distill per setting)")
+    augmented = AugmentConfig.from_dict(recipe.augment).enabled
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()
     data = data or prepare_data(recipe)
@@ -214,17 +213,19 @@ def compare(
     # builds every variant's method, so a bad method section fails here, before the teacher trains
     placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
     # staged variants train one by one: the batched step shares one optimizer with the scratch students
-    single = [v for v in variants if not _batchable(_method(recipe, v, by_method), data, placeholder)
+    single = [v for v in variants if augmented or not _batchable(_method(recipe, v, by_method), data, placeholder)
               or (recipe.distill.stages and v != SCRATCH)]
     if recipe.distill.stages:  # every staged variant's terms are checked before the teacher trains
         for v in single:
             check_stages(recipe.distill.stages, _method(recipe, v, by_method))
     if batched and single:
-        why = "the recipe has distill.stages" if recipe.distill.stages else "it has no closed form"
+        why = ("the batches are augmented (students read the stored teacher signal)" if augmented else
+               "the recipe has distill.stages" if recipe.distill.stages else "it has no closed form")
         raise ConfigError(f"cannot train the students batched: {', '.join(single)} trains one by one ({why}); drop --batched")
     cached = cached_teacher(recipe, data, teacher_cache, progress, log, train=run_teacher, load=load_teacher)
     log(cached.describe())
-    logits = cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
+    # the shared training-set logits (un-augmented studies); augmented students read the stored signal
+    logits = None if augmented else cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
     probe = build_role_model(recipe, "student", data)
     blocker = grid_blocker(probe) or grid_train_blocker(recipe.student.train)
@@ -235,11 +236,16 @@ def compare(
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
     elif use_batch and single:
-        notes.append(f"{', '.join(single)} trained one by one ({'staged' if recipe.distill.stages else 'no closed form to batch'}); "
-                     "the others batched")
+        if augmented:
+            notes.append("students trained one by one: the batches are augmented, and every student reads the same "
+                         "replayed views and the stored teacher signal of the study")
+        else:
+            why = "staged" if recipe.distill.stages else "no closed form to batch"
+            notes.append(f"{', '.join(single)} trained one by one ({why}); the others batched")
     batch_variants = [v for v in variants if v not in single] if use_batch else []
     cfg = recipe.student.train
     runs: Dict[tuple, StudentRun] = {}
+    stores: Dict[str, Dict[str, Any]] = {}  # the stored teacher signals the study read
     tb_names = [f"{v}-seed{s}" for s in seed_list for v in batch_variants]  # seed-major, like the batched records
 
     def tensorboard(names: List[str]):
@@ -260,16 +266,27 @@ def compare(
             t0 = time.perf_counter()
             method = _method(recipe, v, by_method)
             needs = method.needs
-            # logits alone: the shared logits; members, features or indices: the teacher itself
-            shared = needs.teacher and needs.logits_only and not needs.teacher_members
+            # logits alone on plain batches: the shared logits; else the teacher, read from the study's
+            # stored teacher signal (one store per set of signals, the same views for every seed and variant)
+            shared = needs.teacher and needs.logits_only and not needs.teacher_members and not augmented
             r = train_role(
                 recipes[s], "student", v, data, method, out=False, progress=progress,
                 teacher=cached.teacher if needs.teacher and not shared else None,
                 teacher_logits=logits if shared else None, callbacks=[tensorboard([f"{v}-seed{s}"])],
+                signal_cache=teacher_cache, signal_seed=recipe.seed,
             )
             f = r.fit
+            store = f.extra.get("teacher_signals")
+            if store is not None and store.get("path"):
+                stores.setdefault(store["path"], {"bytes": store["bytes"], "seconds": 0.0, "runs": 0})
+                stores[store["path"]]["runs"] += 1
+                stores[store["path"]]["seconds"] += store["compute_seconds"]
             runs[(v, s)] = StudentRun(v, s, f.history, f.step_losses, f.best_epoch, f.best_metric, time.perf_counter() - t0)
             log(f"{v} seed {s}: final test acc {100 * r.final_acc:.2f}%")
+    for path, info in stores.items():
+        notes.append(f"teacher signal store {Path(path).name}: {info['bytes'] / 1e6:.1f} MB, "
+                     f"{'computed in ' + format(info['seconds'], '.1f') + ' s' if info['seconds'] else 'reused from an earlier run'}, "
+                     f"read by {info['runs']} student run(s)")
     if target_acc is None:
         target_acc = summarize([runs[(SCRATCH, s)].final_acc for s in seed_list]).mean
     teacher_info = {"path": str(cached.path), "reused": cached.hit, "test_acc": cached.test_acc}

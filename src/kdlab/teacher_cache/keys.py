@@ -54,7 +54,7 @@ def _weights_config(role: Dict[str, Any], device: str) -> Dict[str, Any]:
         train["precision"] = precision_name(autocast_dtype("auto", resolve_device(device)))
     train = {k: v for k, v in train.items()
              if k != "tensorboard" and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])}
-    role = {k: v for k, v in role.items() if not (k == "augment" and not v)}  # added later: absent when off
+    role = {k: v for k, v in role.items() if not (k == "augment" and not v)}  # added later: absent when empty
     return {**role, "train": train}
 
 

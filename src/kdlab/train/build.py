@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TrainConfig
-from ..data import BatchIndexer, DatasetSplits
+from ..data import BatchIndexer, DatasetSplits, data_fingerprint
+from ..data.views import views_fact
 from ..data.loaders import LoaderSplits, loader_batches
 from ..methods.base import Batch, Distiller, RunContext
 from ..teacher import FrozenTeacher
@@ -24,7 +25,8 @@ from .constraints import attach_max_norm
 from .optim import OPTIMIZERS, build_scheduler
 from .precision import Precision
 from .processes import current_processes, refuse_batched
-from .sources import CachedLogits, NoTeacher, per_batch_source, source_facts, tabulated_source
+from .sources import CachedLogits, NoTeacher, OnlineTeacher, per_batch_source, source_facts, tabulated_source
+from .stored import SignalsPlan, stored_source
 from .steps.autograd import Augment, AutogradStep
 from .steps.closed_form import ClosedFormStep
 from .steps.grid import GridStep
@@ -50,6 +52,7 @@ def build_trainer(
     device: Optional[torch.device] = None,
     weight_plan: Any = None,
     steps: str = "auto",
+    signals: Optional[SignalsPlan] = None,
 ) -> Trainer:
     """The trainer of ``model`` with ``method`` on ``data`` for ``cfg.epochs`` epochs.
 
@@ -57,6 +60,9 @@ def build_trainer(
     are precomputed training-set logits that spare the teacher's forward (studies share them).
     ``augment(x, y, generator)`` transforms each batch (the teacher then runs online).
     ``steps="autograd"`` insists on the autograd step (the planner chooses otherwise).
+    ``signals`` (a :class:`~kdlab.train.stored.SignalsPlan`): when the teacher would run on every
+    batch, run it once per stored view instead and train from the store (``augment`` is then unused:
+    the batches are the plan's replayable views).
     """
     if device is not None:
         for part in (model, method, teacher):
@@ -71,7 +77,8 @@ def build_trainer(
     processes.check(method, n_train if loaders is None else None, cfg.batch_size)
     students = OneStudent(model, method, data, cfg.eval_batch_size, device)
     in_memory = loaders is None
-    tabulate = in_memory and augment is None
+    augmented = augment is not None or (signals is not None and signals.views.cfg.enabled)
+    tabulate = in_memory and not augmented
     # the teacher's logits first, as one pass (each process a share): nothing random runs in it
     tabulated = tabulated_source(method, teacher, teacher_logits, tabulate=tabulate,
                                  x=None if loaders is not None else data.train.x,  # type: ignore[union-attr]
@@ -96,8 +103,22 @@ def build_trainer(
     precision = Precision(cfg.precision, dev, bool(getattr(cfg, "channels_last", False)), bool(cfg.flush_denormal))
     precision.prepare(model, source)
     train = data.train if in_memory else None
+    replay = None
+    if signals is not None and in_memory and isinstance(source, NoTeacher) and signals.views.cfg.enabled:
+        replay, augment = signals.views, None  # a study's scratch student sees the distilled students' views
+        source_reason = f"{source_reason}; the batches replay {signals.views.views} stored view(s) per sample"
+    elif signals is not None and not signals.store and in_memory and isinstance(source, OnlineTeacher):
+        replay, augment = signals.views, None
+        source_reason = f"{source_reason}; replaying {signals.views.views} stored view(s) per sample with the teacher online"
+    elif signals is not None:
+        stored, why = _stored(signals, method, source, data, in_memory, precision, device)
+        if stored is not None:
+            source.close()
+            source, source_reason, replay, augment = stored, why, signals.views, None
+        elif why:
+            source_reason = f"{source_reason}; {why}"
     choice = plan_step(method, model, source, precision, train=train, num_classes=data.num_classes, in_memory=in_memory,
-                       augmented=augment is not None, accumulate=cfg.accumulate_steps, force=steps)
+                       augmented=augmented, accumulate=cfg.accumulate_steps, force=steps)
     if choice.fast is not None:
         step: Any = ClosedFormStep(students=students, method=method, fast=choice.fast, train=train, indexer=indexer,
                                    optimizer=optimizer, params=params, clip=cfg.grad_clip, processes=processes,
@@ -107,11 +128,25 @@ def build_trainer(
                             optimizer=optimizer, params=params, clip=cfg.grad_clip, accumulate=cfg.accumulate_steps,
                             batch_size=cfg.batch_size, indexer=indexer, train=train,
                             loader=loaders.train if loaders is not None else None, device=device,
-                            augment=augment, augment_rng=augment_rng)
+                            augment=augment, augment_rng=augment_rng, replay=replay)
     choices = {"step": choice.kind, "step_reason": choice.reason, **source_facts(source, source_reason)}
+    if replay is not None:
+        store = getattr(source, "store", None)
+        choices["teacher_signals"] = {**(store.facts() if store is not None else {"store": None}),
+                                      "views_note": views_fact(replay, cfg.epochs)}
     return Trainer(students=students, step=step, source=source, precision=precision, processes=processes,
                    optimizer=optimizer, scheduler=scheduler, cfg=cfg, weight_plan=weight_plan, callbacks=callbacks,
                    indexer=indexer, augment_rng=augment_rng, data=data, choices=choices)
+
+
+def _stored(plan: SignalsPlan, method: Distiller, source: Any, data: Any, in_memory: bool, precision: Precision,
+            device: Optional[torch.device]) -> "tuple[Any, str]":
+    """The stored-signal source that replaces an online teacher, with the reason; (None, why not)."""
+    if not isinstance(source, OnlineTeacher):
+        return None, ""  # no teacher, cached logits or the method's own EMA: nothing to store
+    if not in_memory:
+        return None, "no stored signal: batches come from a DataLoader, so their views cannot be replayed"
+    return stored_source(plan, method, source, data.train, data_fingerprint(data), precision, device)
 
 
 def grid_train_blocker(cfg: TrainConfig) -> Optional[str]:

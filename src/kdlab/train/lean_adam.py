@@ -15,6 +15,17 @@ from typing import Any, Callable, Optional
 import torch
 
 
+_ONES: dict = {}
+
+
+def _one(step: torch.Tensor) -> torch.Tensor:
+    """A cached 0-dim 1 of ``step``'s dtype and device."""
+    key = (step.dtype, step.device)
+    if key not in _ONES:
+        _ONES[key] = torch.ones((), dtype=step.dtype, device=step.device)
+    return _ONES[key]
+
+
 def _lean_step(opt: torch.optim.Optimizer, decoupled: bool) -> bool:
     kernel = getattr(torch, "_fused_adamw_" if decoupled else "_fused_adam_", None)
     if kernel is None:
@@ -31,7 +42,8 @@ def _lean_step(opt: torch.optim.Optimizer, decoupled: bool) -> bool:
             return False
         steps = [s["step"] for s in states]
         lr = group["lr"]
-        torch._foreach_add_(steps, 1)
+        for step in steps:  # a 0-dim tensor operand: adding the int 1 would wrap it in a new tensor each time
+            step.add_(_one(step))
         beta1, beta2 = group["betas"]
         kernel(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [], steps,

@@ -73,6 +73,8 @@ class RunSpec:
     desc: str = "train"
     device: Optional[torch.device] = None
     steps: str = "auto"
+    #: train from a stored teacher signal where the teacher would run on every batch (kdlab.train.stored)
+    signals: Any = None
 
 
 def run(spec: RunSpec) -> List[FitResult]:
@@ -93,7 +95,7 @@ def run(spec: RunSpec) -> List[FitResult]:
     trainer = build_trainer(spec.model, spec.method, spec.data, spec.train, seed=spec.seed, teacher=spec.teacher,
                             teacher_logits=spec.teacher_logits if spec.augment is None else None, augment=spec.augment,
                             callbacks=[*spec.callbacks, shares],  # loss shares before the records are written
-                            device=spec.device, weight_plan=spec.weight_plan, steps=spec.steps)
+                            device=spec.device, weight_plan=spec.weight_plan, steps=spec.steps, signals=spec.signals)
     try:
         run_dir = spec.run() if callable(spec.run) else spec.run
         if run_dir is not None:

@@ -9,6 +9,8 @@ which source they have:
   and batched steps tabulate its :attr:`~TeacherSource.table` instead of calling it per batch;
 * :class:`OnlineTeacher` — the frozen teacher runs on every (augmented) batch in eval mode under
   ``no_grad``, with forward hooks collecting the named features the method asked for;
+* :class:`StoredSignals` — the teacher's outputs of every (sample, replayable view), computed once
+  into a signal store (:mod:`kdlab.teacher_cache.signals`) and read by index and view;
 * :class:`EmaTeacher` — the student's own exponential moving average, kept by the method.
 """
 
@@ -78,8 +80,9 @@ class OnlineTeacher(TeacherSource):
     kind = "online"
     runs_per_batch = True
 
-    def __init__(self, teacher: Any, features: Sequence[str] = (), members: bool = False) -> None:
-        self.teacher, self.members = teacher, members
+    def __init__(self, teacher: Any, features: Sequence[str] = (), members: bool = False,
+                 signal: Optional[Callable[[str, Tensor], Tensor]] = None) -> None:
+        self.teacher, self.members, self.signal = teacher, members, signal
         self.model = getattr(teacher, "model", None)
         if features and self.model is None:
             raise ValueError("features need the teacher model itself, not a logits signal")
@@ -87,7 +90,11 @@ class OnlineTeacher(TeacherSource):
 
     def outputs(self, batch: Batch) -> Optional[Outputs]:
         logits = self.teacher.member_logits(batch.x) if self.members else self.teacher(batch.x)
-        return Outputs(logits, self.tap.outputs() if self.tap is not None else {})
+        feats = self.tap.outputs() if self.tap is not None else {}
+        if self.signal is not None:  # the form the method reads (what a signal store holds)
+            with torch.no_grad():
+                feats = {name: self.signal(name, f) for name, f in feats.items()}
+        return Outputs(logits, feats)
 
     def use_channels_last(self) -> None:
         if hasattr(self.teacher, "use_channels_last"):
@@ -96,6 +103,30 @@ class OnlineTeacher(TeacherSource):
     def close(self) -> None:
         if self.tap is not None:
             self.tap.remove()
+
+
+class StoredSignals(TeacherSource):
+    """The teacher's outputs of each (sample, view), read from a signal store: no teacher forward.
+
+    The batch carries its sample indices and views (the step replays the stored views). The store
+    holds ``logits`` and ``feature:<module>`` arrays (:func:`signal_names`).
+    """
+
+    kind = "stored signals"
+
+    def __init__(self, store: Any, features: Sequence[str], model: Optional[nn.Module] = None) -> None:
+        self.store, self.features, self.model = store, tuple(features), model
+
+    def outputs(self, batch: Batch) -> Optional[Outputs]:
+        assert batch.index is not None and batch.view is not None, "stored signals are read by sample index and view"
+        rows = self.store.rows(batch.index, batch.view)
+        dtype = torch.float32
+        return Outputs(rows["logits"].to(dtype), {name: rows[f"feature:{name}"].to(dtype) for name in self.features})
+
+
+def signal_names(features: Sequence[str]) -> list:
+    """The arrays a signal store holds for a method reading ``features``."""
+    return ["logits", *(f"feature:{name}" for name in features)]
 
 
 class EmaTeacher(TeacherSource):
@@ -145,7 +176,7 @@ def per_batch_source(method: Distiller, student: nn.Module, teacher: Any) -> "tu
         raise ValueError("features or augmented batches need the teacher model itself, not cached logits")
     why = ("the method reads intermediate features" if not needs.logits_only else
            "the batches are augmented or come from a DataLoader: the teacher must see each one")
-    return OnlineTeacher(teacher, needs.teacher_features, needs.teacher_members), why
+    return OnlineTeacher(teacher, needs.teacher_features, needs.teacher_members, method.teacher_signal), why
 
 
 def source_facts(source: TeacherSource, reason: str) -> Dict[str, Any]:

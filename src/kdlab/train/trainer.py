@@ -138,7 +138,7 @@ class Trainer:
     def train_epoch(self) -> Tensor:
         """One epoch of steps; returns the loss rows, (steps, 1 + terms) (a grid: (steps, V, S, width))."""
         step = self.step
-        items, total = step.epoch()
+        items, total = step.epoch(self.epoch + 1)  # the epoch being trained (1-based; resume-safe)
         rows = [step(item) for item in self.callbacks.wrap_steps(self, items, total)]
         step.finish()
         return torch.stack(rows).float()
@@ -182,7 +182,10 @@ class Trainer:
                     self.weight_plan.release(self.methods)  # handed back as configured
                 finally:
                     self.close()
-        return self.students.results(self.histories, self.step_rows, self.best_epoch, self.best_metric)
+        results = self.students.results(self.histories, self.step_rows, self.best_epoch, self.best_metric)
+        for r in results:  # what a study reports of its teacher side
+            r.extra.update({k: self.choices[k] for k in ("teacher_source", "teacher_signals") if k in self.choices})
+        return results
 
     def _epoch(self, epoch: int) -> None:
         self.callbacks.on_epoch_start(self, epoch)

@@ -70,3 +70,20 @@ def test_trainer_runs_equal_with_and_without_autograd(digits, monkeypatch):
     assert losses == plain_losses
     for k in plain:
         assert torch.equal(chained[k], plain[k]), k
+
+
+def test_native_relu_backward_and_its_public_fallback_agree():
+    """The ATen kernel and the masked_fill fallback give identical gradients, zeros included."""
+    torch.manual_seed(1)
+    out = torch.randn(64, 9).relu()
+    out[:, 3] = 0.0
+    grad = torch.randn(64, 9)
+    native = chain.relu_backward(grad.clone(), out)
+    fallback = chain._masked_relu_backward(grad.clone(), out)
+    assert torch.equal(native, fallback)
+    assert torch.count_nonzero(native[:, 3]) == 0
+
+
+def test_chain_uses_the_fallback_when_the_native_kernel_is_missing(monkeypatch):
+    monkeypatch.setattr(torch.ops, "aten", object())  # a build without aten ops exposed
+    assert chain._native_relu_backward() is chain._masked_relu_backward

@@ -31,18 +31,21 @@ class AutogradStep:
                  processes: OneProcess, optimizer: torch.optim.Optimizer, params: List[nn.Parameter],
                  clip: Optional[float], accumulate: int, batch_size: int, indexer: Any = None, train: Any = None,
                  loader: Any = None, device: Optional[torch.device] = None, augment: Optional[Augment] = None,
-                 augment_rng: Optional[torch.Generator] = None) -> None:
+                 augment_rng: Optional[torch.Generator] = None, replay: Any = None) -> None:
         self.students, self.method, self.source, self.precision, self.processes = students, method, source, precision, processes
         self.optimizer, self.params, self.clip = optimizer, params, clip
         self.accumulate, self.nominal = accumulate, batch_size * accumulate
         self.indexer, self.train, self.loader, self.device = indexer, train, loader, device
         self.augment, self.augment_rng = augment, augment_rng
+        self.replay = replay  # kdlab.data.views.ReplayViews: each batch is its samples' stored views
         self.micro = self.seen = 0
+        self.number = 0
 
-    def epoch(self) -> Tuple[Iterable[Tuple[Tensor, Tensor, Optional[Tensor]]], Optional[int]]:
-        """This epoch's (x, y, sample indices) and how many there are (None: a loader without a length)."""
+    def epoch(self, number: int = 0) -> Tuple[Iterable[Tuple[Tensor, ...]], Optional[int]]:
+        """Epoch ``number``'s (x, y, sample indices[, views]) and how many there are (None: a loader without a length)."""
         self.students.model.train()
         self.micro = self.seen = 0
+        self.number = number
         if self.loader is not None:
             try:
                 total: Optional[int] = len(self.loader)
@@ -51,19 +54,24 @@ class AutogradStep:
             return loader_batches(self.loader, self.device), total
         return self._indexed(), len(self.indexer)
 
-    def _indexed(self) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
-        X, Y = self.train.x, self.train.y
+    def _indexed(self) -> Iterator[Tuple[Tensor, ...]]:
+        X, Y, replay = self.train.x, self.train.y, self.replay
         for idx in self.indexer.epoch():
             idx = idx.to(X.device)
-            yield X.index_select(0, idx), Y.index_select(0, idx), idx
+            if replay is not None:
+                view = replay.view_of(self.number, idx)
+                yield (*replay(X, Y, idx, view), idx, view)
+            else:
+                yield X.index_select(0, idx), Y.index_select(0, idx), idx
 
-    def __call__(self, item: Tuple[Tensor, Tensor, Optional[Tensor]]) -> Tensor:
-        xb, yb, idx = item
+    def __call__(self, item: Tuple[Tensor, ...]) -> Tensor:
+        xb, yb, idx = item[:3]
+        view = item[3] if len(item) > 3 else None
         if self.augment is not None:
             xb, yb = self.augment(xb, yb, self.augment_rng)  # type: ignore[arg-type]
         precision, method = self.precision, self.method
         xb = precision.inputs(xb)
-        batch = Batch(xb, yb, idx)
+        batch = Batch(xb, yb, idx, view)
         with precision.autocast():
             student, teacher = self.students.outputs(xb), self.source.outputs(batch)
         student, teacher = precision.fp32(student), precision.fp32(teacher)
@@ -91,7 +99,9 @@ class AutogradStep:
         fraction = self.processes.sync(self.params, self.indexer, self.accumulate, fraction)
         self.precision.unscale(self.optimizer)
         if fraction != 1.0:
-            torch._foreach_div_([p.grad for p in self.params if p.grad is not None], fraction)
+            for p in self.params:  # once per short group: a plain loop, no private foreach API
+                if p.grad is not None:
+                    p.grad.div_(fraction)
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.precision.step(self.optimizer)

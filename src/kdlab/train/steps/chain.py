@@ -14,6 +14,25 @@ from torch import Tensor, nn
 from ...models.chain import Layer, linear_chain
 
 
+def _masked_relu_backward(grad: Tensor, relu_output: Tensor) -> Tensor:
+    return grad.masked_fill_(relu_output == 0, 0.0)
+
+
+def _native_relu_backward() -> Callable[[Tensor, Tensor], Tensor]:
+    """ATen's ``threshold_backward`` (the op autograd runs for ReLU) when this torch build has it.
+
+    One kernel instead of a comparison, a scalar conversion and a fill; the public-API form is the
+    fallback (tests check the two agree).
+    """
+    op = getattr(getattr(torch.ops, "aten", None), "threshold_backward", None)
+    if op is None:
+        return _masked_relu_backward
+    return lambda grad, relu_output: op(grad, relu_output, 0.0)
+
+
+relu_backward = _native_relu_backward()
+
+
 class ChainStep:
     """Forward and backward of a :func:`~kdlab.models.chain.linear_chain` model without building an autograd graph.
 
@@ -55,5 +74,5 @@ class ChainStep:
             if i:
                 g = g.mm(weight)
                 if self.layers[i - 1][2]:  # ReLU backward: zero where the ReLU's output was zero
-                    g = g.masked_fill_(inputs[i] == 0, 0.0)
+                    g = relu_backward(g, inputs[i])
         return values

@@ -31,7 +31,7 @@ class ClosedFormStep:
         self.kind = "autograd-free chain" if chain is not None else "closed form"
         self.n_values = 1 + len(method.term_weights())
 
-    def epoch(self) -> Tuple[Iterable[Tensor], int]:
+    def epoch(self, number: int = 0) -> Tuple[Iterable[Tensor], int]:
         self.students.model.train()
         self.fast.prepare_for(self.method)  # re-tabulates when T or a weight moved
         return self.indexer.epoch(), len(self.indexer)

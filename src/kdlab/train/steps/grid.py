@@ -48,7 +48,7 @@ class GridStep:
         self.any_autograd = any(f is None for f in self.fast)
         self.kind = "batched grid (grouped matmuls)" if grid.grouped else "batched grid (vmap)"
 
-    def epoch(self) -> Tuple[Iterable[Tuple[Tensor, ...]], int]:
+    def epoch(self, number: int = 0) -> Tuple[Iterable[Tuple[Tensor, ...]], int]:
         for f, m in zip(self.fast, self.grid.methods):
             if f is not None:
                 f.prepare_for(m)

@@ -1,0 +1,115 @@
+"""Speed: a student epoch reading the stored teacher signal vs the teacher online, per method, on mnist-cnn.
+
+Methods: Hinton KD with crop+flip, FitNets (features.5 ↔ features.5), AT (features.2 ↔ features.2),
+RKD and CRD (penultimate embeddings), each on the ``mnist-cnn`` pair, batch 32, Adam 1e-4, on the
+first ``--images`` training images. The reference is the cached-logit Hinton epoch (no
+augmentation), the fastest path kdlab has. Each method's store is computed once before timing
+(its one-time cost is printed apart); then the online and the stored epoch alternate, ``--reps``
+times, in this one process. Also the store's one-time cost and size for Hinton crop+flip at
+V = 1, 4, 16.
+
+    python benchmarks/stored_signals.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kdlab.pipeline import prepare_data, run_distill
+from kdlab.recipes import load_recipe
+from kdlab.data.augment import AugmentConfig
+from kdlab.data.views import ReplayViews
+from kdlab.models import build_model
+from kdlab.teacher import FrozenTeacher
+from kdlab.teacher_cache.signals import signal_store
+
+METHODS = {
+    "hinton crop+flip": ["augment.crop=2", "augment.flip=true"],
+    "fitnets": ["distill.method=fitnets", "distill.fitnets.pairs={features.5: features.5}", "distill.fitnets.weight=100"],
+    "at": ["distill.method=at", "distill.at.pairs={features.2: features.2}"],
+    "rkd": ["distill.method=rkd"],
+    "crd": ["distill.method=crd"],
+}
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=None, help="folder with mnist/ (default: $KDLAB_DATA_DIR)")
+    ap.add_argument("--images", type=int, default=12800, help="training images per epoch")
+    ap.add_argument("--reps", type=int, default=2, help="timed epochs per side and method")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    data_dir = args.data_dir or os.environ.get("KDLAB_DATA_DIR")
+    base = [f"dataset.data_dir={json.dumps(str(data_dir))}", "student.train.epochs=1"] if data_dir else ["student.train.epochs=1"]
+    cache = Path(tempfile.mkdtemp(prefix="kdlab-signals-bench-"))
+    recipe0 = load_recipe("mnist-cnn", base)
+    data = prepare_data(recipe0)
+    data.train = data.train.subset(torch.arange(args.images))
+    torch.manual_seed(0)
+    teacher = build_model("cnn", data.in_shape, data.num_classes, {"channels": [64, 256]})  # speed only: untrained is fine
+    frozen = FrozenTeacher(teacher)
+    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
+          f"{args.images} images per epoch", flush=True)
+
+    def epoch(extra, online):
+        r = load_recipe("mnist-cnn", base + extra)
+        res = run_distill(r, frozen, data=data, out=False, progress=False, teacher_cache=cache, teacher_online=online)
+        return res.fit.history[0]["train_seconds"], res.fit.extra
+
+    results = {"host": cpu_name(), "torch": torch.__version__, "images": args.images, "methods": {}}
+    cached = [epoch([], False)[0] for _ in range(args.reps)]
+    results["cached hinton"] = cached
+    print(f"cached-logit Hinton epoch: {statistics.median(cached):.2f} s", flush=True)
+    for name, extra in METHODS.items():
+        t0 = time.perf_counter()
+        _, facts = epoch(extra, False)  # computes the store (not timed as an epoch)
+        store = facts.get("teacher_signals", {})
+        once = time.perf_counter() - t0
+        pairs = [(epoch(extra, True)[0], epoch(extra, False)[0]) for _ in range(args.reps)]
+        on, st = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        results["methods"][name] = {"online": [p[0] for p in pairs], "stored": [p[1] for p in pairs],
+                                    "store_bytes": store.get("bytes"), "store_seconds": store.get("compute_seconds"),
+                                    "first_run_seconds": once}
+        print(f"{name}: online {on:.2f} s, stored {st:.2f} s ({on / st:.1f}x), {st / statistics.median(cached):.2f}x the "
+              f"cached-logit epoch; store {store.get('bytes', 0) / 1e6:.1f} MB computed in {store.get('compute_seconds', 0):.1f} s",
+              flush=True)
+    X, Y = data.train.x, data.train.y
+    results["store_cost"] = {}
+    for v in (1, 4, 16):  # the one-time cost of Hinton crop+flip's store (logits only)
+        views = ReplayViews(AugmentConfig(crop=2, flip=True), seed=1000 + v, views=v, num_classes=data.num_classes,
+                            mean=data.info.get("mean"), std=data.info.get("std"))
+
+        def compute(index, view, views=views):
+            return {"logits": frozen(views(X, Y, index, view)[0])}
+
+        t0 = time.perf_counter()
+        store = signal_store(cache / "cost", {"bench": v}, samples=len(X), views=v, shapes={"logits": ((10,), "float32")},
+                             compute=compute, device=X.device, log=lambda m: None)
+        seconds = time.perf_counter() - t0
+        results["store_cost"][v] = {"seconds": seconds, "bytes": store.nbytes}
+        print(f"store, Hinton crop+flip, V={v}: {seconds:.1f} s once, {store.nbytes / 1e6:.1f} MB", flush=True)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

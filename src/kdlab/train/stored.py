@@ -1,0 +1,148 @@
+"""The stored teacher signal as a teacher source: the plan a run is given, and the store built from it.
+
+When a run's teacher would run on every batch (augmented batches, feature methods), the builder
+can be handed a :class:`SignalsPlan`: the replayable views of the training set
+(:class:`~kdlab.data.views.ReplayViews`) and a function that opens or computes a signal store
+(:func:`kdlab.teacher_cache.signals.signal_store`, bound to the cache folder by the caller, so this
+layer imports nothing above it). The online teacher then runs once per (sample, view), into the
+store, in the form the method reads (:meth:`~kdlab.methods.base.Distiller.teacher_signal`), and
+every student step reads its teacher side from the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..methods.base import Batch, Distiller
+from .precision import Precision
+from .sources import OnlineTeacher, StoredSignals, signal_names
+
+#: Features with at most this many numbers per sample are stored in float32, larger ones in bfloat16
+#: (``feature_dtype: auto``): small signals cost nothing to keep exact, large ones halve the store.
+EXACT_UP_TO = 4096
+FEATURE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class TeacherSignalsConfig:
+    """The recipe's ``teacher_signals:`` section (every key optional).
+
+    ``views``: stored views per training sample when the batches are augmented (un-augmented
+    batches need one; capped at the run's epochs, since more would never be read); ``dtype``:
+    how features are stored (``auto``: float32 up to 4,096 numbers per sample, else bfloat16);
+    ``max_gb``: the largest store kdlab may write; ``online: true`` keeps the teacher online
+    (as ``--teacher-online``). Without the section, the store is used whenever it applies and
+    fits ``max_gb``; a store that does not fit then keeps the teacher online, with the reason.
+    """
+
+    views: int = 8
+    dtype: str = "auto"
+    max_gb: float = 20.0
+    online: bool = False
+    given: bool = False  # the recipe has the section (a store that does not fit is then an error)
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]], where: str = "teacher_signals") -> "TeacherSignalsConfig":
+        if data is None or data == {}:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a mapping like {{views: 8}}, got {data!r}")
+        accepted = ("views", "dtype", "max_gb", "online")
+        for key in data:
+            if key not in accepted:
+                raise ConfigError(f"{where}.{key}: unknown key; accepted: {', '.join(accepted)}")
+        cfg = cls(**dict(data), given=True)
+        if isinstance(cfg.views, bool) or not isinstance(cfg.views, int) or cfg.views < 1:
+            raise ConfigError(f"{where}.views: stored views per sample must be an integer >= 1 (e.g. 8), got {cfg.views!r}")
+        if cfg.dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"{where}.dtype: choose one of {', '.join(FEATURE_DTYPES)}, got {cfg.dtype!r}")
+        if isinstance(cfg.max_gb, bool) or not isinstance(cfg.max_gb, (int, float)) or not (0 < cfg.max_gb < math.inf):
+            raise ConfigError(f"{where}.max_gb: the store's size limit in GB must be a positive number, got {cfg.max_gb!r}")
+        if not isinstance(cfg.online, bool):
+            raise ConfigError(f"{where}.online: must be true or false, got {cfg.online!r}")
+        return cfg
+
+    def views_for(self, augmented: bool, epochs: int) -> int:
+        """Views to store: one for un-augmented batches, else ``views`` capped at the epochs."""
+        return min(self.views, max(int(epochs), 1)) if augmented else 1
+
+
+@dataclass
+class SignalsPlan:
+    """What a run needs to train from a stored teacher signal."""
+
+    views: Any  # kdlab.data.views.ReplayViews
+    #: (key, samples=, views=, shapes=, compute=, device=, batch_size=) -> a store (``signal_store`` bound to a folder)
+    open_store: Callable[..., Any]
+    feature_dtype: str = "auto"
+    #: True when the user asked for the store: a store that does not fit is then an error, not a fallback
+    explicit: bool = False
+    batch_size: int = 256
+    #: False: replay the same views but keep the teacher online (what the store must equal; tests and checks)
+    store: bool = True
+
+    def __post_init__(self) -> None:
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"teacher_signals.dtype: choose one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
+
+
+def model_digest(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names, dtypes, shapes, bytes): the teacher's identity."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _dtype(plan: SignalsPlan, name: str, shape: Tuple[int, ...]) -> str:
+    if name == "logits" or plan.feature_dtype == "float32":
+        return "float32"
+    if plan.feature_dtype == "bfloat16":
+        return "bfloat16"
+    return "float32" if math.prod(shape) <= EXACT_UP_TO else "bfloat16"
+
+
+def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, train: Any, fingerprint: str,
+                  precision: Precision, device: Optional[torch.device]) -> Tuple[Optional[StoredSignals], str]:
+    """The stored signal of ``online``'s teacher on ``plan.views`` of ``train``, with the reason; (None, why not)
+    when the store would not fit and the user did not ask for it (the teacher then stays online)."""
+    X, Y, views = train.x, train.y, plan.views
+    features = online.tap.names if online.tap is not None else ()
+    names = signal_names(features)
+
+    def compute(index: Tensor, view: Tensor) -> Dict[str, Tensor]:
+        x, y = views(X, Y, index, view)
+        xb = precision.inputs(x)
+        with torch.no_grad(), precision.autocast():
+            out = online.outputs(Batch(xb, y, index, view))
+        assert out is not None
+        return {"logits": out.logits.float(), **{f"feature:{n}": out.features[n].float() for n in features}}
+
+    dev = X.device
+    probe = compute(torch.arange(min(2, len(X)), device=dev), torch.zeros(min(2, len(X)), dtype=torch.long, device=dev))
+    shapes = {k: (tuple(t.shape[1:]), _dtype(plan, k, tuple(t.shape[1:]))) for k, t in probe.items()}
+    key = {"format": 1, "teacher": model_digest(online.model) if online.model is not None else None,
+           "data": fingerprint, "views": views.describe(), "members": online.members,
+           "precision": str(precision.dtype) if precision.dtype is not None else "fp32",
+           "signals": {k: {"form": "logits" if k == "logits" else method.teacher_signal_form(k.split(":", 1)[1]),
+                           "dtype": shapes[k][1]} for k in names}}
+    try:
+        store = plan.open_store(key, samples=len(X), views=views.views, shapes=shapes, compute=compute,
+                                device=dev, batch_size=plan.batch_size)
+    except ConfigError as exc:
+        if plan.explicit:
+            raise
+        return None, f"the teacher runs online: {exc}"
+    how = "computed now" if store.computed else "reused"
+    why = (f"teacher signal store ({how}, {store.nbytes / 1e6:.1f} MB): {views.views} view(s) per sample, "
+           "read by index and view; no teacher forward in a step")
+    return StoredSignals(store, features, online.model), why

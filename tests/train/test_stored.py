@@ -1,0 +1,107 @@
+"""Training from the stored teacher signal equals training with the teacher online on the same views.
+
+Same views, same seeds: the store (float32) and the online teacher give the same losses and
+weights to float tolerance; with bfloat16 feature storage, to the tolerance 8 mantissa bits imply.
+"""
+
+import functools
+
+import pytest
+import torch
+
+from kdlab.config import DistillConfig, TrainConfig
+from kdlab.data import DatasetSplits, TensorData
+from kdlab.data.augment import AugmentConfig
+from kdlab.data.views import ReplayViews
+from kdlab.errors import ConfigError
+from kdlab.methods.registry import build_method
+from kdlab.models import build_model
+from kdlab.teacher import FrozenTeacher
+from kdlab.teacher_cache.signals import signal_store
+from kdlab.train.build import build_trainer
+from kdlab.train.stored import SignalsPlan, TeacherSignalsConfig
+
+
+def _data(n=48):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
+    return DatasetSplits("toy", TensorData(x, y), TensorData(x[:16], y[:16]), list("abcde"))
+
+
+def _teacher():
+    torch.manual_seed(1)
+    return build_model("cnn", (1, 8, 8), 5, {"channels": [6, 8]})
+
+
+METHODS = {
+    "hinton": ("hinton", None),
+    "fitnets": ("fitnets", {"pairs": {"features.5": "features.5"}, "weight": 1.0}),
+    "at": ("at", {"pairs": {"features.2": "features.2"}}),
+    "rkd": ("rkd", None),
+    "crd": ("crd", {"feat_dim": 8, "negatives": 16}),
+}
+
+
+def _run(tmp_path, name, augment, store, dtype="float32", views=3, epochs=2):
+    data = _data()
+    method_name, params = METHODS[name]
+    method = build_method(method_name, DistillConfig(method=method_name), params)
+    torch.manual_seed(2)
+    student = build_model("cnn", (1, 8, 8), 5, {"channels": [4, 8]})
+    replay = ReplayViews(augment, seed=11, views=views, num_classes=5)
+    plan = SignalsPlan(replay, functools.partial(signal_store, tmp_path, log=lambda m: None), feature_dtype=dtype,
+                       explicit=True, store=store)
+    cfg = TrainConfig(epochs=epochs, batch_size=16)
+    trainer = build_trainer(student, method, data, cfg, seed=0, teacher=FrozenTeacher(_teacher()), signals=plan)
+    results = trainer.fit()
+    facts = trainer.run_facts()
+    trainer.close()
+    losses = [{k: v for k, v in h.items() if k.startswith("loss_") or k == "test_acc"} for h in results[0].history]
+    return losses, {k: v.detach().clone() for k, v in student.state_dict().items()}, facts
+
+
+CROP_FLIP = AugmentConfig(crop=2, flip=True)
+
+
+@pytest.mark.parametrize("name,augment", [
+    ("hinton", CROP_FLIP), ("hinton", AugmentConfig(mixup=0.4)), ("fitnets", CROP_FLIP), ("at", CROP_FLIP),
+    ("rkd", CROP_FLIP), ("crd", CROP_FLIP),
+])
+def test_store_equals_online_teacher_on_the_same_views(tmp_path, name, augment):
+    online_losses, online_w, online_facts = _run(tmp_path, name, augment, store=False)
+    stored_losses, stored_w, facts = _run(tmp_path, name, augment, store=True)
+    assert online_facts["teacher_source"] == "online"
+    assert facts["teacher_source"] == "stored signals"
+    for a, b in zip(stored_losses, online_losses):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    for k in online_w:
+        assert torch.allclose(stored_w[k], online_w[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_bfloat16_features_stay_within_what_8_mantissa_bits_imply(tmp_path):
+    """FitNets' hint reads the teacher feature; stored in bf16 each value moves by <= 2^-8 relative,
+    so the first epoch's loss moves by well under 1%."""
+    online, _, _ = _run(tmp_path, "fitnets", CROP_FLIP, store=False, epochs=1)
+    stored, _, facts = _run(tmp_path, "fitnets", CROP_FLIP, store=True, dtype="bfloat16", epochs=1)
+    assert facts["teacher_signals"]["signals"]["feature:features.5"]["dtype"] == "bfloat16"
+    assert stored[0]["loss_hint"] == pytest.approx(online[0]["loss_hint"], rel=1e-2)
+    assert stored[0]["loss_hint"] != online[0]["loss_hint"]  # bf16 storage did round the feature
+
+
+def test_the_store_is_reused_by_a_second_run_and_recorded(tmp_path):
+    _run(tmp_path, "at", CROP_FLIP, store=True, epochs=1)
+    _, _, facts = _run(tmp_path, "at", CROP_FLIP, store=True, epochs=1)
+    sig = facts["teacher_signals"]
+    assert sig["computed_here"] is False and sig["views"] == 3
+    assert sig["signals"]["feature:features.2"]["shape"] == [4, 4]  # AT stores the energy map, not 6×4×4
+    assert "stored signals" == facts["teacher_source"] and "reused" in facts["teacher_source_reason"]
+
+
+def test_teacher_signals_section_is_checked_in_one_line():
+    assert TeacherSignalsConfig.from_dict({"views": 4}).views_for(True, 10) == 4
+    assert TeacherSignalsConfig.from_dict({"views": 16}).views_for(True, 10) == 10
+    assert TeacherSignalsConfig.from_dict(None).views_for(False, 10) == 1
+    for bad, match in (({"views": 0}, "views"), ({"dtype": "int8"}, "dtype"), ({"max_gb": -1}, "max_gb"),
+                       ({"view": 3}, "unknown key")):
+        with pytest.raises(ConfigError, match=match):
+            TeacherSignalsConfig.from_dict(bad)
