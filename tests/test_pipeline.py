@@ -173,5 +173,5 @@ def test_teacher_augment_jitters_the_teachers_batches_only(setup, tmp_path):
     assert json.loads((tmp_path / "d" / "run.json").read_text())["step"] == "autograd-free chain"
     with pytest.raises(ConfigError, match=r"teacher.augment.crop: padding in pixels must be an integer >= 0"):
         load_recipe("digits-mlp", ["teacher.augment={crop: -1}"])
-    with pytest.raises(ConfigError, match="student.augment: the students' augmentation is the top-level augment: section"):
+    with pytest.raises(ConfigError, match="student.augment: the students' batches are augmented by the top-level augment section"):
         load_recipe("digits-mlp", ["student.augment={crop: 2}"])

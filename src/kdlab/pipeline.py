@@ -23,6 +23,7 @@ from .config import Recipe
 from .recipes import dump_recipe
 from .data import DatasetSplits, dataset_shape, input_spec, load_dataset
 from .data.augment import AugmentConfig, build_augment
+from .data.transfer import transfer_indices, transfer_split
 from .data.views import ReplayViews
 from .data.transfer import transfer_indices, transfer_split
 from .errors import ConfigError
