@@ -1,4 +1,4 @@
-"""Every method says where its defaults come from: in its code and in the README's table."""
+"""Every method says where its defaults come from: in its code and in the feature-methods guide's table."""
 
 import re
 
@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 
 def _readme_table() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "guides" / "feature-methods.md").read_text()
     start = text.index("**Where the defaults come from.**")
     return text[start:text.index("**Loss shares.**", start)]
 
