@@ -52,6 +52,7 @@ _DTYPES: Dict[str, Tuple[Any, torch.dtype]] = {
     "float32": (np.float32, torch.float32),
     "float16": (np.float16, torch.float16),
     "bfloat16": (np.uint16, torch.bfloat16),  # raw bit pattern; .npy has no bfloat16
+    "int32": (np.int32, torch.int32),  # class indices of top-k logits
 }
 
 #: (sample indices, view per sample) → {signal name: tensor (B, *shape)}
