@@ -86,3 +86,21 @@ def test_a_check_that_raises_is_a_failed_row_and_exit_1(gpu_check, tmp_path, mon
     assert "| onnx export | FAIL |" in out and "no distill run finished" in out
     with pytest.raises(SystemExit, match="unknown check"):
         gpu_check.main(["--device", "cpu", "--checks", "fp64", "--out", str(tmp_path)])
+
+
+def test_batchnorm_calibration_takes_the_batch_statistics_and_leaves_the_weights(gpu_check):
+    import torch
+
+    from kdlab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", (3, 32, 32), 10)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    x = torch.randn(16, 3, 32, 32)
+    gpu_check.calibrate_batchnorm(model, x)
+    with torch.no_grad():
+        first = model.conv1(x)
+    assert torch.allclose(model.bn1.running_mean, first.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model.bn1.running_var, first.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert not model.training and {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
