@@ -53,6 +53,7 @@ DISTILL_CHECKS = (("hinton-fp16", "hinton", "fp16", False), ("hinton-bf16-cl", "
                   ("fitnets-fp16", "fitnets", "fp16", False), ("fitnets-bf16-cl", "fitnets", "bf16", True))
 # The tests whose path changes when CUDA is present (the suite has none that requires CUDA):
 # device: auto resolving to cuda (data placed there), and `kdlab env` naming the CUDA device.
+CHECK_NAMES = ("pytest", *(name for name, *_ in DISTILL_CHECKS), "torchrun", "export")  # --checks, in run order
 CUDA_TESTS = ("tests/test_pipeline.py::test_device_setting_resolves_and_refuses_what_is_not_there",
               "tests/train/test_precision.py::test_kdlab_env_names_the_cpu_bf16_support")
 
@@ -235,6 +236,7 @@ def run_checks(device: str, out: Path, sizes: Sizes, only: Optional[Sequence[str
         plan[name] = (lambda n=name, m=method, p=precision, c=cl: distill_epoch(n, m, p, c, device, data_root, out, sizes))
     plan["torchrun"] = lambda: torchrun_check(device, data_root, out, sizes)
     plan["export"] = lambda: export_check(out)
+    assert tuple(plan) == CHECK_NAMES
     unknown = sorted(set(only or ()) - set(plan))
     if unknown:
         raise SystemExit(f"gpu_check: unknown check(s) {', '.join(unknown)}; choose from {', '.join(plan)}")
@@ -246,8 +248,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a self-test of the checks")
     p.add_argument("--tiny", action="store_true", help="8 images, batch 4: seconds on a CPU (numbers meaningless)")
     p.add_argument("--out", help="keep the synthetic data and run folders here (default: a temporary folder)")
-    p.add_argument("--checks", help="comma-separated subset: pytest, hinton-fp16, hinton-bf16-cl, fitnets-fp16, "
-                                    "fitnets-bf16-cl, torchrun, export")
+    p.add_argument("--checks", help=f"comma-separated subset: {', '.join(CHECK_NAMES)} (default: all)")
     return p.parse_args(argv)
 
 

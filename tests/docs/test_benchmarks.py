@@ -9,8 +9,10 @@ the layer names and builds the adapters from a probe batch (no optimizer step). 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -29,7 +31,8 @@ from tests.data.test_cifar import write_cifar
 PAGE = REPO / "docs" / "benchmarks.md"
 TEXT = PAGE.read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S)
-COMMANDS = [line.strip() for block in BLOCKS for line in block.splitlines() if line.strip().startswith("kdlab ")]
+LINES = [line.strip() for block in BLOCKS for line in block.splitlines() if line.strip()]
+COMMANDS = [line for line in LINES if line.startswith("kdlab ")]
 CRD_RECIPES = sorted(n for n in bundled_recipes() if n.startswith("crd-"))
 METHODS = ["kd", "fitnets", "at", "rkd", "crd", "dkd"]
 # DKD's beta per pair: mdistiller's configs/cifar100/dkd/*.yaml (BETA; 8.0 where a config sets none or none exists)
@@ -117,3 +120,20 @@ def test_each_command_builds_its_recipe_method_and_layers(command, tiny_cifar100
         assert pairs and all(t.rstrip("0123456789").endswith(("layer", "block", "blocks.")) for t in pairs.values())
         if kind == "fitnets":  # the second stage (RepDistiller --hint_layer 2)
             assert list(pairs.values())[0][-1] == "2" and list(pairs)[0][-1] == "2"
+
+
+def test_the_gpu_check_lines_parse_with_the_scripts_own_parser():
+    spec = importlib.util.spec_from_file_location("gpu_check_page", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check_page"] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        lines = [shlex.split(line, comments=True) for line in LINES if line.startswith("python benchmarks/gpu_check.py")]
+        assert len(lines) == 2
+        for argv in lines:
+            args = module.parse_args(argv[2:])
+            assert args.device in ("cuda", "cpu")
+        names = re.search(r"`--checks` runs a subset \((.*?)\)", TEXT, flags=re.S).group(1)
+        assert tuple(n.strip(" `\n") for n in names.split(",")) == module.CHECK_NAMES
+    finally:
+        del sys.modules["gpu_check_page"]
