@@ -22,7 +22,8 @@ it runs, each as one row of the table it prints:
   PyTorch (needs ``pip install 'kdlab[onnx]'``; missing packages are a failure, not a skip).
 
 The table gives per check: pass/fail, ms per training step and images/s of its epoch (the first
-epoch, warm-up included), the peak memory ``torch.cuda.max_memory_allocated`` (CUDA only) and a note.
+epoch, warm-up included), the peak memory ``torch.cuda.max_memory_allocated`` (CUDA only) and a note
+(for an epoch: the precision its ``run.json`` records, which must be the one asked for, and the losses).
 The exit status is 1 when any check failed, else 0.
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import os
 import pickle
@@ -164,8 +166,16 @@ def distill_epoch(name: str, method: str, precision: str, channels_last: bool, d
     mem = torch.cuda.max_memory_allocated() / 2**20 if _cuda(device) else None
     finite = all(math.isfinite(float(v)) for k, v in record.items() if k.startswith("loss_"))
     terms = ", ".join(f"{k[5:]} {float(v):.3g}" for k, v in record.items() if k.startswith("loss_"))
-    return Result(name, finite, f"{precision}{' channels_last' if channels_last else ''}; {terms}", 1000 * seconds / steps,
-                  sizes.n_train / seconds, mem)
+    # what the run says it computed in, against what was asked
+    info = json.loads((out / name / "run.json").read_text())
+    ran = info["precision"]
+    as_asked = (ran["autocast"] == precision and ran["grad_scaler"] == (precision == "fp16")
+                and info["channels_last"] == channels_last and ran["device"] == torch.device(device).type)
+    said = f"autocast {ran['autocast']}, GradScaler {'on' if ran['grad_scaler'] else 'off'}" + \
+        (", channels_last" if info["channels_last"] else "")
+    if not as_asked:
+        said += f" (asked {precision}{', channels_last' if channels_last else ''} on {device})"
+    return Result(name, finite and as_asked, f"{said}; losses {terms}", 1000 * seconds / steps, sizes.n_train / seconds, mem)
 
 
 def run_pytest(device: str) -> Result:
@@ -195,10 +205,14 @@ def torchrun_check(device: str, data_root: Path, out: Path, sizes: Sizes) -> Res
     if not ok:
         tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or [""])[-1]
         return Result(f"torchrun x{nproc}", False, f"exit {proc.returncode}: {tail}")
+    recorded = json.loads((run / "run.json").read_text()).get("processes")
+    if recorded != nproc:
+        return Result(f"torchrun x{nproc}", False, f"run.json records {recorded} processes, launched {nproc}")
     nccl = "NCCL INFO" in proc.stdout + proc.stderr
     if nproc > 1 and not nccl:
         return Result(f"torchrun x{nproc}", False, "finished, but NCCL printed nothing (NCCL_DEBUG=INFO): CUDA tensors did not go through NCCL")
-    how = "NCCL used" if nccl else ("1 process: no process group, NCCL not exercised (needs 2 GPUs)" if _cuda(device) else "gloo on the CPU")
+    how = ("NCCL used" if nproc > 1 else
+           "1 process: no process group" + (", so NCCL is not exercised (it needs 2 GPUs)" if _cuda(device) else ""))
     return Result(f"torchrun x{nproc}", True, f"teacher 1 epoch + distill 1 epoch in {wall:.0f} s wall; {how}")
 
 

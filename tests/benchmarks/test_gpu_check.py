@@ -68,7 +68,7 @@ def test_tiny_cpu_run_trains_one_epoch_then_export_is_called_on_it(gpu_check, tm
     assert code == 0, out
     assert rows["hinton-fp32"][1] == "pass" and float(rows["hinton-fp32"][2]) > 0 and float(rows["hinton-fp32"][3]) > 0
     assert rows["hinton-fp32"][4] == "-"  # no CUDA memory on the CPU
-    assert rows["hinton-fp32"][5].startswith("fp32; total ") and "soft" in rows["hinton-fp32"][5]
+    assert rows["hinton-fp32"][5].startswith("autocast fp32, GradScaler off; losses total ") and "soft" in rows["hinton-fp32"][5]
     assert (tmp_path / "hinton-fp32" / "best.pt").is_file()
     assert calls == [["export", str(tmp_path / "hinton-fp32"), "--onnx", str(tmp_path / "student.onnx"), "--force"]]
     assert rows["onnx export"][1] == "pass" and "recorded" in rows["onnx export"][5]
