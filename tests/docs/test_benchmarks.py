@@ -74,7 +74,7 @@ def tiny_cifar100(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(tiny_cifar100) -> Dict[str, List]:
+def models() -> Dict[str, List]:
     """The recipes' teacher and student, built once per recipe (a trainer hands them back unmodified)."""
     return {}
 
