@@ -169,7 +169,7 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _fill(work: Path, key: Dict[str, Any], samples: int, views: int, shapes: Mapping[str, SignalShape],
+def _fill(work: Path, samples: int, views: int, shapes: Mapping[str, SignalShape],
           compute: ComputeSignals, shard: int, batch_size: int, device: torch.device, log: Callable[[str], None]) -> None:
     """Compute the shards of this process not yet marked done into ``work`` (created by rank 0)."""
     rank, world = _world()
@@ -236,7 +236,7 @@ def signal_store(root: Path, key: Dict[str, Any], *, samples: int, views: int,
                     say(f"teacher signals: computing {views} view(s) of {samples} samples once "
                         f"({store_bytes(samples, views, shapes) / 1e6:.1f} MB) into {path}")
             _barrier()
-            _fill(work, key, samples, views, shapes, compute, shard, batch_size, device, say)
+            _fill(work, samples, views, shapes, compute, shard, batch_size, device, say)
             _barrier()
             if rank == 0:
                 meta = {"format": STORE_FORMAT, "key": key, "samples": samples, "views": views,
