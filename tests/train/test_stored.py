@@ -171,3 +171,23 @@ def test_teacher_signals_section_is_checked_in_one_line():
                        ({"precision": "fp16"}, "precision")):
         with pytest.raises(ConfigError, match=match):
             TeacherSignalsConfig.from_dict(bad)
+
+
+def test_another_share_of_the_training_set_gets_its_own_store(tmp_path):
+    """The store's key holds the training tensors the run reads, not only the dataset it came from:
+    a caller training on images 0-23 and then 24-47 (same dataset fingerprint) gets two stores."""
+    full = _data()
+    full.info["fingerprint"] = "the same dataset"
+    facts = []
+    for part in (torch.arange(0, 24), torch.arange(24, 48), torch.arange(0, 24)):
+        data = DatasetSplits("toy", full.train.subset(part), full.test, full.classes, info=dict(full.info))
+        torch.manual_seed(2)
+        student = build_model("cnn", (1, 8, 8), 5, {"channels": [4, 8]})
+        plan = SignalsPlan(ReplayViews(CROP_FLIP, seed=11, views=2, num_classes=5),
+                           functools.partial(signal_store, tmp_path, log=lambda m: None), explicit=True)
+        trainer = build_trainer(student, build_method("hinton", DistillConfig(), None), data,
+                                TrainConfig(epochs=1, batch_size=8), seed=0, teacher=FrozenTeacher(_teacher()), signals=plan)
+        facts.append(trainer.run_facts()["teacher_signals"])
+        trainer.close()
+    assert [f["computed_here"] for f in facts] == [True, True, False]
+    assert facts[0]["path"] != facts[1]["path"] and facts[2]["path"] == facts[0]["path"]

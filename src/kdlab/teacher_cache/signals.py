@@ -136,13 +136,15 @@ class SignalStore:
                 "computed_here": self.computed, "compute_seconds": round(self.seconds, 3)}
 
 
-def _verified(path: Path, key: Dict[str, Any]) -> Optional[SignalStore]:
-    """The store at ``path`` if it is complete, holds ``key`` and its files match their sha256; else None."""
+def _verified(path: Path, key: Dict[str, Any], samples: int, views: int) -> Optional[SignalStore]:
+    """The store at ``path`` if it is complete, holds ``key`` for ``samples`` × ``views`` rows and its files
+    match their sha256; else None."""
     try:
         meta = json.loads((path / META_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or normal(meta.get("key")) != normal(key):
+    if (not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or normal(meta.get("key")) != normal(key)
+            or meta.get("samples") != samples or meta.get("views") != views):
         return None
     try:
         for name, info in meta["signals"].items():
@@ -217,7 +219,7 @@ def signal_store(root: Path, key: Dict[str, Any], *, samples: int, views: int,
         root.mkdir(parents=True, exist_ok=True)
         lock = entry_lock(path, say) if world == 1 else _no_lock()
         with lock:
-            found = _verified(path, key)
+            found = _verified(path, key, samples, views)
             if found is not None:
                 return found
             check_budget(samples, views, shapes, root, max_gb)
@@ -247,7 +249,7 @@ def signal_store(root: Path, key: Dict[str, Any], *, samples: int, views: int,
                 (work / "key.json").unlink()
                 os.replace(work, path)
             _barrier()
-            store = _verified(path, key)
+            store = _verified(path, key, samples, views)
             if store is None:
                 raise KDLabError(f"the teacher signal store {path} failed its check right after it was written; "
                                  "check the disk, delete the folder and run again")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..data.tensors import tensor_fingerprint
 from ..device import autocast_dtype
 from ..errors import ConfigError
 from ..losses.topk import check_top_k, compress_logits
@@ -182,8 +183,8 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
         assert out is not None
         return out
 
-    def compute(index: Tensor, view: Tensor) -> Dict[str, Tensor]:
-        out = teacher_outputs(index, view)
+    def pack(out: Any) -> Dict[str, Tensor]:
+        """The store's rows of one batch of teacher outputs (logits, or their top-k form, and features)."""
         logits = out.logits.float()
         if top_k is None:
             head = {"logits": logits}
@@ -192,12 +193,16 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
             head = {"logits_top_values": values, "logits_top_index": indices, "logits_rest": rest}
         return {**head, **{f"feature:{n}": out.features[n].float() for n in features}}
 
+    def compute(index: Tensor, view: Tensor) -> Dict[str, Tensor]:
+        return pack(teacher_outputs(index, view))
+
     first = (torch.arange(min(2, len(X)), device=dev), torch.zeros(min(2, len(X)), dtype=torch.long, device=dev))
-    classes = int(teacher_outputs(*first).logits.shape[-1])
-    probe = compute(*first)
+    probe_out = teacher_outputs(*first)
+    classes, probe = int(probe_out.logits.shape[-1]), pack(probe_out)
     shapes = {k: (tuple(t.shape[1:]), _dtype(plan, k, tuple(t.shape[1:]))) for k, t in probe.items()}
     key = {"format": 1, "teacher": model_digest(online.model) if online.model is not None else None,
-           "data": fingerprint, "views": views.describe(), "members": online.members,
+           # the dataset's identity and the training tensors this run reads (a caller may hand in a share of them)
+           "data": fingerprint, "train": tensor_fingerprint([X, Y], "train"), "samples": len(X), "views": views.describe(), "members": online.members,
            "precision": str(autocast_as) if autocast_as is not None else "fp32",
            "channels_last": precision.channels_last,
            "signals": {k: {"form": _form(method, k, top_k, temperature), "dtype": shapes[k][1]} for k in names}}
