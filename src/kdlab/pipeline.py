@@ -328,12 +328,14 @@ def run_distill(
     log: Optional[Callable[[str], None]] = None,
     verbose: bool = False,
     teacher_online: bool = False,
+    callbacks: Sequence[Optional[Callback]] = (),
 ) -> RunResult:
     """Distill the recipe's student from ``teacher``: a model, a checkpoint path (or a list of them:
     their ensemble), or None for the recipe's teacher(s) from the teacher cache (trained and cached
     there on first use, like ``compare``; several ``teachers`` are averaged).
 
-    ``log`` receives one line naming the teacher used and its test accuracy.
+    ``log`` receives one line naming the teacher used and its test accuracy; ``callbacks``
+    (:class:`~kdlab.train.callbacks.Callback`) see the run's loop, e.g. to time its steps.
     """
     method = distill_method(recipe)
     own_teacher = teacher is None and not method.needs.teacher  # e.g. self-ema: the student is its own teacher
@@ -378,5 +380,5 @@ def run_distill(
     else:  # a model the caller holds (and has measured)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
-    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info, verbose=verbose,
-                      teacher_online=teacher_online, signal_cache=teacher_cache)
+    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info, callbacks=callbacks,
+                      verbose=verbose, teacher_online=teacher_online, signal_cache=teacher_cache)
