@@ -9,8 +9,9 @@ Every fenced block is one of:
   run by a later ``bash`` block of the same page;
 * ``text``: output, never run.
 
-A block preceded by ``<!-- not-run: reason -->`` is shown, not run (installs, GPUs, torchrun,
-multi-hour runs); ``<!-- save-as: FILE -->`` writes a ``python`` or ``yaml`` block to FILE instead
+A block preceded by ``<!-- not-run: reason -->`` is shown, not run (installs, torchrun); one preceded
+by ``<!-- validate-only: reason -->`` (GPU or multi-hour runs) has each ``kdlab`` command parsed and
+its recipe validated, nothing trained; ``<!-- save-as: FILE -->`` writes a ``python`` or ``yaml`` block to FILE instead
 of running it. Training commands run small: :data:`SMALL` is appended to them, then the flags of a
 ``<!-- run-with: FLAGS -->`` marker before the block (for a block that needs more epochs).
 """
@@ -41,7 +42,7 @@ SMALL = {
 }
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)(?P<info>[^\n`]*)$")
-MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not-run|save-as|run-with):\s*(?P<value>.*?)\s*-->\s*$")
+MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not-run|validate-only|save-as|run-with):\s*(?P<value>.*?)\s*-->\s*$")
 STRAY_COMMAND = re.compile(r"^ {4,}(kdlab|python|pip|torchrun) ")
 
 
@@ -51,7 +52,7 @@ class Block:
     line: int      # 1-based line of the opening fence
     lang: str
     body: str
-    marker: Optional[Tuple[str, str]]  # ("not-run", reason), ("save-as", file name) or ("run-with", flags)
+    marker: Optional[Tuple[str, str]]  # (kind, value): not-run/validate-only reason, save-as file, run-with flags
 
     @property
     def where(self) -> str:
@@ -105,8 +106,12 @@ def stray_commands(path: Path) -> List[str]:
 def problems(block: Block) -> List[str]:
     """Why ``block`` is neither run nor marked, or is marked wrongly (empty when it is fine)."""
     kind = block.marker[0] if block.marker else None
+    if kind in ("not-run", "validate-only") and not block.marker[1]:
+        return [f"{block.where}: `{kind}:` needs a reason"]
     if kind == "not-run":
-        return [] if block.marker[1] else [f"{block.where}: `not-run:` needs a reason"]
+        return []
+    if kind == "validate-only" and block.lang != "bash":
+        return [f"{block.where}: validate-only is for bash blocks"]
     if block.lang not in RUN + OUTPUT:
         return [f"{block.where}: a ```{block.lang or '(no language)'} block is neither run nor output; label it "
                 f"bash, python or yaml (run) or text (output), or put <!-- not-run: reason --> before it"]
@@ -161,6 +166,27 @@ def commands(block: Block) -> List[Command]:
                                             f"blocks; mark the block <!-- not-run: reason --> to show `{line}`")
             out.append(Command(part[1:], may_fail=may_fail and not words))
     return out
+
+
+# The role whose settings a training command's flags (--epochs, --lr, --batch-size) set.
+ROLES = {"train-teacher": "teacher", "train-student": "student", "distill": "student"}
+
+
+def validate(argv: List[str]) -> None:
+    """Parse ``argv`` with kdlab's own parser and validate the recipe it names, training nothing.
+
+    Raises SystemExit (a flag argparse refuses) or KDLabError (a bad recipe value)."""
+    from kdlab.cli import build_parser
+    from kdlab.cli_recipe import recipe_from_args
+    from kdlab.errors import KDLabError
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise KDLabError(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in SMALL and args.command != "reproduce":
+        default = "digits-mlp" if args.command == "demo" and not getattr(args, "dataset", None) else "mnist-mlp"
+        recipe_from_args(args, ROLES.get(args.command), default)
 
 
 def small(argv: List[str], block: Optional[Block] = None) -> List[str]:

@@ -18,6 +18,7 @@ import pytest
 from kdlab.cli import main
 
 from kdlab.data.mnist_family import FASHION_MNIST, MNIST
+from kdlab.errors import KDLabError
 from tests.optional import require
 from tests.test_recipes import tiny_idx
 from . import markdown
@@ -109,6 +110,14 @@ def test_bash_subset():
     assert [c.argv for c in got[1:]] == [["recipes", "a.yaml"], ["doctor", "f.py:g"], ["distill", "a.yaml", "--out", "runs/a"]]
     assert [c.may_fail for c in got] == [False, False, True, False]
     assert markdown.small(got[3].argv)[-4:] == markdown.SMALL_EPOCHS
+    markdown.validate(["distill", "digits-mlp", "--epochs", "200", "--out", "runs/x"])
+    markdown.validate(["reproduce", "hinton2015", "--seeds", "3", "--data-dir", "DATA"])
+    with pytest.raises(KDLabError, match="unrecognized arguments: --epoch-count"):
+        markdown.validate(["distill", "digits-mlp", "--epoch-count", "5"])
+    with pytest.raises(SystemExit):  # argparse's own refusal: a bad value
+        markdown.validate(["distill", "digits-mlp", "--epochs", "many"])
+    with pytest.raises(KDLabError, match="temperature"):
+        markdown.validate(["distill", "digits-mlp", "-T", "-3"])
     with pytest.raises(AssertionError, match="not-run"):
         markdown.commands(markdown.Block("x.md", 1, "bash", "torchrun -m kdlab distill digits-mlp\n", None))
 
@@ -131,6 +140,12 @@ def test_every_example_runs(page, docs_env, capsys):
             capsys.readouterr()
         else:
             for cmd in markdown.commands(block):
+                if kind == "validate-only":
+                    try:
+                        cmd.heredoc or markdown.validate(cmd.argv)
+                    except (SystemExit, KDLabError) as exc:  # a renamed flag, a bad recipe value
+                        pytest.fail(f"{block.where}: `kdlab {' '.join(cmd.argv)}` does not validate: {exc}")
+                    continue
                 if cmd.heredoc:
                     (docs_env / cmd.heredoc[0]).write_text(cmd.heredoc[1], encoding="utf-8")
                     continue
