@@ -175,3 +175,32 @@ def test_teacher_augment_jitters_the_teachers_batches_only(setup, tmp_path):
         load_recipe("digits-mlp", ["teacher.augment={crop: -1}"])
     with pytest.raises(ConfigError, match="student.augment: the students' batches are augmented by the top-level augment section"):
         load_recipe("digits-mlp", ["student.augment={crop: 2}"])
+
+
+def test_distill_hands_callbacks_the_loop(setup):
+    """run_distill's callbacks see the run's loop: its student at the start and every training step."""
+    from kdlab.train.callbacks import Callback
+
+    recipe, data, teacher = setup
+
+    class Watch(Callback):
+        def __init__(self):
+            self.models, self.steps, self.ends = [], 0, 0
+
+        def on_fit_start(self, trainer):
+            self.models.append(trainer.model)
+
+        def wrap_steps(self, trainer, steps, total):
+            for item in steps:
+                self.steps += 1
+                yield item
+
+        def on_epoch_end(self, trainer, epoch, records):
+            self.ends += 1
+
+    watch = Watch()
+    result = run_distill(recipe, teacher.model, data, out=False, progress=False, callbacks=[watch])
+    batches = -(-len(data.train) // recipe.student.train.batch_size)
+    assert watch.models == [result.model]
+    assert watch.steps == batches * recipe.student.train.epochs
+    assert watch.ends == recipe.student.train.epochs

@@ -208,9 +208,13 @@ def signals_plan(recipe: Recipe, data: DatasetSplits, epochs: int, cache_dir: Op
     augment = AugmentConfig.from_dict(recipe.augment)
     views = ReplayViews(augment, (recipe.seed if seed is None else seed) + AUGMENT_SEED_OFFSET, cfg.views_for(augment.enabled, epochs),
                         data.num_classes, data.info.get("mean"), data.info.get("std"))
+    top_k = cfg.top_k_for(data.num_classes)
+    if top_k is not None and recipe.distill.temperature_schedule.name != "constant":
+        raise ConfigError("teacher_signals.top_k: top-k logits are exact at one temperature, and "
+                          "distill.temperature_schedule moves it; use teacher_signals.top_k=all or a constant temperature")
     root = teacher_cache_root(cache_dir) / "signals"
     return SignalsPlan(views, functools.partial(signal_store, root, max_gb=cfg.max_gb, log=_signal_log),
-                       feature_dtype=cfg.dtype, explicit=cfg.given)
+                       feature_dtype=cfg.dtype, explicit=cfg.given, top_k=top_k, precision=cfg.precision)
 
 
 def _signal_log(message: str) -> None:
@@ -324,12 +328,14 @@ def run_distill(
     log: Optional[Callable[[str], None]] = None,
     verbose: bool = False,
     teacher_online: bool = False,
+    callbacks: Sequence[Optional[Callback]] = (),
 ) -> RunResult:
     """Distill the recipe's student from ``teacher``: a model, a checkpoint path (or a list of them:
     their ensemble), or None for the recipe's teacher(s) from the teacher cache (trained and cached
     there on first use, like ``compare``; several ``teachers`` are averaged).
 
-    ``log`` receives one line naming the teacher used and its test accuracy.
+    ``log`` receives one line naming the teacher used and its test accuracy; ``callbacks``
+    (:class:`~kdlab.train.callbacks.Callback`) see the run's loop, e.g. to time its steps.
     """
     method = distill_method(recipe)
     own_teacher = teacher is None and not method.needs.teacher  # e.g. self-ema: the student is its own teacher
@@ -374,5 +380,5 @@ def run_distill(
     else:  # a model the caller holds (and has measured)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         _warn_if_smaller(count_parameters(frozen.model, trainable_only=False), n_student, "the teacher")
-    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info, verbose=verbose,
-                      teacher_online=teacher_online, signal_cache=teacher_cache)
+    return train_role(recipe, "student", "distill", data, method, out, frozen, progress, resume, info, callbacks=callbacks,
+                      verbose=verbose, teacher_online=teacher_online, signal_cache=teacher_cache)

@@ -52,6 +52,7 @@ _DTYPES: Dict[str, Tuple[Any, torch.dtype]] = {
     "float32": (np.float32, torch.float32),
     "float16": (np.float16, torch.float16),
     "bfloat16": (np.uint16, torch.bfloat16),  # raw bit pattern; .npy has no bfloat16
+    "int32": (np.int32, torch.int32),  # class indices of top-k logits
 }
 
 #: (sample indices, view per sample) → {signal name: tensor (B, *shape)}
@@ -135,13 +136,15 @@ class SignalStore:
                 "computed_here": self.computed, "compute_seconds": round(self.seconds, 3)}
 
 
-def _verified(path: Path, key: Dict[str, Any]) -> Optional[SignalStore]:
-    """The store at ``path`` if it is complete, holds ``key`` and its files match their sha256; else None."""
+def _verified(path: Path, key: Dict[str, Any], samples: int, views: int) -> Optional[SignalStore]:
+    """The store at ``path`` if it is complete, holds ``key`` for ``samples`` × ``views`` rows and its files
+    match their sha256; else None."""
     try:
         meta = json.loads((path / META_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or normal(meta.get("key")) != normal(key):
+    if (not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or normal(meta.get("key")) != normal(key)
+            or meta.get("samples") != samples or meta.get("views") != views):
         return None
     try:
         for name, info in meta["signals"].items():
@@ -168,7 +171,7 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _fill(work: Path, key: Dict[str, Any], samples: int, views: int, shapes: Mapping[str, SignalShape],
+def _fill(work: Path, samples: int, views: int, shapes: Mapping[str, SignalShape],
           compute: ComputeSignals, shard: int, batch_size: int, device: torch.device, log: Callable[[str], None]) -> None:
     """Compute the shards of this process not yet marked done into ``work`` (created by rank 0)."""
     rank, world = _world()
@@ -216,7 +219,7 @@ def signal_store(root: Path, key: Dict[str, Any], *, samples: int, views: int,
         root.mkdir(parents=True, exist_ok=True)
         lock = entry_lock(path, say) if world == 1 else _no_lock()
         with lock:
-            found = _verified(path, key)
+            found = _verified(path, key, samples, views)
             if found is not None:
                 return found
             check_budget(samples, views, shapes, root, max_gb)
@@ -235,7 +238,7 @@ def signal_store(root: Path, key: Dict[str, Any], *, samples: int, views: int,
                     say(f"teacher signals: computing {views} view(s) of {samples} samples once "
                         f"({store_bytes(samples, views, shapes) / 1e6:.1f} MB) into {path}")
             _barrier()
-            _fill(work, key, samples, views, shapes, compute, shard, batch_size, device, say)
+            _fill(work, samples, views, shapes, compute, shard, batch_size, device, say)
             _barrier()
             if rank == 0:
                 meta = {"format": STORE_FORMAT, "key": key, "samples": samples, "views": views,
@@ -246,7 +249,7 @@ def signal_store(root: Path, key: Dict[str, Any], *, samples: int, views: int,
                 (work / "key.json").unlink()
                 os.replace(work, path)
             _barrier()
-            store = _verified(path, key)
+            store = _verified(path, key, samples, views)
             if store is None:
                 raise KDLabError(f"the teacher signal store {path} failed its check right after it was written; "
                                  "check the disk, delete the folder and run again")
