@@ -34,6 +34,16 @@ class PenalisedKD(KD):
         return {**terms, "hard": terms["hard"] + 1e-3 * student.logits.pow(2).mean()}
 
 
+class L2KD(KD):
+    """A subclass adding a named term (the Python guide's MyKD): the closed form has no such term."""
+
+    def forward(self, batch, student, teacher):
+        return {**super().forward(batch, student, teacher), "l2": student.logits.pow(2).mean()}
+
+    def term_weights(self):
+        return {**super().term_weights(), "l2": 0.01}
+
+
 def _both(setup, method, fit_method, use_teacher):
     recipe, data, teacher = setup
     cfg = recipe.student.train
@@ -90,6 +100,15 @@ def test_a_subclass_adding_a_term_is_kept_off_the_closed_form(setup):
     facts = penalised.run_facts()
     assert facts["step"] == "autograd" and "differs from its closed form" in facts["step_reason"]
     assert plain.run_facts()["step"] in ("closed form", "autograd-free chain")
+
+
+def test_a_subclass_with_an_extra_term_is_kept_off_the_closed_form(setup):
+    recipe, data, teacher = setup
+    d = recipe.distill
+    trainer = build_trainer(build_role_model(recipe, "student", data), L2KD(d.loss, d.temperature, d.hard_weight, d.soft_weight),
+                            data, recipe.student.train, teacher_logits=teacher.logits_for(data.train.x))
+    facts = trainer.run_facts()
+    assert trainer.fast is None and facts["step"] == "autograd" and "differs from its closed form" in facts["step_reason"]
 
 
 def test_total_is_the_weighted_sum_of_named_terms():
