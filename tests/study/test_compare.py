@@ -204,3 +204,10 @@ def test_augmented_methods_share_one_store_of_logits_and_features(augmented):
     assert res.mode == "partly batched" and "fitnets trained one by one (no closed form to batch)" in res.notes[0]
     stores = [n for n in res.notes if "teacher signal store" in n]
     assert len(stores) == 1 and "(logits, features.5; 2 view(s) per sample)" in stores[0] and "read by 4 student run(s)" in stores[0]
+
+
+def test_augmented_with_the_teacher_online_is_refused_batched_before_any_training(tmp_path):
+    recipe = load_recipe("digits-mlp", AUGMENTED + ["teacher_signals={online: true}"])
+    with pytest.raises(ConfigError, match="scratch, hinton trains one by one \\(teacher_signals.online"):
+        compare(recipe, "hinton", 1, teacher_cache=tmp_path, batched=True, progress=False)
+    assert not list(tmp_path.iterdir())

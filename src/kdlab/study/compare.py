@@ -183,7 +183,7 @@ def _why_single(recipe: Recipe, variant: str, batchable: bool, online: bool) -> 
     if not batchable:
         return "no closed form to batch"
     if online:
-        return "the teacher runs online on the augmented batches"
+        return "teacher_signals.online: the batches are augmented afresh and the teacher runs on each one"
     return None
 
 
@@ -244,8 +244,8 @@ def compare(
     plan = signals_plan(recipe, data, cfg.epochs, teacher_cache, recipe.seed)
     online = augmented and plan is None  # augmented batches with the teacher online: it must see every batch
     # staged variants train one by one: the batched step shares one optimizer with the scratch students
-    reasons = {v: why for v in variants
-               if (why := _why_single(recipe, v, _batchable(methods[v], data, placeholder), online and methods[v].needs.teacher))}
+    # online: every batch is freshly augmented, the scratch students' too, so none of them is batched
+    reasons = {v: why for v in variants if (why := _why_single(recipe, v, _batchable(methods[v], data, placeholder), online))}
     single = list(reasons)
     if recipe.distill.stages:  # every staged variant's terms are checked before the teacher trains
         for v in single:
