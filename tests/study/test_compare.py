@@ -206,8 +206,11 @@ def test_augmented_methods_share_one_store_of_logits_and_features(augmented):
     assert len(stores) == 1 and "(logits, features.5; 2 view(s) per sample)" in stores[0] and "read by 4 student run(s)" in stores[0]
 
 
-def test_augmented_with_the_teacher_online_is_refused_batched_before_any_training(tmp_path):
-    recipe = load_recipe("digits-mlp", AUGMENTED + ["teacher_signals={online: true}"])
+def test_augmented_with_the_teacher_online_trains_one_by_one_and_refuses_batched(tmp_path, augmented):
+    recipe = load_recipe("digits-mlp", AUGMENTED + ["teacher_signals={online: true}", "student.train.epochs=1"])
     with pytest.raises(ConfigError, match="scratch, hinton trains one by one \\(teacher_signals.online"):
         compare(recipe, "hinton", 1, teacher_cache=tmp_path, batched=True, progress=False)
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())  # refused before any teacher was trained
+    res = compare(recipe, "hinton", 1, teacher_cache=augmented[1], progress=False, log=lambda *_: None, profile=False)
+    assert res.mode == "one by one" and res.notes[0].startswith("scratch, hinton trained one by one (teacher_signals.online")
+    assert not any("store" in n for n in res.notes) and "the others" not in res.notes[0]

@@ -279,9 +279,9 @@ def compare(
     notes: List[str] = []
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
-    elif use_batch and single:
-        notes.append(f"{_one_by_one(reasons, 'trained')}; the others batched")
     batch_variants = [v for v in variants if v not in single] if use_batch else []
+    if use_batch and single:
+        notes.append(f"{_one_by_one(reasons, 'trained')}" + ("; the others batched" if batch_variants else ""))
     runs: Dict[tuple, StudentRun] = {}
     stores: Dict[str, Dict[str, Any]] = {}  # stores outside the study's shared one (a run it does not cover)
     readers = 0  # student runs reading the shared store (directly, or its logits as the shared table)
