@@ -85,3 +85,22 @@ def test_each_pair_trains_two_steps_through_the_teacher_cache(name, cifar100, tm
     assert (tmp_path / "d" / "best.pt").is_file()
     (entry,) = [p for p in teacher_cache.glob(f"cifar100-{recipe.teacher.model.name}-*") if p.is_dir()]
     assert json.loads((entry / "key.json").read_text())["teacher"]["augment"] == {"crop": 4, "flip": True}
+
+
+# The references' layers per pair: FitNets hints RepDistiller's feat[2] (--hint_layer 2), AT pairs feat[1:-1]
+# in order (zip); in kdlab's module names (MobileNetV2's feat[1:5] are the outputs of blocks 1, 2, 4 and 6).
+STAGES = {"resnet": ["layer1", "layer2", "layer3"], "wrn": ["block1", "block2", "block3"], "vgg": [f"block{i}" for i in range(1, 5)],
+          "ResNet50": [f"layer{i}" for i in range(1, 5)], "MobileNetV2": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
+          "Shuffle": ["layer1", "layer2", "layer3"]}
+
+
+def _stages(model: str):
+    return next(v for k, v in STAGES.items() if model.startswith(k))
+
+
+@pytest.mark.parametrize("pair, name", list(zip(PAIRS, NAMES)), ids=NAMES)
+def test_each_pair_holds_the_references_fitnets_and_at_layers(pair, name):
+    sections = load_recipe(name).distill.sections
+    t, s = _stages(pair[0]), _stages(pair[1])
+    assert sections["fitnets"] == {"pairs": {s[1]: t[1]}}
+    assert sections["at"] == {"pairs": dict(zip(s, t))}

@@ -282,7 +282,7 @@ class Recipe:
     # Per-sample augmentation of the students' training batches (kdlab.data.augment.AugmentConfig:
     # crop, flip, autoaugment, randaugment, mixup, cutmix); checked when the recipe is resolved.
     augment: Dict[str, Any] = field(default_factory=dict)
-    # The stored teacher signal (kdlab.train.stored.TeacherSignalsConfig: views, dtype, max_gb,
+    # The stored teacher signal (kdlab.train.stored.TeacherSignalsConfig: views, dtype, max_gb, top_k, precision,
     # online): used whenever the teacher would run on every batch; checked when the recipe is resolved.
     teacher_signals: Dict[str, Any] = field(default_factory=dict)
 

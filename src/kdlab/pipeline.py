@@ -211,9 +211,13 @@ def signals_plan(recipe: Recipe, data: DatasetSplits, epochs: int, cache_dir: Op
     augment = AugmentConfig.from_dict(recipe.augment)
     views = ReplayViews(augment, (recipe.seed if seed is None else seed) + AUGMENT_SEED_OFFSET, cfg.views_for(augment.enabled, epochs),
                         data.num_classes, data.info.get("mean"), data.info.get("std"))
+    top_k = cfg.top_k_for(data.num_classes)
+    if top_k is not None and recipe.distill.temperature_schedule.name != "constant":
+        raise ConfigError("teacher_signals.top_k: top-k logits are exact at one temperature, and "
+                          "distill.temperature_schedule moves it; use teacher_signals.top_k=all or a constant temperature")
     root = teacher_cache_root(cache_dir) / "signals"
     return SignalsPlan(views, functools.partial(signal_store, root, max_gb=cfg.max_gb, log=_signal_log),
-                       feature_dtype=cfg.dtype, explicit=cfg.given)
+                       feature_dtype=cfg.dtype, explicit=cfg.given, top_k=top_k, precision=cfg.precision)
 
 
 def _signal_log(message: str) -> None:

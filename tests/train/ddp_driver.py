@@ -2,7 +2,8 @@
 
 ``python -m torch.distributed.run --nproc_per_node 2 ddp_driver.py PLAN.json``; PLAN is a list of
 ``[expected_exit_code, [kdlab arguments...]]``, or ``[0, ["@api", OUT]]`` for :func:`kdlab.distill` with
-a user's models and Dataset (FitNets: hooks, adapters, the teacher online). Exits 1 at the first
+a user's models and Dataset (FitNets: hooks, adapters, the teacher online), or ``[0, ["@store", OUT]]``
+for a teacher signal store computed by both processes. Exits 1 at the first
 command whose code differs, or when the processes end with different student weights.
 Starting torch costs seconds per process, so tests/train/test_distributed.py launches this once.
 """
@@ -34,6 +35,22 @@ def api_run(out: str) -> int:
     torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
     return 0 if torch.equal(spread, flat) else 3  # every process holds the same student and adapters
 
+def store_run(out: str) -> int:
+    """Both processes compute a signal store of 5 shards together: each its own shards (rank, rank + 2, …),
+    recorded in the store itself; the test reads it back in one process."""
+    from kdlab.teacher_cache.signals import signal_store
+
+    rank = torch.distributed.get_rank()
+
+    def compute(index, view):
+        return {"value": (index * 10 + view).float().unsqueeze(1), "rank": torch.full((len(index), 1), float(rank))}
+
+    store = signal_store(Path(out), {"test": "ranks"}, samples=40, views=2, shapes={"value": ((1,), "float32"),
+                         "rank": ((1,), "float32")}, compute=compute, device=torch.device("cpu"), batch_size=3, shard=8,
+                         log=lambda m: None)
+    return 0 if store.computed else 4
+
+
 if __name__ == "__main__":
     with open(sys.argv[1]) as fh:
         plan = json.load(fh)
@@ -41,7 +58,7 @@ if __name__ == "__main__":
     # same launch could meet the previous one's rendezvous keys in torchrun's store.
     with distributed.session():
         for expected, argv in plan:
-            code = api_run(argv[1]) if argv[0] == "@api" else main(argv)
+            code = api_run(argv[1]) if argv[0] == "@api" else store_run(argv[1]) if argv[0] == "@store" else main(argv)
             if code != expected:
                 print(f"ddp_driver: `kdlab {' '.join(argv)}` exited {code}, expected {expected}", file=sys.stderr, flush=True)
                 break

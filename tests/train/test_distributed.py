@@ -12,6 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,6 +108,7 @@ def test_resume_fitnets_accumulation_api_and_refusals_under_torchrun(teacher, tm
         [2, [*KD, "--teacher", teacher, "--method", "crd", "--epochs", "1", "--out", str(tmp_path / "crd")]],
         [0, [*ACCUMULATE, "--teacher", teacher, "--epochs", "1", "--out", str(tmp_path / "accumulate2")]],
         [0, ["@api", str(tmp_path / "api")]],
+        [0, ["@store", str(tmp_path / "store")]],
     ]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     proc = _torchrun([str(DRIVER), str(tmp_path / "plan.json")], tmp_path)
@@ -130,6 +132,12 @@ def test_resume_fitnets_accumulation_api_and_refusals_under_torchrun(teacher, tm
     assert [m["epoch"] for m in _metrics(tmp_path / "api")] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "run.json"]
     _assert_rank_zero_files(tmp_path / "resumed")
+    # the signal store: 5 shards of 8 samples, rank 0 computed shards 0, 2, 4 and rank 1 shards 1, 3
+    (store,) = [p for p in (tmp_path / "store").iterdir() if p.name.startswith("signals-")]
+    assert not store.name.endswith(".partial") and (store / "meta.json").exists()
+    value, rank = np.load(store / "value.npy"), np.load(store / "rank.npy")
+    assert value[:, :, 0].tolist() == [[10 * i + v for v in range(2)] for i in range(40)]
+    assert rank[:, 0, 0].tolist() == [float((i // 8) % 2) for i in range(40)]
 
 
 @pytest.mark.parametrize("argv", [["compare", "digits-mlp"], ["tune", "digits-mlp", "--param", "T=1:4"], ["demo"]])

@@ -14,6 +14,7 @@ from kdlab.data import DatasetSplits, TensorData
 from kdlab.data.augment import AugmentConfig
 from kdlab.data.views import ReplayViews
 from kdlab.errors import ConfigError
+from kdlab.losses.topk import compress_logits, expand_logits
 from kdlab.methods.registry import build_method
 from kdlab.models import build_model
 from kdlab.teacher import FrozenTeacher
@@ -42,7 +43,7 @@ METHODS = {
 }
 
 
-def _run(tmp_path, name, augment, store, dtype="float32", views=3, epochs=2):
+def _run(tmp_path, name, augment, store, dtype="float32", views=3, epochs=2, teacher=None, **plan_options):
     data = _data()
     method_name, params = METHODS[name]
     method = build_method(method_name, DistillConfig(method=method_name), params)
@@ -50,9 +51,10 @@ def _run(tmp_path, name, augment, store, dtype="float32", views=3, epochs=2):
     student = build_model("cnn", (1, 8, 8), 5, {"channels": [4, 8]})
     replay = ReplayViews(augment, seed=11, views=views, num_classes=5)
     plan = SignalsPlan(replay, functools.partial(signal_store, tmp_path, log=lambda m: None), feature_dtype=dtype,
-                       explicit=True, store=store)
+                       explicit=True, store=store, **plan_options)
     cfg = TrainConfig(epochs=epochs, batch_size=16)
-    trainer = build_trainer(student, method, data, cfg, seed=0, teacher=FrozenTeacher(_teacher()), signals=plan)
+    teacher = FrozenTeacher(teacher if teacher is not None else _teacher())
+    trainer = build_trainer(student, method, data, cfg, seed=0, teacher=teacher, signals=plan)
     results = trainer.fit()
     facts = trainer.run_facts()
     trainer.close()
@@ -97,11 +99,75 @@ def test_the_store_is_reused_by_a_second_run_and_recorded(tmp_path):
     assert "stored signals" == facts["teacher_source"] and "reused" in facts["teacher_source_reason"]
 
 
+class _TopKTeacher(torch.nn.Module):
+    """The teacher with its logits replaced by what a top-k store holds, expanded (run online)."""
+
+    def __init__(self, model, k, temperature):
+        super().__init__()
+        self.model, self.k, self.temperature = model, k, temperature
+
+    def forward(self, x):
+        z = self.model(x)
+        return expand_logits(*compress_logits(z, self.k, self.temperature), z.shape[-1])
+
+
+def test_a_top_k_store_trains_as_the_online_teacher_with_top_k_logits(tmp_path):
+    """A top-2 store of 5 classes at the method's T: the same losses and weights as the online
+    teacher whose logits are compressed and expanded per batch (the loss the store implies)."""
+    T = DistillConfig().temperature
+    online, online_w, _ = _run(tmp_path, "hinton", CROP_FLIP, store=False, teacher=_TopKTeacher(_teacher(), 2, T))
+    full, _, _ = _run(tmp_path, "hinton", CROP_FLIP, store=True)
+    stored, stored_w, facts = _run(tmp_path, "hinton", CROP_FLIP, store=True, top_k=2)
+    sig = facts["teacher_signals"]["signals"]
+    assert "logits" not in sig and sig["logits_top_index"] == {"shape": [2], "dtype": "int32"}
+    assert sig["logits_top_values"]["shape"] == [2] and sig["logits_rest"]["shape"] == [1]
+    assert "top-2 logits" in facts["teacher_source_reason"]
+    for a, b in zip(stored, online):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    for k in online_w:
+        assert torch.allclose(stored_w[k], online_w[k], rtol=1e-4, atol=1e-5), k
+    assert stored[0]["loss_soft"] != pytest.approx(full[0]["loss_soft"], rel=1e-6)  # the compression is real
+
+
+def test_a_top_k_store_is_refused_for_a_method_without_temperature(tmp_path):
+    class NoTemperature(type(build_method("hinton", DistillConfig(), None))):
+        def configured_temperature(self):
+            return None
+
+    torch.manual_seed(2)
+    student = build_model("cnn", (1, 8, 8), 5, {"channels": [4, 8]})
+    plan = SignalsPlan(ReplayViews(CROP_FLIP, seed=11, views=2, num_classes=5),
+                       functools.partial(signal_store, tmp_path, log=lambda m: None), explicit=True, top_k=2)
+    with pytest.raises(ConfigError, match="top_k"):
+        build_trainer(student, NoTemperature(temperature=4.0), _data(), TrainConfig(epochs=1, batch_size=16), seed=0,
+                      teacher=FrozenTeacher(_teacher()), signals=plan)
+
+
+def test_top_k_auto_keeps_every_logit_up_to_1000_classes():
+    auto = TeacherSignalsConfig.from_dict(None)
+    assert auto.top_k_for(1000) is None and auto.top_k_for(1001) == 10
+    assert TeacherSignalsConfig.from_dict({"top_k": "all"}).top_k_for(5000) is None
+    assert TeacherSignalsConfig.from_dict({"top_k": 3}).top_k_for(10) == 3
+    with pytest.raises(ConfigError, match="1 to 9 of the 10 classes"):
+        TeacherSignalsConfig.from_dict({"top_k": 10}).top_k_for(10)
+
+
+def test_a_bf16_store_stays_within_bf16_tolerance_and_is_recorded(tmp_path):
+    """precision bf16: the teacher computes the store under bf16 autocast (native or emulated);
+    its logits carry bf16 rounding, so the losses agree with the fp32 teacher's to ~1%."""
+    online, _, _ = _run(tmp_path, "hinton", CROP_FLIP, store=False, epochs=1)
+    stored, _, facts = _run(tmp_path, "hinton", CROP_FLIP, store=True, epochs=1, precision="bf16")
+    assert "bfloat16" in facts["teacher_source_reason"]
+    assert stored[0]["loss_soft"] == pytest.approx(online[0]["loss_soft"], rel=2e-2)
+    assert stored[0]["loss_soft"] != online[0]["loss_soft"]
+
+
 def test_teacher_signals_section_is_checked_in_one_line():
     assert TeacherSignalsConfig.from_dict({"views": 4}).views_for(True, 10) == 4
     assert TeacherSignalsConfig.from_dict({"views": 16}).views_for(True, 10) == 10
     assert TeacherSignalsConfig.from_dict(None).views_for(False, 10) == 1
     for bad, match in (({"views": 0}, "views"), ({"dtype": "int8"}, "dtype"), ({"max_gb": -1}, "max_gb"),
-                       ({"view": 3}, "unknown key")):
+                       ({"view": 3}, "unknown key"), ({"top_k": 0}, "top_k"), ({"top_k": "some"}, "top_k"),
+                       ({"precision": "fp16"}, "precision")):
         with pytest.raises(ConfigError, match=match):
             TeacherSignalsConfig.from_dict(bad)

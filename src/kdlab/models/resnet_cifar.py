@@ -15,7 +15,7 @@ tapped. Any input size works (adaptive pooling); 32×32 is the one the design ta
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,40 +37,58 @@ class ZeroPadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv3×3 → BN → ReLU → conv3×3 → BN, plus the shortcut, then ReLU."""
+    """conv3×3 → BN → ReLU → conv3×3 → BN, plus the shortcut, then ReLU.
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    Where the shape changes, the shortcut is He et al.'s parameter-free option A
+    (:class:`ZeroPadShortcut`, module ``shortcut``) or, with ``projection``, a 1×1 conv + BN (module
+    ``downsample``, as RepDistiller's CIFAR ResNets name it).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, projection: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         same = stride == 1 and in_channels == out_channels
-        self.shortcut: nn.Module = nn.Identity() if same else ZeroPadShortcut(in_channels, out_channels, stride)
+        self.skip_name = "downsample" if projection else "shortcut"
+        skip: nn.Module = nn.Identity()
+        if not same:
+            skip = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+                    if projection else ZeroPadShortcut(in_channels, out_channels, stride))
+        self.add_module(self.skip_name, skip)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return F.relu(self.bn2(self.conv2(out)) + getattr(self, self.skip_name)(x))
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, blocks: int, width: int = 16) -> None:
+    """A 3×3 stem, three stages of ``blocks`` basic blocks (the 2nd and 3rd start with stride 2), global
+    average pooling, one linear layer. ``filters``: (stem, stage 1, stage 2, stage 3) widths, default
+    ``(width, width, 2·width, 4·width)``; ``projection``: 1×1-conv shortcuts (see :class:`BasicBlock`)."""
+
+    def __init__(self, in_channels: int, num_classes: int, blocks: int, width: int = 16,
+                 filters: Optional[Sequence[int]] = None, projection: bool = False) -> None:
         super().__init__()
-        widths = (width, 2 * width, 4 * width)
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        c = width
-        for i, w in enumerate(widths):
+        filters = tuple(filters) if filters is not None else (width, width, 2 * width, 4 * width)
+        self.conv1 = nn.Conv2d(in_channels, filters[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(filters[0])
+        c = filters[0]
+        for i, w in enumerate(filters[1:]):
             layers = []
             for b in range(blocks):
-                layers.append(BasicBlock(c, w, 2 if (i > 0 and b == 0) else 1))
+                layers.append(BasicBlock(c, w, 2 if (i > 0 and b == 0) else 1, projection))
                 c = w
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):  # He init, as the paper (and torchvision's ResNets)
+        for m in self.modules():  # He init (fan-out), BN 1/0: the paper's, the reference code's and torchvision's
+            if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -52,6 +52,7 @@ _DTYPES: Dict[str, Tuple[Any, torch.dtype]] = {
     "float32": (np.float32, torch.float32),
     "float16": (np.float16, torch.float16),
     "bfloat16": (np.uint16, torch.bfloat16),  # raw bit pattern; .npy has no bfloat16
+    "int32": (np.int32, torch.int32),  # class indices of top-k logits
 }
 
 #: (sample indices, view per sample) → {signal name: tensor (B, *shape)}
@@ -168,7 +169,7 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _fill(work: Path, key: Dict[str, Any], samples: int, views: int, shapes: Mapping[str, SignalShape],
+def _fill(work: Path, samples: int, views: int, shapes: Mapping[str, SignalShape],
           compute: ComputeSignals, shard: int, batch_size: int, device: torch.device, log: Callable[[str], None]) -> None:
     """Compute the shards of this process not yet marked done into ``work`` (created by rank 0)."""
     rank, world = _world()
@@ -235,7 +236,7 @@ def signal_store(root: Path, key: Dict[str, Any], *, samples: int, views: int,
                     say(f"teacher signals: computing {views} view(s) of {samples} samples once "
                         f"({store_bytes(samples, views, shapes) / 1e6:.1f} MB) into {path}")
             _barrier()
-            _fill(work, key, samples, views, shapes, compute, shard, batch_size, device, say)
+            _fill(work, samples, views, shapes, compute, shard, batch_size, device, say)
             _barrier()
             if rank == 0:
                 meta = {"format": STORE_FORMAT, "key": key, "samples": samples, "views": views,

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..features import FeatureTap
 from ..logits import logits_of
+from ..losses.topk import expand_logits
 from ..methods.base import Batch, Distiller, Outputs
 from ..teacher import FrozenTeacher
 
@@ -109,24 +110,32 @@ class StoredSignals(TeacherSource):
     """The teacher's outputs of each (sample, view), read from a signal store: no teacher forward.
 
     The batch carries its sample indices and views (the step replays the stored views). The store
-    holds ``logits`` and ``feature:<module>`` arrays (:func:`signal_names`).
+    holds ``logits`` (or their top-k form, expanded here: :mod:`kdlab.losses.topk`) and
+    ``feature:<module>`` arrays (:func:`signal_names`).
     """
 
     kind = "stored signals"
 
-    def __init__(self, store: Any, features: Sequence[str], model: Optional[nn.Module] = None) -> None:
-        self.store, self.features, self.model = store, tuple(features), model
+    def __init__(self, store: Any, features: Sequence[str], model: Optional[nn.Module] = None,
+                 classes: Optional[int] = None) -> None:
+        self.store, self.features, self.model, self.classes = store, tuple(features), model, classes
 
     def outputs(self, batch: Batch) -> Optional[Outputs]:
         assert batch.index is not None and batch.view is not None, "stored signals are read by sample index and view"
         rows = self.store.rows(batch.index, batch.view)
         dtype = torch.float32
-        return Outputs(rows["logits"].to(dtype), {name: rows[f"feature:{name}"].to(dtype) for name in self.features})
+        if "logits" in rows:
+            logits = rows["logits"].to(dtype)
+        else:
+            assert self.classes is not None, "a top-k store needs the number of classes"
+            logits = expand_logits(rows["logits_top_values"], rows["logits_top_index"], rows["logits_rest"], self.classes)
+        return Outputs(logits, {name: rows[f"feature:{name}"].to(dtype) for name in self.features})
 
 
-def signal_names(features: Sequence[str]) -> list:
-    """The arrays a signal store holds for a method reading ``features``."""
-    return ["logits", *(f"feature:{name}" for name in features)]
+def signal_names(features: Sequence[str], top_k: bool = False) -> list:
+    """The arrays a signal store holds for a method reading ``features`` (``top_k``: logits in top-k form)."""
+    head = ["logits_top_values", "logits_top_index", "logits_rest"] if top_k else ["logits"]
+    return [*head, *(f"feature:{name}" for name in features)]
 
 
 class EmaTeacher(TeacherSource):

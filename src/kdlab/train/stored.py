@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..device import autocast_dtype
 from ..errors import ConfigError
+from ..losses.topk import check_top_k, compress_logits
 from ..methods.base import Batch, Distiller
 from .precision import Precision
 from .sources import OnlineTeacher, StoredSignals, signal_names
@@ -28,6 +30,10 @@ from .sources import OnlineTeacher, StoredSignals, signal_names
 #: (``feature_dtype: auto``): small signals cost nothing to keep exact, large ones halve the store.
 EXACT_UP_TO = 4096
 FEATURE_DTYPES = ("auto", "float32", "bfloat16")
+#: Above this many classes, ``top_k: auto`` stores the top :data:`AUTO_TOP_K` logits (FKD's compression).
+FULL_LOGITS_UP_TO = 1000
+AUTO_TOP_K = 10
+STORE_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,10 @@ class TeacherSignalsConfig:
     batches need one; capped at the run's epochs, since more would never be read); ``dtype``:
     how features are stored (``auto``: float32 up to 4,096 numbers per sample, else bfloat16);
     ``max_gb``: the largest store kdlab may write; ``online: true`` keeps the teacher online
-    (as ``--teacher-online``). Without the section, the store is used whenever it applies and
+    (as ``--teacher-online``); ``top_k``: logits kept per row (``auto``: all of them up to 1,000
+    classes, else the top 10 with one rest logit, :mod:`kdlab.losses.topk`; ``all``; or a number);
+    ``precision``: what the teacher computes the store in (``auto``: bf16 where the hardware has
+    native bf16, else fp32). Without the section, the store is used whenever it applies and
     fits ``max_gb``; a store that does not fit then keeps the teacher online, with the reason.
     """
 
@@ -46,6 +55,8 @@ class TeacherSignalsConfig:
     dtype: str = "auto"
     max_gb: float = 20.0
     online: bool = False
+    top_k: Any = "auto"
+    precision: str = "auto"
     given: bool = False  # the recipe has the section (a store that does not fit is then an error)
 
     @classmethod
@@ -54,7 +65,7 @@ class TeacherSignalsConfig:
             return cls()
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping like {{views: 8}}, got {data!r}")
-        accepted = ("views", "dtype", "max_gb", "online")
+        accepted = ("views", "dtype", "max_gb", "online", "top_k", "precision")
         for key in data:
             if key not in accepted:
                 raise ConfigError(f"{where}.{key}: unknown key; accepted: {', '.join(accepted)}")
@@ -67,7 +78,19 @@ class TeacherSignalsConfig:
             raise ConfigError(f"{where}.max_gb: the store's size limit in GB must be a positive number, got {cfg.max_gb!r}")
         if not isinstance(cfg.online, bool):
             raise ConfigError(f"{where}.online: must be true or false, got {cfg.online!r}")
+        if cfg.top_k not in ("auto", "all") and (isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1):
+            raise ConfigError(f"{where}.top_k: logits kept per row: auto, all or a number >= 1 (e.g. 10), got {cfg.top_k!r}")
+        if cfg.precision not in STORE_PRECISIONS:
+            raise ConfigError(f"{where}.precision: choose one of {', '.join(STORE_PRECISIONS)}, got {cfg.precision!r}")
         return cfg
+
+    def top_k_for(self, classes: int) -> Optional[int]:
+        """Logits to keep per row (None: all): ``auto`` keeps all up to 1,000 classes."""
+        k = (AUTO_TOP_K if classes > FULL_LOGITS_UP_TO else None) if self.top_k == "auto" else (
+            None if self.top_k == "all" else self.top_k)
+        if k is not None:
+            check_top_k(k, classes)
+        return k
 
     def views_for(self, augmented: bool, epochs: int) -> int:
         """Views to store: one for un-augmented batches, else ``views`` capped at the epochs."""
@@ -87,10 +110,16 @@ class SignalsPlan:
     batch_size: int = 256
     #: False: replay the same views but keep the teacher online (what the store must equal; tests and checks)
     store: bool = True
+    #: logits kept per row (None: all of them); else the top k and one rest logit (:mod:`kdlab.losses.topk`)
+    top_k: Optional[int] = None
+    #: what the teacher computes the store in (``auto``: bf16 where native); fp32 gives the online teacher's numbers
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ConfigError(f"teacher_signals.dtype: choose one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
+        if self.precision not in STORE_PRECISIONS:
+            raise ConfigError(f"teacher_signals.precision: choose one of {', '.join(STORE_PRECISIONS)}, got {self.precision!r}")
 
 
 def model_digest(model: nn.Module) -> str:
@@ -103,8 +132,26 @@ def model_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def store_precision(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype the teacher computes a store in (None: fp32). ``auto``: bf16 only where it is
+    native (CUDA with bf16, a CPU with AMX or AVX-512-BF16); emulated bf16 would be slower than fp32."""
+    if setting == "fp32":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if autocast_dtype("auto", device) == torch.bfloat16 else None
+
+
+def _form(method: Distiller, name: str, top_k: Optional[int], temperature: Optional[float]) -> str:
+    if name.startswith("feature:"):
+        return method.teacher_signal_form(name.split(":", 1)[1])
+    return "logits" if top_k is None else f"{name}:k={top_k}:T={temperature!r}"
+
+
 def _dtype(plan: SignalsPlan, name: str, shape: Tuple[int, ...]) -> str:
-    if name == "logits" or plan.feature_dtype == "float32":
+    if name == "logits_top_index":
+        return "int32"
+    if name.startswith("logits") or plan.feature_dtype == "float32":
         return "float32"
     if plan.feature_dtype == "bfloat16":
         return "bfloat16"
@@ -117,24 +164,43 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
     when the store would not fit and the user did not ask for it (the teacher then stays online)."""
     X, Y, views = train.x, train.y, plan.views
     features = online.tap.names if online.tap is not None else ()
-    names = signal_names(features)
+    top_k, temperature = plan.top_k, method.configured_temperature()
+    if top_k is not None and temperature is None:
+        raise ConfigError(f"teacher_signals.top_k: {type(method).__name__} reads the teacher's logits at no temperature, "
+                          "so top-k logits would change its loss; use teacher_signals.top_k=all")
+    names = signal_names(features, top_k is not None)
+    dev = X.device
+    store_dtype = store_precision(plan.precision, dev if dev is not None else torch.device("cpu"))
+    # the run's layout (channels_last) and, unless the store asks otherwise, its autocast dtype
+    autocast_as = precision.dtype if plan.precision == "fp32" and store_dtype is None else store_dtype
 
-    def compute(index: Tensor, view: Tensor) -> Dict[str, Tensor]:
+    def teacher_outputs(index: Tensor, view: Tensor) -> Any:
         x, y = views(X, Y, index, view)
         xb = precision.inputs(x)
-        with torch.no_grad(), precision.autocast():
+        with torch.no_grad(), torch.autocast(precision.device_type, dtype=autocast_as, enabled=autocast_as is not None):
             out = online.outputs(Batch(xb, y, index, view))
         assert out is not None
-        return {"logits": out.logits.float(), **{f"feature:{n}": out.features[n].float() for n in features}}
+        return out
 
-    dev = X.device
-    probe = compute(torch.arange(min(2, len(X)), device=dev), torch.zeros(min(2, len(X)), dtype=torch.long, device=dev))
+    def compute(index: Tensor, view: Tensor) -> Dict[str, Tensor]:
+        out = teacher_outputs(index, view)
+        logits = out.logits.float()
+        if top_k is None:
+            head = {"logits": logits}
+        else:
+            values, indices, rest = compress_logits(logits, top_k, float(temperature))  # type: ignore[arg-type]
+            head = {"logits_top_values": values, "logits_top_index": indices, "logits_rest": rest}
+        return {**head, **{f"feature:{n}": out.features[n].float() for n in features}}
+
+    first = (torch.arange(min(2, len(X)), device=dev), torch.zeros(min(2, len(X)), dtype=torch.long, device=dev))
+    classes = int(teacher_outputs(*first).logits.shape[-1])
+    probe = compute(*first)
     shapes = {k: (tuple(t.shape[1:]), _dtype(plan, k, tuple(t.shape[1:]))) for k, t in probe.items()}
     key = {"format": 1, "teacher": model_digest(online.model) if online.model is not None else None,
            "data": fingerprint, "views": views.describe(), "members": online.members,
-           "precision": str(precision.dtype) if precision.dtype is not None else "fp32",
-           "signals": {k: {"form": "logits" if k == "logits" else method.teacher_signal_form(k.split(":", 1)[1]),
-                           "dtype": shapes[k][1]} for k in names}}
+           "precision": str(autocast_as) if autocast_as is not None else "fp32",
+           "channels_last": precision.channels_last,
+           "signals": {k: {"form": _form(method, k, top_k, temperature), "dtype": shapes[k][1]} for k in names}}
     try:
         store = plan.open_store(key, samples=len(X), views=views.views, shapes=shapes, compute=compute,
                                 device=dev, batch_size=plan.batch_size)
@@ -143,6 +209,8 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
             raise
         return None, f"the teacher runs online: {exc}"
     how = "computed now" if store.computed else "reused"
-    why = (f"teacher signal store ({how}, {store.nbytes / 1e6:.1f} MB): {views.views} view(s) per sample, "
+    logits_form = "all logits" if top_k is None else f"top-{top_k} logits + rest at T={temperature:g}"
+    why = (f"teacher signal store ({how}, {store.nbytes / 1e6:.1f} MB, {logits_form}, "
+           f"{'fp32' if autocast_as is None else str(autocast_as).replace('torch.', '')}): {views.views} view(s) per sample, "
            "read by index and view; no teacher forward in a step")
-    return StoredSignals(store, features, online.model), why
+    return StoredSignals(store, features, online.model, classes=classes), why
