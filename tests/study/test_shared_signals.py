@@ -101,4 +101,18 @@ def test_a_store_that_does_not_fit_leaves_the_plan_as_it_was(tmp_path):
     assert shared.store is None and shared.plan is plan and "teacher_signals.max_gb" in shared.reason
     assert shared.note().startswith("no shared teacher signal store")
     with pytest.raises(AssertionError):
-        shared.logits_table()
+        shared.logits_table(data.train)
+
+
+def test_top_k_logits_are_shared_at_one_temperature_and_another_gets_its_own_store(tmp_path):
+    data, teacher, messages = _data(), _teacher(), []
+    views = ReplayViews(AugmentConfig(crop=2), seed=11, views=2, num_classes=5)
+    plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=messages.append), top_k=2)
+    shared = shared_store(plan, [KD(temperature=4.0), KD(temperature=2.0)], teacher, data, CFG)
+    at_4 = _train(KD(temperature=4.0), data, teacher, shared.plan).extra["teacher_signals"]
+    at_2 = _train(KD(temperature=2.0), data, teacher, shared.plan).extra["teacher_signals"]
+    assert at_4["path"] == str(shared.store.path) and at_2["path"] != at_4["path"]
+    assert shared.readers == 1 and sum("computing" in m for m in messages) == 2
+    table = shared.logits_table(data.train)  # expanded from the top 2 and the rest logit, as a run reads them
+    low = table.sort(1).values[:, :3]  # the 3 classes outside the top 2 share one rest logit
+    assert table.shape == (48, 5) and torch.equal(low, low[:, :1].expand_as(low))

@@ -268,7 +268,7 @@ def compare(
     # the shared training-set logits (plain batches): the store's when there is one, so every student reads the same numbers
     logits = None
     if not augmented:
-        logits = (shared.logits_table().to(data.train.x.device) if shared is not None and shared.store is not None
+        logits = (shared.logits_table(data.train) if shared is not None and shared.store is not None
                   else cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size))
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
     probe = build_role_model(recipe, "student", data)

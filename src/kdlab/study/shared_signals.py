@@ -27,7 +27,7 @@ from ..teacher import FrozenTeacher
 from ..teacher_cache.keys import normal
 from ..teacher_cache.signals import SignalStore
 from ..train.precision import Precision
-from ..train.sources import OnlineTeacher
+from ..train.sources import OnlineTeacher, StoredSignals
 from ..train.stored import SignalsPlan, stored_source
 
 
@@ -52,6 +52,11 @@ class StudySignals(Distiller):
             for name in m.needs.teacher_features:
                 self.owners.setdefault(name, m)
         self.needs = Needs(teacher_logits=True, teacher_features=tuple(self.owners))
+        # top-k logits are stored at one temperature: the first method's that has one (another T: its own store)
+        self.temperature = next((t for t in (m.configured_temperature() for m in methods) if t is not None), None)
+
+    def configured_temperature(self) -> Optional[float]:
+        return self.temperature
 
     def teacher_signal(self, name: str, feature: Tensor) -> Tensor:
         return self.owners[name].teacher_signal(name, feature)
@@ -74,6 +79,7 @@ class SharedStore:
     store: Optional[SignalStore]
     reason: str
     readers: int = 0
+    source: Optional[StoredSignals] = None  # the store as a teacher source (reads logits as every run does)
 
     @property
     def nbytes(self) -> int:
@@ -90,16 +96,18 @@ class SharedStore:
             return f"no shared teacher signal store: {self.reason}"
         cost = f"computed in {self.seconds:.1f} s" if self.store.computed else "reused from an earlier run"
         n = self.readers if readers is None else readers
-        signals = ", ".join(k.split(":", 1)[-1] for k in sorted(self.store.shapes, key=lambda k: (k != "logits", k)))
+        signals = ", ".join(k.split(":", 1)[-1] for k in sorted(self.store.shapes, key=lambda k: (not k.startswith("logits"), k)))
         return (f"teacher signal store {self.store.path.name} ({signals}; {self.store.views} view(s) per sample): "
                 f"{self.nbytes / 1e6:.1f} MB, {cost}, read by {n} student run(s)")
 
-    def logits_table(self) -> Tensor:
-        """The stored logits of view 0 of every training sample: a plain study's shared training-set logits."""
-        assert self.store is not None
-        n = self.store.samples
-        index = torch.arange(n)
-        return self.store.rows(index, torch.zeros_like(index))["logits"].float()
+    def logits_table(self, train: Any) -> Tensor:
+        """The stored logits of view 0 of every sample of ``train``: a plain study's shared training-set logits
+        (as a run reads them: top-k logits expanded)."""
+        assert self.source is not None
+        index = torch.arange(len(train), device=train.x.device)
+        out = self.source.outputs(Batch(train.x, train.y, index, torch.zeros_like(index)))
+        assert out is not None
+        return out.logits
 
 
 def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: FrozenTeacher, data: DatasetSplits,
@@ -110,6 +118,8 @@ def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: Froze
     returned as it is, with the reason."""
     usable = [m for m in methods if m.needs.teacher and not m.needs.teacher_members and not m.needs.ema_teacher]
     union = StudySignals(usable)
+    if plan.top_k is not None and union.temperature is None:  # each run then says why (its own one-line error)
+        return SharedStore(plan, None, "teacher_signals.top_k stores logits at a method's temperature, and none has one")
     device = data.train.x.device
     precision = Precision(cfg.precision, device, bool(getattr(cfg, "channels_last", False)), bool(cfg.flush_denormal))
     teacher.to(device)
@@ -123,7 +133,7 @@ def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: Froze
     if stored is None:
         return SharedStore(plan, None, why)
     store: SignalStore = stored.store
-    result = SharedStore(plan, store, why)
+    result = SharedStore(plan, store, why, source=stored)
     key = store.meta["key"]
 
     def open_store(run_key: Dict[str, Any], *, shapes: Mapping[str, Any], **kwargs: Any) -> Any:

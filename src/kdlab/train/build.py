@@ -236,6 +236,10 @@ def _grid_source(distilling: Sequence[Distiller], teacher_logits: Optional[Tenso
     if teacher_logits is not None:
         return CachedLogits(teacher_logits), "training-set logits shared by the grid", None
     assert teacher is not None and signals is not None
+    temperatures = {m.configured_temperature() for m in distilling}
+    if signals.top_k is not None and len(temperatures) > 1:
+        raise ValueError("top-k stored logits are exact at one temperature; these variants distil at several "
+                         f"({', '.join(map(str, sorted(temperatures, key=str)))}): batch them per temperature")
     teacher.to(device)
     online = OnlineTeacher(teacher, (), False, None)
     try:

@@ -106,3 +106,23 @@ def test_grid_refuses_training_set_logits_on_augmented_views(tmp_path):
         fit_grid([[_student(0)]], [KD()], [0], data, cfg, teacher_logits=logits, signals=plan)
     with pytest.raises(ValueError, match="need teacher_logits"):
         fit_grid([[_student(0)]], [KD()], [0], data, cfg)
+
+
+def test_top_k_stored_logits_batch_at_one_temperature_and_equal_one_by_one(tmp_path):
+    data, teacher, cfg = _data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
+    views = ReplayViews(AugmentConfig(crop=2, flip=True), seed=11, views=2, num_classes=5)
+    plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=lambda m: None), explicit=True, top_k=2)
+    with pytest.raises(ValueError, match="exact at one temperature"):  # _methods() distil at T = 3 and T = 2
+        fit_grid([[_student(0)] for _ in range(3)], _methods(), [0], data, cfg, teacher=teacher, signals=plan)
+    same_t = lambda: [CE(), KD("hinton", 3.0, 0.4, 0.6), KD("softmax-input", 3.0, 0.5, 0.5)]  # noqa: E731
+    grid = [[_student(0)] for _ in range(3)]
+    batched = fit_grid(grid, same_t(), [0], data, cfg, teacher=teacher, signals=plan)
+    assert set(batched[1][0].extra["teacher_signals"]["signals"]) == {"logits_top_values", "logits_top_index", "logits_rest"}
+    for v, method in enumerate(same_t()):
+        model = _student(0)
+        trainer = build_trainer(model, method, data, cfg, seed=0, teacher=teacher, signals=plan)
+        (ref,) = trainer.fit()
+        trainer.close()
+        torch.testing.assert_close(batched[v][0].step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
+        for a, b in zip(model.parameters(), grid[v][0].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
