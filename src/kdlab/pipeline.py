@@ -140,6 +140,7 @@ def train_role(
     teacher_online: bool = False,
     signal_cache: Optional[str | os.PathLike] = None,
     signal_seed: Optional[int] = None,
+    signals: Optional[SignalsPlan] = None,
 ) -> RunResult:
     """Build the ``role`` model with its seeded weights and train it with ``method``.
 
@@ -153,6 +154,7 @@ def train_role(
     into a signal store under the teacher cache (``signal_cache``, default the teacher cache's folder)
     and the student trains from the store, unless ``teacher_online`` or ``teacher_signals.online``.
     ``signal_seed`` fixes the views' seed (a study shares one store across its seeds); default the recipe's.
+    ``signals``: the plan to use instead of the recipe's (a study's, answering from its one shared store).
     """
     role_cfg = getattr(recipe, role)
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
@@ -182,11 +184,12 @@ def train_role(
                               "precomputed logits; this command does not support the recipe's augment section yet — remove it")
     if teacher is not None:
         teacher.to(data.train.x.device)
-    signals = None
     # a study (signal_seed) replays the same views for its scratch students too: paired by construction
     if ((teacher is not None and teacher_logits is None) or (signal_seed is not None and teacher_logits is None)) \
             and not teacher_online and role == "student":
-        signals = signals_plan(recipe, data, role_cfg.train.epochs, signal_cache, signal_seed)
+        signals = signals or signals_plan(recipe, data, role_cfg.train.epochs, signal_cache, signal_seed)
+    else:
+        signals = None
     seed_everything(recipe.seed + 100 + ROLE_SEED_OFFSET[role])  # dropout stream, independent of init
     (result,) = run_spec(RunSpec(
         data=data, train=role_cfg.train, model=model, method=method, seed=recipe.seed,

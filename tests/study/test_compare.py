@@ -2,6 +2,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from kdlab import ConfigError
 from kdlab.cli import main
@@ -158,3 +159,58 @@ def test_staged_variants_train_one_by_one_with_their_stages(result):
     with pytest.raises(ConfigError, match="stages\\[0\\].terms: hint not a term"):
         compare(load_recipe("digits-mlp", FAST + ["distill.stages=[{epochs: 1, terms: {hint: 1}}, {}]"]), "hinton", 1,
                 teacher_cache=cache, progress=False)
+
+
+AUGMENTED = ["teacher.model={name: cnn, channels: [8, 8]}", "teacher.train.epochs=1", "student.train.epochs=2", "student.model={name: cnn, channels: [4, 8]}",
+                        "augment={crop: 1, flip: true}", "teacher_signals={views: 2}"]
+
+
+@pytest.fixture(scope="module")
+def augmented(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("teachers-augmented")
+    recipe = load_recipe("digits-mlp", AUGMENTED)
+    return compare(recipe, "hinton,softmax-input", 2, teacher_cache=cache, batched=True, progress=False,
+                   log=lambda *_: None, profile=False), cache
+
+
+def test_augmented_cnn_students_train_batched_from_one_store(augmented):
+    res, _ = augmented
+    assert res.mode == "batched"
+    (note,) = [n for n in res.notes if n.startswith("teacher signal store")]
+    assert "(logits; 2 view(s) per sample)" in note and "computed in" in note and "read by 4 student run(s)" in note
+    for s in res.seeds:  # every variant of a seed: the same first views, the same start
+        first = {v: res.run(v, s).step_losses[0, 1].item() for v in res.variants}
+        assert max(first.values()) - min(first.values()) < 1e-5, first
+
+
+def test_augmented_batched_equals_one_by_one_from_the_same_store(augmented):
+    res, cache = augmented
+    seq = compare(load_recipe("digits-mlp", AUGMENTED), "hinton,softmax-input", 2, teacher_cache=cache, batched=False,
+                  progress=False, log=lambda *_: None, profile=False)
+    assert seq.mode == "one by one"
+    (note,) = [n for n in seq.notes if n.startswith("teacher signal store")]
+    assert "reused from an earlier run" in note and "read by 4 student run(s)" in note
+    for key, run in res.runs.items():
+        # closed form (batched) vs autograd (one by one): the soft term is a difference of sums, so atol 5e-5
+        torch.testing.assert_close(seq.runs[key].step_losses, run.step_losses, rtol=1e-4, atol=5e-5)
+        assert seq.runs[key].final_acc == pytest.approx(run.final_acc, abs=1e-6)
+
+
+def test_augmented_methods_share_one_store_of_logits_and_features(augmented):
+    _, cache = augmented
+    recipe = load_recipe("digits-mlp", AUGMENTED + ["distill.fitnets={pairs: {features.5: features.5}}"])
+    res = compare(recipe, None, 2, methods="hinton,fitnets", teacher_cache=cache, progress=False,
+                  log=lambda *_: None, profile=False)
+    assert res.mode == "partly batched" and "fitnets trained one by one (no closed form to batch)" in res.notes[0]
+    stores = [n for n in res.notes if "teacher signal store" in n]
+    assert len(stores) == 1 and "(logits, features.5; 2 view(s) per sample)" in stores[0] and "read by 4 student run(s)" in stores[0]
+
+
+def test_augmented_with_the_teacher_online_trains_one_by_one_and_refuses_batched(tmp_path, augmented):
+    recipe = load_recipe("digits-mlp", AUGMENTED + ["teacher_signals={online: true}", "student.train.epochs=1"])
+    with pytest.raises(ConfigError, match="scratch, hinton trains one by one \\(teacher_signals.online"):
+        compare(recipe, "hinton", 1, teacher_cache=tmp_path, batched=True, progress=False)
+    assert not list(tmp_path.iterdir())  # refused before any teacher was trained
+    res = compare(recipe, "hinton", 1, teacher_cache=augmented[1], progress=False, log=lambda *_: None, profile=False)
+    assert res.mode == "one by one" and res.notes[0].startswith("scratch, hinton trained one by one (teacher_signals.online")
+    assert not any("store" in n for n in res.notes) and "the others" not in res.notes[0]

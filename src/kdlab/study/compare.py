@@ -1,15 +1,20 @@
 """``kdlab compare``: several KD loss codings — or several methods — × several seeds, fair by construction.
 
-Fairness is structural, not a convention: one teacher (cached), one set of teacher logits, and for
+Fairness is structural, not a convention: one teacher (cached), one teacher signal, and for
 seed ``s`` every variant's student starts from the same weights (``build_role_model``) and sees
 the same batches in the same order (``BatchIndexer(seed=s)``); variants differ only in the loss.
 A scratch student (hard labels only) is always trained as the baseline.
 
+The teacher signal is computed once for the whole study: on plain batches the training set's
+teacher logits; with augmentation, or with feature methods, one stored teacher signal
+(:mod:`kdlab.study.shared_signals`) holding the logits and every feature the study's methods read,
+on replayed views that every variant and seed shares.
+
 Variants are soft-loss codings of Hinton KD (``--losses``) or registered methods (``--methods``,
 each with the recipe's ``distill.<method>`` section). Variants whose step has a closed form (CE,
-Hinton KD with any marked coding) train together in one batched step; the others (feature
-methods, memory banks, several teachers, a method that is its own teacher) train one by one on
-the same trainer, with the teacher online where they need more than its logits.
+Hinton KD with any marked coding) train together in one batched step, augmented or not; the others
+(feature methods, memory banks, several teachers, a method that is its own teacher) train one by
+one on the same trainer, reading the same store.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
-from ..pipeline import build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, train_role
+from ..pipeline import (build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, signals_plan,
+                        train_role)
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
 from ..train.build import grid_method_blocker, grid_train_blocker
 from ..train.run import fit_grid
 from ..train.students import grid_blocker
 from ..train.weights import WeightPlan
+from .shared_signals import shared_store
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from ..teacher_cache import cached_teacher
 
@@ -169,6 +176,25 @@ def _batchable(method: Distiller, data: DatasetSplits, logits: Tensor) -> bool:
     return method.fast_path(data.train.y, data.num_classes, logits if method.needs.teacher else None) is not None
 
 
+def _why_single(recipe: Recipe, variant: str, batchable: bool, online: bool) -> Optional[str]:
+    """Why ``variant`` trains one by one, in the user's words (None: it can be batched)."""
+    if recipe.distill.stages and variant != SCRATCH:
+        return "staged"
+    if not batchable:
+        return "no closed form to batch"
+    if online:
+        return "teacher_signals.online: the batches are augmented afresh and the teacher runs on each one"
+    return None
+
+
+def _one_by_one(reasons: Dict[str, str], verb: str) -> str:
+    """``a, b <verb> one by one (why); c <verb> one by one (why)``, grouped by reason, in the variants' order."""
+    groups: Dict[str, List[str]] = {}
+    for v, why in reasons.items():
+        groups.setdefault(why, []).append(v)
+    return "; ".join(f"{', '.join(vs)} {verb} one by one ({why})" for why, vs in groups.items())
+
+
 def compare(
     recipe: Recipe,
     losses: Sequence[str] | str | None,
@@ -209,43 +235,57 @@ def compare(
     seed_list = [recipe.seed + i for i in range(seeds)]
     start = time.perf_counter()
     data = data or prepare_data(recipe)
+    cfg = recipe.student.train
     plan_threads_for(recipe, data, "student", models=len(variants) * len(seed_list))  # the batched grid's step
     # builds every variant's method, so a bad method section fails here, before the teacher trains
+    methods = {v: _method(recipe, v, by_method) for v in variants}
     placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
+    # every student of the study replays the same views, seeded by the recipe's seed (None: teacher online)
+    plan = signals_plan(recipe, data, cfg.epochs, teacher_cache, recipe.seed)
+    online = augmented and plan is None  # augmented batches with the teacher online: it must see every batch
     # staged variants train one by one: the batched step shares one optimizer with the scratch students
-    single = [v for v in variants if augmented or not _batchable(_method(recipe, v, by_method), data, placeholder)
-              or (recipe.distill.stages and v != SCRATCH)]
+    # online: every batch is freshly augmented, the scratch students' too, so none of them is batched
+    reasons = {v: why for v in variants if (why := _why_single(recipe, v, _batchable(methods[v], data, placeholder), online))}
+    single = list(reasons)
     if recipe.distill.stages:  # every staged variant's terms are checked before the teacher trains
         for v in single:
-            check_stages(recipe.distill.stages, _method(recipe, v, by_method))
+            check_stages(recipe.distill.stages, methods[v])
     if batched and single:
-        why = ("the batches are augmented (students read the stored teacher signal)" if augmented else
-               "the recipe has distill.stages" if recipe.distill.stages else "it has no closed form")
-        raise ConfigError(f"cannot train the students batched: {', '.join(single)} trains one by one ({why}); drop --batched")
+        raise ConfigError(f"cannot train the students batched: {_one_by_one(reasons, 'trains')}; drop --batched")
     cached = cached_teacher(recipe, data, teacher_cache, progress, log, train=run_teacher, load=load_teacher)
     log(cached.describe())
-    # the shared training-set logits (un-augmented studies); augmented students read the stored signal
-    logits = None if augmented else cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size)
+    # one store of every signal the study's students read from the teacher (augmented batches: the logits
+    # too; plain batches: the features of the feature methods, and the logits every student shares)
+    needs_store = plan is not None and any(m.needs.teacher and (augmented or not m.needs.logits_only) for m in methods.values())
+    shared = shared_store(plan, list(methods.values()), cached.teacher, data, cfg) if needs_store else None  # type: ignore[arg-type]
+    study_plan = shared.plan if shared is not None and shared.store is not None else plan
+    if augmented and shared is not None and shared.store is None:  # it does not fit: the teacher runs online
+        moved = [v for v in variants if v not in single and methods[v].needs.teacher]
+        if batched and moved:
+            raise ConfigError(f"cannot train the students batched: {shared.reason}; drop --batched")
+        reasons.update({v: "the teacher runs online on the augmented batches: its store does not fit" for v in moved})
+        single += moved
+    # the shared training-set logits (plain batches): the store's when there is one, so every student reads the same numbers
+    logits = None
+    if not augmented:
+        logits = (shared.logits_table(data.train) if shared is not None and shared.store is not None
+                  else cached.teacher.logits_for(data.train.x, recipe.teacher.train.eval_batch_size))
     recipes = {s: dataclasses.replace(recipe, seed=s) for s in seed_list}
     probe = build_role_model(recipe, "student", data)
-    blocker = grid_blocker(probe) or grid_train_blocker(recipe.student.train)
+    blocker = grid_blocker(probe) or grid_train_blocker(cfg)
     if batched and blocker:
         raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
     use_batch = blocker is None if batched is None else batched
     notes: List[str] = []
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
-    elif use_batch and single:
-        if augmented:
-            notes.append("students trained one by one: the batches are augmented, and every student reads the same "
-                         "replayed views and the stored teacher signal of the study")
-        else:
-            why = "staged" if recipe.distill.stages else "no closed form to batch"
-            notes.append(f"{', '.join(single)} trained one by one ({why}); the others batched")
     batch_variants = [v for v in variants if v not in single] if use_batch else []
-    cfg = recipe.student.train
+    if use_batch and single:
+        notes.append(f"{_one_by_one(reasons, 'trained')}" + ("; the others batched" if batch_variants else ""))
     runs: Dict[tuple, StudentRun] = {}
-    stores: Dict[str, Dict[str, Any]] = {}  # the stored teacher signals the study read
+    stores: Dict[str, Dict[str, Any]] = {}  # stores outside the study's shared one (a run it does not cover)
+    readers = 0  # student runs reading the shared store (directly, or its logits as the shared table)
+    shared_path = str(shared.store.path) if shared is not None and shared.store is not None else None
     tb_names = [f"{v}-seed{s}" for s in seed_list for v in batch_variants]  # seed-major, like the batched records
 
     def tensorboard(names: List[str]):
@@ -254,10 +294,13 @@ def compare(
     if batch_variants:
         grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in batch_variants]
         t0 = time.perf_counter()
-        results = fit_grid(grid, [_method(recipe, v, by_method) for v in batch_variants], seed_list, data, cfg,
-                           teacher_logits=logits, weight_plan=WeightPlan(cfg.epochs, recipe.distill),
+        results = fit_grid(grid, [methods[v] for v in batch_variants], seed_list, data, cfg,
+                           teacher_logits=logits, teacher=cached.teacher if augmented else None,
+                           signals=study_plan if augmented else None, weight_plan=WeightPlan(cfg.epochs, recipe.distill),
                            callbacks=[tensorboard(tb_names)], progress=progress)
         share = (time.perf_counter() - t0) / (len(batch_variants) * len(seed_list))
+        if shared_path is not None:
+            readers += sum(len(seed_list) for v in batch_variants if methods[v].needs.teacher)
         for v, row in zip(batch_variants, results):
             for s, fr in zip(seed_list, row):
                 runs[(v, s)] = StudentRun(v, s, fr.history, fr.step_losses, fr.best_epoch, fr.best_metric, share)
@@ -266,23 +309,27 @@ def compare(
             t0 = time.perf_counter()
             method = _method(recipe, v, by_method)
             needs = method.needs
-            # logits alone on plain batches: the shared logits; else the teacher, read from the study's
-            # stored teacher signal (one store per set of signals, the same views for every seed and variant)
-            shared = needs.teacher and needs.logits_only and not needs.teacher_members and not augmented
+            # logits alone on plain batches: the shared logits; else the teacher, its signals read from the
+            # study's store (the same views for every seed and variant)
+            tabled = needs.teacher and needs.logits_only and not needs.teacher_members and not augmented
             r = train_role(
                 recipes[s], "student", v, data, method, out=False, progress=progress,
-                teacher=cached.teacher if needs.teacher and not shared else None,
-                teacher_logits=logits if shared else None, callbacks=[tensorboard([f"{v}-seed{s}"])],
-                signal_cache=teacher_cache, signal_seed=recipe.seed,
+                teacher=cached.teacher if needs.teacher and not tabled else None,
+                teacher_logits=logits if tabled else None, callbacks=[tensorboard([f"{v}-seed{s}"])],
+                signal_cache=teacher_cache, signal_seed=recipe.seed, signals=study_plan,
             )
             f = r.fit
             store = f.extra.get("teacher_signals")
-            if store is not None and store.get("path"):
+            if shared_path is not None and (tabled or (store is not None and store.get("path") == shared_path)):
+                readers += 1
+            elif store is not None and store.get("path"):
                 stores.setdefault(store["path"], {"bytes": store["bytes"], "seconds": 0.0, "runs": 0})
                 stores[store["path"]]["runs"] += 1
                 stores[store["path"]]["seconds"] += store["compute_seconds"]
             runs[(v, s)] = StudentRun(v, s, f.history, f.step_losses, f.best_epoch, f.best_metric, time.perf_counter() - t0)
             log(f"{v} seed {s}: final test acc {100 * r.final_acc:.2f}%")
+    if shared is not None:
+        notes.append(shared.note(readers))
     for path, info in stores.items():
         notes.append(f"teacher signal store {Path(path).name}: {info['bytes'] / 1e6:.1f} MB, "
                      f"{'computed in ' + format(info['seconds'], '.1f') + ' s' if info['seconds'] else 'reused from an earlier run'}, "

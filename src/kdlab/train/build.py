@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TrainConfig
-from ..data import BatchIndexer, DatasetSplits, data_fingerprint
+from ..data import BatchIndexer, DatasetSplits, TensorData, data_fingerprint
 from ..data.views import views_fact
 from ..data.loaders import LoaderSplits, loader_batches
 from ..methods.base import Batch, Distiller, RunContext
@@ -30,7 +30,7 @@ from .stored import SignalsPlan, stored_source
 from .steps.autograd import Augment, AutogradStep
 from .steps.closed_form import ClosedFormStep
 from .steps.grid import GridStep
-from .steps.planner import closed_form_disagreement, plan_step
+from .steps.planner import PROBE_ROWS, closed_form_disagreement, plan_step
 from .students import OneStudent, StudentGrid
 from .trainer import Trainer
 
@@ -176,12 +176,25 @@ def build_grid_trainer(
     cfg: TrainConfig,
     *,
     teacher_logits: Optional[Tensor] = None,
+    teacher: Optional[FrozenTeacher] = None,
+    signals: Optional[SignalsPlan] = None,
     callbacks: Sequence[Optional[Callback]] = (),
     weight_plan: Any = None,
 ) -> Trainer:
-    """The trainer of ``students[v][s]`` with ``methods[v]`` and the batch order of ``seeds[s]``, all in one step."""
-    if any(m.needs.teacher for m in methods) and teacher_logits is None:
-        raise ValueError("distilling variants need teacher_logits (one row per training sample)")
+    """The trainer of ``students[v][s]`` with ``methods[v]`` and the batch order of ``seeds[s]``, all in one step.
+
+    The teacher side: ``teacher_logits`` (training-set logits, plain batches), or ``teacher`` with
+    ``signals`` (a :class:`~kdlab.train.stored.SignalsPlan`): every student replays the plan's views
+    and the distilling ones read the teacher's logits of those views from its store. Students that read
+    no teacher replay the plan's views too when it augments (a study's scratch baseline).
+    """
+    distilling = [m for m in methods if m.needs.teacher]
+    if distilling and teacher_logits is None and (teacher is None or signals is None):
+        raise ValueError("distilling variants need teacher_logits (one row per training sample), "
+                         "or a teacher and a signals plan")
+    if teacher_logits is not None and signals is not None and signals.views.cfg.enabled:
+        raise ValueError("replayed augmented views need the teacher's outputs of those views (teacher= and signals=), "
+                         "not training-set logits")
     for m in methods:
         why = grid_method_blocker(m)
         if why is not None:
@@ -192,24 +205,77 @@ def build_grid_trainer(
     processes = current_processes()
     refuse_batched(processes)
     grid = StudentGrid(students, methods, seeds, data, cfg.eval_batch_size)
-    Y = data.train.y
-    fast = [m.fast_path(Y, data.num_classes, teacher_logits if m.needs.teacher else None) for m in methods]
-    fast = [f if f is None or closed_form_disagreement(m, f, data.train, data.num_classes,
-                                                       teacher_logits if m.needs.teacher else None) is None else None
-            for f, m in zip(fast, methods)]
+    device = next(iter(grid.params.values())).device
+    precision = Precision("fp32", device)
+    source, reason, replay = _grid_source(distilling, teacher_logits, teacher, signals, data, precision, device)
+    fast = _grid_fast_paths(methods, data, source, replay, teacher_logits)
     optimizer = OPTIMIZERS.get(cfg.optimizer.name)(grid.parameters(), cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, cfg.warmup_epochs)
     indexers = [BatchIndexer(len(data.train), cfg.batch_size, shuffle=True, seed=s) for s in seeds]
-    step = GridStep(grid=grid, train=data.train, indexers=indexers, fast=fast, table=teacher_logits,
-                    optimizer=optimizer, clip=cfg.grad_clip)
-    source = CachedLogits(teacher_logits) if teacher_logits is not None else NoTeacher()
-    device = next(iter(grid.params.values())).device
-    precision = Precision("fp32", device)
+    step = GridStep(grid=grid, train=data.train, indexers=indexers, fast=fast, source=source,
+                    optimizer=optimizer, clip=cfg.grad_clip, replay=replay)
     choices = {"step": step.kind, "step_reason": f"{grid.M} students of one architecture, stacked",
-               **source_facts(source, "training-set logits shared by the grid" if teacher_logits is not None else "no teacher")}
+               **source_facts(source, reason)}
+    if replay is not None:
+        store = getattr(source, "store", None)
+        choices["teacher_signals"] = {**(store.facts() if store is not None else {"store": None}),
+                                      "views_note": views_fact(replay, cfg.epochs)}
     return Trainer(students=grid, step=step, source=source, precision=precision, processes=processes,
                    optimizer=optimizer, scheduler=scheduler, cfg=cfg, weight_plan=weight_plan, callbacks=callbacks,
                    indexer=indexers[0], data=data, choices=choices)
+
+
+def _grid_source(distilling: Sequence[Distiller], teacher_logits: Optional[Tensor], teacher: Optional[FrozenTeacher],
+                 signals: Optional[SignalsPlan], data: DatasetSplits, precision: Precision,
+                 device: torch.device) -> "tuple[Any, str, Any]":
+    """The grid's teacher source, why, and the views its batches replay (None: the stored tensors as they are)."""
+    augmenting = signals.views if signals is not None and signals.views.cfg.enabled else None
+    if not distilling:
+        why = "no teacher" if augmenting is None else f"no teacher; the batches replay {augmenting.views} stored view(s) per sample"
+        return NoTeacher(), why, augmenting
+    if teacher_logits is not None:
+        return CachedLogits(teacher_logits), "training-set logits shared by the grid", None
+    assert teacher is not None and signals is not None
+    temperatures = {m.configured_temperature() for m in distilling}
+    if signals.top_k is not None and len(temperatures) > 1:
+        raise ValueError("top-k stored logits are exact at one temperature; these variants distil at several "
+                         f"({', '.join(map(str, sorted(temperatures, key=str)))}): batch them per temperature")
+    teacher.to(device)
+    online = OnlineTeacher(teacher, (), False, None)
+    try:
+        stored, why = stored_source(signals, distilling[0], online, data.train, data_fingerprint(data), precision, device)
+    finally:
+        online.close()
+    if stored is None:
+        raise ValueError(f"cannot batch these students without a stored teacher signal ({why})")
+    return stored, why, signals.views
+
+
+def _grid_fast_paths(methods: Sequence[Distiller], data: DatasetSplits, source: Any, replay: Any,
+                     teacher_logits: Optional[Tensor]) -> list:
+    """Each method's closed form where it computes exactly the method's loss (checked on a probe), else None.
+
+    On replayed views the probe is the views' own batch (labels come out soft under MixUp/CutMix, which
+    have no closed form) with the teacher's outputs of those views, and the rows are built per batch."""
+    Y, K = data.train.y, data.num_classes
+    if replay is None:
+        fast = [m.fast_path(Y, K, teacher_logits if m.needs.teacher else None) for m in methods]
+        return [f if f is None or closed_form_disagreement(m, f, data.train, K, teacher_logits if m.needs.teacher else None)
+                is None else None for f, m in zip(fast, methods)]
+    X = data.train.x
+    idx = torch.arange(min(PROBE_ROWS, len(Y)), device=X.device)
+    view = torch.zeros_like(idx)
+    x, y = replay(X, Y, idx, view)
+    teacher = source.outputs(Batch(x, y, idx, view))
+    probe_logits = teacher.logits if teacher is not None else None
+    probe = TensorData(x, y)
+    out = []
+    for m in methods:
+        table = probe_logits if m.needs.teacher else None
+        f = m.fast_path(y, K, table)
+        ok = f is not None and closed_form_disagreement(m, f, probe, K, table) is None
+        out.append(m.fast_path(Y, K, None) if ok else None)
+    return out
 
 
 def _val_accuracy(students: OneStudent) -> Optional[Callable[[nn.Module], float]]:

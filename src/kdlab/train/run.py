@@ -82,7 +82,8 @@ def run(spec: RunSpec) -> List[FitResult]:
     if spec.grid is not None:
         desc = spec.desc if spec.desc != "train" else f"{len(spec.methods)}x{len(spec.seeds)} students"
         trainer = build_grid_trainer(spec.grid, list(spec.methods), list(spec.seeds), spec.data, spec.train,
-                                     teacher_logits=spec.teacher_logits, weight_plan=spec.weight_plan,
+                                     teacher_logits=spec.teacher_logits, teacher=spec.teacher, signals=spec.signals,
+                                     weight_plan=spec.weight_plan,
                                      callbacks=[*spec.callbacks, rank_zero(epoch_progress(spec.progress, desc, spec.train.epochs))])
         return trainer.fit()
     assert spec.model is not None and spec.method is not None
@@ -131,12 +132,17 @@ def run(spec: RunSpec) -> List[FitResult]:
 
 
 def fit_grid(grid: Sequence[Sequence[nn.Module]], methods: Sequence[Distiller], seeds: Sequence[int], data: Any,
-             cfg: TrainConfig, *, teacher_logits: Optional[Tensor] = None, callbacks: Sequence[Optional[Callback]] = (),
-             weight_plan: Any = None, progress: Optional[bool] = False) -> List[List[FitResult]]:
+             cfg: TrainConfig, *, teacher_logits: Optional[Tensor] = None, teacher: Optional[FrozenTeacher] = None,
+             signals: Any = None, callbacks: Sequence[Optional[Callback]] = (), weight_plan: Any = None,
+             progress: Optional[bool] = False) -> List[List[FitResult]]:
     """Train ``grid[v][s]`` with ``methods[v]`` and the batch order of ``seeds[s]`` in one batched step
-    (:func:`run` of a grid spec); returns ``results[v][s]`` and updates the students in place."""
+    (:func:`run` of a grid spec); returns ``results[v][s]`` and updates the students in place.
+
+    The teacher side: ``teacher_logits`` (plain batches), or ``teacher`` and ``signals`` (a
+    :class:`~kdlab.train.stored.SignalsPlan`: every student replays its views, the distilling ones
+    read the teacher's outputs of those views from its store)."""
     flat = run(RunSpec(data=data, train=cfg, grid=grid, methods=methods, seeds=seeds, teacher_logits=teacher_logits,
-                       callbacks=callbacks, weight_plan=weight_plan, progress=progress))
+                       teacher=teacher, signals=signals, callbacks=callbacks, weight_plan=weight_plan, progress=progress))
     V = len(methods)
     return [[flat[s * V + v] for s in range(len(seeds))] for v in range(V)]
 

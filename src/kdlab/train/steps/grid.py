@@ -4,6 +4,10 @@ For small students one training step is mostly fixed overhead (Python, autograd,
 training N students one by one costs about N times one run. Here:
 
 * each seed has its own batch order, and the variants of a seed share its batch;
+* with replayed views (:class:`~kdlab.data.views.ReplayViews`: an augmented study trained from a
+  stored teacher signal) each sample's view of the epoch is re-created once per step for every
+  seed's batch, and the teacher's outputs of exactly those views come from the teacher source, so
+  every student sees the same augmented inputs as when it is trained alone;
 * each variant's objective runs over all its seeds at once — in closed form
   (:mod:`kdlab.losses.closed_form`) or, for a method without one, vmapped through autograd — and
   one backward pass takes all students' gradients: student ``m``'s loss depends only on its own
@@ -23,6 +27,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from ...methods.base import Batch, Distiller, Outputs
+from ..sources import TeacherSource
 from ..students import StudentGrid
 
 
@@ -35,45 +40,73 @@ def clip_per_student(grads: Sequence[Tensor], max_norm: float, n: int) -> None:
 
 
 class GridStep:
-    """One optimizer step of every student of ``grid`` on its seed's batch."""
+    """One optimizer step of every student of ``grid`` on its seed's batch.
+
+    The teacher side comes from ``source``: with a :attr:`~kdlab.train.sources.TeacherSource.table`
+    (training-set logits) and plain batches, the closed forms read their rows tabulated once per
+    epoch; otherwise (``replay``: the batches are replayed views) the source is asked for the batch's
+    teacher outputs and the closed forms build their rows from them, per step.
+    """
 
     def __init__(self, *, grid: StudentGrid, train: Any, indexers: Sequence[Any], fast: Sequence[Any],
-                 table: Optional[Tensor], optimizer: torch.optim.Optimizer, clip: Optional[float]) -> None:
-        self.grid, self.train, self.indexers, self.fast, self.table = grid, train, list(indexers), list(fast), table
-        self.optimizer, self.clip = optimizer, clip
+                 source: TeacherSource, optimizer: torch.optim.Optimizer, clip: Optional[float],
+                 replay: Any = None) -> None:
+        self.grid, self.train, self.indexers, self.fast, self.source = grid, train, list(indexers), list(fast), source
+        self.optimizer, self.clip, self.replay = optimizer, clip, replay
         methods = grid.methods
         self.step_fns = [None if f is not None else vmap(_terms_fn(m), in_dims=(0, 0, 0 if m.needs.teacher else None))
                          for f, m in zip(self.fast, methods)]
         self.any_fast = any(f is not None for f in self.fast)
         self.any_autograd = any(f is None for f in self.fast)
-        self.kind = "batched grid (grouped matmuls)" if grid.grouped else "batched grid (vmap)"
+        self.any_teacher = any(m.needs.teacher for m in methods)
+        # tabulated rows: plain batches and a table (or no teacher at all); else rows from each batch's teacher outputs
+        self.tabulated = replay is None and (source.table is not None or not self.any_teacher)
+        self.number = 0
+        kind = "batched grid (grouped matmuls)" if grid.grouped else "batched grid (vmap)"
+        self.kind = kind if replay is None else f"{kind}, replayed views"
 
     def epoch(self, number: int = 0) -> Tuple[Iterable[Tuple[Tensor, ...]], int]:
         for f, m in zip(self.fast, self.grid.methods):
             if f is not None:
                 f.prepare_for(m)
         self.grid.base.train()
+        self.number = number
         return zip(*(ix.epoch() for ix in self.indexers)), len(self.indexers[0])
+
+    def _inputs(self, flat_idx: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Outputs]]:
+        """Every seed's inputs, labels and teacher outputs, flat (S·B, ...): once per step for all variants
+        (labels and teacher outputs None when only tabulated closed forms run)."""
+        X, Y, replay = self.train.x, self.train.y, self.replay
+        if replay is not None:
+            view = replay.view_of(self.number, flat_idx)
+            x, y = replay(X, Y, flat_idx, view)
+        else:
+            view, x = None, X.index_select(0, flat_idx)
+            y = Y.index_select(0, flat_idx) if self.any_autograd or not self.tabulated else None
+        teacher = None
+        if self.any_teacher and y is not None:
+            teacher = self.source.outputs(Batch(x, y, flat_idx, view))
+        return x, y, teacher
 
     def __call__(self, batch: Tuple[Tensor, ...]) -> Tensor:
         """Returns the (V, S, width) loss rows of this step (NaN-padded)."""
-        grid, X, Y = self.grid, self.train.x, self.train.y
+        grid, X = self.grid, self.train.x
         S, M = grid.S, grid.M
         idx = torch.stack(batch)  # (S, B)
         flat_idx = idx.reshape(-1).to(X.device)
         B = idx.shape[1]
-        xb = X.index_select(0, flat_idx).view(S, B, *X.shape[1:])
+        x, y, teacher = self._inputs(flat_idx)
+        xb = x.view(S, B, *x.shape[1:])
         logits = grid.per_seed_inputs(grid.grid(), xb)  # (S, V, B, C)
         values, grads, autograd_total = [], [], None
         detached = logits.detach().contiguous() if self.any_fast else logits
-        yb = tb = None
-        if self.any_autograd:  # labels and teacher rows, gathered once for every autograd variant
-            yb = Y.index_select(0, flat_idx).view(S, B)
-            tl = self.table
-            tb = tl.index_select(0, flat_idx).view(S, B, -1) if tl is not None else None
+        yb = y.view(S, B, *y.shape[1:]) if y is not None else None
+        tl = teacher.logits if teacher is not None else None
+        tb = tl.view(S, B, *tl.shape[1:]) if tl is not None else None
         for v, (f, step_fn, m) in enumerate(zip(self.fast, self.step_fns, grid.methods)):
             if f is not None:
-                vals, grad = f(detached[:, v], f.rows(flat_idx).view(S, B, -1))
+                rows = f.rows(flat_idx) if self.tabulated else f.rows_for(y, tl if m.needs.teacher else None)
+                vals, grad = f(detached[:, v], rows.view(S, B, -1))
                 vals = vals.narrow(-1, 0, 1 + len(m.term_weights()))  # CE's closed form also reports a zero soft term
                 grads.append(grad)
             else:

@@ -1,0 +1,160 @@
+"""One teacher signal store for a whole study: every signal its students read, computed once.
+
+A study (``kdlab compare``) trains many students — several methods, several seeds — on the same
+replayed views. Each run asks its :class:`~kdlab.train.stored.SignalsPlan` for a store keyed by
+the signals its method reads. :func:`shared_store` computes one store holding the teacher's
+logits and every teacher feature the study's methods read (each in its method's form), and hands
+back a plan that answers every request the store covers — the same teacher, data, views and
+precision, and the same form, shape and dtype for each signal asked for — with that store,
+restricted to those signals. Any other request (a method reading a layer another method stores in
+a different form, a teacher's members) goes to the plan's own store function, so every run still
+reads exactly the signal it asked for; the study then reports that store separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..config import TrainConfig
+from ..data import DatasetSplits, data_fingerprint
+from ..methods.base import Batch, Distiller, Needs
+from ..teacher import FrozenTeacher
+from ..teacher_cache.keys import normal
+from ..teacher_cache.signals import SignalStore
+from ..train.precision import Precision
+from ..train.sources import OnlineTeacher, StoredSignals
+from ..train.stored import SignalsPlan, stored_source
+
+
+class StudySignals(Distiller):
+    """The teacher side of a study's methods as one method, for the store: the teacher's logits and the
+    union of their teacher features, each in the form of the first method reading it.
+
+    A later method reading a stored layer in another form is left out (:attr:`left_out`): its run gets
+    a store of its own.
+    """
+
+    def __init__(self, methods: Sequence[Distiller]) -> None:
+        super().__init__()
+        self.owners: Dict[str, Distiller] = {}
+        self.left_out: List[Distiller] = []
+        for m in methods:
+            clash = [n for n in m.needs.teacher_features
+                     if n in self.owners and self.owners[n].teacher_signal_form(n) != m.teacher_signal_form(n)]
+            if clash:
+                self.left_out.append(m)
+                continue
+            for name in m.needs.teacher_features:
+                self.owners.setdefault(name, m)
+        self.needs = Needs(teacher_logits=True, teacher_features=tuple(self.owners))
+        # top-k logits are stored at one temperature: the first method's that has one (another T: its own store)
+        self.temperature = next((t for t in (m.configured_temperature() for m in methods) if t is not None), None)
+
+    def configured_temperature(self) -> Optional[float]:
+        return self.temperature
+
+    def teacher_signal(self, name: str, feature: Tensor) -> Tensor:
+        return self.owners[name].teacher_signal(name, feature)
+
+    def teacher_signal_form(self, name: str) -> str:
+        return self.owners[name].teacher_signal_form(name)
+
+    def forward(self, batch: Batch, student: Any, teacher: Any) -> Dict[str, Tensor]:  # pragma: no cover - never trained
+        raise TypeError("StudySignals only describes a study's stored teacher signal; it is not trained")
+
+    def term_weights(self) -> Dict[str, float]:  # pragma: no cover - never trained
+        return {}
+
+
+@dataclass
+class SharedStore:
+    """A study's store and the plan its runs are given; ``readers`` counts the requests it answered."""
+
+    plan: SignalsPlan
+    store: Optional[SignalStore]
+    reason: str
+    readers: int = 0
+    source: Optional[StoredSignals] = None  # the store as a teacher source (reads logits as every run does)
+
+    @property
+    def nbytes(self) -> int:
+        return self.store.nbytes if self.store is not None else 0
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent computing it here (0.0: an earlier run had computed it)."""
+        return self.store.seconds if self.store is not None and self.store.computed else 0.0
+
+    def note(self, readers: Optional[int] = None) -> str:
+        """One line for a study's notes: size, cost (or reuse) and how many student runs read it."""
+        if self.store is None:
+            return f"no shared teacher signal store: {self.reason}"
+        cost = f"computed in {self.seconds:.1f} s" if self.store.computed else "reused from an earlier run"
+        n = self.readers if readers is None else readers
+        signals = ", ".join(k.split(":", 1)[-1] for k in sorted(self.store.shapes, key=lambda k: (not k.startswith("logits"), k)))
+        return (f"teacher signal store {self.store.path.name} ({signals}; {self.store.views} view(s) per sample): "
+                f"{self.nbytes / 1e6:.1f} MB, {cost}, read by {n} student run(s)")
+
+    def logits_table(self, train: Any) -> Tensor:
+        """The stored logits of view 0 of every sample of ``train``: a plain study's shared training-set logits
+        (as a run reads them: top-k logits expanded)."""
+        assert self.source is not None
+        index = torch.arange(len(train), device=train.x.device)
+        out = self.source.outputs(Batch(train.x, train.y, index, torch.zeros_like(index)))
+        assert out is not None
+        return out.logits
+
+
+def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: FrozenTeacher, data: DatasetSplits,
+                 cfg: TrainConfig) -> SharedStore:
+    """Compute (or reuse) the store of every signal ``methods`` read on ``plan``'s views, and the plan
+    that hands it to every run it covers (see the module docstring). ``cfg``: the students' train
+    settings (their precision is part of the store's key). When the store would not fit, the plan is
+    returned as it is, with the reason."""
+    usable = [m for m in methods if m.needs.teacher and not m.needs.teacher_members and not m.needs.ema_teacher]
+    union = StudySignals(usable)
+    if plan.top_k is not None and union.temperature is None:  # each run then says why (its own one-line error)
+        return SharedStore(plan, None, "teacher_signals.top_k stores logits at a method's temperature, and none has one")
+    device = data.train.x.device
+    precision = Precision(cfg.precision, device, bool(getattr(cfg, "channels_last", False)), bool(cfg.flush_denormal))
+    teacher.to(device)
+    online = OnlineTeacher(teacher, union.needs.teacher_features, False, union.teacher_signal)
+    if precision.channels_last:  # as each run lays the teacher out (Precision.prepare)
+        online.use_channels_last()
+    try:
+        stored, why = stored_source(plan, union, online, data.train, data_fingerprint(data), precision, device)
+    finally:
+        online.close()
+    if stored is None:
+        return SharedStore(plan, None, why)
+    store: SignalStore = stored.store
+    result = SharedStore(plan, store, why, source=stored)
+    key = store.meta["key"]
+
+    def open_store(run_key: Dict[str, Any], *, shapes: Mapping[str, Any], **kwargs: Any) -> Any:
+        if _covers(key, store, normal(run_key), shapes):
+            result.readers += 1
+            meta = {**store.meta, "signals": {k: store.meta["signals"][k] for k in shapes}}
+            return SignalStore(store.path, meta)  # memory-maps only the signals this run reads
+        return plan.open_store(run_key, shapes=shapes, **kwargs)
+
+    result.plan = dataclasses.replace(plan, open_store=open_store)
+    return result
+
+
+def _covers(key: Dict[str, Any], store: SignalStore, run_key: Dict[str, Any], shapes: Mapping[str, Any]) -> bool:
+    """True when the study's store holds every signal a run asks for, computed as the run would."""
+    if {k: v for k, v in key.items() if k != "signals"} != {k: v for k, v in run_key.items() if k != "signals"}:
+        return False
+    stored, asked = key.get("signals", {}), run_key.get("signals", {})
+    for name, spec in shapes.items():
+        shape, dtype = (spec.shape, spec.dtype) if hasattr(spec, "shape") else spec
+        have = store.shapes.get(name)
+        if have is None or stored.get(name) != asked.get(name) or have.shape != tuple(shape) or have.dtype != dtype:
+            return False
+    return True
