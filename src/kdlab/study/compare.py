@@ -29,7 +29,8 @@ from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
-from ..pipeline import build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, train_role
+from ..data.subset import describe_subset
+from ..pipeline import build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, student_data, train_role
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
 from ..train.build import grid_method_blocker, grid_train_blocker
@@ -233,6 +234,9 @@ def compare(
         raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
     use_batch = blocker is None if batched is None else batched
     notes: List[str] = []
+    data, logits = student_data(recipe, data, logits)  # dataset.student_subset: one share for every student; the teacher had all
+    if "student_subset" in data.info:
+        notes.append(describe_subset(data.info["student_subset"]))
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
     elif use_batch and single:
