@@ -82,6 +82,8 @@ class Protocol:
     out: Path
     results: Path
     reports: Optional[Path] = None  # each study's kdlab compare report, under <reports>/<recipe>/<method>
+    # one compare for every method but multi-teacher (which needs its own teachers): one set of scratch students
+    joint: bool = False
 
 
 SMALL = ROOT / "benchmarks" / "methods_small_data"
@@ -94,7 +96,7 @@ PROTOCOLS = {
     "small-data": Protocol([], [*SECTIONS[:3], "distill.dkd={warmup: 3}"],
                            second_teacher("{epochs: 3, batch_size: 64, optimizer: {name: adam, lr: 0.001}, precision: auto, "
                                           "channels_last: true}"),
-                           "mnist-cnn-5pct", SMALL / "table.md", SMALL / "results.json", SMALL / "reports"),
+                           "mnist-cnn-5pct", SMALL / "table.md", SMALL / "results.json", SMALL / "reports", joint=True),
 }
 
 
@@ -112,7 +114,7 @@ def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str, 
     if protocol.reports is not None:
         out.update(wall_seconds=time.perf_counter() - start, notes=result.notes, load=os.getloadavg(),
                    finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-        write_report(result, protocol.reports / recipe_name / method, plots=False)
+        write_report(result, protocol.reports / recipe_name / ("methods" if "," in method else method), plots=False)
     for v in result.variants:
         runs = result.of(v)
         out[v] = {"final_acc": [r.final_acc for r in runs],
@@ -126,19 +128,25 @@ def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path,
     interrupted table resumes where it stopped (students of a seed are identical across studies).
     ``only``: run just these studies and return None (the table needs them all)."""
     done = json.loads(store.read_text()) if store.exists() else {}
-    for method in [*METHODS.split(","), "multi-teacher"]:
-        key = f"{recipe_name}/{method}"
-        if only is not None and method not in only:
+    studies = [METHODS, "multi-teacher"] if protocol.joint else [*METHODS.split(","), "multi-teacher"]
+    for method in studies:
+        members = method.split(",")
+        if only is not None and not set(members) & set(only):
             continue
-        if key in done and len(done[key]["seeds"]) == seeds and done[key].get("protocol") == protocol.overrides + protocol.sections:
+        if all(f"{recipe_name}/{m}" in done and len(done[f"{recipe_name}/{m}"]["seeds"]) == seeds
+               and done[f"{recipe_name}/{m}"].get("protocol") == protocol.overrides + protocol.sections for m in members):
             continue
+        key = f"{recipe_name}/{'methods' if len(members) > 1 else method}"
         print(f"{key}: running", flush=True)
-        done[key] = _run(recipe_name, method, seeds, cache, data_dir, protocol)
+        entry = _run(recipe_name, method, seeds, cache, data_dir, protocol)
+        for m in members:  # a joint study: every method's entry is the one study (the same scratch students)
+            done[f"{recipe_name}/{m}"] = entry
+        method = members[-1]
         store.parent.mkdir(parents=True, exist_ok=True)
         tmp = store.with_suffix(".tmp")
         tmp.write_text(json.dumps(done, indent=1))
         tmp.replace(store)
-        print(f"{key}: {[round(100 * a, 2) for a in done[key][method]['final_acc']]}", flush=True)
+        print(f"{key}: {[round(100 * a, 2) for a in done[f'{recipe_name}/{method}'][method]['final_acc']]}", flush=True)
     if only is not None:
         return None
     hinton = done[f"{recipe_name}/hinton"]
