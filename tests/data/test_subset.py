@@ -82,3 +82,10 @@ def test_students_train_on_the_subset_the_teacher_on_everything(tmp_path):
     # the teacher was trained and cached on the whole training split: its key is the subset-free recipe's
     whole = load_recipe("digits-mlp", [x for x in FAST if "student_subset" not in x] + ["seed=1"])
     assert teacher_cache_path(whole, tmp_path / "tc").is_dir()
+
+
+def test_mnist_cnn_5pct_is_mnist_cnn_with_its_students_on_5_percent():
+    small, base = load_recipe("mnist-cnn-5pct"), load_recipe("mnist-cnn")
+    assert small.dataset.student_subset == StudentSubsetConfig(fraction=0.05, seed=0)
+    assert (small.teacher.model, small.student.model, small.distill) == (base.teacher.model, base.student.model, base.distill)
+    assert small.student.train.epochs > base.student.train.epochs  # 47 steps an epoch: more epochs to converge
