@@ -1,6 +1,6 @@
 """The students' share of the training split (``dataset.student_subset``), for small-data studies.
 
-Soft targets matter most when the student has few labelled examples (Hinton et al. 2015 §4: a
+Soft targets matter most when the student has few labelled examples (Hinton et al. 2015 §6: a
 model trained on 3% of the data with soft targets). The teacher is trained on the whole training
 split; the students learn from a class-stratified share of it, drawn from the subset's own seed
 only, so every variant and every seed of a study (and any later run with the same recipe) trains
