@@ -1,6 +1,7 @@
 """The methods table in docs/methods.md: every method on mnist-cnn and fashion-cnn, paired by seed.
 
     python benchmarks/methods_table.py --data-dir ../shared/data           # both recipes, 3 seeds
+    python benchmarks/methods_table.py --protocol small-data               # mnist-cnn-5pct: 5% of the labels
 
 Each method is one ``kdlab compare --methods <method>`` study (with its own scratch students) on
 the recipe's cached CNN teacher; ``multi-teacher`` adds an MLP teacher to the same CNN (two
@@ -9,6 +10,13 @@ study, so every method is paired with hinton by seed. Each study's per-seed resu
 ``--results`` (docs/methods.json) as soon as it ends and are not re-run, so an interrupted table
 resumes. The protocol is shortened to fit a 2-core CPU (PROTOCOL, written into the table's header);
 the numbers are what this command measured, on the host it names.
+
+``--protocol small-data`` runs the same studies on ``mnist-cnn-5pct`` (every student on the same
+class-stratified 5% of MNIST's training images, the teacher on all of them) with the recipe's own
+settings, as one ``compare`` for every method but multi-teacher, into
+``benchmarks/methods_small_data/``: ``results.json`` (per study), ``reports/`` (each study's
+``kdlab compare`` report), ``table.md``; the table also replaces the small-data section of
+docs/methods.md, which the default protocol keeps when it rewrites the page.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -26,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from kdlab.device import cpu_model  # noqa: E402
 from kdlab.recipes import load_recipe  # noqa: E402
 from kdlab.study.compare import compare  # noqa: E402
+from kdlab.study.report import write_report  # noqa: E402
 from kdlab.study.stats import paired, summarize  # noqa: E402
 import torch  # noqa: E402
 
@@ -49,20 +61,61 @@ SECTIONS = [
 METHODS = "hinton,fitnets,at,rkd,crd,dkd,self-ema"
 TEACHER_TRAIN = ("{epochs: 5, batch_size: 64, optimizer: {name: adam, lr: 0.001}, precision: bf16, "
                  "channels_last: true}")  # = the protocol's teacher settings
-SECOND_TEACHER = (f"teachers=[{{model: {{name: cnn, channels: [64, 256]}}, train: {TEACHER_TRAIN}}}, "
-                  f"{{model: {{name: mlp, hidden: [1200, 1200]}}, train: {TEACHER_TRAIN}}}]")
 
 
-def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) -> dict:
+def second_teacher(teacher_train: str) -> str:
+    """The multi-teacher study's ``teachers``: the CNN teacher (a cache hit) and an MLP, trained alike."""
+    return (f"teachers=[{{model: {{name: cnn, channels: [64, 256]}}, train: {teacher_train}}}, "
+            f"{{model: {{name: mlp, hidden: [1200, 1200]}}, train: {teacher_train}}}]")
+
+
+SECOND_TEACHER = second_teacher(TEACHER_TRAIN)
+
+
+@dataclass
+class Protocol:
+    """What one table runs: recipe overrides, method sections, the multi-teacher pair, where results go."""
+
+    overrides: List[str]
+    sections: List[str]
+    second_teacher: str
+    recipes: str
+    out: Path
+    results: Path
+    reports: Optional[Path] = None  # each study's kdlab compare report, under <reports>/<recipe>/<method>
+    # one compare for every method but multi-teacher (which needs its own teachers): one set of scratch students
+    joint: bool = False
+
+
+SMALL = ROOT / "benchmarks" / "methods_small_data"
+SMALL_BEGIN, SMALL_END = "<!-- small-data-table -->", "<!-- /small-data-table -->"
+PROTOCOLS = {
+    "short": Protocol(PROTOCOL, SECTIONS, SECOND_TEACHER, "mnist-cnn,fashion-cnn", ROOT / "docs" / "methods.md",
+                      ROOT / "docs" / "methods.json"),
+    # mnist-cnn-5pct as bundled (teacher 3 epochs on all 60,000 images; students 30 epochs on the same 3,000):
+    # no overrides; add a recipe name here for another share; the sections as above, DKD's warm-up over 3 epochs (the paper: 20 of 240)
+    "small-data": Protocol([], [*SECTIONS[:3], "distill.dkd={warmup: 3}"],
+                           second_teacher("{epochs: 3, batch_size: 64, optimizer: {name: adam, lr: 0.001}, precision: auto, "
+                                          "channels_last: true}"),
+                           "mnist-cnn-5pct", SMALL / "table.md", SMALL / "results.json", SMALL / "reports", joint=True),
+}
+
+
+def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str, protocol: Protocol = PROTOCOLS["short"]) -> dict:
     """One ``compare --methods <method>`` study (scratch is always trained with it, batched and cheap)."""
-    base = [f"dataset.data_dir={data_dir}", *PROTOCOL, *SECTIONS]
+    base = [f"dataset.data_dir={data_dir}", *protocol.overrides, *protocol.sections]
     if method == "multi-teacher":  # the same CNN teacher (a cache hit) plus an MLP teacher
-        base.append(SECOND_TEACHER)
+        base.append(protocol.second_teacher)
+    start = time.perf_counter()
     result = compare(load_recipe(recipe_name, base), None, seeds, methods=method, teacher_cache=cache, progress=False,
                      profile=False)
     out = {"teacher_acc": result.teacher["test_acc"], "mode": result.mode, "host": cpu_model(), "seeds": result.seeds,
            "threads": torch.get_num_threads(),
-           "protocol": PROTOCOL + SECTIONS}
+           "protocol": protocol.overrides + protocol.sections}
+    if protocol.reports is not None:
+        out.update(wall_seconds=time.perf_counter() - start, notes=result.notes, load=os.getloadavg(),
+                   finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+        write_report(result, protocol.reports / recipe_name / ("methods" if "," in method else method), plots=False)
     for v in result.variants:
         runs = result.of(v)
         out[v] = {"final_acc": [r.final_acc for r in runs],
@@ -71,23 +124,30 @@ def _run(recipe_name: str, method: str, seeds: int, cache: Path, data_dir: str) 
 
 
 def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path,
-          only: Optional[List[str]] = None) -> Optional[Dict[str, dict]]:
+          only: Optional[List[str]] = None, protocol: Protocol = PROTOCOLS["short"]) -> Optional[Dict[str, dict]]:
     """Every method on one recipe; each method's study is saved to ``store`` as soon as it ends, so an
     interrupted table resumes where it stopped (students of a seed are identical across studies).
     ``only``: run just these studies and return None (the table needs them all)."""
     done = json.loads(store.read_text()) if store.exists() else {}
-    for method in [*METHODS.split(","), "multi-teacher"]:
-        key = f"{recipe_name}/{method}"
-        if only is not None and method not in only:
+    studies = [METHODS, "multi-teacher"] if protocol.joint else [*METHODS.split(","), "multi-teacher"]
+    for method in studies:
+        members = method.split(",")
+        if only is not None and not set(members) & set(only):
             continue
-        if key in done and len(done[key]["seeds"]) == seeds and done[key].get("protocol") == PROTOCOL + SECTIONS:
+        if all(f"{recipe_name}/{m}" in done and len(done[f"{recipe_name}/{m}"]["seeds"]) == seeds
+               and done[f"{recipe_name}/{m}"].get("protocol") == protocol.overrides + protocol.sections for m in members):
             continue
+        key = f"{recipe_name}/{'methods' if len(members) > 1 else method}"
         print(f"{key}: running", flush=True)
-        done[key] = _run(recipe_name, method, seeds, cache, data_dir)
+        entry = _run(recipe_name, method, seeds, cache, data_dir, protocol)
+        for m in members:  # a joint study: every method's entry is the one study (the same scratch students)
+            done[f"{recipe_name}/{m}"] = entry
+        method = members[-1]
+        store.parent.mkdir(parents=True, exist_ok=True)
         tmp = store.with_suffix(".tmp")
         tmp.write_text(json.dumps(done, indent=1))
         tmp.replace(store)
-        print(f"{key}: {[round(100 * a, 2) for a in done[key][method]['final_acc']]}", flush=True)
+        print(f"{key}: {[round(100 * a, 2) for a in done[f'{recipe_name}/{method}'][method]['final_acc']]}", flush=True)
     if only is not None:
         return None
     hinton = done[f"{recipe_name}/hinton"]
@@ -129,28 +189,40 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("KDLAB_DATA_DIR", "../shared/data"))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--recipes", default="mnist-cnn,fashion-cnn")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="short",
+                    help="short: the shortened recipes' protocol (docs/methods.md); small-data: mnist-cnn-5pct "
+                         "(benchmarks/methods_small_data, and its section of docs/methods.md)")
+    ap.add_argument("--recipes", default=None, help="default: the protocol's")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "teachers"))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "methods.md"))
-    ap.add_argument("--results", default=str(ROOT / "docs" / "methods.json"),
-                    help="per-study results, written as each study ends; studies already in it are not re-run")
+    ap.add_argument("--out", default=None, help="default: the protocol's page")
+    ap.add_argument("--results", default=None,
+                    help="per-study results, written as each study ends; studies already in it are not re-run "
+                         "(default: the protocol's)")
     ap.add_argument("--only", help="comma-separated studies to run now (e.g. dkd,multi-teacher); writes no table")
     args = ap.parse_args()
+    protocol = PROTOCOLS[args.protocol]
+    args.recipes = args.recipes or protocol.recipes
+    args.out = args.out or str(protocol.out)
+    args.results = args.results or str(protocol.results)
     only = args.only.split(",") if args.only else None
     unknown = sorted(set(only or ()) - {*METHODS.split(","), "multi-teacher"})
     if unknown:
         ap.error(f"--only: unknown studies {', '.join(unknown)}; choose from {METHODS},multi-teacher")
     body: List[str] = []
     threads: set = set()
+    tables: Dict[str, Dict[str, dict]] = {}
     for name in args.recipes.split(","):
-        rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()), Path(args.results), only)
+        rows = study(name, args.seeds, Path(args.cache), str(Path(args.data_dir).resolve()), Path(args.results), only, protocol)
         if rows is None:
             continue
         threads |= {r["threads"] for m, r in rows.items() if m != "scratch"}
         body += table(name, rows)
+        tables[name] = rows
         print("\n".join(table(name, rows)), flush=True)
     if only is not None:
         return 0
+    if protocol is not PROTOCOLS["short"]:
+        return write_small_data(args, protocol, tables, threads)
     header = [
         "# Methods compared", "",
         f"Measured with `python benchmarks/methods_table.py --data-dir ../shared/data --seeds {args.seeds}` on "
@@ -168,8 +240,70 @@ def main() -> int:
         "batched variants share one step (their time is divided among them).", "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(header + body))
+    kept = _block(Path(args.out).read_text()) if Path(args.out).exists() else None  # the small-data section stays
+    Path(args.out).write_text("\n".join(header + body) + ("\n" + kept + "\n" if kept else ""))
     print(f"wrote {args.out}")
+    return 0
+
+
+def _block(text: str) -> Optional[str]:
+    """The small-data section of docs/methods.md, markers included (None when absent)."""
+    m = re.search(rf"{re.escape(SMALL_BEGIN)}.*?{re.escape(SMALL_END)}", text, re.S)
+    return m.group(0) if m else None
+
+
+def verdict(rows: Dict[str, dict], key: str, what: str) -> str:
+    """The table's paired intervals in words: above 0, including 0, below 0."""
+    groups: Dict[str, List[str]] = {"above": [], "around": [], "below": []}
+    for method, r in rows.items():
+        d = r[key]
+        if d is not None:
+            groups["above" if d.ci_low > 0 else "below" if d.ci_high < 0 else "around"].append(f"`{method}`")
+    said = [f"better than {what} (interval above 0): {', '.join(groups['above'])}" if groups["above"] else "",
+            f"no difference shown (interval includes 0): {', '.join(groups['around'])}" if groups["around"] else "",
+            f"worse (interval below 0): {', '.join(groups['below'])}" if groups["below"] else ""]
+    return f"Against {what}: " + "; ".join(x for x in said if x) + "."
+
+
+def write_small_data(args: argparse.Namespace, protocol: Protocol, tables: Dict[str, Dict[str, dict]], threads: set) -> int:
+    """``table.md`` beside the results, and the same tables as the small-data section of docs/methods.md."""
+    done = json.loads(Path(args.results).read_text())
+    intro = (
+        f"Measured with `OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol small-data --seeds {args.seeds}` on "
+        f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, intra-op threads "
+        f"{', '.join(sorted(map(str, threads)))}; results in `benchmarks/methods_small_data/` (each study's `kdlab compare` "
+        "report under `reports/`; how the epochs were chosen: its README). Each recipe as bundled: the CNN teacher "
+        "trained on the whole training split, every student, scratch or distilled, on the same class-stratified share "
+        "of it (`dataset.student_subset`, the same examples for every method and seed), all tested on the 10,000 test "
+        "images. The intervals cover the seeds (initial weights, batch order) on that one share; another share is "
+        "not sampled. Method settings: "
+        + ", ".join(f"`{x}`" for x in protocol.sections)
+        + " (CRD draws at most all the other examples of the share as negatives); all others the methods' defaults. "
+        "Every method keeps 0.3 CE + 0.7 Hinton KD at T = 7 and adds its own terms; `scratch` is cross-entropy only "
+        "(the registered `ce` method). Final = last-epoch test accuracy; `vs scratch` / `vs hinton`: paired by seed "
+        "(same initial weights, batch order and examples), mean difference with its 95% t-interval (3 seeds: an "
+        "interval that excludes 0 is evidence, one that includes 0 is 'not shown'). s / epoch: training + evaluation "
+        "on one thread of a shared machine; batched variants share one step.")
+    body: List[str] = []
+    for name, rows in tables.items():
+        r = load_recipe(name, protocol.overrides)
+        t, st, sub = r.teacher.train, r.student.train, r.dataset.student_subset
+        note = next(n for n in done[f"{name}/hinton"]["notes"] if "student_subset" in n)
+        share = note.split(" (")[0].replace("every student trained on ", "")
+        lines = table(name, rows)
+        lines[1:1] = ["", f"Teacher: {t.epochs} epochs, Adam lr {t.optimizer.lr}, batch {t.batch_size}. Students: "
+                          f"{st.epochs} epochs, Adam lr {st.optimizer.lr}, batch {st.batch_size}, on {share} "
+                          f"({100 * sub.fraction:g}%, seed {sub.seed})."]
+        body += lines + [verdict(rows, "vs_scratch", "scratch"), "", verdict(rows, "vs_hinton", "Hinton KD"), ""]
+    protocol.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(["# Methods compared on a small share of MNIST's labels", "", intro, "", *body]))
+    page = ROOT / "docs" / "methods.md"
+    section = "\n".join([SMALL_BEGIN, "## Small data: students on a share of MNIST's training labels", "", intro, "",
+                          *body, SMALL_END])
+    text = page.read_text()
+    old = _block(text)
+    page.write_text(text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section + "\n")
+    print(f"wrote {args.out} and the small-data section of {page}")
     return 0
 
 

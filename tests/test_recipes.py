@@ -22,7 +22,7 @@ from tests.conftest import write_fake_mnist
 from tests.data.test_cifar import write_cifar
 from tests.optional import require
 
-RECIPES = ["mnist-cnn-fitnets", "mnist-cnn-at", "fashion-resnet18", "cifar10-resnet"]
+RECIPES = ["mnist-cnn-fitnets", "mnist-cnn-at", "mnist-cnn-5pct", "fashion-resnet18", "cifar10-resnet"]
 NEEDS = {"fashion-resnet18": "torchvision"}
 
 # A couple of steps: one epoch each, small batches, no TensorBoard files.

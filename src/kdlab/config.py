@@ -101,12 +101,34 @@ def check_rules(obj: Any, prefix: str = "") -> None:
             check_rules(value, f"{prefix}{f.name}.")
 
 
+FRACTION_OF_ALL = Rule(lambda v: _real(v) and 0.0 < v <= 1.0, "a number in (0, 1]")
+SEED = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
+
+
+@dataclass
+class StudentSubsetConfig:
+    """The share of the training split the students learn from (small-data studies): every student,
+    scratch or distilled, trains on ``fraction`` of each class's training examples (at least one per
+    class), drawn with ``seed`` alone, so every run and every seed of a study sees the same examples.
+    The teacher still trains on the whole split; validation and test splits are untouched."""
+
+    fraction: float = ruled(1.0, FRACTION_OF_ALL)
+    seed: int = ruled(0, SEED)
+
+    @property
+    def active(self) -> bool:
+        """False when the students train on the whole training split."""
+        return self.fraction < 1.0
+
+
 @dataclass
 class DatasetConfig:
     name: str = "digits"
     data_dir: Optional[str] = None
     download: bool = True
     val_fraction: float = ruled(0.0, FRACTION)
+    # The students' share of the training split (see StudentSubsetConfig); default: all of it.
+    student_subset: StudentSubsetConfig = field(default_factory=StudentSubsetConfig)
 
 
 @dataclass
@@ -207,9 +229,6 @@ class StageConfig:
     epochs: Optional[int] = None
     terms: Dict[str, float] = field(default_factory=dict)
     reset_optimizer: bool = False
-
-
-FRACTION_OF_ALL = Rule(lambda v: _real(v) and 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from .config import Recipe
 from .recipes import dump_recipe
 from .data import DatasetSplits, dataset_shape, input_spec, load_dataset
 from .data.augment import AugmentConfig, build_augment
+from .data.subset import subset_facts, subset_indices
 from .data.transfer import transfer_indices, transfer_split
 from .data.views import ReplayViews
 from .data.transfer import transfer_indices, transfer_split
@@ -158,6 +159,9 @@ def train_role(
     """
     role_cfg = getattr(recipe, role)
     staged = bool(recipe.distill.stages) and kind not in ("teacher", "scratch")  # a distilled student (compare: its variant name)
+    if role == "student" and recipe.dataset.student_subset.active:
+        data, teacher_logits = student_data(recipe, data, teacher_logits)
+        extra_info = {**(extra_info or {}), "student_subset": data.info["student_subset"]}
     if role == "student" and kind not in ("teacher", "scratch") and recipe.distill.transfer.active:
         data, teacher_logits, facts = _transfer_set(recipe, data, teacher_logits)
         extra_info = {**(extra_info or {}), "transfer": facts}
@@ -223,6 +227,23 @@ def signals_plan(recipe: Recipe, data: DatasetSplits, epochs: int, cache_dir: Op
 def _signal_log(message: str) -> None:
     if distributed.launched_rank() == 0:
         print(f"kdlab: {message}", file=sys.stderr, flush=True)
+
+
+def student_data(recipe: Recipe, data: DatasetSplits, teacher_logits: Optional[Tensor] = None) -> "tuple[DatasetSplits, Optional[Tensor]]":
+    """The students' data: the training split cut to ``dataset.student_subset`` (its facts in
+    ``info["student_subset"]``), and the teacher's training-set logits (if handed in) cut alike.
+    Data already cut (a study cuts it once for all its students) and a recipe without a subset
+    come back unchanged."""
+    cfg = recipe.dataset.student_subset
+    if not cfg.active or "student_subset" in data.info:
+        return data, teacher_logits
+    idx = subset_indices(data.train.y, cfg, data.num_classes)
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.index_select(0, idx.to(teacher_logits.device))
+    facts = subset_facts(data.train.y, idx, cfg, data.num_classes)
+    cut = transfer_split(data, idx)
+    cut.info["student_subset"] = facts
+    return cut, teacher_logits
 
 
 def _transfer_set(recipe: Recipe, data: DatasetSplits, teacher_logits: Optional[Tensor]):

@@ -34,8 +34,9 @@ from ..data import DatasetSplits
 from ..errors import ConfigError
 from ..losses import SOFT_LOSSES
 from ..methods import CE, KD, METHODS, Distiller, build_method
+from ..data.subset import describe_subset
 from ..pipeline import (build_role_model, load_teacher, plan_threads_for, prepare_data, run_teacher, signals_plan,
-                        train_role)
+                        student_data, train_role)
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
 from ..train.build import grid_method_blocker, grid_train_blocker
@@ -254,6 +255,9 @@ def compare(
         raise ConfigError(f"cannot train the students batched: {_one_by_one(reasons, 'trains')}; drop --batched")
     cached = cached_teacher(recipe, data, teacher_cache, progress, log, train=run_teacher, load=load_teacher)
     log(cached.describe())
+    # dataset.student_subset: one share for every student (the teacher had all of it), cut before the
+    # study's store and shared logits are computed, so they cover exactly what the students read
+    data, _ = student_data(recipe, data, None)
     # one store of every signal the study's students read from the teacher (augmented batches: the logits
     # too; plain batches: the features of the feature methods, and the logits every student shares)
     needs_store = plan is not None and any(m.needs.teacher and (augmented or not m.needs.logits_only) for m in methods.values())
@@ -277,6 +281,8 @@ def compare(
         raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
     use_batch = blocker is None if batched is None else batched
     notes: List[str] = []
+    if "student_subset" in data.info:
+        notes.append(describe_subset(data.info["student_subset"]))
     if batched is None and blocker:
         notes.append(f"students trained one by one because {blocker}")
     batch_variants = [v for v in variants if v not in single] if use_batch else []
