@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,18 +32,11 @@ from kdlab.recipes import load_recipe
 from kdlab.study.compare import compare
 from kdlab.study.stats import paired, summarize
 from kdlab.teacher_cache import cached_teacher
+from kdlab.device import cpu_model
 
 METHODS = "hinton,fitnets,at,rkd,crd,dkd"
 SECTIONS = ["distill.fitnets.pairs={features.5: features.5}", "distill.fitnets.weight=100",
             "distill.at.pairs={features.2: features.2}"]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -66,7 +57,7 @@ def main() -> None:
     recipe = load_recipe("fashion-cnn", base)
     data = prepare_data(recipe)
     data.train = data.train.subset(torch.arange(args.images))
-    out = {"host": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "images": args.images,
+    out = {"host": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(), "images": args.images,
            "seeds": args.seeds, "load_start": os.getloadavg()[0]}
     print(f"{out['host']}, torch {torch.__version__}, {out['threads']} thread(s), load {out['load_start']:.2f}", flush=True)
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from kdlab.models import build_model
 from kdlab.teacher import FrozenTeacher
 from kdlab.teacher_cache.signals import signal_store
 from kdlab.train.callbacks import Callback
+from kdlab.device import cpu_model
 
 
 class StepClock(Callback):
@@ -55,14 +54,6 @@ METHODS = {
 }
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=None, help="folder with mnist/ (default: $KDLAB_DATA_DIR)")
@@ -79,7 +70,7 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = build_model("cnn", data.in_shape, data.num_classes, {"channels": [64, 256]})  # speed only: untrained is fine
     frozen = FrozenTeacher(teacher)
-    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
           f"{args.images} images per epoch", flush=True)
 
     cpu = {}
@@ -92,7 +83,7 @@ def main() -> None:
         cpu.setdefault((tuple(extra), online), []).append(clock.cpu)
         return res.fit.history[0]["train_seconds"], res.fit.extra
 
-    results = {"host": cpu_name(), "torch": torch.__version__, "images": args.images, "methods": {}}
+    results = {"host": cpu_model(), "torch": torch.__version__, "images": args.images, "methods": {}}
     cached = [epoch([], False)[0] for _ in range(args.reps)]
     results["cached hinton"] = cached
     results["cached hinton cpu"] = cpu[((), False)][-args.reps:]

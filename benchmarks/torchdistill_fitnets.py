@@ -39,7 +39,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,19 +52,12 @@ from kdlab.models import build_model
 from kdlab.pipeline import load_teacher, prepare_data, run_distill, run_teacher
 from kdlab.recipes import load_recipe
 from kdlab.train.callbacks import Callback
+from kdlab.device import cpu_model
 
 FULL = 60000
 T, HARD, SOFT, HINT = 7.0, 0.3, 0.7, 100.0
 FITNETS = ["distill.method=fitnets", "distill.fitnets.pairs={features.5: features.5}", f"distill.fitnets.weight={HINT}",
            "student.train.epochs=1"]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 class StepClock(Callback):
@@ -245,7 +237,7 @@ def main() -> None:
     base = [f"dataset.data_dir={json.dumps(str(data_dir))}"]
     work = Path(tempfile.mkdtemp(prefix="kdlab-td-bench-"))
     cache = work / "cache"
-    facts = {"host": cpu_name(), "load_start": os.getloadavg(), "torch": torch.__version__,
+    facts = {"host": cpu_model(), "load_start": os.getloadavg(), "torch": torch.__version__,
              "torchdistill": torchdistill.__version__, "torchvision": torchvision.__version__, "threads": torch.get_num_threads(),
              "images": args.images, "rounds": args.rounds, "python": platform.python_version()}
     print(json.dumps(facts), flush=True)
