@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from kdlab.config import DistillConfig, TrainConfig
-from kdlab.data import DatasetSplits, TensorData
 from kdlab.data.augment import AugmentConfig
 from kdlab.data.views import ReplayViews
 from kdlab.methods import KD
@@ -18,18 +17,13 @@ from kdlab.teacher_cache.signals import signal_store
 from kdlab.train.build import build_trainer
 from kdlab.train.stored import SignalsPlan
 
+from tests.toy_signals import toy_data, toy_teacher
+
 CFG = TrainConfig(epochs=1, batch_size=16)
 
 
-def _data(n=48):
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-    return DatasetSplits("toy", TensorData(x, y), TensorData(x[:16], y[:16]), list("abcde"))
-
-
 def _teacher():
-    torch.manual_seed(1)
-    return FrozenTeacher(build_model("cnn", (1, 8, 8), 5, {"channels": [6, 8]}))
+    return FrozenTeacher(toy_teacher())
 
 
 def _plan(root, messages):
@@ -57,7 +51,7 @@ def _train(method, data, teacher, plan):
 
 
 def test_one_store_holds_every_signal_and_answers_every_run_it_covers(tmp_path):
-    data, teacher, messages = _data(), _teacher(), []
+    data, teacher, messages = toy_data(), _teacher(), []
     plan = _plan(tmp_path / "shared", messages)
     shared = shared_store(plan, [_method(n) for n in ("hinton", "at", "fitnets5")], teacher, data, CFG)
     assert sum("computing" in m for m in messages) == 1
@@ -74,7 +68,7 @@ def test_one_store_holds_every_signal_and_answers_every_run_it_covers(tmp_path):
 
 
 def test_a_run_from_the_shared_store_equals_a_run_from_its_own_store(tmp_path):
-    data, teacher = _data(), _teacher()
+    data, teacher = toy_data(), _teacher()
     shared = shared_store(_plan(tmp_path / "shared", []), [_method("hinton"), _method("at")], teacher, data, CFG)
     from_shared = _train(_method("at"), data, teacher, shared.plan)
     own = _train(_method("at"), data, teacher, _plan(tmp_path / "own", []))
@@ -84,7 +78,7 @@ def test_a_run_from_the_shared_store_equals_a_run_from_its_own_store(tmp_path):
 
 def test_a_layer_stored_in_another_form_gets_its_own_store(tmp_path):
     """AT stores features.2 as its energy map; FitNets on the same layer reads the map itself."""
-    data, teacher, messages = _data(), _teacher(), []
+    data, teacher, messages = toy_data(), _teacher(), []
     shared = shared_store(_plan(tmp_path, messages), [_method("at"), _method("fitnets")], teacher, data, CFG)
     assert [m.method_name for m in StudySignals([_method("at"), _method("fitnets")]).left_out] == ["fitnets"]
     facts = _train(_method("fitnets"), data, teacher, shared.plan).extra["teacher_signals"]
@@ -94,7 +88,7 @@ def test_a_layer_stored_in_another_form_gets_its_own_store(tmp_path):
 
 
 def test_a_store_that_does_not_fit_leaves_the_plan_as_it_was(tmp_path):
-    data, teacher = _data(), _teacher()
+    data, teacher = toy_data(), _teacher()
     views = ReplayViews(AugmentConfig(crop=2), seed=11, views=2, num_classes=5)
     plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, max_gb=1e-9, log=lambda m: None))
     shared = shared_store(plan, [_method("hinton")], teacher, data, CFG)
@@ -105,7 +99,7 @@ def test_a_store_that_does_not_fit_leaves_the_plan_as_it_was(tmp_path):
 
 
 def test_top_k_logits_are_shared_at_one_temperature_and_another_gets_its_own_store(tmp_path):
-    data, teacher, messages = _data(), _teacher(), []
+    data, teacher, messages = toy_data(), _teacher(), []
     views = ReplayViews(AugmentConfig(crop=2), seed=11, views=2, num_classes=5)
     plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=messages.append), top_k=2)
     shared = shared_store(plan, [KD(temperature=4.0), KD(temperature=2.0)], teacher, data, CFG)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdlab.config import DistillConfig, TrainConfig
-from kdlab.data import DatasetSplits, TensorData
+from kdlab.data import DatasetSplits
 from kdlab.data.augment import AugmentConfig
 from kdlab.data.views import ReplayViews
 from kdlab.errors import ConfigError
@@ -22,16 +22,7 @@ from kdlab.teacher_cache.signals import signal_store
 from kdlab.train.build import build_trainer
 from kdlab.train.stored import SignalsPlan, TeacherSignalsConfig
 
-
-def _data(n=48):
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-    return DatasetSplits("toy", TensorData(x, y), TensorData(x[:16], y[:16]), list("abcde"))
-
-
-def _teacher():
-    torch.manual_seed(1)
-    return build_model("cnn", (1, 8, 8), 5, {"channels": [6, 8]})
+from tests.toy_signals import toy_data, toy_teacher
 
 
 METHODS = {
@@ -44,7 +35,7 @@ METHODS = {
 
 
 def _run(tmp_path, name, augment, store, dtype="float32", views=3, epochs=2, teacher=None, **plan_options):
-    data = _data()
+    data = toy_data()
     method_name, params = METHODS[name]
     method = build_method(method_name, DistillConfig(method=method_name), params)
     torch.manual_seed(2)
@@ -53,7 +44,7 @@ def _run(tmp_path, name, augment, store, dtype="float32", views=3, epochs=2, tea
     plan = SignalsPlan(replay, functools.partial(signal_store, tmp_path, log=lambda m: None), feature_dtype=dtype,
                        explicit=True, store=store, **plan_options)
     cfg = TrainConfig(epochs=epochs, batch_size=16)
-    teacher = FrozenTeacher(teacher if teacher is not None else _teacher())
+    teacher = FrozenTeacher(teacher if teacher is not None else toy_teacher())
     trainer = build_trainer(student, method, data, cfg, seed=0, teacher=teacher, signals=plan)
     results = trainer.fit()
     facts = trainer.run_facts()
@@ -115,7 +106,7 @@ def test_a_top_k_store_trains_as_the_online_teacher_with_top_k_logits(tmp_path):
     """A top-2 store of 5 classes at the method's T: the same losses and weights as the online
     teacher whose logits are compressed and expanded per batch (the loss the store implies)."""
     T = DistillConfig().temperature
-    online, online_w, _ = _run(tmp_path, "hinton", CROP_FLIP, store=False, teacher=_TopKTeacher(_teacher(), 2, T))
+    online, online_w, _ = _run(tmp_path, "hinton", CROP_FLIP, store=False, teacher=_TopKTeacher(toy_teacher(), 2, T))
     full, _, _ = _run(tmp_path, "hinton", CROP_FLIP, store=True)
     stored, stored_w, facts = _run(tmp_path, "hinton", CROP_FLIP, store=True, top_k=2)
     sig = facts["teacher_signals"]["signals"]
@@ -139,8 +130,8 @@ def test_a_top_k_store_is_refused_for_a_method_without_temperature(tmp_path):
     plan = SignalsPlan(ReplayViews(CROP_FLIP, seed=11, views=2, num_classes=5),
                        functools.partial(signal_store, tmp_path, log=lambda m: None), explicit=True, top_k=2)
     with pytest.raises(ConfigError, match="top_k"):
-        build_trainer(student, NoTemperature(temperature=4.0), _data(), TrainConfig(epochs=1, batch_size=16), seed=0,
-                      teacher=FrozenTeacher(_teacher()), signals=plan)
+        build_trainer(student, NoTemperature(temperature=4.0), toy_data(), TrainConfig(epochs=1, batch_size=16), seed=0,
+                      teacher=FrozenTeacher(toy_teacher()), signals=plan)
 
 
 def test_top_k_auto_keeps_every_logit_up_to_1000_classes():
@@ -176,7 +167,7 @@ def test_teacher_signals_section_is_checked_in_one_line():
 def test_another_share_of_the_training_set_gets_its_own_store(tmp_path):
     """The store's key holds the training tensors the run reads, not only the dataset it came from:
     a caller training on images 0-23 and then 24-47 (same dataset fingerprint) gets two stores."""
-    full = _data()
+    full = toy_data()
     full.info["fingerprint"] = "the same dataset"
     facts = []
     for part in (torch.arange(0, 24), torch.arange(24, 48), torch.arange(0, 24)):
@@ -186,7 +177,7 @@ def test_another_share_of_the_training_set_gets_its_own_store(tmp_path):
         plan = SignalsPlan(ReplayViews(CROP_FLIP, seed=11, views=2, num_classes=5),
                            functools.partial(signal_store, tmp_path, log=lambda m: None), explicit=True)
         trainer = build_trainer(student, build_method("hinton", DistillConfig(), None), data,
-                                TrainConfig(epochs=1, batch_size=8), seed=0, teacher=FrozenTeacher(_teacher()), signals=plan)
+                                TrainConfig(epochs=1, batch_size=8), seed=0, teacher=FrozenTeacher(toy_teacher()), signals=plan)
         facts.append(trainer.run_facts()["teacher_signals"])
         trainer.close()
     assert [f["computed_here"] for f in facts] == [True, True, False]

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from kdlab.config import TrainConfig
-from kdlab.data import DatasetSplits, TensorData
 from kdlab.data.augment import AugmentConfig
 from kdlab.data.views import ReplayViews
 from kdlab.methods import CE, KD
@@ -23,18 +22,13 @@ from kdlab.train.build import build_grid_trainer, build_trainer
 from kdlab.train.run import fit_grid
 from kdlab.train.stored import SignalsPlan
 
+from tests.toy_signals import toy_data, toy_teacher
+
 SEEDS = [0, 3]
 
 
-def _data(n=48):
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-    return DatasetSplits("toy", TensorData(x, y), TensorData(x[:16], y[:16]), list("abcde"))
-
-
 def _teacher():
-    torch.manual_seed(1)
-    return FrozenTeacher(build_model("cnn", (1, 8, 8), 5, {"channels": [6, 8]}))
+    return FrozenTeacher(toy_teacher())
 
 
 def _student(seed):
@@ -53,7 +47,7 @@ def _plan(tmp_path, augment, log):
 
 @pytest.mark.parametrize("augment", [AugmentConfig(crop=2, flip=True), AugmentConfig(mixup=0.4)], ids=["crop-flip", "mixup"])
 def test_batched_grid_on_stored_views_equals_one_by_one_from_the_same_store(tmp_path, augment):
-    data, teacher, cfg = _data(), _teacher(), TrainConfig(epochs=2, batch_size=16)
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=2, batch_size=16)
     messages = []
     plan = _plan(tmp_path, augment, messages.append)
     methods = _methods()
@@ -87,7 +81,7 @@ def test_batched_grid_on_stored_views_equals_one_by_one_from_the_same_store(tmp_
 def test_grid_students_of_one_seed_see_the_same_views_and_seeds_differ(tmp_path):
     """Fair by construction: the variants of a seed start from the same weights on the same views,
     so their first hard loss is the same number; another seed draws other batches."""
-    data, teacher, cfg = _data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
     plan = _plan(tmp_path, AugmentConfig(crop=2, flip=True), lambda m: None)
     methods = _methods()
     grid = [[_student(s) for s in SEEDS] for _ in methods]
@@ -99,7 +93,7 @@ def test_grid_students_of_one_seed_see_the_same_views_and_seeds_differ(tmp_path)
 
 
 def test_grid_refuses_training_set_logits_on_augmented_views(tmp_path):
-    data, cfg = _data(), TrainConfig(epochs=1, batch_size=16)
+    data, cfg = toy_data(), TrainConfig(epochs=1, batch_size=16)
     plan = _plan(tmp_path, AugmentConfig(crop=2), lambda m: None)
     logits = torch.zeros(len(data.train), 5)
     with pytest.raises(ValueError, match="teacher's outputs of those views"):
@@ -109,7 +103,7 @@ def test_grid_refuses_training_set_logits_on_augmented_views(tmp_path):
 
 
 def test_top_k_stored_logits_batch_at_one_temperature_and_equal_one_by_one(tmp_path):
-    data, teacher, cfg = _data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
     views = ReplayViews(AugmentConfig(crop=2, flip=True), seed=11, views=2, num_classes=5)
     plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=lambda m: None), explicit=True, top_k=2)
     with pytest.raises(ValueError, match="exact at one temperature"):  # _methods() distil at T = 3 and T = 2
