@@ -171,7 +171,7 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
                           "so top-k logits would change its loss; use teacher_signals.top_k=all")
     names = signal_names(features, top_k is not None)
     dev = X.device
-    store_dtype = store_precision(plan.precision, dev if dev is not None else torch.device("cpu"))
+    store_dtype = store_precision(plan.precision, dev)
     # the run's layout (channels_last) and, unless the store asks otherwise, its autocast dtype
     autocast_as = precision.dtype if plan.precision == "fp32" and store_dtype is None else store_dtype
 
