@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..losses.hint import conv_bn_hint_loss, hint_loss
 
 __all__ = ["AdapterBatchNorm2d", "AdapterSet", "ConvAdapter", "LinearAdapter", "PairAdapter", "build_adapter", "pair_key"]
 
@@ -52,6 +53,10 @@ class PairAdapter(nn.Module):
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor) -> Tuple[Tensor, Tensor]:
         return student_feat, teacher_feat
+
+    def hint(self, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+        """FitNets' hint: the mean squared difference of the adapted pair."""
+        return hint_loss(*self(student_feat, teacher_feat))
 
     def describe(self) -> str:
         """One line for logs: what this adapter does to the pair."""
@@ -114,6 +119,35 @@ class ConvAdapter(PairAdapter):
         if self.pool_teacher:
             teacher_feat = F.adaptive_avg_pool2d(teacher_feat, self.size)
         return self.proj(student_feat), teacher_feat
+
+    def hint(self, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+        """The hint of the adapted pair; through a conv + BatchNorm in the moment form of
+        :func:`~kdlab.losses.hint.conv_bn_hint_loss` (same loss, gradients and running statistics, a
+        third of the cost), except under autocast, whose half-precision products the form's
+        differences of large terms would not survive."""
+        if not isinstance(self.proj, nn.Sequential) or torch.is_autocast_enabled(student_feat.device.type) \
+                or student_feat.dtype not in (torch.float32, torch.float64):
+            return super().hint(student_feat, teacher_feat)
+        if self.pool_student:
+            student_feat = F.adaptive_avg_pool2d(student_feat, self.size)
+        if self.pool_teacher:
+            teacher_feat = F.adaptive_avg_pool2d(teacher_feat, self.size)
+        conv, bn = self.proj[0], self.proj[1]
+        pixels = student_feat.shape[0] * student_feat.shape[2] * student_feat.shape[3]
+        batch_stats = bn.training or not bn.track_running_stats
+        if batch_stats and bn.track_running_stats and pixels == 1:
+            batch_stats = False  # AdapterBatchNorm2d: one value per channel has no variance
+        update = batch_stats and bn.training and bn.track_running_stats
+        loss, mu, var = conv_bn_hint_loss(
+            student_feat, conv.weight, teacher_feat, bn.weight, bn.bias, bn.eps,
+            mean=None if batch_stats else bn.running_mean, var=None if batch_stats else bn.running_var)
+        if update:  # what nn.BatchNorm2d does in training mode
+            bn.num_batches_tracked.add_(1)
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            with torch.no_grad():
+                bn.running_mean.mul_(1 - m).add_(mu, alpha=m)
+                bn.running_var.mul_(1 - m).add_(var * (pixels / max(pixels - 1, 1)), alpha=m)
+        return loss
 
     def describe(self) -> str:
         parts = []
@@ -242,6 +276,14 @@ class AdapterSet(nn.Module):
             student_name, teacher_name, student_feat.shape, teacher_feat.shape, student_feat.device, student_feat.dtype
         )
         return adapter(student_feat, teacher_feat)
+
+    def hint(self, student_name: str, teacher_name: str, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+        """FitNets' hint loss of a pair: ``mean((adapted student − teacher)²)``, built on first use like
+        :meth:`forward`, computed by the adapter (which may take a cheaper exact route)."""
+        adapter = self.build(
+            student_name, teacher_name, student_feat.shape, teacher_feat.shape, student_feat.device, student_feat.dtype
+        )
+        return adapter.hint(student_feat, teacher_feat)  # type: ignore[operator]
 
     def describe(self) -> List[str]:
         """One line per pair, e.g. ``features.3 -> layer2: conv1x1+bn 16->128, pool student to 7x7``."""

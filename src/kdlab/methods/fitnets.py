@@ -14,30 +14,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..losses.hint import hint_loss
 from .adapters import AdapterSet
 from .base import Batch, Outputs, layer_pair_needs
 from .kd import KD
 from .registry import register_method
 
 __all__ = ["hint_loss", "FitNets", "FitNetsParams"]
-
-
-def hint_loss(student_feat_adapted: Tensor, teacher_feat: Tensor) -> Tensor:
-    """Mean over all elements of ``(student - teacher)^2``; the teacher is a fixed target (detached).
-
-    Detaching here is a safety net: the teacher never receives gradient even if its feature was
-    (wrongly) produced with autograd on.
-    """
-    if student_feat_adapted.shape != teacher_feat.shape:
-        raise ConfigError(
-            f"hint loss needs equal shapes, got student {list(student_feat_adapted.shape)} and teacher "
-            f"{list(teacher_feat.shape)}; pass the student feature through its adapter first"
-        )
-    return F.mse_loss(student_feat_adapted, teacher_feat.detach(), reduction="mean")
 
 
 @dataclass
@@ -106,7 +92,7 @@ class FitNets(KD):
     def forward(self, batch: Batch, student: Outputs, teacher: Optional[Outputs]) -> Dict[str, Tensor]:
         terms = super().forward(batch, student, teacher)
         assert teacher is not None
-        hint = sum(hint_loss(*self.adapters(s, t, student.features[s], teacher.features[t])) for s, t in self.pairs.items())
+        hint = sum(self.adapters.hint(s, t, student.features[s], teacher.features[t]) for s, t in self.pairs.items())
         terms["hint"] = hint  # type: ignore[assignment]
         return terms
 
