@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=12800, help="training images per epoch")
     ap.add_argument("--reps", type=int, default=2, help="timed epochs per side and method")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of: {', '.join(METHODS)}")
+    ap.add_argument("--no-store-cost", action="store_true", help="skip the store's one-time cost at V = 1, 4, 16")
     args = ap.parse_args()
     data_dir = args.data_dir or os.environ.get("KDLAB_DATA_DIR")
     base = [f"dataset.data_dir={json.dumps(str(data_dir))}", "student.train.epochs=1"] if data_dir else ["student.train.epochs=1"]
@@ -89,7 +91,12 @@ def main() -> None:
     results["cached hinton cpu"] = cpu[((), False)][-args.reps:]
     ref_cpu = statistics.median(results["cached hinton cpu"])
     print(f"cached-logit Hinton epoch: {statistics.median(cached):.2f} s wall, {ref_cpu:.2f} s CPU", flush=True)
-    for name, extra in METHODS.items():
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    for name in chosen:
+        extra = METHODS[name]
         t0 = time.perf_counter()
         _, facts = epoch(extra, False)  # computes the store (not timed as an epoch)
         store = facts.get("teacher_signals", {})
@@ -112,7 +119,7 @@ def main() -> None:
               flush=True)
     X, Y = data.train.x, data.train.y
     results["store_cost"] = {}
-    for v in (1, 4, 16):  # the one-time cost of Hinton crop+flip's store (logits only)
+    for v in () if args.no_store_cost else (1, 4, 16):  # the one-time cost of Hinton crop+flip's store (logits only)
         views = ReplayViews(AugmentConfig(crop=2, flip=True), seed=1000 + v, views=v, num_classes=data.num_classes,
                             mean=data.info.get("mean"), std=data.info.get("std"))
 

@@ -82,7 +82,7 @@ def conv_bn_hint_loss(student: Tensor, weight: Tensor, teacher: Tensor, bn_weigh
     prod = torch.bmm(torch.cat([s_c, ones], dim=1), t.transpose(1, 2)).sum(0)  # (Cs+1)×Ct
     with torch.no_grad():
         t_mean = prod[cs] / pixels
-        t_sq = t.square().sum(2).sum(0)
+        t_sq = torch.linalg.vector_norm(t, dim=2).square().sum(0)  # Σ t² per channel, no (B, Ct, HW) temporary
     # Σ_p s̃_p t̃_pᵀ: the student mean's rounding leaves Σ_p s̃_p a hair off 0, which meets Σ t, not Σ t̃
     cross = prod[:cs] - torch.outer(s_c.sum(dim=(0, 2)), t_mean)
     # the small moments combine in float64 (Ct numbers): the sum below is a difference of large terms
