@@ -160,28 +160,37 @@ def grid_train_blocker(cfg: TrainConfig) -> Optional[str]:
     return None
 
 
-def grid_method_blocker(method: Distiller) -> Optional[str]:
-    """Why ``method`` cannot train in the batched grid (None when it can), in the user's words.
+def grid_method_reason(method: Distiller) -> Optional[str]:
+    """Why ``method`` cannot train in the batched grid (None when it can), as a clause: "its adapters are ...".
 
     The grid computes methods that read logits (in closed form or vmapped through autograd), and
     methods that read student and teacher features when they declare it (``Distiller.grid_features``)
     and have no parameters of their own: the grid taps every student's features in its stacked forward.
-    Per-student parameters (adapters, heads), sample indices, teacher members or a method's own
+    Per-student parameters (adapters, heads), per-sample state, teacher members or a method's own
     teacher would need one copy per student, which the stacked step does not keep.
     """
-    name = method.method_name or type(method).__name__
     needs = method.needs
     if method.grid_refusal:
-        return f"{name} trains one student at a time: {method.grid_refusal}"
-    if needs.teacher_members or needs.indices or needs.ema_teacher:
-        return f"{name} trains one student at a time: it needs sample indices, teacher members or its own teacher"
+        return method.grid_refusal
+    if needs.ema_teacher:
+        return "it is its own teacher (an EMA copy of each student)"
+    if needs.teacher_members:
+        return "it reads each teacher member's logits, which the batched step does not stack"
+    if needs.indices:
+        return "it keeps per-sample state by sample index"
     if needs.logits_only:
         return None
     if not method.grid_features:
-        return f"{name} trains one student at a time: it does not declare its feature loss batchable (Distiller.grid_features)"
+        return "its feature loss is not declared batchable (Distiller.grid_features)"
     if method.lazy or any(True for _ in method.parameters()):
-        return f"{name} trains one student at a time: it has trainable parameters of its own, one set per student"
+        return "it has trainable parameters of its own, one set per student"
     return None
+
+
+def grid_method_blocker(method: Distiller) -> Optional[str]:
+    """:func:`grid_method_reason` as a sentence naming the method (None when the grid can train it)."""
+    why = grid_method_reason(method)
+    return None if why is None else f"{method.method_name or type(method).__name__} trains one student at a time: {why}"
 
 
 def build_grid_trainer(
@@ -216,7 +225,7 @@ def build_grid_trainer(
     for m in methods:
         why = grid_method_blocker(m)
         if why is not None:
-            raise ValueError(f"cannot batch {type(m).__name__}: {why}")
+            raise ValueError(f"cannot batch these students: {why}")
     blocker = grid_train_blocker(cfg)
     if blocker:
         raise ValueError(f"cannot batch these students: {blocker}")
