@@ -243,3 +243,15 @@ def test_attention_transfer_trains_batched_and_equals_one_by_one(augmented, augm
     for key, run in res.runs.items():
         torch.testing.assert_close(seq.runs[key].step_losses, run.step_losses, rtol=1e-4, atol=5e-5)
         assert seq.runs[key].final_acc == pytest.approx(run.final_acc, abs=1e-6)
+
+
+def test_attention_transfer_with_the_teacher_online_trains_one_by_one(augmented):
+    """No store (teacher_signals.online), so no stored energy maps: AT trains alone, with the reason; the others batch."""
+    _, cache = augmented
+    plain = [o for o in AUGMENTED if not o.startswith(("augment", "teacher_signals"))]
+    recipe = load_recipe("digits-mlp", plain + [AT_PAIRS, "teacher_signals={online: true}", "student.train.epochs=1"])
+    res = compare(recipe, None, 1, methods="hinton,at", teacher_cache=cache, progress=False, log=lambda *_: None, profile=False)
+    assert res.mode == "partly batched"
+    assert "at trained one by one (teacher_signals.online: the teacher runs on every batch for its features); the others batched" in res.notes
+    with pytest.raises(ConfigError, match="at trains one by one \\(teacher_signals.online"):
+        compare(recipe, None, 1, methods="hinton,at", teacher_cache=cache, batched=True, progress=False, profile=False)
