@@ -122,7 +122,11 @@ def test_methods_batch_where_they_can_and_match_the_loss_comparison(result, tmp_
     by_method = compare(recipe, None, 3, methods="hinton,fitnets,dkd,self-ema,multi-teacher", teacher_cache=cache,
                         progress=False, log=lines.append)
     assert by_method.variants == ["scratch", "hinton", "fitnets", "dkd", "self-ema", "multi-teacher"]
-    assert by_method.mode == "partly batched" and "fitnets, dkd, self-ema, multi-teacher trained one by one" in by_method.notes[0]
+    assert by_method.mode == "partly batched"
+    for part in ("fitnets trained one by one (its adapters are per-student parameters)",
+                 "dkd trained one by one (no closed form to batch)", "self-ema trained one by one (it is its own teacher",
+                 "multi-teacher trained one by one (it reads each teacher member's logits"):
+        assert part in by_method.notes[0]
     for key in (("scratch", 1), ("hinton", 2)):  # the batched variants: the same numbers as the loss comparison
         assert by_method.runs[key].final_acc == pytest.approx(res.runs[key].final_acc, abs=1e-6)
     # a single teacher as a "mixture" of one: exactly Hinton KD, trained one by one through autograd
@@ -143,7 +147,7 @@ def test_methods_are_checked_before_any_training(tmp_path):
         compare(recipe, None, 1, methods="hinton,fitnets", teacher_cache=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="not both"):
         compare(recipe, "hinton", 1, methods="hinton", teacher_cache=tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="no closed form"):
+    with pytest.raises(ConfigError, match="fitnets trains one by one \\(its adapters are per-student parameters\\)"):
         compare(load_recipe("digits-mlp", METHODS_FAST), None, 1, methods="hinton,fitnets", teacher_cache=tmp_path,
                 batched=True, progress=False)
     assert not list(tmp_path.iterdir())  # no teacher was trained for a refused comparison
@@ -201,7 +205,7 @@ def test_augmented_methods_share_one_store_of_logits_and_features(augmented):
     recipe = load_recipe("digits-mlp", AUGMENTED + ["distill.fitnets={pairs: {features.5: features.5}}"])
     res = compare(recipe, None, 2, methods="hinton,fitnets", teacher_cache=cache, progress=False,
                   log=lambda *_: None, profile=False)
-    assert res.mode == "partly batched" and "fitnets trained one by one (no closed form to batch)" in res.notes[0]
+    assert res.mode == "partly batched" and "fitnets trained one by one (its adapters are per-student parameters)" in res.notes[0]
     stores = [n for n in res.notes if "teacher signal store" in n]
     assert len(stores) == 1 and "(logits, features.5; 2 view(s) per sample)" in stores[0] and "read by 4 student run(s)" in stores[0]
 
@@ -214,3 +218,40 @@ def test_augmented_with_the_teacher_online_trains_one_by_one_and_refuses_batched
     res = compare(recipe, "hinton", 1, teacher_cache=augmented[1], progress=False, log=lambda *_: None, profile=False)
     assert res.mode == "one by one" and res.notes[0].startswith("scratch, hinton trained one by one (teacher_signals.online")
     assert not any("store" in n for n in res.notes) and "the others" not in res.notes[0]
+
+
+AT_PAIRS = "distill.at={pairs: {features.2: features.2, features.5: features.5}, weight: 50}"
+
+
+@pytest.mark.parametrize("augment", [True, False], ids=["augmented", "plain"])
+def test_attention_transfer_trains_batched_and_equals_one_by_one(augmented, augment):
+    """AT batches beside scratch and Hinton KD (augmented: the store's replayed views; plain batches: the
+    store's energy maps of the training set) and gives the numbers of training each student alone."""
+    _, cache = augmented
+    overrides = AUGMENTED + [AT_PAIRS] if augment else [o for o in AUGMENTED if not o.startswith(("augment", "teacher_signals"))] + [AT_PAIRS]
+    recipe = load_recipe("digits-mlp", overrides)
+    res = compare(recipe, None, 2, methods="hinton,at", teacher_cache=cache, progress=False, log=lambda *_: None, profile=False)
+    assert res.mode == "batched" and not any("one by one" in n for n in res.notes)
+    (note,) = [n for n in res.notes if n.startswith("teacher signal store")]
+    assert "(logits, features.2, features.5;" in note and "read by 4 student run(s)" in note
+    assert {"loss_at"} <= set(res.run("at", 0).history[-1])
+    seq = compare(recipe, None, 2, methods="hinton,at", teacher_cache=cache, batched=False, progress=False,
+                  log=lambda *_: None, profile=False)
+    assert seq.mode == "one by one"
+    (again,) = [n for n in seq.notes if n.startswith("teacher signal store")]
+    assert "reused from an earlier run" in again and "read by 4 student run(s)" in again
+    for key, run in res.runs.items():
+        torch.testing.assert_close(seq.runs[key].step_losses, run.step_losses, rtol=1e-4, atol=5e-5)
+        assert seq.runs[key].final_acc == pytest.approx(run.final_acc, abs=1e-6)
+
+
+def test_attention_transfer_with_the_teacher_online_trains_one_by_one(augmented):
+    """No store (teacher_signals.online), so no stored energy maps: AT trains alone, with the reason; the others batch."""
+    _, cache = augmented
+    plain = [o for o in AUGMENTED if not o.startswith(("augment", "teacher_signals"))]
+    recipe = load_recipe("digits-mlp", plain + [AT_PAIRS, "teacher_signals={online: true}", "student.train.epochs=1"])
+    res = compare(recipe, None, 1, methods="hinton,at", teacher_cache=cache, progress=False, log=lambda *_: None, profile=False)
+    assert res.mode == "partly batched"
+    assert "at trained one by one (teacher_signals.online: the teacher runs on every batch for its features); the others batched" in res.notes
+    with pytest.raises(ConfigError, match="at trains one by one \\(teacher_signals.online"):
+        compare(recipe, None, 1, methods="hinton,at", teacher_cache=cache, batched=True, progress=False, profile=False)

@@ -154,6 +154,7 @@ class AttentionTransfer(KD):
     """
 
     weight_settings = {**KD.weight_settings, "at": "weight"}
+    grid_features = True  # no parameters; at_loss is vmap-compatible (the batched grid trains it)
 
     def __init__(self, params: ATParams, coding: str = "hinton", temperature: float = 4.0,
                  hard_weight: float = 0.5, soft_weight: float = 0.5) -> None:

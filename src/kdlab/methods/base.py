@@ -119,6 +119,13 @@ class Distiller(nn.Module):
     #: True when the method creates parts from observed shapes (adapters): the trainer then calls
     #: :meth:`build` on a probe batch before the optimizer exists, so those parts are trained.
     lazy: bool = False
+    #: True when the batched grid (``kdlab compare``) may train this method although it reads features:
+    #: its loss is vmap-compatible and it has no parameters of its own (it must then not be ``lazy``).
+    #: The grid taps each student's features in the stacked forward and hands the method its slice.
+    grid_features: bool = False
+    #: Why the batched grid cannot train this method (per-student parameters, data-dependent ops), in
+    #: the user's words; None: the generic reason from what it needs.
+    grid_refusal: Optional[str] = None
 
     #: Which of the run's schedules move this method (:data:`WEIGHT_SCHEDULE`, :data:`TEMPERATURE_SCHEDULE`);
     #: none by default. The weight schedule needs ``hard`` and ``soft`` terms.

@@ -171,6 +171,7 @@ class CRD(KD):
     """total = hard_weight·CE + soft_weight·KD(T) + weight·(NCE_student + NCE_teacher)."""
 
     lazy = True
+    grid_refusal = "its embedding heads are per-student parameters and its memory bank per-student state"
     method_name = "crd"  # also when built directly: messages (torchrun's refusal) name it
     weight_settings = {**KD.weight_settings, "crd": "weight"}
 

@@ -62,6 +62,7 @@ class FitNets(KD):
     """
 
     lazy = True
+    grid_refusal = "its adapters are per-student parameters"
     weight_settings = {**KD.weight_settings, "hint": "weight"}
 
     def __init__(self, params: FitNetsParams, coding: str = "hinton", temperature: float = 4.0,

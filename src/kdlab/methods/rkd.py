@@ -242,6 +242,8 @@ class RKD(KD):
     A side whose layer is not named uses the input of its model's last ``nn.Linear`` (penultimate).
     """
 
+    grid_refusal = ("its loss uses data-dependent operations (torch.unique on the batch's embeddings, boolean "
+                    "indexing, QR) that vmap cannot batch")
     weight_settings = {**KD.weight_settings, "rkd_distance": "distance_weight", "rkd_angle": "angle_weight"}
 
     def __init__(self, params: Optional[RKDParams] = None, coding: str = "hinton", temperature: float = 4.0,

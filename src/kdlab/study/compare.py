@@ -12,9 +12,11 @@ on replayed views that every variant and seed shares.
 
 Variants are soft-loss codings of Hinton KD (``--losses``) or registered methods (``--methods``,
 each with the recipe's ``distill.<method>`` section). Variants whose step has a closed form (CE,
-Hinton KD with any marked coding) train together in one batched step, augmented or not; the others
-(feature methods, memory banks, several teachers, a method that is its own teacher) train one by
-one on the same trainer, reading the same store.
+Hinton KD with any marked coding) and feature methods without parameters of their own whose loss
+vmap can batch (attention transfer, reading the store's energy maps) train together in one
+batched step, augmented or not; the others (FitNets' adapters, CRD's heads and memory bank, RKD's
+data-dependent operations, several teachers, a method that is its own teacher) train one by one
+on the same trainer, reading the same store; the report's notes say why for each.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..pipeline import (build_role_model, load_teacher, plan_threads_for, prepar
                         student_data, train_role)
 from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
-from ..train.build import grid_method_blocker, grid_train_blocker
+from ..train.build import grid_method_reason, grid_train_blocker
 from ..train.run import fit_grid
 from ..train.students import grid_blocker
 from ..train.weights import WeightPlan
@@ -170,19 +172,24 @@ def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
     return KD(coding=variant, temperature=d.temperature, hard_weight=d.hard_weight, soft_weight=d.soft_weight)
 
 
-def _batchable(method: Distiller, data: DatasetSplits, logits: Tensor) -> bool:
-    """True when the batched trainer computes exactly this method: it has a closed form (or is CE)."""
-    if grid_method_blocker(method) is not None:
-        return False
-    return method.fast_path(data.train.y, data.num_classes, logits if method.needs.teacher else None) is not None
+def _batch_blocker(method: Distiller, data: DatasetSplits, logits: Tensor) -> Optional[str]:
+    """Why the batched trainer cannot compute exactly this method (None: it can): a logits method needs a
+    closed form (or is CE); a feature method must be one the grid trains (:func:`grid_method_reason`)."""
+    why = grid_method_reason(method)
+    if why is not None:
+        return why
+    if method.needs.logits_only and method.fast_path(data.train.y, data.num_classes,
+                                                     logits if method.needs.teacher else None) is None:
+        return "no closed form to batch"
+    return None
 
 
-def _why_single(recipe: Recipe, variant: str, batchable: bool, online: bool) -> Optional[str]:
+def _why_single(recipe: Recipe, variant: str, blocker: Optional[str], online: bool) -> Optional[str]:
     """Why ``variant`` trains one by one, in the user's words (None: it can be batched)."""
     if recipe.distill.stages and variant != SCRATCH:
         return "staged"
-    if not batchable:
-        return "no closed form to batch"
+    if blocker is not None:
+        return blocker
     if online:
         return "teacher_signals.online: the batches are augmented afresh and the teacher runs on each one"
     return None
@@ -214,8 +221,8 @@ def compare(
     """Train the teacher once, then a scratch student and one student per loss (or per method), for each seed.
 
     ``methods`` (instead of ``losses``) compares registered methods. ``batched=None`` trains the
-    students in one batched step when the student allows it (no dropout, no buffers) and their
-    methods have a closed form, the others one by one; ``True`` insists, ``False`` forbids.
+    students in one batched step when the student allows it (no dropout, no buffers) and the grid
+    computes their methods exactly (a closed form, or attention transfer), the others one by one; ``True`` insists, ``False`` forbids.
     ``profile`` adds the teacher-vs-student cost table (:mod:`kdlab.ship.profile`), measured after
     the study's wall time is taken.
     ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
@@ -246,7 +253,10 @@ def compare(
     online = augmented and plan is None  # augmented batches with the teacher online: it must see every batch
     # staged variants train one by one: the batched step shares one optimizer with the scratch students
     # online: every batch is freshly augmented, the scratch students' too, so none of them is batched
-    reasons = {v: why for v in variants if (why := _why_single(recipe, v, _batchable(methods[v], data, placeholder), online))}
+    reasons = {v: why for v in variants if (why := _why_single(recipe, v, _batch_blocker(methods[v], data, placeholder), online))}
+    if plan is None:  # teacher_signals.online on plain batches: a feature method's teacher runs on every batch
+        reasons.update({v: "teacher_signals.online: the teacher runs on every batch for its features" for v in variants
+                        if v not in reasons and methods[v].needs.teacher_features})
     single = list(reasons)
     if recipe.distill.stages:  # every staged variant's terms are checked before the teacher trains
         for v in single:
@@ -268,6 +278,15 @@ def compare(
         if batched and moved:
             raise ConfigError(f"cannot train the students batched: {shared.reason}; drop --batched")
         reasons.update({v: "the teacher runs online on the augmented batches: its store does not fit" for v in moved})
+        single += moved
+    if shared is not None:  # plain batches: a feature variant reads the teacher's features from the store
+        moved = [v for v in variants if v not in single and methods[v].needs.teacher_features
+                 and (shared.store is None or methods[v] in shared.left_out)]
+        if batched and moved:
+            raise ConfigError(f"cannot train the students batched: the study's store does not hold "
+                              f"{', '.join(moved)}'s teacher features; drop --batched")
+        reasons.update({v: "the teacher's features are read online: their store does not fit" if shared.store is None
+                        else "it reads a teacher layer in another form than the study's store holds" for v in moved})
         single += moved
     # the shared training-set logits (plain batches): the store's when there is one, so every student reads the same numbers
     logits = None
@@ -299,10 +318,12 @@ def compare(
 
     if batch_variants:
         grid = [[build_role_model(recipes[s], "student", data) for s in seed_list] for _ in batch_variants]
+        # augmented batches, or a feature method: the grid reads the study's store (plain batches: its view 0)
+        stored = augmented or any(methods[v].needs.teacher_features for v in batch_variants)
         t0 = time.perf_counter()
         results = fit_grid(grid, [methods[v] for v in batch_variants], seed_list, data, cfg,
-                           teacher_logits=logits, teacher=cached.teacher if augmented else None,
-                           signals=study_plan if augmented else None, weight_plan=WeightPlan(cfg.epochs, recipe.distill),
+                           teacher_logits=logits, teacher=cached.teacher if stored else None,
+                           signals=study_plan if stored else None, weight_plan=WeightPlan(cfg.epochs, recipe.distill),
                            callbacks=[tensorboard(tb_names)], progress=progress)
         share = (time.perf_counter() - t0) / (len(batch_variants) * len(seed_list))
         if shared_path is not None:

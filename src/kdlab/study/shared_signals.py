@@ -14,7 +14,7 @@ reads exactly the signal it asked for; the study then reports that store separat
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -22,53 +22,13 @@ from torch import Tensor
 
 from ..config import TrainConfig
 from ..data import DatasetSplits, data_fingerprint
-from ..methods.base import Batch, Distiller, Needs
+from ..methods.base import Batch, Distiller
 from ..teacher import FrozenTeacher
 from ..teacher_cache.keys import normal
 from ..teacher_cache.signals import SignalStore
 from ..train.precision import Precision
 from ..train.sources import OnlineTeacher, StoredSignals
-from ..train.stored import SignalsPlan, stored_source
-
-
-class StudySignals(Distiller):
-    """The teacher side of a study's methods as one method, for the store: the teacher's logits and the
-    union of their teacher features, each in the form of the first method reading it.
-
-    A later method reading a stored layer in another form is left out (:attr:`left_out`): its run gets
-    a store of its own.
-    """
-
-    def __init__(self, methods: Sequence[Distiller]) -> None:
-        super().__init__()
-        self.owners: Dict[str, Distiller] = {}
-        self.left_out: List[Distiller] = []
-        for m in methods:
-            clash = [n for n in m.needs.teacher_features
-                     if n in self.owners and self.owners[n].teacher_signal_form(n) != m.teacher_signal_form(n)]
-            if clash:
-                self.left_out.append(m)
-                continue
-            for name in m.needs.teacher_features:
-                self.owners.setdefault(name, m)
-        self.needs = Needs(teacher_logits=True, teacher_features=tuple(self.owners))
-        # top-k logits are stored at one temperature: the first method's that has one (another T: its own store)
-        self.temperature = next((t for t in (m.configured_temperature() for m in methods) if t is not None), None)
-
-    def configured_temperature(self) -> Optional[float]:
-        return self.temperature
-
-    def teacher_signal(self, name: str, feature: Tensor) -> Tensor:
-        return self.owners[name].teacher_signal(name, feature)
-
-    def teacher_signal_form(self, name: str) -> str:
-        return self.owners[name].teacher_signal_form(name)
-
-    def forward(self, batch: Batch, student: Any, teacher: Any) -> Dict[str, Tensor]:  # pragma: no cover - never trained
-        raise TypeError("StudySignals only describes a study's stored teacher signal; it is not trained")
-
-    def term_weights(self) -> Dict[str, float]:  # pragma: no cover - never trained
-        return {}
+from ..train.stored import SignalsPlan, StudySignals, stored_source
 
 
 @dataclass
@@ -80,6 +40,8 @@ class SharedStore:
     reason: str
     readers: int = 0
     source: Optional[StoredSignals] = None  # the store as a teacher source (reads logits as every run does)
+    #: methods reading a stored layer in another method's form: the store does not cover them
+    left_out: List[Distiller] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -131,9 +93,9 @@ def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: Froze
     finally:
         online.close()
     if stored is None:
-        return SharedStore(plan, None, why)
+        return SharedStore(plan, None, why, left_out=union.left_out)
     store: SignalStore = stored.store
-    result = SharedStore(plan, store, why, source=stored)
+    result = SharedStore(plan, store, why, source=stored, left_out=union.left_out)
     key = store.meta["key"]
 
     def open_store(run_key: Dict[str, Any], *, shapes: Mapping[str, Any], **kwargs: Any) -> Any:

@@ -26,7 +26,7 @@ from .optim import OPTIMIZERS, build_scheduler
 from .precision import Precision
 from .processes import current_processes, refuse_batched
 from .sources import CachedLogits, NoTeacher, OnlineTeacher, per_batch_source, source_facts, tabulated_source
-from .stored import SignalsPlan, stored_source
+from .stored import SignalsPlan, StudySignals, stored_source
 from .steps.autograd import Augment, AutogradStep
 from .steps.closed_form import ClosedFormStep
 from .steps.grid import GridStep
@@ -160,12 +160,37 @@ def grid_train_blocker(cfg: TrainConfig) -> Optional[str]:
     return None
 
 
-def grid_method_blocker(method: Distiller) -> Optional[str]:
-    """Why ``method`` cannot train in the batched grid (None when it can): the grid computes methods
-    that read logits alone, in closed form or vmapped through autograd."""
-    if method.needs.teacher_members or not method.needs.logits_only or method.needs.indices or method.needs.ema_teacher:
-        return f"{method.method_name or type(method).__name__} needs features, sample indices, teacher members or its own teacher"
+def grid_method_reason(method: Distiller) -> Optional[str]:
+    """Why ``method`` cannot train in the batched grid (None when it can), as a clause: "its adapters are ...".
+
+    The grid computes methods that read logits (in closed form or vmapped through autograd), and
+    methods that read student and teacher features when they declare it (``Distiller.grid_features``)
+    and have no parameters of their own: the grid taps every student's features in its stacked forward.
+    Per-student parameters (adapters, heads), per-sample state, teacher members or a method's own
+    teacher would need one copy per student, which the stacked step does not keep.
+    """
+    needs = method.needs
+    if method.grid_refusal:
+        return method.grid_refusal
+    if needs.ema_teacher:
+        return "it is its own teacher (an EMA copy of each student)"
+    if needs.teacher_members:
+        return "it reads each teacher member's logits, which the batched step does not stack"
+    if needs.indices:
+        return "it keeps per-sample state by sample index"
+    if needs.logits_only:
+        return None
+    if not method.grid_features:
+        return "its feature loss is not declared batchable (Distiller.grid_features)"
+    if method.lazy or any(True for _ in method.parameters()):
+        return "it has trainable parameters of its own, one set per student"
     return None
+
+
+def grid_method_blocker(method: Distiller) -> Optional[str]:
+    """:func:`grid_method_reason` as a sentence naming the method (None when the grid can train it)."""
+    why = grid_method_reason(method)
+    return None if why is None else f"{method.method_name or type(method).__name__} trains one student at a time: {why}"
 
 
 def build_grid_trainer(
@@ -192,13 +217,15 @@ def build_grid_trainer(
     if distilling and teacher_logits is None and (teacher is None or signals is None):
         raise ValueError("distilling variants need teacher_logits (one row per training sample), "
                          "or a teacher and a signals plan")
+    if any(m.needs.teacher_features for m in distilling) and (teacher is None or signals is None):
+        raise ValueError("variants reading the teacher's features need a teacher and a signals plan (its store holds them)")
     if teacher_logits is not None and signals is not None and signals.views.cfg.enabled:
         raise ValueError("replayed augmented views need the teacher's outputs of those views (teacher= and signals=), "
                          "not training-set logits")
     for m in methods:
         why = grid_method_blocker(m)
         if why is not None:
-            raise ValueError(f"cannot batch {type(m).__name__}: {why}")
+            raise ValueError(f"cannot batch these students: {why}")
     blocker = grid_train_blocker(cfg)
     if blocker:
         raise ValueError(f"cannot batch these students: {blocker}")
@@ -233,17 +260,23 @@ def _grid_source(distilling: Sequence[Distiller], teacher_logits: Optional[Tenso
     if not distilling:
         why = "no teacher" if augmenting is None else f"no teacher; the batches replay {augmenting.views} stored view(s) per sample"
         return NoTeacher(), why, augmenting
-    if teacher_logits is not None:
+    if teacher_logits is not None and not any(m.needs.teacher_features for m in distilling):
         return CachedLogits(teacher_logits), "training-set logits shared by the grid", None
     assert teacher is not None and signals is not None
     temperatures = {m.configured_temperature() for m in distilling}
     if signals.top_k is not None and len(temperatures) > 1:
         raise ValueError("top-k stored logits are exact at one temperature; these variants distil at several "
                          f"({', '.join(map(str, sorted(temperatures, key=str)))}): batch them per temperature")
+    union = StudySignals(distilling)  # one store: the logits and every variant's teacher features in its form
+    if union.left_out:
+        clash = ", ".join(m.method_name or type(m).__name__ for m in union.left_out)
+        raise ValueError(f"cannot batch these students: {clash} read(s) a teacher layer in another form than an "
+                         "earlier variant, and one store holds one form per layer; train them one by one")
+    features = union.needs.teacher_features
     teacher.to(device)
-    online = OnlineTeacher(teacher, (), False, None)
+    online = OnlineTeacher(teacher, features, False, union.teacher_signal if features else None)
     try:
-        stored, why = stored_source(signals, distilling[0], online, data.train, data_fingerprint(data), precision, device)
+        stored, why = stored_source(signals, union, online, data.train, data_fingerprint(data), precision, device)
     finally:
         online.close()
     if stored is None:
@@ -258,8 +291,9 @@ def _grid_fast_paths(methods: Sequence[Distiller], data: DatasetSplits, source: 
     On replayed views the probe is the views' own batch (labels come out soft under MixUp/CutMix, which
     have no closed form) with the teacher's outputs of those views, and the rows are built per batch."""
     Y, K = data.train.y, data.num_classes
-    if replay is None:
-        fast = [m.fast_path(Y, K, teacher_logits if m.needs.teacher else None) for m in methods]
+    if replay is None:  # (a feature method has no closed form: its features go through autograd)
+        fast = [m.fast_path(Y, K, teacher_logits if m.needs.teacher else None) if m.needs.logits_only else None
+                for m in methods]
         return [f if f is None or closed_form_disagreement(m, f, data.train, K, teacher_logits if m.needs.teacher else None)
                 is None else None for f, m in zip(fast, methods)]
     X = data.train.x
@@ -271,6 +305,9 @@ def _grid_fast_paths(methods: Sequence[Distiller], data: DatasetSplits, source: 
     probe = TensorData(x, y)
     out = []
     for m in methods:
+        if not m.needs.logits_only:
+            out.append(None)
+            continue
         table = probe_logits if m.needs.teacher else None
         f = m.fast_path(y, K, table)
         ok = f is not None and closed_form_disagreement(m, f, probe, K, table) is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from ..data.tensors import tensor_fingerprint
 from ..device import autocast_dtype
 from ..errors import ConfigError
 from ..losses.topk import check_top_k, compress_logits
-from ..methods.base import Batch, Distiller
+from ..methods.base import Batch, Distiller, Needs
 from .precision import Precision
 from .sources import OnlineTeacher, StoredSignals, signal_names
 
@@ -121,6 +121,46 @@ class SignalsPlan:
             raise ConfigError(f"teacher_signals.dtype: choose one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
         if self.precision not in STORE_PRECISIONS:
             raise ConfigError(f"teacher_signals.precision: choose one of {', '.join(STORE_PRECISIONS)}, got {self.precision!r}")
+
+
+class StudySignals(Distiller):
+    """The teacher side of several methods (a study's, a batched grid's) as one method, for one store: the
+    teacher's logits and the union of their teacher features, each in the form of the first method reading it.
+
+    A later method reading a stored layer in another form is left out (:attr:`left_out`): its run gets
+    a store of its own (a batched grid refuses it).
+    """
+
+    def __init__(self, methods: Sequence[Distiller]) -> None:
+        super().__init__()
+        self.owners: Dict[str, Distiller] = {}
+        self.left_out: List[Distiller] = []
+        for m in methods:
+            clash = [n for n in m.needs.teacher_features
+                     if n in self.owners and self.owners[n].teacher_signal_form(n) != m.teacher_signal_form(n)]
+            if clash:
+                self.left_out.append(m)
+                continue
+            for name in m.needs.teacher_features:
+                self.owners.setdefault(name, m)
+        self.needs = Needs(teacher_logits=True, teacher_features=tuple(self.owners))
+        # top-k logits are stored at one temperature: the first method's that has one (another T: its own store)
+        self.temperature = next((t for t in (m.configured_temperature() for m in methods) if t is not None), None)
+
+    def configured_temperature(self) -> Optional[float]:
+        return self.temperature
+
+    def teacher_signal(self, name: str, feature: Tensor) -> Tensor:
+        return self.owners[name].teacher_signal(name, feature)
+
+    def teacher_signal_form(self, name: str) -> str:
+        return self.owners[name].teacher_signal_form(name)
+
+    def forward(self, batch: Batch, student: Any, teacher: Any) -> Dict[str, Tensor]:  # pragma: no cover - never trained
+        raise TypeError("StudySignals only describes a stored teacher signal; it is not trained")
+
+    def term_weights(self) -> Dict[str, float]:  # pragma: no cover - never trained
+        return {}
 
 
 def model_digest(model: nn.Module) -> str:

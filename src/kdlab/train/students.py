@@ -114,6 +114,8 @@ class StudentGrid:
     Seed-major stacking: the outer vmap runs over seeds (each with its own batch), the inner one over
     variants with the batch *unbatched*, so a linear/conv layer folds the variants into its output
     dimension instead of copying the batch once per variant. ``methods[v]`` trains variant ``v``.
+    When a method reads student features (attention transfer), a :class:`FeatureTap` on the stacked
+    forward's model hands back every student's tapped outputs with its logits.
     """
 
     def __init__(self, students: Sequence[Sequence[nn.Module]], methods: Sequence[Distiller], seeds: Sequence[int],
@@ -138,14 +140,26 @@ class StudentGrid:
         def one(p: Dict[str, Tensor], x: Tensor) -> Tensor:
             return functional_call(base, (p, {}), (x,))
 
-        chain = linear_chain(self.flat[0])
+        # the student features the variants' methods read (feature methods the grid may train: grid_method_blocker)
+        self.features = tuple(dict.fromkeys(n for m in methods if not m.needs.logits_only for n in m.needs.student_features))
+        self.tap = FeatureTap(base, self.features, role="student") if self.features else None
+        tap = self.tap
+
+        def one_tapped(p: Dict[str, Tensor], x: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+            out = functional_call(base, (p, {}), (x,))
+            return out, tap.outputs()  # type: ignore[union-attr]
+
+        # Linear/ReLU chains: grouped matmuls share each seed's batch across variants (they expose no
+        # module outputs, so a grid reading features takes the vmapped path, which computes the same logits)
+        chain = linear_chain(self.flat[0]) if tap is None else None
         self.grouped = chain is not None
-        self.per_seed_inputs: Callable[..., Tensor]
-        if chain is not None:  # Linear/ReLU chains: grouped matmuls share each seed's batch across variants
+        self.per_seed_inputs: Callable[..., Any]
+        if chain is not None:
             grouped = GroupedMLP(chain, S, V)
             self.per_seed_inputs, self.shared_inputs = grouped.per_seed, grouped.shared
         else:
-            self.per_seed_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, 0))  # x: (S, B, ...) -> (S, V, B, C)
+            # x: (S, B, ...) -> (S, V, B, C); with features also {name: (S, V, B, ...)}
+            self.per_seed_inputs = vmap(vmap(one if tap is None else one_tapped, in_dims=(0, None)), in_dims=(0, 0))
             self.shared_inputs = vmap(vmap(one, in_dims=(0, None)), in_dims=(0, None))  # x: (N, ...) -> (S, V, N, C)
 
     def grid(self, p: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
@@ -229,4 +243,5 @@ class StudentGrid:
         return out
 
     def close(self) -> None:
-        pass
+        if self.tap is not None:
+            self.tap.remove()

@@ -14,11 +14,13 @@ import torch
 from kdlab.config import TrainConfig
 from kdlab.data.augment import AugmentConfig
 from kdlab.data.views import ReplayViews
-from kdlab.methods import CE, KD
+from kdlab.config import DistillConfig
+from kdlab.methods import CE, KD, build_method
+from kdlab.methods.attention import ATParams, AttentionTransfer
 from kdlab.models import build_model
 from kdlab.teacher import FrozenTeacher
 from kdlab.teacher_cache.signals import signal_store
-from kdlab.train.build import build_grid_trainer, build_trainer
+from kdlab.train.build import build_grid_trainer, build_trainer, grid_method_blocker
 from kdlab.train.run import fit_grid
 from kdlab.train.stored import SignalsPlan
 
@@ -120,3 +122,121 @@ def test_top_k_stored_logits_batch_at_one_temperature_and_equal_one_by_one(tmp_p
         torch.testing.assert_close(batched[v][0].step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
         for a, b in zip(model.parameters(), grid[v][0].parameters()):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- feature methods in the grid
+
+PAIRS = {"features.2": "features.2", "features.5": "features.5"}
+
+
+def _at(pairs=PAIRS, weight=50.0):
+    return AttentionTransfer(ATParams(pairs=dict(pairs), weight=weight), "hinton", 3.0, 0.4, 0.6)
+
+
+def _mixed():
+    return [CE(), KD("hinton", 3.0, 0.4, 0.6), _at()]
+
+
+def _alone_equals_batched(data, teacher, cfg, plan, make_methods, batched, grid, expect_step):
+    for v, method in enumerate(make_methods()):
+        for si, s in enumerate(SEEDS):
+            model = _student(s)
+            trainer = build_trainer(model, method, data, cfg, seed=s, teacher=teacher, signals=plan)
+            (ref,) = trainer.fit()
+            trainer.close()
+            if method.needs.teacher_features:
+                assert trainer.run_facts()["step"] == expect_step
+                assert ref.extra["teacher_signals"]["computed_here"] is False  # the grid's store, reused
+            got = batched[v][si]
+            assert got.step_losses.shape == ref.step_losses.shape
+            torch.testing.assert_close(got.step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
+            for a, b in zip(model.parameters(), grid[v][si].parameters()):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+            for h_ref, h_got in zip(ref.history, got.history):
+                assert h_got["test_acc"] == pytest.approx(h_ref["test_acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("augment", [AugmentConfig(crop=2, flip=True), AugmentConfig()], ids=["crop-flip", "plain"])
+def test_batched_attention_transfer_equals_one_by_one_from_the_same_store(tmp_path, augment):
+    """AT (no parameters, a vmap-compatible loss) trains in the grid beside scratch and Hinton KD: each
+    student's tapped maps against the teacher's stored energy maps, the same losses and weights as alone."""
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=2, batch_size=16)
+    messages = []
+    views = ReplayViews(augment, seed=11, views=3 if augment.enabled else 1, num_classes=5)
+    plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=messages.append), explicit=True)
+    grid = [[_student(s) for s in SEEDS] for _ in range(3)]
+    batched = fit_grid(grid, _mixed(), SEEDS, data, cfg, teacher=teacher, signals=plan)
+    assert sum("computing" in m for m in messages) == 1
+    facts = batched[2][0].extra
+    probe = build_grid_trainer([[_student(0)] for _ in range(3)], _mixed(), [0], data, cfg, teacher=teacher, signals=plan)
+    assert probe.run_facts()["step"] == "batched grid (vmap), " + ("replayed views" if augment.enabled else "stored teacher signal")
+    assert [f is not None for f in probe.step.fast] == [True, True, False]  # AT's features go through autograd
+    probe.close()
+    assert {"feature:features.2", "feature:features.5"} <= set(facts["teacher_signals"]["signals"])
+    assert batched[2][0].step_losses.shape[1] == 4  # total, hard, soft, at
+    assert (batched[2][0].step_losses[:, 3] > 0).all()  # the at term is there, not a padded NaN or a zero
+    # alone, AT reads the grid's store (asserted inside); Hinton KD alone asks for a logits-only store of its own
+    _alone_equals_batched(data, teacher, cfg, plan, _mixed, batched, grid, "autograd")
+
+
+def test_grid_attention_transfer_reads_the_teacher_s_energy_maps(tmp_path):
+    """The at term of the first batched step is the independent formula on the step's own inputs."""
+    import torch.nn.functional as F
+
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
+    plan = _plan(tmp_path, AugmentConfig(), lambda m: None)
+    trainer = build_grid_trainer([[_student(0)]], [_at()], [0], data, cfg, teacher=teacher, signals=plan)
+    step = trainer.step
+    batches, _ = step.epoch(1)
+    first = next(iter(batches))
+    model = _student(0)
+    x = data.train.x.index_select(0, first[0])
+    feats = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o.clone()))
+             for n in PAIRS]
+    model(x)
+    t_feats = {}
+    hooks += [teacher.model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: t_feats.__setitem__(n, o.clone()))
+              for n in PAIRS]
+    with torch.no_grad():
+        teacher.model(x)
+    for h in hooks:
+        h.remove()
+
+    def att(f):
+        return F.normalize(f.pow(2).mean(1).flatten(1), dim=1)
+
+    expected = sum((att(feats[n]) - att(t_feats[n])).pow(2).mean() for n in PAIRS)
+    row = step(first)  # (V, S, width)
+    trainer.close()
+    assert row[0, 0, 3].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_grid_refuses_feature_methods_with_parameters_or_data_dependent_ops(tmp_path):
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
+    plan = _plan(tmp_path, AugmentConfig(), lambda m: None)
+    refused = {
+        "fitnets": "its adapters are per-student parameters",
+        "rkd": "data-dependent operations",
+        "crd": "embedding heads are per-student parameters",
+    }
+    sections = {"fitnets": {"pairs": {"features.2": "features.2"}}, "rkd": {}, "crd": {"num_samples": len(data.train)}}
+    for name, reason in refused.items():
+        method = build_method(name, DistillConfig(), sections[name])
+        assert reason in grid_method_blocker(method)
+        assert grid_method_blocker(method).startswith(f"{name} trains one student at a time: ")
+        with pytest.raises(ValueError, match=reason):
+            fit_grid([[_student(0)]], [method], [0], data, cfg, teacher=teacher, signals=plan)
+    assert grid_method_blocker(_at()) is None
+    assert grid_method_blocker(KD()) is None
+
+
+def test_grid_refuses_feature_variants_no_one_store_covers(tmp_path):
+    """Two AT variants reading one teacher layer at different powers need two forms of it: refused, not a wrong loss."""
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
+    plan = _plan(tmp_path, AugmentConfig(), lambda m: None)
+    other = AttentionTransfer(ATParams(pairs=dict(PAIRS), p=4.0), "hinton", 3.0, 0.4, 0.6)
+    with pytest.raises(ValueError, match="another form"):
+        fit_grid([[_student(0)], [_student(0)]], [_at(), other], [0], data, cfg, teacher=teacher, signals=plan)
+    with pytest.raises(ValueError, match="teacher's features need a teacher and a signals plan"):
+        fit_grid([[_student(0)]], [_at()], [0], data, cfg, teacher_logits=torch.zeros(len(data.train), 5))

@@ -9,7 +9,9 @@ training N students one by one costs about N times one run. Here:
   seed's batch, and the teacher's outputs of exactly those views come from the teacher source, so
   every student sees the same augmented inputs as when it is trained alone;
 * each variant's objective runs over all its seeds at once — in closed form
-  (:mod:`kdlab.losses.closed_form`) or, for a method without one, vmapped through autograd — and
+  (:mod:`kdlab.losses.closed_form`) or, for a method without one, vmapped through autograd; a
+  feature method the grid may train (attention transfer) gets its students' tapped features and the
+  teacher's stored features of the same batch (in the method's form, e.g. AT's energy maps) — and
   one backward pass takes all students' gradients: student ``m``'s loss depends only on its own
   slice of the stacked parameters, so each slice receives exactly its own gradient;
 * one optimizer over the stacked tensors equals independent optimizers, because Adam, AdamW and
@@ -54,7 +56,8 @@ class GridStep:
         self.grid, self.train, self.indexers, self.fast, self.source = grid, train, list(indexers), list(fast), source
         self.optimizer, self.clip, self.replay = optimizer, clip, replay
         methods = grid.methods
-        self.step_fns = [None if f is not None else vmap(_terms_fn(m), in_dims=(0, 0, 0 if m.needs.teacher else None))
+        # per method: (student logits, labels, teacher logits, student features, teacher features), all per seed
+        self.step_fns = [None if f is not None else vmap(_terms_fn(m), in_dims=(0, 0, 0 if m.needs.teacher else None, 0, 0))
                          for f, m in zip(self.fast, methods)]
         self.any_fast = any(f is not None for f in self.fast)
         self.any_autograd = any(f is None for f in self.fast)
@@ -63,7 +66,9 @@ class GridStep:
         self.tabulated = replay is None and (source.table is not None or not self.any_teacher)
         self.number = 0
         kind = "batched grid (grouped matmuls)" if grid.grouped else "batched grid (vmap)"
-        self.kind = kind if replay is None else f"{kind}, replayed views"
+        if replay is not None:  # un-augmented views: the stored teacher signal of the plain training set
+            kind = f"{kind}, {'replayed views' if replay.cfg.enabled else 'stored teacher signal'}"
+        self.kind = kind
 
     def epoch(self, number: int = 0) -> Tuple[Iterable[Tuple[Tensor, ...]], int]:
         for f, m in zip(self.fast, self.grid.methods):
@@ -97,12 +102,14 @@ class GridStep:
         B = idx.shape[1]
         x, y, teacher = self._inputs(flat_idx)
         xb = x.view(S, B, *x.shape[1:])
-        logits = grid.per_seed_inputs(grid.grid(), xb)  # (S, V, B, C)
+        out = grid.per_seed_inputs(grid.grid(), xb)  # (S, V, B, C), with the tapped features {name: (S, V, B, ...)}
+        logits, feats = out if grid.tap is not None else (out, {})
         values, grads, autograd_total = [], [], None
         detached = logits.detach().contiguous() if self.any_fast else logits
         yb = y.view(S, B, *y.shape[1:]) if y is not None else None
         tl = teacher.logits if teacher is not None else None
         tb = tl.view(S, B, *tl.shape[1:]) if tl is not None else None
+        tf = {k: f.view(S, B, *f.shape[1:]) for k, f in teacher.features.items()} if teacher is not None else {}
         for v, (f, step_fn, m) in enumerate(zip(self.fast, self.step_fns, grid.methods)):
             if f is not None:
                 rows = f.rows(flat_idx) if self.tabulated else f.rows_for(y, tl if m.needs.teacher else None)
@@ -111,7 +118,10 @@ class GridStep:
                 grads.append(grad)
             else:
                 grads.append(logits.new_zeros(S, B, logits.shape[-1]))
-                terms = step_fn(logits[:, v], yb, tb)  # type: ignore[misc]
+                needs = m.needs
+                sf = {k: feats[k][:, v] for k in needs.student_features} if not needs.logits_only else {}
+                mine = {k: tf[k] for k in needs.teacher_features} if not needs.logits_only else {}
+                terms = step_fn(logits[:, v], yb, tb, sf, mine)  # type: ignore[misc]
                 total = _total_of(m, terms)
                 autograd_total = total.sum() + (0 if autograd_total is None else autograd_total)
                 vals = torch.stack([total, *(terms[k] for k in m.term_weights())], -1).detach()
@@ -136,8 +146,8 @@ class GridStep:
 def _terms_fn(method: Distiller) -> Callable[..., Dict[str, Tensor]]:
     """The method as a function of tensors only, so vmap can batch it over seeds."""
 
-    def terms(s: Tensor, y: Tensor, t: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        return method(Batch(s, y), Outputs(s), None if t is None else Outputs(t))
+    def terms(s: Tensor, y: Tensor, t: Optional[Tensor], sf: Dict[str, Tensor], tf: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return method(Batch(s, y), Outputs(s, sf), None if t is None else Outputs(t, tf))
 
     return terms
 
