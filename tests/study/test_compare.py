@@ -187,6 +187,14 @@ def test_augmented_cnn_students_train_batched_from_one_store(augmented):
         assert max(first.values()) - min(first.values()) < 1e-5, first
 
 
+def _assert_same_runs(seq, res):
+    """Every run of the one-by-one study ``seq`` has the losses and accuracy of its batched twin in ``res``
+    (closed form or vmapped autograd vs autograd: the soft term is a difference of sums, so atol 5e-5)."""
+    for key, run in res.runs.items():
+        torch.testing.assert_close(seq.runs[key].step_losses, run.step_losses, rtol=1e-4, atol=5e-5)
+        assert seq.runs[key].final_acc == pytest.approx(run.final_acc, abs=1e-6)
+
+
 def test_augmented_batched_equals_one_by_one_from_the_same_store(augmented):
     res, cache = augmented
     seq = compare(load_recipe("digits-mlp", AUGMENTED), "hinton,softmax-input", 2, teacher_cache=cache, batched=False,
@@ -194,10 +202,7 @@ def test_augmented_batched_equals_one_by_one_from_the_same_store(augmented):
     assert seq.mode == "one by one"
     (note,) = [n for n in seq.notes if n.startswith("teacher signal store")]
     assert "reused from an earlier run" in note and "read by 4 student run(s)" in note
-    for key, run in res.runs.items():
-        # closed form (batched) vs autograd (one by one): the soft term is a difference of sums, so atol 5e-5
-        torch.testing.assert_close(seq.runs[key].step_losses, run.step_losses, rtol=1e-4, atol=5e-5)
-        assert seq.runs[key].final_acc == pytest.approx(run.final_acc, abs=1e-6)
+    _assert_same_runs(seq, res)
 
 
 def test_augmented_methods_share_one_store_of_logits_and_features(augmented):
@@ -240,9 +245,7 @@ def test_attention_transfer_trains_batched_and_equals_one_by_one(augmented, augm
     assert seq.mode == "one by one"
     (again,) = [n for n in seq.notes if n.startswith("teacher signal store")]
     assert "reused from an earlier run" in again and "read by 4 student run(s)" in again
-    for key, run in res.runs.items():
-        torch.testing.assert_close(seq.runs[key].step_losses, run.step_losses, rtol=1e-4, atol=5e-5)
-        assert seq.runs[key].final_acc == pytest.approx(run.final_acc, abs=1e-6)
+    _assert_same_runs(seq, res)
 
 
 def test_attention_transfer_with_the_teacher_online_trains_one_by_one(augmented):
