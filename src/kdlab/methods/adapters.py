@@ -113,11 +113,16 @@ class ConvAdapter(PairAdapter):
                 AdapterBatchNorm2d(out_channels, device=device, dtype=dtype),
             )
 
-    def forward(self, student_feat: Tensor, teacher_feat: Tensor) -> Tuple[Tensor, Tensor]:
+    def pooled(self, student_feat: Tensor, teacher_feat: Tensor) -> Tuple[Tensor, Tensor]:
+        """The pair at the common size, before the 1x1 conv + BN."""
         if self.pool_student:
             student_feat = F.adaptive_avg_pool2d(student_feat, self.size)
         if self.pool_teacher:
             teacher_feat = F.adaptive_avg_pool2d(teacher_feat, self.size)
+        return student_feat, teacher_feat
+
+    def forward(self, student_feat: Tensor, teacher_feat: Tensor) -> Tuple[Tensor, Tensor]:
+        student_feat, teacher_feat = self.pooled(student_feat, teacher_feat)
         return self.proj(student_feat), teacher_feat
 
     def hint(self, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
@@ -128,10 +133,7 @@ class ConvAdapter(PairAdapter):
         if not isinstance(self.proj, nn.Sequential) or torch.is_autocast_enabled(student_feat.device.type) \
                 or student_feat.dtype not in (torch.float32, torch.float64):
             return super().hint(student_feat, teacher_feat)
-        if self.pool_student:
-            student_feat = F.adaptive_avg_pool2d(student_feat, self.size)
-        if self.pool_teacher:
-            teacher_feat = F.adaptive_avg_pool2d(teacher_feat, self.size)
+        student_feat, teacher_feat = self.pooled(student_feat, teacher_feat)
         conv, bn = self.proj[0], self.proj[1]
         pixels = student_feat.shape[0] * student_feat.shape[2] * student_feat.shape[3]
         batch_stats = bn.training or not bn.track_running_stats
