@@ -6,6 +6,7 @@ import torch
 
 from kdlab import ConfigError
 from kdlab.cli import main
+from kdlab.features import PENULTIMATE
 from kdlab.recipes import load_recipe
 from kdlab.study.compare import compare, parse_variants
 from kdlab.study.report import write_report
@@ -124,9 +125,10 @@ def test_methods_batch_where_they_can_and_match_the_loss_comparison(result, tmp_
     assert by_method.variants == ["scratch", "hinton", "fitnets", "dkd", "self-ema", "multi-teacher"]
     assert by_method.mode == "partly batched"
     for part in ("fitnets trained one by one (its adapters are per-student parameters)",
-                 "dkd trained one by one (no closed form to batch)", "self-ema trained one by one (it is its own teacher",
+                 "self-ema trained one by one (it is its own teacher",
                  "multi-teacher trained one by one (it reads each teacher member's logits"):
         assert part in by_method.notes[0]
+    assert "dkd" not in by_method.notes[0]  # no closed form, but vmapped through autograd in the grid
     for key in (("scratch", 1), ("hinton", 2)):  # the batched variants: the same numbers as the loss comparison
         assert by_method.runs[key].final_acc == pytest.approx(res.runs[key].final_acc, abs=1e-6)
     # a single teacher as a "mixture" of one: exactly Hinton KD, trained one by one through autograd
@@ -229,22 +231,24 @@ AT_PAIRS = "distill.at={pairs: {features.2: features.2, features.5: features.5},
 
 
 @pytest.mark.parametrize("augment", [True, False], ids=["augmented", "plain"])
-def test_attention_transfer_trains_batched_and_equals_one_by_one(augmented, augment):
-    """AT batches beside scratch and Hinton KD (augmented: the store's replayed views; plain batches: the
-    store's energy maps of the training set) and gives the numbers of training each student alone."""
+def test_parameter_free_methods_train_batched_and_equal_one_by_one(augmented, augment):
+    """AT (vmapped), RKD (its loss called per seed: data-dependent operations) and DKD (no closed form:
+    vmapped autograd) batch beside scratch and Hinton KD (augmented: the store's replayed views; plain
+    batches: the store's features of the training set) and give the numbers of training each student alone."""
     _, cache = augmented
     overrides = AUGMENTED + [AT_PAIRS] if augment else [o for o in AUGMENTED if not o.startswith(("augment", "teacher_signals"))] + [AT_PAIRS]
-    recipe = load_recipe("digits-mlp", overrides)
-    res = compare(recipe, None, 2, methods="hinton,at", teacher_cache=cache, progress=False, log=lambda *_: None, profile=False)
+    recipe = load_recipe("digits-mlp", overrides + ["distill.dkd={warmup: 1}"])
+    methods = "hinton,at,rkd,dkd"
+    res = compare(recipe, None, 2, methods=methods, teacher_cache=cache, progress=False, log=lambda *_: None, profile=False)
     assert res.mode == "batched" and not any("one by one" in n for n in res.notes)
     (note,) = [n for n in res.notes if n.startswith("teacher signal store")]
-    assert "(logits, features.2, features.5;" in note and "read by 4 student run(s)" in note
-    assert {"loss_at"} <= set(res.run("at", 0).history[-1])
-    seq = compare(recipe, None, 2, methods="hinton,at", teacher_cache=cache, batched=False, progress=False,
+    assert "features.2, features.5" in note and PENULTIMATE in note and "read by 8 student run(s)" in note
+    assert {"loss_at"} <= set(res.run("at", 0).history[-1]) and {"loss_rkd_angle"} <= set(res.run("rkd", 0).history[-1])
+    seq = compare(recipe, None, 2, methods=methods, teacher_cache=cache, batched=False, progress=False,
                   log=lambda *_: None, profile=False)
     assert seq.mode == "one by one"
     (again,) = [n for n in seq.notes if n.startswith("teacher signal store")]
-    assert "reused from an earlier run" in again and "read by 4 student run(s)" in again
+    assert "reused from an earlier run" in again and "read by 8 student run(s)" in again
     _assert_same_runs(seq, res)
 
 

@@ -120,9 +120,14 @@ class Distiller(nn.Module):
     #: :meth:`build` on a probe batch before the optimizer exists, so those parts are trained.
     lazy: bool = False
     #: True when the batched grid (``kdlab compare``) may train this method although it reads features:
-    #: its loss is vmap-compatible and it has no parameters of its own (it must then not be ``lazy``).
+    #: it has no parameters of its own (it must then not be ``lazy``); see also :attr:`grid_vmap`.
     #: The grid taps each student's features in the stacked forward and hands the method its slice.
     grid_features: bool = False
+    #: True when the method's forward is vmap-compatible, so the grid computes it for all seeds of a
+    #: variant in one call; False (data-dependent operations: ``torch.unique``, boolean indexing): the
+    #: grid calls it once per seed on that seed's slice. Either way the students' forward and backward
+    #: stay stacked, and each student gets exactly its own loss.
+    grid_vmap: bool = True
     #: Why the batched grid cannot train this method (per-student parameters, data-dependent ops), in
     #: the user's words; None: the generic reason from what it needs.
     grid_refusal: Optional[str] = None

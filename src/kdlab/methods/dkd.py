@@ -87,7 +87,8 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
                           f"dtype {target.dtype} and shape {list(target.shape)}")
     check_temperature(temperature)
     T = float(temperature)
-    gt = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, target.long().view(-1, 1), True)
+    # the target mask by comparison, not an in-place scatter: vmap batches it (the compare grid trains DKD)
+    gt = torch.arange(student_logits.shape[1], device=student_logits.device) == target.long().view(-1, 1)
 
     def parts(z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         z = z / T

@@ -242,8 +242,9 @@ class RKD(KD):
     A side whose layer is not named uses the input of its model's last ``nn.Linear`` (penultimate).
     """
 
-    grid_refusal = ("its loss uses data-dependent operations (torch.unique on the batch's embeddings, boolean "
-                    "indexing, QR) that vmap cannot batch")
+    # no parameters: the grid trains it, one call per seed (torch.unique and boolean indexing are
+    # data-dependent, which vmap cannot batch)
+    grid_features, grid_vmap = True, False
     weight_settings = {**KD.weight_settings, "rkd_distance": "distance_weight", "rkd_angle": "angle_weight"}
 
     def __init__(self, params: Optional[RKDParams] = None, coding: str = "hinton", temperature: float = 4.0,

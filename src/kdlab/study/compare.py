@@ -12,10 +12,11 @@ on replayed views that every variant and seed shares.
 
 Variants are soft-loss codings of Hinton KD (``--losses``) or registered methods (``--methods``,
 each with the recipe's ``distill.<method>`` section). Variants whose step has a closed form (CE,
-Hinton KD with any marked coding) and feature methods without parameters of their own whose loss
-vmap can batch (attention transfer, reading the store's energy maps) train together in one
-batched step, augmented or not; the others (FitNets' adapters, CRD's heads and memory bank, RKD's
-data-dependent operations, several teachers, a method that is its own teacher) train one by one
+Hinton KD with any marked coding), logits methods without one (DKD, vmapped through autograd) and
+feature methods without parameters of their own (attention transfer, reading the store's energy
+maps; RKD, its loss called per seed) train together in one batched step, augmented or not; the
+others (FitNets' adapters, CRD's heads and memory bank, several teachers, a method that is its own
+teacher) train one by one
 on the same trainer, reading the same store; the report's notes say why for each.
 """
 
@@ -172,16 +173,10 @@ def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
     return KD(coding=variant, temperature=d.temperature, hard_weight=d.hard_weight, soft_weight=d.soft_weight)
 
 
-def _batch_blocker(method: Distiller, data: DatasetSplits, logits: Tensor) -> Optional[str]:
-    """Why the batched trainer cannot compute exactly this method (None: it can): a logits method needs a
-    closed form (or is CE); a feature method must be one the grid trains (:func:`grid_method_reason`)."""
-    why = grid_method_reason(method)
-    if why is not None:
-        return why
-    if method.needs.logits_only and method.fast_path(data.train.y, data.num_classes,
-                                                     logits if method.needs.teacher else None) is None:
-        return "no closed form to batch"
-    return None
+def _batch_blocker(method: Distiller) -> Optional[str]:
+    """Why the batched trainer cannot compute exactly this method (None: it can): :func:`grid_method_reason`.
+    A logits method without a closed form (DKD) is batched too, vmapped through autograd."""
+    return grid_method_reason(method)
 
 
 def _why_single(recipe: Recipe, variant: str, blocker: Optional[str], online: bool) -> Optional[str]:
@@ -222,7 +217,7 @@ def compare(
 
     ``methods`` (instead of ``losses``) compares registered methods. ``batched=None`` trains the
     students in one batched step when the student allows it (no dropout, no buffers) and the grid
-    computes their methods exactly (a closed form, or attention transfer), the others one by one; ``True`` insists, ``False`` forbids.
+    computes their methods exactly (see the module docstring), the others one by one; ``True`` insists, ``False`` forbids.
     ``profile`` adds the teacher-vs-student cost table (:mod:`kdlab.ship.profile`), measured after
     the study's wall time is taken.
     ``target_acc`` defaults to the scratch students' mean final accuracy, so "epochs to target"
@@ -247,13 +242,12 @@ def compare(
     plan_threads_for(recipe, data, "student", models=len(variants) * len(seed_list))  # the batched grid's step
     # builds every variant's method, so a bad method section fails here, before the teacher trains
     methods = {v: _method(recipe, v, by_method) for v in variants}
-    placeholder = data.train.x.new_zeros(len(data.train), data.num_classes)  # shapes only: nothing is trained yet
     # every student of the study replays the same views, seeded by the recipe's seed (None: teacher online)
     plan = signals_plan(recipe, data, cfg.epochs, teacher_cache, recipe.seed)
     online = augmented and plan is None  # augmented batches with the teacher online: it must see every batch
     # staged variants train one by one: the batched step shares one optimizer with the scratch students
     # online: every batch is freshly augmented, the scratch students' too, so none of them is batched
-    reasons = {v: why for v in variants if (why := _why_single(recipe, v, _batch_blocker(methods[v], data, placeholder), online))}
+    reasons = {v: why for v in variants if (why := _why_single(recipe, v, _batch_blocker(methods[v]), online))}
     if plan is None:  # teacher_signals.online on plain batches: a feature method's teacher runs on every batch
         reasons.update({v: "teacher_signals.online: the teacher runs on every batch for its features" for v in variants
                         if v not in reasons and methods[v].needs.teacher_features})

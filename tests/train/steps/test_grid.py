@@ -14,6 +14,7 @@ import torch
 from kdlab.config import TrainConfig
 from kdlab.data.augment import AugmentConfig
 from kdlab.data.views import ReplayViews
+from kdlab.features import PENULTIMATE
 from kdlab.config import DistillConfig
 from kdlab.methods import CE, KD, build_method
 from kdlab.methods.attention import ATParams, AttentionTransfer
@@ -212,15 +213,60 @@ def test_grid_attention_transfer_reads_the_teacher_s_energy_maps(tmp_path):
     assert row[0, 0, 3].item() == pytest.approx(expected.item(), rel=1e-4)
 
 
-def test_grid_refuses_feature_methods_with_parameters_or_data_dependent_ops(tmp_path):
+def _rkd_mixed():
+    return [CE(), KD("hinton", 3.0, 0.4, 0.6), build_method("rkd", DistillConfig(temperature=3.0), {})]
+
+
+@pytest.mark.parametrize("augment", [AugmentConfig(crop=2, flip=True), AugmentConfig()], ids=["crop-flip", "plain"])
+def test_batched_rkd_equals_one_by_one_from_the_same_store(tmp_path, augment):
+    """RKD has no parameters but data-dependent operations (torch.unique, boolean indexing): the grid calls
+    its loss once per seed on that seed's slice of the stacked forward, with the teacher's stored
+    penultimate embeddings; each student gets the losses and weights it gets alone."""
+    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=2, batch_size=16)
+    messages = []
+    views = ReplayViews(augment, seed=11, views=3 if augment.enabled else 1, num_classes=5)
+    plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=messages.append), explicit=True)
+    grid = [[_student(s) for s in SEEDS] for _ in range(3)]
+    batched = fit_grid(grid, _rkd_mixed(), SEEDS, data, cfg, teacher=teacher, signals=plan)
+    assert sum("computing" in m for m in messages) == 1
+    assert f"feature:{PENULTIMATE}" in batched[2][0].extra["teacher_signals"]["signals"]
+    rkd_rows = batched[2][0].step_losses
+    assert rkd_rows.shape[1] == 5 and (rkd_rows[:, 3:] > 0).all()  # total, hard, soft, rkd_distance, rkd_angle
+    _alone_equals_batched(data, teacher, cfg, plan, _rkd_mixed, batched, grid, "autograd")
+
+
+def test_dkd_without_a_closed_form_batches_through_vmap_on_cached_logits():
+    """A logits method with no closed form (DKD, with its warm-up moving its weights per epoch) is vmapped
+    through autograd in the grid, on plain batches from training-set logits: the same as one by one."""
+    data, cfg = toy_data(), TrainConfig(epochs=2, batch_size=16)
+    with torch.no_grad():
+        logits = toy_teacher()(data.train.x)
+    make = lambda: build_method("dkd", DistillConfig(temperature=3.0), {"warmup": 2})  # noqa: E731
+    grid = [[_student(s) for s in SEEDS]]
+    batched = fit_grid(grid, [make()], SEEDS, data, cfg, teacher_logits=logits)
+    probe = build_grid_trainer([[_student(0)]], [make()], [0], data, cfg, teacher_logits=logits)
+    assert probe.step.fast == [None]  # no closed form: autograd, vmapped
+    probe.close()
+    weights = [h["tckd_weight"] for h in batched[0][0].history]
+    assert weights[0] < weights[1]  # the warm-up moved the weights between epochs
+    for si, s in enumerate(SEEDS):
+        model = _student(s)
+        trainer = build_trainer(model, make(), data, cfg, seed=s, teacher_logits=logits)
+        (ref,) = trainer.fit()
+        trainer.close()
+        torch.testing.assert_close(batched[0][si].step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
+        for a, b in zip(model.parameters(), grid[0][si].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_grid_refuses_feature_methods_with_parameters(tmp_path):
     data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=1, batch_size=16)
     plan = _plan(tmp_path, AugmentConfig(), lambda m: None)
     refused = {
         "fitnets": "its adapters are per-student parameters",
-        "rkd": "data-dependent operations",
         "crd": "embedding heads are per-student parameters",
     }
-    sections = {"fitnets": {"pairs": {"features.2": "features.2"}}, "rkd": {}, "crd": {"num_samples": len(data.train)}}
+    sections = {"fitnets": {"pairs": {"features.2": "features.2"}}, "crd": {"num_samples": len(data.train)}}
     for name, reason in refused.items():
         method = build_method(name, DistillConfig(), sections[name])
         assert reason in grid_method_blocker(method)
@@ -229,6 +275,7 @@ def test_grid_refuses_feature_methods_with_parameters_or_data_dependent_ops(tmp_
             fit_grid([[_student(0)]], [method], [0], data, cfg, teacher=teacher, signals=plan)
     assert grid_method_blocker(_at()) is None
     assert grid_method_blocker(KD()) is None
+    assert grid_method_blocker(build_method("rkd", DistillConfig(), {})) is None
 
 
 def test_grid_refuses_feature_variants_no_one_store_covers(tmp_path):

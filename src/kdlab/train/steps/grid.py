@@ -9,8 +9,9 @@ training N students one by one costs about N times one run. Here:
   seed's batch, and the teacher's outputs of exactly those views come from the teacher source, so
   every student sees the same augmented inputs as when it is trained alone;
 * each variant's objective runs over all its seeds at once — in closed form
-  (:mod:`kdlab.losses.closed_form`) or, for a method without one, vmapped through autograd; a
-  feature method the grid may train (attention transfer) gets its students' tapped features and the
+  (:mod:`kdlab.losses.closed_form`) or, for a method without one, vmapped through autograd (a method
+  with data-dependent operations, RKD, is called once per seed on its slice instead); a feature
+  method the grid may train (attention transfer, RKD) gets its students' tapped features and the
   teacher's stored features of the same batch (in the method's form, e.g. AT's energy maps) — and
   one backward pass takes all students' gradients: student ``m``'s loss depends only on its own
   slice of the stacked parameters, so each slice receives exactly its own gradient;
@@ -57,8 +58,7 @@ class GridStep:
         self.optimizer, self.clip, self.replay = optimizer, clip, replay
         methods = grid.methods
         # per method: (student logits, labels, teacher logits, student features, teacher features), all per seed
-        self.step_fns = [None if f is not None else vmap(_terms_fn(m), in_dims=(0, 0, 0 if m.needs.teacher else None, 0, 0))
-                         for f, m in zip(self.fast, methods)]
+        self.step_fns = [None if f is not None else _seeds_fn(m) for f, m in zip(self.fast, methods)]
         self.any_fast = any(f is not None for f in self.fast)
         self.any_autograd = any(f is None for f in self.fast)
         self.any_teacher = any(m.needs.teacher for m in methods)
@@ -150,6 +150,21 @@ def _terms_fn(method: Distiller) -> Callable[..., Dict[str, Tensor]]:
         return method(Batch(s, y), Outputs(s, sf), None if t is None else Outputs(t, tf))
 
     return terms
+
+
+def _seeds_fn(method: Distiller) -> Callable[..., Dict[str, Tensor]]:
+    """The method over every seed's slice at once: vmapped, or one call per seed when its forward has
+    data-dependent operations (:attr:`~kdlab.methods.base.Distiller.grid_vmap`); terms come out (S,)."""
+    terms = _terms_fn(method)
+    if method.grid_vmap:
+        return vmap(terms, in_dims=(0, 0, 0 if method.needs.teacher else None, 0, 0))
+
+    def per_seed(s: Tensor, y: Tensor, t: Optional[Tensor], sf: Dict[str, Tensor], tf: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        rows = [terms(s[i], y[i], None if t is None else t[i], {k: f[i] for k, f in sf.items()},
+                      {k: f[i] for k, f in tf.items()}) for i in range(s.shape[0])]
+        return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+
+    return per_seed
 
 
 def _total_of(method: Distiller, terms: Dict[str, Tensor]) -> Tensor:
