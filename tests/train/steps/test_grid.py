@@ -48,6 +48,33 @@ def _plan(tmp_path, augment, log):
     return SignalsPlan(views, functools.partial(signal_store, tmp_path, log=log), explicit=True)
 
 
+def _reads_features(method):
+    return bool(method.needs.teacher_features)
+
+
+def _alone_equals_batched(data, teacher, cfg, plan, make_methods, batched, grid, expect_step,
+                          checked=_reads_features, reuses=_reads_features):
+    """Each student trained alone from ``plan`` has its batched twin's losses, weights and accuracies; the
+    ``checked`` methods train alone with step ``expect_step``, the ``reuses`` ones read the grid's store."""
+    for v, method in enumerate(make_methods()):
+        for si, s in enumerate(SEEDS):
+            model = _student(s)
+            trainer = build_trainer(model, method, data, cfg, seed=s, teacher=teacher, signals=plan)
+            (ref,) = trainer.fit()
+            trainer.close()
+            if checked(method):
+                assert trainer.run_facts()["step"] == expect_step
+            if reuses(method):
+                assert ref.extra["teacher_signals"]["computed_here"] is False  # the grid's store, reused
+            got = batched[v][si]
+            assert got.step_losses.shape == ref.step_losses.shape
+            torch.testing.assert_close(got.step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
+            for a, b in zip(model.parameters(), grid[v][si].parameters()):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+            for h_ref, h_got in zip(ref.history, got.history):
+                assert h_got["test_acc"] == pytest.approx(h_ref["test_acc"], abs=1e-6)
+
+
 @pytest.mark.parametrize("augment", [AugmentConfig(crop=2, flip=True), AugmentConfig(mixup=0.4)], ids=["crop-flip", "mixup"])
 def test_batched_grid_on_stored_views_equals_one_by_one_from_the_same_store(tmp_path, augment):
     data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=2, batch_size=16)
@@ -63,21 +90,9 @@ def test_batched_grid_on_stored_views_equals_one_by_one_from_the_same_store(tmp_
     assert probe.run_facts()["step"] == "batched grid (vmap), replayed views"
     facts = batched[1][0].extra
     assert facts["teacher_source"] == "stored signals" and facts["teacher_signals"]["views"] == 3
-    for v, method in enumerate(_methods()):
-        for si, s in enumerate(SEEDS):
-            model = _student(s)
-            trainer = build_trainer(model, method, data, cfg, seed=s, teacher=teacher, signals=plan)
-            (ref,) = trainer.fit()
-            trainer.close()
-            assert trainer.run_facts()["step"] == "autograd"  # one by one: augmented batches train through autograd
-            if method.needs.teacher:
-                assert ref.extra["teacher_signals"]["computed_here"] is False  # the grid's store, reused
-            got = batched[v][si]
-            torch.testing.assert_close(got.step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
-            for a, b in zip(model.parameters(), grid[v][si].parameters()):
-                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
-            for h_ref, h_got in zip(ref.history, got.history):
-                assert h_got["test_acc"] == pytest.approx(h_ref["test_acc"], abs=1e-6)
+    # one by one: augmented batches train through autograd, and every distilling student reuses the grid's store
+    _alone_equals_batched(data, teacher, cfg, plan, _methods, batched, grid, "autograd",
+                          checked=lambda m: True, reuses=lambda m: m.needs.teacher)
     assert sum("computing" in m for m in messages) == 1
 
 
@@ -136,25 +151,6 @@ def _at(pairs=PAIRS, weight=50.0):
 
 def _mixed():
     return [CE(), KD("hinton", 3.0, 0.4, 0.6), _at()]
-
-
-def _alone_equals_batched(data, teacher, cfg, plan, make_methods, batched, grid, expect_step):
-    for v, method in enumerate(make_methods()):
-        for si, s in enumerate(SEEDS):
-            model = _student(s)
-            trainer = build_trainer(model, method, data, cfg, seed=s, teacher=teacher, signals=plan)
-            (ref,) = trainer.fit()
-            trainer.close()
-            if method.needs.teacher_features:
-                assert trainer.run_facts()["step"] == expect_step
-                assert ref.extra["teacher_signals"]["computed_here"] is False  # the grid's store, reused
-            got = batched[v][si]
-            assert got.step_losses.shape == ref.step_losses.shape
-            torch.testing.assert_close(got.step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
-            for a, b in zip(model.parameters(), grid[v][si].parameters()):
-                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
-            for h_ref, h_got in zip(ref.history, got.history):
-                assert h_got["test_acc"] == pytest.approx(h_ref["test_acc"], abs=1e-6)
 
 
 @pytest.mark.parametrize("augment", [AugmentConfig(crop=2, flip=True), AugmentConfig()], ids=["crop-flip", "plain"])
