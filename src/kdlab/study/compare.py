@@ -44,7 +44,7 @@ from ..train.loop import tensorboard_callback
 from ..train.stages import check_stages
 from ..train.build import grid_method_reason, grid_train_blocker
 from ..train.run import fit_grid
-from ..train.students import grid_blocker
+from ..train.students import grid_blocker, grid_cost_reason
 from ..train.weights import WeightPlan
 from .shared_signals import shared_store
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
@@ -292,12 +292,14 @@ def compare(
     blocker = grid_blocker(probe) or grid_train_blocker(cfg)
     if batched and blocker:
         raise ConfigError(f"cannot train the students batched: {blocker}; drop --batched")
-    use_batch = blocker is None if batched is None else batched
+    # a stacked grid that would be slower: one by one, unless --batched insists (or nothing could batch anyway)
+    slower = grid_cost_reason(probe) if blocker is None and batched is None and len(single) < len(variants) else None
+    use_batch = (blocker is None and slower is None) if batched is None else batched
     notes: List[str] = []
     if "student_subset" in data.info:
         notes.append(describe_subset(data.info["student_subset"]))
-    if batched is None and blocker:
-        notes.append(f"students trained one by one because {blocker}")
+    if batched is None and (blocker or slower):
+        notes.append(f"students trained one by one because {blocker or slower}" + (" (--batched insists)" if slower else ""))
     batch_variants = [v for v in variants if v not in single] if use_batch else []
     if use_batch and single:
         notes.append(f"{_one_by_one(reasons, 'trained')}" + ("; the others batched" if batch_variants else ""))
