@@ -153,17 +153,24 @@ def _mixed():
     return [CE(), KD("hinton", 3.0, 0.4, 0.6), _at()]
 
 
-@pytest.mark.parametrize("augment", [AugmentConfig(crop=2, flip=True), AugmentConfig()], ids=["crop-flip", "plain"])
-def test_batched_attention_transfer_equals_one_by_one_from_the_same_store(tmp_path, augment):
-    """AT (no parameters, a vmap-compatible loss) trains in the grid beside scratch and Hinton KD: each
-    student's tapped maps against the teacher's stored energy maps, the same losses and weights as alone."""
+def _grid_from_one_store(tmp_path, augment, make_methods):
+    """A 3-variant grid trained for 2 epochs from one store of ``augment``'s views (1 view on plain batches),
+    computed once: (data, teacher, cfg, plan, grid, batched results)."""
     data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=2, batch_size=16)
     messages = []
     views = ReplayViews(augment, seed=11, views=3 if augment.enabled else 1, num_classes=5)
     plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=messages.append), explicit=True)
     grid = [[_student(s) for s in SEEDS] for _ in range(3)]
-    batched = fit_grid(grid, _mixed(), SEEDS, data, cfg, teacher=teacher, signals=plan)
+    batched = fit_grid(grid, make_methods(), SEEDS, data, cfg, teacher=teacher, signals=plan)
     assert sum("computing" in m for m in messages) == 1
+    return data, teacher, cfg, plan, grid, batched
+
+
+@pytest.mark.parametrize("augment", [AugmentConfig(crop=2, flip=True), AugmentConfig()], ids=["crop-flip", "plain"])
+def test_batched_attention_transfer_equals_one_by_one_from_the_same_store(tmp_path, augment):
+    """AT (no parameters, a vmap-compatible loss) trains in the grid beside scratch and Hinton KD: each
+    student's tapped maps against the teacher's stored energy maps, the same losses and weights as alone."""
+    data, teacher, cfg, plan, grid, batched = _grid_from_one_store(tmp_path, augment, _mixed)
     facts = batched[2][0].extra
     probe = build_grid_trainer([[_student(0)] for _ in range(3)], _mixed(), [0], data, cfg, teacher=teacher, signals=plan)
     assert probe.run_facts()["step"] == "batched grid (vmap), " + ("replayed views" if augment.enabled else "stored teacher signal")
@@ -218,13 +225,7 @@ def test_batched_rkd_equals_one_by_one_from_the_same_store(tmp_path, augment):
     """RKD has no parameters but data-dependent operations (torch.unique, boolean indexing): the grid calls
     its loss once per seed on that seed's slice of the stacked forward, with the teacher's stored
     penultimate embeddings; each student gets the losses and weights it gets alone."""
-    data, teacher, cfg = toy_data(), _teacher(), TrainConfig(epochs=2, batch_size=16)
-    messages = []
-    views = ReplayViews(augment, seed=11, views=3 if augment.enabled else 1, num_classes=5)
-    plan = SignalsPlan(views, functools.partial(signal_store, tmp_path, log=messages.append), explicit=True)
-    grid = [[_student(s) for s in SEEDS] for _ in range(3)]
-    batched = fit_grid(grid, _rkd_mixed(), SEEDS, data, cfg, teacher=teacher, signals=plan)
-    assert sum("computing" in m for m in messages) == 1
+    data, teacher, cfg, plan, grid, batched = _grid_from_one_store(tmp_path, augment, _rkd_mixed)
     assert f"feature:{PENULTIMATE}" in batched[2][0].extra["teacher_signals"]["signals"]
     rkd_rows = batched[2][0].step_losses
     assert rkd_rows.shape[1] == 5 and (rkd_rows[:, 3:] > 0).all()  # total, hard, soft, rkd_distance, rkd_angle
