@@ -213,8 +213,8 @@ def test_augmented_methods_share_one_store_of_logits_and_features(augmented):
     res = compare(recipe, None, 2, methods="hinton,fitnets", teacher_cache=cache, progress=False,
                   log=lambda *_: None, profile=False)
     # on a CPU, convolutional students train one by one unless --batched insists (their stacked convolutions are slower)
-    assert res.mode == "one by one" and res.notes[0].startswith("students trained one by one because the student is not a "
-                                                                 "plain Linear/ReLU chain") and "(--batched insists)" in res.notes[0]
+    assert res.mode == "one by one" and res.notes[0].startswith("students trained one by one because the student has "
+                                                                 "convolutions") and "(--batched insists)" in res.notes[0]
     stores = [n for n in res.notes if "teacher signal store" in n]
     assert len(stores) == 1 and "(logits, features.5; 2 view(s) per sample)" in stores[0] and "read by 4 student run(s)" in stores[0]
 

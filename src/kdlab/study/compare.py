@@ -16,8 +16,8 @@ Hinton KD with any marked coding), logits methods without one (DKD, vmapped thro
 feature methods without parameters of their own (attention transfer, reading the store's energy
 maps; RKD, its loss called per seed) train together in one batched step, augmented or not; the
 others (FitNets' adapters, CRD's heads and memory bank, several teachers, a method that is its own
-teacher) train one by one
-on the same trainer, reading the same store; the report's notes say why for each.
+teacher) train one by one on the same trainer, reading the same store; the report's notes say why
+for each.
 """
 
 from __future__ import annotations
@@ -173,12 +173,6 @@ def _method(recipe: Recipe, variant: str, by_method: bool = False) -> Distiller:
     return KD(coding=variant, temperature=d.temperature, hard_weight=d.hard_weight, soft_weight=d.soft_weight)
 
 
-def _batch_blocker(method: Distiller) -> Optional[str]:
-    """Why the batched trainer cannot compute exactly this method (None: it can): :func:`grid_method_reason`.
-    A logits method without a closed form (DKD) is batched too, vmapped through autograd."""
-    return grid_method_reason(method)
-
-
 def _why_single(recipe: Recipe, variant: str, blocker: Optional[str], online: bool) -> Optional[str]:
     """Why ``variant`` trains one by one, in the user's words (None: it can be batched)."""
     if recipe.distill.stages and variant != SCRATCH:
@@ -247,7 +241,7 @@ def compare(
     online = augmented and plan is None  # augmented batches with the teacher online: it must see every batch
     # staged variants train one by one: the batched step shares one optimizer with the scratch students
     # online: every batch is freshly augmented, the scratch students' too, so none of them is batched
-    reasons = {v: why for v in variants if (why := _why_single(recipe, v, _batch_blocker(methods[v]), online))}
+    reasons = {v: why for v in variants if (why := _why_single(recipe, v, grid_method_reason(methods[v]), online))}
     if plan is None:  # teacher_signals.online on plain batches: a feature method's teacher runs on every batch
         reasons.update({v: "teacher_signals.online: the teacher runs on every batch for its features" for v in variants
                         if v not in reasons and methods[v].needs.teacher_features})
