@@ -18,20 +18,18 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stored_signals import METHODS, StepClock  # noqa: E402
+from stored_signals import METHODS, StepClock, mnist_cnn_setup  # noqa: E402
 
 from kdlab.device import cpu_model  # noqa: E402
 from kdlab.models import build_model  # noqa: E402
-from kdlab.pipeline import prepare_data, run_distill  # noqa: E402
+from kdlab.pipeline import run_distill  # noqa: E402
 from kdlab.recipes import load_recipe  # noqa: E402
-from kdlab.teacher import FrozenTeacher  # noqa: E402
 
 
 def model_ms(channels, channels_last: bool, train: bool, steps: int) -> float:
@@ -76,13 +74,7 @@ def main() -> None:
         results["models"][name] = {"standard_ms": [r[0] for r in rounds], "channels_last_ms": [r[1] for r in rounds]}
         print(f"{name}: standard {std:.2f} ms, channels_last {cl:.2f} ms per batch of 32 ({std / cl:.2f}x)", flush=True)
 
-    data_dir = args.data_dir or os.environ.get("KDLAB_DATA_DIR")
-    base = [f"dataset.data_dir={json.dumps(str(data_dir))}", "student.train.epochs=1"] if data_dir else ["student.train.epochs=1"]
-    cache = Path(tempfile.mkdtemp(prefix="kdlab-cl-bench-"))
-    data = prepare_data(load_recipe("mnist-cnn", base))
-    data.train = data.train.subset(torch.arange(args.images))
-    torch.manual_seed(0)
-    frozen = FrozenTeacher(build_model("cnn", data.in_shape, data.num_classes, {"channels": [64, 256]}))
+    base, data, frozen, cache = mnist_cnn_setup(args.data_dir, args.images, "kdlab-cl-bench-")
 
     def epoch(extra) -> float:
         clock = StepClock()

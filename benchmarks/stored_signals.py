@@ -54,6 +54,19 @@ METHODS = {
 }
 
 
+def mnist_cnn_setup(data_dir, images: int, prefix: str):
+    """The recipe overrides (1 student epoch, the data folder), the first ``images`` training images of
+    ``mnist-cnn``, its teacher untrained (speed only) and frozen, and a fresh teacher cache."""
+    data_dir = data_dir or os.environ.get("KDLAB_DATA_DIR")
+    base = [f"dataset.data_dir={json.dumps(str(data_dir))}", "student.train.epochs=1"] if data_dir else ["student.train.epochs=1"]
+    cache = Path(tempfile.mkdtemp(prefix=prefix))
+    data = prepare_data(load_recipe("mnist-cnn", base))
+    data.train = data.train.subset(torch.arange(images))
+    torch.manual_seed(0)
+    frozen = FrozenTeacher(build_model("cnn", data.in_shape, data.num_classes, {"channels": [64, 256]}))
+    return base, data, frozen, cache
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=None, help="folder with mnist/ (default: $KDLAB_DATA_DIR)")
@@ -63,15 +76,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--no-store-cost", action="store_true", help="skip the store's one-time cost at V = 1, 4, 16")
     args = ap.parse_args()
-    data_dir = args.data_dir or os.environ.get("KDLAB_DATA_DIR")
-    base = [f"dataset.data_dir={json.dumps(str(data_dir))}", "student.train.epochs=1"] if data_dir else ["student.train.epochs=1"]
-    cache = Path(tempfile.mkdtemp(prefix="kdlab-signals-bench-"))
-    recipe0 = load_recipe("mnist-cnn", base)
-    data = prepare_data(recipe0)
-    data.train = data.train.subset(torch.arange(args.images))
-    torch.manual_seed(0)
-    teacher = build_model("cnn", data.in_shape, data.num_classes, {"channels": [64, 256]})  # speed only: untrained is fine
-    frozen = FrozenTeacher(teacher)
+    base, data, frozen, cache = mnist_cnn_setup(args.data_dir, args.images, "kdlab-signals-bench-")
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
           f"{args.images} images per epoch", flush=True)
 
