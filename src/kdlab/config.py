@@ -176,8 +176,9 @@ class TrainConfig:
     warmup_epochs: int = 0
     # torch.set_flush_denormal(True) while training (subnormal weights/moments slow CPU steps down).
     flush_denormal: bool = True
-    # Model weights (and 4-D inputs) in channels_last memory format: faster convolutions with bf16.
-    channels_last: bool = False
+    # Model weights (and 4-D inputs) in channels_last memory format: true | false | auto (on for
+    # convolutional models on a CPU, and on CUDA under autocast; see kdlab.train.precision).
+    channels_last: Union[bool, str] = "auto"
     # Write TensorBoard event files into the run folder (when the tensorboard package is installed).
     tensorboard: bool = True
     # Max-norm weight constraint (Srivastava et al. 2014): after every optimizer step each row of
@@ -322,7 +323,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        named = " or ".join(_type_name(a) for a in args)
+        return named + " or null" if type(None) in typing.get_args(tp) else named
     if origin in (list, List, Sequence):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
@@ -335,7 +337,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        for tp_i in inner[:-1]:  # bool or str: the first type that takes the value
+            try:
+                return _coerce(value, tp_i, where)
+            except ConfigError:
+                pass
+        if len(inner) == 1:  # Optional[X]: X's own message
+            return _coerce(value, inner[0], where)
+        try:
+            return _coerce(value, inner[-1], where)
+        except ConfigError:
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {short_repr(value)}") from None
     if dataclasses.is_dataclass(tp):
         return build_section(tp, value, where)
     if tp is bool:
@@ -450,6 +462,8 @@ def _check_ranges(r: Recipe) -> None:
         t: TrainConfig = rc.train
         check_rules(t, f"{role}.train.")  # sizes, optimizer and scheduler numbers, grad_clip
         check_precision(t.precision, f"{role}.train.precision", r.device)
+        if t.channels_last not in (True, False, "auto"):
+            raise ConfigError(f"{role}.train.channels_last: expected true, false or auto, got {short_repr(t.channels_last)}")
         check_scheduler(t.scheduler, f"{role}.train.scheduler")
         if not 0 <= t.warmup_epochs < t.epochs:
             raise ConfigError(f"{role}.train.warmup_epochs: must be an integer in [0, epochs - 1] = [0, {t.epochs - 1}], "

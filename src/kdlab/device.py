@@ -12,9 +12,10 @@ import ctypes
 import math
 import os
 import platform
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
+from torch import nn
 
 from .errors import ConfigError
 
@@ -298,3 +299,28 @@ class intra_op_threads:
     def __exit__(self, *exc: Any) -> None:
         if torch.get_num_threads() != self.before:
             torch.set_num_threads(self.before)
+
+
+def has_convolutions(*models: Optional[nn.Module]) -> bool:
+    """True when any of ``models`` holds a 4-D weight (a 2-D convolution): what a memory format changes."""
+    return any(p.dim() == 4 for m in models if m is not None for p in m.parameters())
+
+
+def resolve_channels_last(setting: Union[bool, str], device: torch.device, precision: str,
+                          *models: Optional[nn.Module]) -> Tuple[bool, str]:
+    """``train.channels_last`` as a layout for these models on ``device``, with the reason.
+
+    ``auto``: channels_last for convolutional models on a CPU (oneDNN's convolutions and pooling
+    are 2-2.5x faster in it for kdlab's CNNs, ``benchmarks/channels_last_cpu.md``) and on CUDA
+    under autocast (tensor cores read NHWC); the standard layout otherwise: fp32 on CUDA, where
+    cuDNN picks its own, and models without convolutions, where the layout changes nothing.
+    """
+    if isinstance(setting, bool):
+        return setting, f"train.channels_last={str(setting).lower()}"
+    if not has_convolutions(*models):
+        return False, "auto: no convolution weights"
+    if device.type == "cpu":
+        return True, "auto: convolutions on a CPU run faster in channels_last"
+    if autocast_dtype(precision, device) is not None:
+        return True, f"auto: convolutions under {precision} autocast on {device.type}"
+    return False, f"auto: fp32 on {device.type} keeps the standard layout"

@@ -154,3 +154,21 @@ def test_keys_of_teachers_without_the_later_settings_are_unchanged(tmp_path):
     base = teacher_cache_path(load_recipe("digits-mlp"), tmp_path, data)
     for extra in ("teacher.augment={crop: 2}", "teacher.train.max_norm=15"):
         assert teacher_cache_path(load_recipe("digits-mlp", [extra]), tmp_path, data) != base
+
+
+def test_key_holds_what_channels_last_auto_resolves_to_here(tmp_path):
+    """``channels_last: auto`` (the default) is the standard layout for a teacher without
+    convolutions: its key is the key of ``false`` (entries cached before ``auto`` existed stay
+    valid); a convolutional teacher on a CPU resolves to channels_last and shares ``true``'s entry."""
+    from kdlab.teacher_cache import teacher_key
+
+    data = prepare_data(load_recipe("digits-mlp"))
+    key = teacher_key(load_recipe("digits-mlp"), data)
+    assert "channels_last" not in key["teacher"]["train"]
+    path = {v: teacher_cache_path(load_recipe("digits-mlp", [f"teacher.train.channels_last={v}"]), tmp_path, data)
+            for v in ("auto", "false", "true")}
+    assert path["auto"] == path["false"] != path["true"]
+    cnn = "teacher.model={name: cnn, channels: [4, 8]}"
+    conv = {v: teacher_cache_path(load_recipe("digits-mlp", [cnn, f"teacher.train.channels_last={v}"]), tmp_path, data)
+            for v in ("auto", "false", "true")}
+    assert conv["auto"] == conv["true"] != conv["false"]

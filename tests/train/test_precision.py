@@ -231,3 +231,108 @@ def test_online_teacher_runs_channels_last_and_is_handed_back_as_given(digits):
     for name, p in teacher.named_parameters():  # handed back in its own layout, values unchanged
         assert p.is_contiguous(), name
         assert torch.equal(p, given[name]), name
+
+
+def _cnn(channels=(4, 8)):
+    from kdlab.models import build_model
+    torch.manual_seed(0)
+    return build_model("cnn", (1, 8, 8), 10, {"channels": list(channels)})
+
+
+def test_channels_last_auto_resolves_by_model_and_device():
+    from kdlab.device import resolve_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    assert resolve_channels_last("auto", cpu, "fp32", mlp) == (False, "auto: no convolution weights")
+    assert resolve_channels_last("auto", cpu, "fp32", None) == (False, "auto: no convolution weights")
+    assert resolve_channels_last("auto", cpu, "fp32", mlp, _cnn())[0] is True  # any model with convolutions
+    assert resolve_channels_last("auto", cpu, "fp32", _cnn()) == (True, "auto: convolutions on a CPU run faster in channels_last")
+    assert resolve_channels_last("auto", cuda, "fp32", _cnn()) == (False, "auto: fp32 on cuda keeps the standard layout")
+    assert resolve_channels_last("auto", cuda, "bf16", _cnn())[0] is True
+    assert resolve_channels_last(False, cpu, "fp32", _cnn()) == (False, "train.channels_last=false")
+    assert resolve_channels_last(True, cpu, "fp32", mlp) == (True, "train.channels_last=true")
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
+def test_channels_last_setting_takes_auto_and_booleans(value, expected):
+    assert TrainConfig().channels_last == "auto"
+    recipe = load_recipe("digits-mlp", [f"student.train.channels_last={value}"])
+    assert recipe.student.train.channels_last == expected
+
+
+@pytest.mark.parametrize("value", ["sometimes", "1", "[true]"])
+def test_channels_last_refuses_other_values_in_one_line(value):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("digits-mlp", [f"student.train.channels_last={value}"])
+    assert str(err.value).startswith("student.train.channels_last: expected ")
+    assert "\n" not in str(err.value)
+
+
+def _toy_cnn_data():
+    from tests.toy_signals import toy_data
+    return toy_data()
+
+
+@pytest.mark.parametrize("setting", ["auto", False])
+def test_closed_form_step_trains_a_cnn_in_channels_last_as_autograd_does(setting):
+    """``auto`` puts a CNN student on a CPU in channels_last; the closed-form step still applies
+    (a memory format changes no formula), records the choice, and follows autograd's weights."""
+    data = _toy_cnn_data()
+    table = torch.randn(len(data.train), data.num_classes, generator=torch.Generator().manual_seed(1)) * 3
+    cfg = TrainConfig(epochs=2, batch_size=16, channels_last=setting)
+    runs = {}
+    for steps in ("auto", "autograd"):
+        model = _toy_student()
+        trainer = build_trainer(model, KD("hinton", 4.0, 0.3, 0.7), data, cfg, seed=0, teacher_logits=table, steps=steps)
+        (result,) = trainer.fit()
+        facts = trainer.run_facts()
+        runs[steps] = (model, result, facts)
+    model, result, facts = runs["auto"]
+    assert facts["step"] == "closed form"
+    assert facts["channels_last"] is (setting == "auto")
+    assert facts["channels_last_reason"] == ("auto: convolutions on a CPU run faster in channels_last" if setting == "auto"
+                                             else "train.channels_last=false")
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # 4 -> 8 channels: the layouts differ
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is (setting == "auto")
+    ref_model, ref, ref_facts = runs["autograd"]
+    assert ref_facts["step"] == "autograd" and ref_facts["channels_last"] is facts["channels_last"]
+    torch.testing.assert_close(result.step_losses, ref.step_losses, rtol=1e-4, atol=1e-5)
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _toy_student():
+    from kdlab.models import build_model
+    torch.manual_seed(7)
+    return build_model("cnn", (1, 8, 8), 5, {"channels": [4, 8]})
+
+
+def test_cached_logit_pass_runs_the_teacher_in_channels_last_and_hands_it_back():
+    """``auto`` with a convolutional teacher: its one pass over the training set (cached logits) runs
+    channels_last, the logits match the standard layout's, and the teacher comes back as it was given."""
+    from kdlab.teacher import FrozenTeacher
+    from tests.toy_signals import toy_teacher
+
+    data = _toy_cnn_data()
+    teacher = toy_teacher()
+    given = {k: v.clone() for k, v in teacher.state_dict().items()}
+    layouts = []
+    conv = [m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # 6 -> 8 channels
+    conv.register_forward_hook(lambda m, i, o: layouts.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        reference = teacher.eval()(data.train.x)
+    layouts.clear()
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    with FrozenTeacher(teacher) as frozen:
+        trainer = build_trainer(mlp, KD("hinton", 4.0, 0.3, 0.7), data, TrainConfig(epochs=1, batch_size=16), seed=0,
+                                teacher=frozen)
+        facts = trainer.run_facts()
+        torch.testing.assert_close(trainer.cached_logits, reference, rtol=1e-4, atol=1e-5)
+        trainer.fit()
+    assert layouts and all(layouts)
+    assert facts["channels_last"] is False and facts["teacher_channels_last"] is True  # the MLP student keeps its layout
+    assert facts["step"] == "autograd-free chain"
+    for name, p in teacher.named_parameters():
+        assert p.is_contiguous(), name
+        assert torch.equal(p, given[name]), name

@@ -83,11 +83,10 @@ def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: Froze
     if plan.top_k is not None and union.temperature is None:  # each run then says why (its own one-line error)
         return SharedStore(plan, None, "teacher_signals.top_k stores logits at a method's temperature, and none has one")
     device = data.train.x.device
-    precision = Precision(cfg.precision, device, bool(getattr(cfg, "channels_last", False)), bool(cfg.flush_denormal))
+    precision = Precision.of(cfg, device, None, teacher.model)  # the teacher's layout, as each run resolves it
     teacher.to(device)
     online = OnlineTeacher(teacher, union.needs.teacher_features, False, union.teacher_signal)
-    if precision.channels_last:  # as each run lays the teacher out (Precision.prepare)
-        online.use_channels_last()
+    precision.teacher_pass(online)  # as each run lays the teacher out (Precision.prepare)
     try:
         stored, why = stored_source(plan, union, online, data.train, data_fingerprint(data), precision, device)
     finally:

@@ -6,12 +6,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..config import Recipe
 from ..data import DatasetSplits, data_fingerprint, load_dataset
 from ..data.paths import default_cache_dir
-from ..device import autocast_dtype, precision_name, resolve_device
+from ..device import autocast_dtype, precision_name, resolve_channels_last, resolve_device
+from ..models import build_model
+
 
 CACHE_FORMAT = 2
 
@@ -43,15 +45,25 @@ def teacher_key(recipe: Recipe, data: Optional[DatasetSplits] = None) -> Dict[st
     return {
         "format": CACHE_FORMAT,
         "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(_data(recipe, data))},
-        "teacher": _weights_config(recipe.to_dict()["teacher"], recipe.device),
+        "teacher": _weights_config(recipe.to_dict()["teacher"], recipe.device, lambda: _teacher_model(recipe, data)),
         "seed": recipe.seed,
     }
 
 
-def _weights_config(role: Dict[str, Any], device: str) -> Dict[str, Any]:
+def _teacher_model(recipe: Recipe, data: Optional[DatasetSplits]) -> Any:
+    data = _data(recipe, data)
+    m = recipe.teacher.model
+    return build_model(m.name, data.in_shape, data.num_classes, m.params, where="teacher.model")
+
+
+def _weights_config(role: Dict[str, Any], device: str, model: Callable[[], Any]) -> Dict[str, Any]:
+    """The role's settings as they decide the weights: ``auto`` values as they resolve here, and
+    keys added later left out at their old defaults (``model()`` builds the teacher, when needed)."""
     train = dict(role["train"])
     if train.get("precision") == "auto":  # what it resolves to on this machine decides the weights
         train["precision"] = precision_name(autocast_dtype("auto", resolve_device(device)))
+    if train.get("channels_last") == "auto":  # False for a model without convolutions: the old default
+        train["channels_last"] = resolve_channels_last("auto", resolve_device(device), train["precision"], model())[0]
     train = {k: v for k, v in train.items()
              if k != "tensorboard" and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])}
     role = {k: v for k, v in role.items() if not (k == "augment" and not v)}  # added later: absent when empty

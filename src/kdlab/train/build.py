@@ -79,6 +79,10 @@ def build_trainer(
     in_memory = loaders is None
     augmented = augment is not None or (signals is not None and signals.views.cfg.enabled)
     tabulate = in_memory and not augmented
+    dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+    precision = Precision.of(cfg, dev, model, getattr(teacher, "model", None))
+    if teacher is not None and teacher_logits is None:
+        precision.teacher_pass(teacher)  # its one pass over the data (cached logits) in the run's layout
     # the teacher's logits first, as one pass (each process a share): nothing random runs in it
     tabulated = tabulated_source(method, teacher, teacher_logits, tabulate=tabulate,
                                  x=None if loaders is not None else data.train.x,  # type: ignore[union-attr]
@@ -99,8 +103,6 @@ def build_trainer(
     if cfg.max_norm is not None:
         attach_max_norm(optimizer, model, cfg.max_norm)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, cfg.warmup_epochs)
-    dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    precision = Precision(cfg.precision, dev, bool(getattr(cfg, "channels_last", False)), bool(cfg.flush_denormal))
     precision.prepare(model, source)
     train = data.train if in_memory else None
     replay = None
@@ -122,7 +124,7 @@ def build_trainer(
     if choice.fast is not None:
         step: Any = ClosedFormStep(students=students, method=method, fast=choice.fast, train=train, indexer=indexer,
                                    optimizer=optimizer, params=params, clip=cfg.grad_clip, processes=processes,
-                                   chain=choice.chain)
+                                   chain=choice.chain, inputs=precision.inputs)
     else:
         step = AutogradStep(students=students, method=method, source=source, precision=precision, processes=processes,
                             optimizer=optimizer, params=params, clip=cfg.grad_clip, accumulate=cfg.accumulate_steps,
@@ -151,10 +153,10 @@ def _stored(plan: SignalsPlan, method: Distiller, source: Any, data: Any, in_mem
 
 def grid_train_blocker(cfg: TrainConfig) -> Optional[str]:
     """Why these train settings cannot be batched (None when they can): the batched step is fp32,
-    one optimizer step per batch, default memory format."""
+    one optimizer step per batch, default memory format (``channels_last: auto`` resolves to it there)."""
     if getattr(cfg, "max_norm", None) is not None:
         return "train.max_norm is applied one student at a time only (the batched step keeps no nn.Linear weights)"
-    if cfg.precision != "fp32" or cfg.accumulate_steps != 1 or getattr(cfg, "channels_last", False):
+    if cfg.precision != "fp32" or cfg.accumulate_steps != 1 or getattr(cfg, "channels_last", False) is True:
         return (f"train.precision={cfg.precision}, accumulate_steps={cfg.accumulate_steps}, channels_last={cfg.channels_last} "
                 "are supported one student at a time only (the batched step is fp32, one step per batch)")
     return None
@@ -233,7 +235,8 @@ def build_grid_trainer(
     refuse_batched(processes)
     grid = StudentGrid(students, methods, seeds, data, cfg.eval_batch_size)
     device = next(iter(grid.params.values())).device
-    precision = Precision("fp32", device)
+    precision = Precision.of(cfg, device, None, getattr(teacher, "model", None),
+                             student_layout=(False, "the batched step keeps the standard layout"))
     source, reason, replay = _grid_source(distilling, teacher_logits, teacher, signals, data, precision, device)
     fast = _grid_fast_paths(methods, data, source, replay, teacher_logits)
     optimizer = OPTIMIZERS.get(cfg.optimizer.name)(grid.parameters(), cfg.optimizer)
@@ -275,6 +278,7 @@ def _grid_source(distilling: Sequence[Distiller], teacher_logits: Optional[Tenso
     features = union.needs.teacher_features
     teacher.to(device)
     online = OnlineTeacher(teacher, features, False, union.teacher_signal if features else None)
+    precision.teacher_pass(online)
     try:
         stored, why = stored_source(signals, union, online, data.train, data_fingerprint(data), precision, device)
     finally:

@@ -24,6 +24,7 @@ from ..device import autocast_dtype
 from ..errors import ConfigError
 from ..losses.topk import check_top_k, compress_logits
 from ..methods.base import Batch, Distiller, Needs
+from ..device import has_convolutions
 from .precision import Precision
 from .sources import OnlineTeacher, StoredSignals, signal_names
 
@@ -217,7 +218,7 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
 
     def teacher_outputs(index: Tensor, view: Tensor) -> Any:
         x, y = views(X, Y, index, view)
-        xb = precision.inputs(x)
+        xb = precision.teacher_inputs(x)
         with torch.no_grad(), torch.autocast(precision.device_type, dtype=autocast_as, enabled=autocast_as is not None):
             out = online.outputs(Batch(xb, y, index, view))
         assert out is not None
@@ -244,7 +245,8 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
            # the dataset's identity and the training tensors this run reads (a caller may hand in a share of them)
            "data": fingerprint, "train": tensor_fingerprint([X, Y], "train"), "samples": len(X), "views": views.describe(), "members": online.members,
            "precision": str(autocast_as) if autocast_as is not None else "fp32",
-           "channels_last": precision.channels_last,
+           # the teacher's layout: a model without convolutions computes the same in either
+           "channels_last": precision.teacher_channels_last and has_convolutions(online.model),
            "signals": {k: {"form": _form(method, k, top_k, temperature), "dtype": shapes[k][1]} for k in names}}
     try:
         store = plan.open_store(key, samples=len(X), views=views.views, shapes=shapes, compute=compute,

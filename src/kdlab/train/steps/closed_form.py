@@ -8,7 +8,7 @@ skips the model's graph too (:class:`~kdlab.train.steps.chain.ChainStep`).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +24,10 @@ class ClosedFormStep:
 
     def __init__(self, *, students: Any, method: Distiller, fast: Any, train: Any, indexer: Any,
                  optimizer: torch.optim.Optimizer, params: List[nn.Parameter], clip: Optional[float],
-                 processes: OneProcess, chain: Optional[ChainStep] = None) -> None:
+                 processes: OneProcess, chain: Optional[ChainStep] = None,
+                 inputs: Callable[[Tensor], Tensor] = lambda x: x) -> None:
         self.students, self.method, self.fast, self.X = students, method, fast, train.x
+        self.inputs = inputs  # the run's memory format (Precision.inputs)
         self.indexer, self.optimizer, self.params, self.clip, self.processes = indexer, optimizer, params, clip, processes
         self.chain = chain
         self.kind = "autograd-free chain" if chain is not None else "closed form"
@@ -42,7 +44,7 @@ class ClosedFormStep:
         if self.chain is not None:
             values = self.chain.step(X.index_select(0, idx), lambda logits: fast(logits, fast.rows(idx)))
         else:
-            logits = logits_of(self.students.model(X.index_select(0, idx)), "student")
+            logits = logits_of(self.students.model(self.inputs(X.index_select(0, idx))), "student")
             values, grad = fast(logits.detach(), fast.rows(idx))
             self.optimizer.zero_grad(set_to_none=True)
             logits.backward(grad)

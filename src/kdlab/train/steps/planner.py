@@ -66,9 +66,8 @@ def _closed_form_blocker(method: Distiller, source: TeacherSource, precision: Pr
         return "the batches come from a DataLoader"
     if augmented:
         return "the batches are augmented"
-    if not precision.plain:
-        return (f"train.precision={precision.setting}, channels_last={precision.channels_last}: mixed precision and "
-                "channels_last run through autograd")
+    if not precision.no_autocast:
+        return f"train.precision={precision.setting}: mixed precision runs through autograd"
     if accumulate != 1:
         return f"train.accumulate_steps={accumulate}: accumulation runs through autograd"
     if not method.needs.logits_only:
