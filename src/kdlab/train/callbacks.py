@@ -147,7 +147,9 @@ def plan_lines(facts: Dict[str, Any]) -> List[str]:
     precision = facts.get("precision") or {}
     if precision:
         lines.append(f"precision: {precision.get('autocast')} (train.precision={precision.get('setting')}), "
-                     f"channels_last={facts.get('channels_last')}, processes={facts.get('processes')}")
+                     f"processes={facts.get('processes')}")
+        lines.append(f"channels_last: student {facts.get('channels_last')}, teacher {facts.get('teacher_channels_last')} "
+                     f"({facts.get('channels_last_reason')})")
     return lines
 
 
