@@ -337,17 +337,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for tp_i in inner[:-1]:  # bool or str: the first type that takes the value
+        if len(inner) == 1:  # Optional[X]: X's own message
+            return _coerce(value, inner[0], where)
+        for tp_i in inner:  # bool or str: the first type that takes the value
             try:
                 return _coerce(value, tp_i, where)
             except ConfigError:
                 pass
-        if len(inner) == 1:  # Optional[X]: X's own message
-            return _coerce(value, inner[0], where)
-        try:
-            return _coerce(value, inner[-1], where)
-        except ConfigError:
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {short_repr(value)}") from None
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {short_repr(value)}")
     if dataclasses.is_dataclass(tp):
         return build_section(tp, value, where)
     if tp is bool:

@@ -41,17 +41,16 @@ def _data(recipe: Recipe, data: Optional[DatasetSplits]) -> DatasetSplits:
 
 def teacher_key(recipe: Recipe, data: Optional[DatasetSplits] = None) -> Dict[str, Any]:
     """Everything that determines the trained teacher's weights (``data`` defaults to the recipe's)."""
-    d = recipe.dataset
+    d, data = recipe.dataset, _data(recipe, data)  # loaded once: the fingerprint and, for auto, the model's shapes
     return {
         "format": CACHE_FORMAT,
-        "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(_data(recipe, data))},
+        "dataset": {"name": d.name, "val_fraction": d.val_fraction, "fingerprint": data_fingerprint(data)},
         "teacher": _weights_config(recipe.to_dict()["teacher"], recipe.device, lambda: _teacher_model(recipe, data)),
         "seed": recipe.seed,
     }
 
 
-def _teacher_model(recipe: Recipe, data: Optional[DatasetSplits]) -> Any:
-    data = _data(recipe, data)
+def _teacher_model(recipe: Recipe, data: DatasetSplits) -> Any:
     m = recipe.teacher.model
     return build_model(m.name, data.in_shape, data.num_classes, m.params, where="teacher.model")
 

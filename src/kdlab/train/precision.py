@@ -22,6 +22,10 @@ from ..device import autocast_dtype, flush_denormal_enabled, precision_name, res
 from ..methods.base import Outputs
 
 
+def _laid_out(x: Tensor, channels_last: bool) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 class Precision:
     """What one run's steps compute in; chosen once from the train settings and the device."""
 
@@ -69,11 +73,11 @@ class Precision:
 
     def inputs(self, x: Tensor) -> Tensor:
         """A student's batch in its layout."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        return _laid_out(x, self.channels_last)
 
     def teacher_inputs(self, x: Tensor) -> Tensor:
         """A batch for the teacher's own forward (a stored-signal pass) in its layout."""
-        return x.contiguous(memory_format=torch.channels_last) if self.teacher_channels_last and x.dim() == 4 else x
+        return _laid_out(x, self.teacher_channels_last)
 
     def autocast(self) -> Any:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
