@@ -22,6 +22,7 @@ docs/methods.md, which the default protocol keeps when it rewrites the page.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -84,11 +85,36 @@ class Protocol:
     results: Path
     reports: Optional[Path] = None  # each study's kdlab compare report, under <reports>/<recipe>/<method>
     # one compare for every method but multi-teacher (which needs its own teachers): one set of scratch students
+    # (and, with augmentation or feature methods, one teacher signal store for all of them)
     joint: bool = False
+    teacher: str = "CNN"  # how the tables name the recipe's teacher
+    section: Optional[tuple] = None  # (begin, end, title): the protocol's section of docs/methods.md
+    command: str = ""  # the command that measures it, as the page quotes it
 
 
 SMALL = ROOT / "benchmarks" / "methods_small_data"
 SMALL_BEGIN, SMALL_END = "<!-- small-data-table -->", "<!-- /small-data-table -->"
+RESNET = ROOT / "benchmarks" / "methods_fashion_resnet18"
+RESNET_BEGIN, RESNET_END = "<!-- fashion-resnet18-table -->", "<!-- /fashion-resnet18-table -->"
+# fashion-resnet18 (torchvision ResNet-18 teacher, the 9,098-parameter CNN student, crop + flip), every method
+# from one teacher signal store. The teacher: the recipe's schedule (SGD 0.1, cosine, batch 128) over 5 of its
+# 15 epochs, in bf16 (a 5-epoch teacher already stands ~3 points above the converged students; 15 epochs are
+# ~2 h of one CPU thread here). The students: Adam 2e-3, batch 64, RESNET_EPOCHS epochs (why: the README of
+# benchmarks/methods_fashion_resnet18), 4 stored views per sample.
+RESNET_EPOCHS = 10
+RESNET_TEACHER = ("{epochs: 5, batch_size: 128, optimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.0005}, "
+                  "scheduler: {name: cosine}, precision: bf16}")
+RESNET_PROTOCOL = [
+    "teacher.train.epochs=5", "teacher.train.precision=bf16",
+    f"student.train.epochs={RESNET_EPOCHS}", "student.train.batch_size=64", "student.train.optimizer.lr=0.002",
+    "teacher_signals.views=4",
+]
+RESNET_SECTIONS = [
+    "distill.fitnets={pairs: {features.5: layer3}}",  # 16 -> 256 channels at 7x7: a 1x1 conv + BN adapter
+    "distill.at={pairs: {features.2: layer2, features.5: layer3}}",  # the 14x14 and 7x7 stages' attention maps
+    "distill.crd={negatives: 4096}",
+    "distill.dkd={warmup: 1}",
+]
 PROTOCOLS = {
     "short": Protocol(PROTOCOL, SECTIONS, SECOND_TEACHER, "mnist-cnn,fashion-cnn", ROOT / "docs" / "methods.md",
                       ROOT / "docs" / "methods.json"),
@@ -97,7 +123,16 @@ PROTOCOLS = {
     "small-data": Protocol([], [*SECTIONS[:3], "distill.dkd={warmup: 3}"],
                            second_teacher("{epochs: 3, batch_size: 64, optimizer: {name: adam, lr: 0.001}, precision: auto, "
                                           "channels_last: true}"),
-                           "mnist-cnn-5pct", SMALL / "table.md", SMALL / "results.json", SMALL / "reports", joint=True),
+                           "mnist-cnn-5pct", SMALL / "table.md", SMALL / "results.json", SMALL / "reports", joint=True,
+                           section=(SMALL_BEGIN, SMALL_END, "Small data: students on a share of MNIST's training labels"),
+                           command="OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol small-data --seeds 3"),
+    "fashion-resnet18": Protocol(
+        RESNET_PROTOCOL, RESNET_SECTIONS,
+        "teachers=[{model: {name: \"torchvision:resnet18\", small_input: true}, train: " + RESNET_TEACHER + "}, "
+        "{model: {name: mlp, hidden: [1200, 1200]}, train: " + RESNET_TEACHER + "}]",
+        "fashion-resnet18", RESNET / "table.md", RESNET / "results.json", RESNET / "reports", joint=True,
+        teacher="ResNet-18", section=(RESNET_BEGIN, RESNET_END, "Fashion-MNIST, a ResNet-18 teacher, crop + flip"),
+        command="OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol fashion-resnet18 --seeds 3"),
 }
 
 
@@ -130,26 +165,24 @@ def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path,
     ``only``: run just these studies and return None (the table needs them all)."""
     done = json.loads(store.read_text()) if store.exists() else {}
     studies = [METHODS, "multi-teacher"] if protocol.joint else [*METHODS.split(","), "multi-teacher"]
+    if protocol.joint and only is not None:  # a joint study of just the methods asked for (e.g. one process each)
+        studies = [",".join(m for m in METHODS.split(",") if m in only), "multi-teacher"]
     for method in studies:
-        members = method.split(",")
-        if only is not None and not set(members) & set(only):
+        members = [m for m in method.split(",") if m]
+        if not members or only is not None and not set(members) & set(only):
             continue
         if all(f"{recipe_name}/{m}" in done and len(done[f"{recipe_name}/{m}"]["seeds"]) == seeds
                and done[f"{recipe_name}/{m}"].get("protocol") == protocol.overrides + protocol.sections for m in members):
             continue
         key = f"{recipe_name}/{'methods' if len(members) > 1 else method}"
         print(f"{key}: running", flush=True)
-        entry = _run(recipe_name, method, seeds, cache, data_dir, protocol)
-        for m in members:  # a joint study: every method's entry is the one study (the same scratch students)
-            done[f"{recipe_name}/{m}"] = entry
+        entry = _run(recipe_name, ",".join(members), seeds, cache, data_dir, protocol)
+        done = _save(store, {f"{recipe_name}/{m}": entry for m in members})  # a joint study: one entry per method
         method = members[-1]
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(".tmp")
-        tmp.write_text(json.dumps(done, indent=1))
-        tmp.replace(store)
         print(f"{key}: {[round(100 * a, 2) for a in done[f'{recipe_name}/{method}'][method]['final_acc']]}", flush=True)
     if only is not None:
         return None
+    done = json.loads(store.read_text())  # with what studies in other processes added
     hinton = done[f"{recipe_name}/hinton"]
     scratch = hinton["scratch"]["final_acc"]  # the same students (seed, weights, batches) in every study
     rows: Dict[str, dict] = {"scratch": _row(hinton["scratch"], None, hinton["hinton"]["final_acc"], hinton["teacher_acc"])}
@@ -159,6 +192,20 @@ def study(recipe_name: str, seeds: int, cache: Path, data_dir: str, store: Path,
                             entry["teacher_acc"])
         rows[method]["threads"] = entry.get("threads", "not recorded")
     return rows
+
+
+def _save(path: Path, entries: Dict[str, dict]) -> Dict[str, dict]:
+    """Add ``entries`` to the results file, re-read under a lock: studies running in parallel processes
+    (``--only``) each add their own without dropping the others'. Returns the file's new content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = json.loads(path.read_text()) if path.exists() else {}
+        done.update(entries)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done, indent=1))
+        tmp.replace(path)
+    return done
 
 
 def _row(entry: dict, scratch, hinton, teacher_acc: float) -> dict:
@@ -172,9 +219,9 @@ def _diff(d) -> str:
     return "—" if d is None else f"{100 * d.mean:+.2f} [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]"
 
 
-def table(recipe_name: str, rows: Dict[str, dict]) -> List[str]:
+def table(recipe_name: str, rows: Dict[str, dict], teacher: str = "CNN") -> List[str]:
     lines = [f"### {recipe_name}", "",
-             f"Teacher (CNN) test accuracy {100 * rows['hinton']['teacher']:.2f}%; the CNN + MLP pair's mean-logit "
+             f"Teacher ({teacher}) test accuracy {100 * rows['hinton']['teacher']:.2f}%; the {teacher} + MLP pair's mean-logit "
              f"ensemble {100 * rows['multi-teacher']['teacher']:.2f}%.", "",
              "| method | final test acc % (mean ± std) | vs scratch (points, 95% CI) | vs hinton (points, 95% CI) "
              "| s / epoch |",
@@ -191,7 +238,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="short",
                     help="short: the shortened recipes' protocol (docs/methods.md); small-data: mnist-cnn-5pct "
-                         "(benchmarks/methods_small_data, and its section of docs/methods.md)")
+                         "(benchmarks/methods_small_data); fashion-resnet18: a ResNet-18 teacher with crop + flip "
+                         "(benchmarks/methods_fashion_resnet18); each with its section of docs/methods.md")
     ap.add_argument("--recipes", default=None, help="default: the protocol's")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "teachers"))
     ap.add_argument("--out", default=None, help="default: the protocol's page")
@@ -216,13 +264,13 @@ def main() -> int:
         if rows is None:
             continue
         threads |= {r["threads"] for m, r in rows.items() if m != "scratch"}
-        body += table(name, rows)
+        body += table(name, rows, protocol.teacher)
         tables[name] = rows
-        print("\n".join(table(name, rows)), flush=True)
+        print("\n".join(table(name, rows, protocol.teacher)), flush=True)
     if only is not None:
         return 0
     if protocol is not PROTOCOLS["short"]:
-        return write_small_data(args, protocol, tables, threads)
+        return write_section(args, protocol, tables, threads)
     header = [
         "# Methods compared", "",
         f"Measured with `python benchmarks/methods_table.py --data-dir ../shared/data --seeds {args.seeds}` on "
@@ -240,15 +288,17 @@ def main() -> int:
         "batched variants share one step (their time is divided among them).", "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    kept = _block(Path(args.out).read_text()) if Path(args.out).exists() else None  # the small-data section stays
-    Path(args.out).write_text("\n".join(header + body) + ("\n" + kept + "\n" if kept else ""))
+    old = Path(args.out).read_text() if Path(args.out).exists() else ""
+    kept = [b for p in PROTOCOLS.values() if p.section and (b := _block(old, p.section))]  # the other sections stay
+    Path(args.out).write_text("\n".join(header + body) + "".join("\n" + b + "\n" for b in kept))
     print(f"wrote {args.out}")
     return 0
 
 
-def _block(text: str) -> Optional[str]:
-    """The small-data section of docs/methods.md, markers included (None when absent)."""
-    m = re.search(rf"{re.escape(SMALL_BEGIN)}.*?{re.escape(SMALL_END)}", text, re.S)
+def _block(text: str, section: tuple) -> Optional[str]:
+    """A protocol's section of docs/methods.md, markers included (None when absent)."""
+    begin, end, _title = section
+    m = re.search(rf"{re.escape(begin)}.*?{re.escape(end)}", text, re.S)
     return m.group(0) if m else None
 
 
@@ -265,45 +315,85 @@ def verdict(rows: Dict[str, dict], key: str, what: str) -> str:
     return f"Against {what}: " + "; ".join(x for x in said if x) + "."
 
 
-def write_small_data(args: argparse.Namespace, protocol: Protocol, tables: Dict[str, Dict[str, dict]], threads: set) -> int:
-    """``table.md`` beside the results, and the same tables as the small-data section of docs/methods.md."""
+COMMON = ("Every method keeps 0.3 CE + 0.7 Hinton KD at T = 7 and adds its own terms; `scratch` is cross-entropy only "
+          "(the registered `ce` method). Final = last-epoch test accuracy; `vs scratch` / `vs hinton`: paired by seed "
+          "(same initial weights, batch order and examples), mean difference with its 95% t-interval (3 seeds: an "
+          "interval that excludes 0 is evidence, one that includes 0 is 'not shown'). s / epoch: training + evaluation "
+          "on one thread of a shared machine; batched variants share one step.")
+
+
+def _measured(args: argparse.Namespace, protocol: Protocol, threads: set) -> str:
+    folder = protocol.results.parent.relative_to(ROOT)
+    return (f"Measured with `{protocol.command.replace('--seeds 3', f'--seeds {args.seeds}')}` on {cpu_model()} "
+            f"({os.cpu_count()} cores), torch {torch.__version__}, intra-op threads {', '.join(sorted(map(str, threads)))}; "
+            f"results in `{folder}/` (each study's `kdlab compare` report under `reports/`; how the epochs were chosen: "
+            "its README).")
+
+
+def small_data_text(args: argparse.Namespace, protocol: Protocol, name: str, threads: set) -> tuple:
+    """The small-data section's introduction and each recipe's line on its teacher, students and share."""
     done = json.loads(Path(args.results).read_text())
     intro = (
-        f"Measured with `OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol small-data --seeds {args.seeds}` on "
-        f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, intra-op threads "
-        f"{', '.join(sorted(map(str, threads)))}; results in `benchmarks/methods_small_data/` (each study's `kdlab compare` "
-        "report under `reports/`; how the epochs were chosen: its README). Each recipe as bundled: the CNN teacher "
+        _measured(args, protocol, threads) + " Each recipe as bundled: the CNN teacher "
         "trained on the whole training split, every student, scratch or distilled, on the same class-stratified share "
         "of it (`dataset.student_subset`, the same examples for every method and seed), all tested on the 10,000 test "
         "images. The intervals cover the seeds (initial weights, batch order) on that one share; another share is "
         "not sampled. Method settings: "
         + ", ".join(f"`{x}`" for x in protocol.sections)
         + " (CRD draws at most all the other examples of the share as negatives); all others the methods' defaults. "
-        "Every method keeps 0.3 CE + 0.7 Hinton KD at T = 7 and adds its own terms; `scratch` is cross-entropy only "
-        "(the registered `ce` method). Final = last-epoch test accuracy; `vs scratch` / `vs hinton`: paired by seed "
-        "(same initial weights, batch order and examples), mean difference with its 95% t-interval (3 seeds: an "
-        "interval that excludes 0 is evidence, one that includes 0 is 'not shown'). s / epoch: training + evaluation "
-        "on one thread of a shared machine; batched variants share one step.")
+        + COMMON)
+    r = load_recipe(name, protocol.overrides)
+    t, st, sub = r.teacher.train, r.student.train, r.dataset.student_subset
+    note = next(n for n in done[f"{name}/hinton"]["notes"] if "student_subset" in n)
+    share = note.split(" (")[0].replace("every student trained on ", "")
+    return intro, (f"Teacher: {t.epochs} epochs, Adam lr {t.optimizer.lr}, batch {t.batch_size}. Students: "
+                   f"{st.epochs} epochs, Adam lr {st.optimizer.lr}, batch {st.batch_size}, on {share} "
+                   f"({100 * sub.fraction:g}%, seed {sub.seed}).")
+
+
+def resnet_text(args: argparse.Namespace, protocol: Protocol, name: str, threads: set) -> tuple:
+    """The fashion-resnet18 section's introduction and its line on the teacher, the students and the store."""
+    done = json.loads(Path(args.results).read_text())
+    r = load_recipe(name, protocol.overrides)
+    t, st = r.teacher.train, r.student.train
+    store = next((n for n in done[f"{name}/hinton"]["notes"] if n.startswith("teacher signal store")), "")
+    intro = (
+        _measured(args, protocol, threads) + " The recipe `fashion-resnet18`: torchvision's ResNet-18 "
+        "(11.2M parameters, greyscale CIFAR-style stem, trained from scratch by kdlab on the un-augmented training "
+        "set) teaches the 9,098-parameter CNN; every student, scratch or distilled, trains on all 60,000 training "
+        "images with random crop (4 px) and horizontal flip, tested on the 10,000 test images. The teacher's side "
+        "comes from one teacher signal store shared by every method and seed (4 stored views per sample, so the "
+        f"{st.epochs} epochs replay each view {st.epochs / 4:g} times). Deviations from the recipe: "
+        + ", ".join(f"`{x}`" for x in protocol.overrides) + ". Method settings: "
+        + ", ".join(f"`{x}`" for x in protocol.sections) + "; all others the methods' defaults. `multi-teacher`: "
+        "the ResNet-18 and a 784-1200-1200 MLP trained alike, equal weights. " + COMMON)
+    return intro, (f"Teacher: {t.epochs} epochs, SGD lr {t.optimizer.lr} cosine, batch {t.batch_size}, {t.precision}. "
+                   f"Students: {st.epochs} epochs, Adam lr {st.optimizer.lr}, batch {st.batch_size}. "
+                   + (store[0].upper() + store[1:] + "." if store else ""))
+
+
+TEXTS = {"small-data": small_data_text, "fashion-resnet18": resnet_text}
+
+
+def write_section(args: argparse.Namespace, protocol: Protocol, tables: Dict[str, Dict[str, dict]], threads: set) -> int:
+    """``table.md`` beside the results, and the same tables as the protocol's section of docs/methods.md."""
+    begin, end, title = protocol.section
+    text_of = TEXTS[next(k for k, p in PROTOCOLS.items() if p is protocol)]
     body: List[str] = []
+    intro = ""
     for name, rows in tables.items():
-        r = load_recipe(name, protocol.overrides)
-        t, st, sub = r.teacher.train, r.student.train, r.dataset.student_subset
-        note = next(n for n in done[f"{name}/hinton"]["notes"] if "student_subset" in n)
-        share = note.split(" (")[0].replace("every student trained on ", "")
-        lines = table(name, rows)
-        lines[1:1] = ["", f"Teacher: {t.epochs} epochs, Adam lr {t.optimizer.lr}, batch {t.batch_size}. Students: "
-                          f"{st.epochs} epochs, Adam lr {st.optimizer.lr}, batch {st.batch_size}, on {share} "
-                          f"({100 * sub.fraction:g}%, seed {sub.seed})."]
+        intro, line = text_of(args, protocol, name, threads)
+        lines = table(name, rows, protocol.teacher)
+        lines[1:1] = ["", line]
         body += lines + [verdict(rows, "vs_scratch", "scratch"), "", verdict(rows, "vs_hinton", "Hinton KD"), ""]
     protocol.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(["# Methods compared on a small share of MNIST's labels", "", intro, "", *body]))
+    Path(args.out).write_text("\n".join([f"# Methods compared — {title}", "", intro, "", *body]))
     page = ROOT / "docs" / "methods.md"
-    section = "\n".join([SMALL_BEGIN, "## Small data: students on a share of MNIST's training labels", "", intro, "",
-                          *body, SMALL_END])
+    section = "\n".join([begin, f"## {title}", "", intro, "", *body, end])
     text = page.read_text()
-    old = _block(text)
+    old = _block(text, protocol.section)
     page.write_text(text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section + "\n")
-    print(f"wrote {args.out} and the small-data section of {page}")
+    print(f"wrote {args.out} and the section '{title}' of {page}")
     return 0
 
 

@@ -26,7 +26,6 @@ from .data.augment import AugmentConfig, build_augment
 from .data.subset import subset_facts, subset_indices
 from .data.transfer import transfer_indices, transfer_split
 from .data.views import ReplayViews
-from .data.transfer import transfer_indices, transfer_split
 from .errors import ConfigError
 from .methods import CE, Distiller, build_method
 from .models import build_model, count_parameters

@@ -129,11 +129,20 @@ def test_methods_batch_where_they_can_and_match_the_loss_comparison(result, tmp_
                  "multi-teacher trained one by one (it reads each teacher member's logits"):
         assert part in by_method.notes[0]
     assert "dkd" not in by_method.notes[0]  # no closed form, but vmapped through autograd in the grid
-    for key in (("scratch", 1), ("hinton", 2)):  # the batched variants: the same numbers as the loss comparison
-        assert by_method.runs[key].final_acc == pytest.approx(res.runs[key].final_acc, abs=1e-6)
+    # the batched variants: the loss comparison's students. With dkd in the grid, the grid's step is autograd
+    # (vmapped) rather than the closed form, so float rounding differs and grows over 3 epochs: the losses
+    # agree to ~1e-3 and the accuracy to a sample or two (exactly, on some CPUs); a wrong step is far off
+    for key in (("scratch", 1), ("hinton", 2)):
+        got, want = by_method.runs[key], res.runs[key]
+        for g, w in zip(got.history, want.history, strict=True):
+            assert g["loss_total"] == pytest.approx(w["loss_total"], rel=2e-3)
+        assert got.final_acc == pytest.approx(want.final_acc, abs=2.5 / 180)  # 180 test images in digits
     # a single teacher as a "mixture" of one: exactly Hinton KD, trained one by one through autograd
     for s in by_method.seeds:
-        assert by_method.run("multi-teacher", s).final_acc == pytest.approx(by_method.run("hinton", s).final_acc, abs=2e-3)
+        mixture, hinton = by_method.run("multi-teacher", s), by_method.run("hinton", s)
+        for g, w in zip(mixture.history, hinton.history, strict=True):
+            assert g["loss_total"] == pytest.approx(w["loss_total"], rel=2e-3)
+        assert mixture.final_acc == pytest.approx(hinton.final_acc, abs=2.5 / 180)
     assert {"loss_hint"} <= set(by_method.run("fitnets", 0).history[-1]) and by_method.paired_vs_reference("dkd") is not None
     out = write_report(by_method, tmp_path / "rep", plots=False)
     header = (out / "epochs.csv").read_text().splitlines()[0]

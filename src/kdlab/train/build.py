@@ -81,7 +81,7 @@ def build_trainer(
     tabulate = in_memory and not augmented
     dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     precision = Precision.of(cfg, dev, model, getattr(teacher, "model", None))
-    if teacher is not None and teacher_logits is None:
+    if teacher is not None and teacher_logits is None and needs.teacher:
         precision.teacher_pass(teacher)  # its one pass over the data (cached logits) in the run's layout
     # the teacher's logits first, as one pass (each process a share): nothing random runs in it
     tabulated = tabulated_source(method, teacher, teacher_logits, tabulate=tabulate,
