@@ -76,15 +76,25 @@ def test_a_run_from_the_shared_store_equals_a_run_from_its_own_store(tmp_path):
     torch.testing.assert_close(from_shared.step_losses, own.step_losses, rtol=0, atol=0)
 
 
-def test_a_layer_stored_in_another_form_gets_its_own_store(tmp_path):
-    """AT stores features.2 as its energy map; FitNets on the same layer reads the map itself."""
+def test_a_layer_read_in_two_forms_is_stored_in_both_from_one_teacher_pass(tmp_path):
+    """AT stores features.2 as its energy map; FitNets on the same layer reads the map itself: the study's
+    store keeps both (FitNets' under an alias), and each run equals a run from its own store."""
     data, teacher, messages = toy_data(), _teacher(), []
-    shared = shared_store(_plan(tmp_path, messages), [_method("at"), _method("fitnets")], teacher, data, CFG)
-    assert [m.method_name for m in StudySignals([_method("at"), _method("fitnets")]).left_out] == ["fitnets"]
-    facts = _train(_method("fitnets"), data, teacher, shared.plan).extra["teacher_signals"]
-    assert facts["path"] != str(shared.store.path) and facts["computed_here"] is True
-    assert facts["signals"]["feature:features.2"]["shape"] == [6, 4, 4]
-    assert shared.readers == 0 and sum("computing" in m for m in messages) == 2
+    shared = shared_store(_plan(tmp_path / "shared", messages), [_method("at"), _method("fitnets")], teacher, data, CFG)
+    assert StudySignals([_method("at"), _method("fitnets")]).left_out[0].method_name == "fitnets"  # a grid's union
+    assert set(shared.store.shapes) == {"logits", "feature:features.2", "feature:features.2@feature"}
+    assert shared.store.shapes["feature:features.2"].shape == (4, 4)  # AT's energy map
+    assert shared.store.shapes["feature:features.2@feature"].shape == (6, 4, 4)  # the map itself
+    assert not shared.left_out and sum("computing" in m for m in messages) == 1
+    for name in ("fitnets", "at"):
+        run = _train(_method(name), data, teacher, shared.plan)
+        facts = run.extra["teacher_signals"]
+        assert facts["path"] == str(shared.store.path) and facts["computed_here"] is False
+        assert facts["signals"]["feature:features.2"]["shape"] == ([6, 4, 4] if name == "fitnets" else [4, 4])
+        own = _train(_method(name), data, teacher, _plan(tmp_path / f"own-{name}", []))
+        assert own.extra["teacher_signals"]["path"] != facts["path"]
+        torch.testing.assert_close(run.step_losses, own.step_losses, rtol=0, atol=0)
+    assert shared.readers == 2 and sum("computing" in m for m in messages) == 1
 
 
 def test_a_store_that_does_not_fit_leaves_the_plan_as_it_was(tmp_path):

@@ -6,9 +6,11 @@ the signals its method reads. :func:`shared_store` computes one store holding th
 logits and every teacher feature the study's methods read (each in its method's form), and hands
 back a plan that answers every request the store covers — the same teacher, data, views and
 precision, and the same form, shape and dtype for each signal asked for — with that store,
-restricted to those signals. Any other request (a method reading a layer another method stores in
-a different form, a teacher's members) goes to the plan's own store function, so every run still
-reads exactly the signal it asked for; the study then reports that store separately.
+restricted to those signals. A layer two methods read in different forms (FitNets' feature map and
+AT's energy map of one layer) is stored in both, the second under an alias, from the same teacher
+pass. Any other request (a teacher's members, top-k logits at another temperature) goes to the
+plan's own store function, so every run still reads exactly the signal it asked for; the study then
+reports that store separately.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..teacher_cache.keys import normal
 from ..teacher_cache.signals import SignalStore
 from ..train.precision import Precision
 from ..train.sources import OnlineTeacher, StoredSignals
-from ..train.stored import SignalsPlan, StudySignals, stored_source
+from ..train.stored import SignalsPlan, StudySignals, form_alias, stored_source
 
 
 @dataclass
@@ -79,13 +81,14 @@ def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: Froze
     settings (their precision is part of the store's key). When the store would not fit, the plan is
     returned as it is, with the reason."""
     usable = [m for m in methods if m.needs.teacher and not m.needs.teacher_members and not m.needs.ema_teacher]
-    union = StudySignals(usable)
+    union = StudySignals(usable, other_forms=True)  # a layer two methods read in two forms: stored in both
     if plan.top_k is not None and union.temperature is None:  # each run then says why (its own one-line error)
         return SharedStore(plan, None, "teacher_signals.top_k stores logits at a method's temperature, and none has one")
     device = data.train.x.device
     precision = Precision.of(cfg, device, None, teacher.model)  # the teacher's layout, as each run resolves it
     teacher.to(device)
-    online = OnlineTeacher(teacher, union.needs.teacher_features, False, union.teacher_signal)
+    online = OnlineTeacher(teacher, union.needs.teacher_features, False, union.teacher_signal,
+                           aliases={alias: layer for alias, (layer, _m) in union.aliases.items()})
     precision.teacher_pass(online)  # as each run lays the teacher out (Precision.prepare)
     try:
         stored, why = stored_source(plan, union, online, data.train, data_fingerprint(data), precision, device)
@@ -98,24 +101,33 @@ def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: Froze
     key = store.meta["key"]
 
     def open_store(run_key: Dict[str, Any], *, shapes: Mapping[str, Any], **kwargs: Any) -> Any:
-        if _covers(key, store, normal(run_key), shapes):
+        files = _covers(key, store, normal(run_key), shapes)
+        if files is not None:
             result.readers += 1
-            meta = {**store.meta, "signals": {k: store.meta["signals"][k] for k in shapes}}
-            return SignalStore(store.path, meta)  # memory-maps only the signals this run reads
+            meta = {**store.meta, "signals": {k: store.meta["signals"][f] for k, f in files.items()}}
+            return SignalStore(store.path, meta, files)  # memory-maps only the signals this run reads
         return plan.open_store(run_key, shapes=shapes, **kwargs)
 
     result.plan = dataclasses.replace(plan, open_store=open_store)
     return result
 
 
-def _covers(key: Dict[str, Any], store: SignalStore, run_key: Dict[str, Any], shapes: Mapping[str, Any]) -> bool:
-    """True when the study's store holds every signal a run asks for, computed as the run would."""
+def _covers(key: Dict[str, Any], store: SignalStore, run_key: Dict[str, Any],
+            shapes: Mapping[str, Any]) -> Optional[Dict[str, str]]:
+    """Where the study's store holds each signal a run asks for, computed as the run would: {the run's
+    name: the store's} (a layer in a second form is under its alias); None when it does not hold them all."""
     if {k: v for k, v in key.items() if k != "signals"} != {k: v for k, v in run_key.items() if k != "signals"}:
-        return False
+        return None
     stored, asked = key.get("signals", {}), run_key.get("signals", {})
+    files: Dict[str, str] = {}
     for name, spec in shapes.items():
         shape, dtype = (spec.shape, spec.dtype) if hasattr(spec, "shape") else spec
-        have = store.shapes.get(name)
-        if have is None or stored.get(name) != asked.get(name) or have.shape != tuple(shape) or have.dtype != dtype:
-            return False
-    return True
+        want = asked.get(name)
+        candidates = [name] + ([f"feature:{form_alias(name.split(':', 1)[1], want['form'])}"]
+                               if name.startswith("feature:") and isinstance(want, dict) and "form" in want else [])
+        found = next((c for c in candidates if stored.get(c) == want and c in store.shapes
+                      and store.shapes[c].shape == tuple(shape) and store.shapes[c].dtype == dtype), None)
+        if found is None:
+            return None
+        files[name] = found
+    return files

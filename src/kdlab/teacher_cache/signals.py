@@ -113,11 +113,14 @@ def _sha256(path: Path) -> str:
 class SignalStore:
     """A complete store, memory-mapped: :meth:`rows` reads the signals of (sample, view) pairs."""
 
-    def __init__(self, path: Path, meta: Dict[str, Any]) -> None:
+    def __init__(self, path: Path, meta: Dict[str, Any], files: Optional[Mapping[str, str]] = None) -> None:
+        """``files``: signal name -> the array it reads, when they differ (a reader of a store kept for
+        several runs: a layer in a second form is stored under an alias)."""
         self.path, self.meta = path, meta
         self.samples, self.views = int(meta["samples"]), int(meta["views"])
         self.shapes = {k: SignalShape(tuple(v["shape"]), v["dtype"]) for k, v in meta["signals"].items()}
-        self.arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in self.shapes}
+        files = files or {}
+        self.arrays = {k: np.load(path / f"{files.get(k, k)}.npy", mmap_mode="r", allow_pickle=False) for k in self.shapes}
         self.computed = False  # True when this process computed (part of) it rather than reusing it
         self.seconds = 0.0  # time spent computing it in this process
 

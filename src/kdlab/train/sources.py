@@ -16,7 +16,7 @@ which source they have:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -82,19 +82,32 @@ class OnlineTeacher(TeacherSource):
     runs_per_batch = True
 
     def __init__(self, teacher: Any, features: Sequence[str] = (), members: bool = False,
-                 signal: Optional[Callable[[str, Tensor], Tensor]] = None) -> None:
+                 signal: Optional[Callable[[str, Tensor], Tensor]] = None,
+                 aliases: Optional[Mapping[str, str]] = None) -> None:
+        """``aliases``: extra outputs, alias -> tapped layer, each ``signal(alias, that layer's feature)``
+        (a study's store keeping one layer in two methods' forms)."""
         self.teacher, self.members, self.signal = teacher, members, signal
+        self.aliases = dict(aliases or {})
         self.model = getattr(teacher, "model", None)
         if features and self.model is None:
             raise ValueError("features need the teacher model itself, not a logits signal")
+        if self.aliases and (signal is None or not set(self.aliases.values()) <= set(features)):
+            raise ValueError("aliases need a signal function and name tapped layers")
         self.tap = FeatureTap(self.model, tuple(features), role="teacher") if features else None
+
+    @property
+    def feature_names(self) -> tuple:
+        """The features :meth:`outputs` returns: the tapped layers, then the aliases."""
+        return (*(self.tap.names if self.tap is not None else ()), *self.aliases)
 
     def outputs(self, batch: Batch) -> Optional[Outputs]:
         logits = self.teacher.member_logits(batch.x) if self.members else self.teacher(batch.x)
-        feats = self.tap.outputs() if self.tap is not None else {}
+        raw = self.tap.outputs() if self.tap is not None else {}
+        feats = raw
         if self.signal is not None:  # the form the method reads (what a signal store holds)
             with torch.no_grad():
-                feats = {name: self.signal(name, f) for name, f in feats.items()}
+                feats = {name: self.signal(name, f) for name, f in raw.items()}
+                feats.update({alias: self.signal(alias, raw[layer]) for alias, layer in self.aliases.items()})
         return Outputs(logits, feats)
 
     def use_channels_last(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -128,40 +129,55 @@ class StudySignals(Distiller):
     """The teacher side of several methods (a study's, a batched grid's) as one method, for one store: the
     teacher's logits and the union of their teacher features, each in the form of the first method reading it.
 
-    A later method reading a stored layer in another form is left out (:attr:`left_out`): its run gets
-    a store of its own (a batched grid refuses it).
+    A later method reading a stored layer in another form is left out (:attr:`left_out`: its run gets a
+    store of its own; a batched grid refuses it), unless ``other_forms`` is set: the layer is then stored
+    a second time in that form, under an alias (:attr:`aliases`, ``<layer>@<form>``), from the same tap.
     """
 
-    def __init__(self, methods: Sequence[Distiller]) -> None:
+    def __init__(self, methods: Sequence[Distiller], other_forms: bool = False) -> None:
         super().__init__()
         self.owners: Dict[str, Distiller] = {}
+        #: alias -> (the tapped layer, the method whose form it stores)
+        self.aliases: Dict[str, Tuple[str, Distiller]] = {}
         self.left_out: List[Distiller] = []
         for m in methods:
             clash = [n for n in m.needs.teacher_features
                      if n in self.owners and self.owners[n].teacher_signal_form(n) != m.teacher_signal_form(n)]
-            if clash:
+            if clash and not other_forms:
                 self.left_out.append(m)
                 continue
             for name in m.needs.teacher_features:
                 self.owners.setdefault(name, m)
+            for name in clash:
+                self.aliases.setdefault(form_alias(name, m.teacher_signal_form(name)), (name, m))
         self.needs = Needs(teacher_logits=True, teacher_features=tuple(self.owners))
         # top-k logits are stored at one temperature: the first method's that has one (another T: its own store)
         self.temperature = next((t for t in (m.configured_temperature() for m in methods) if t is not None), None)
+
+    def _reader(self, name: str) -> Tuple[str, Distiller]:
+        return self.aliases[name] if name in self.aliases else (name, self.owners[name])
 
     def configured_temperature(self) -> Optional[float]:
         return self.temperature
 
     def teacher_signal(self, name: str, feature: Tensor) -> Tensor:
-        return self.owners[name].teacher_signal(name, feature)
+        layer, method = self._reader(name)
+        return method.teacher_signal(layer, feature)
 
     def teacher_signal_form(self, name: str) -> str:
-        return self.owners[name].teacher_signal_form(name)
+        layer, method = self._reader(name)
+        return method.teacher_signal_form(layer)
 
     def forward(self, batch: Batch, student: Any, teacher: Any) -> Dict[str, Tensor]:  # pragma: no cover - never trained
         raise TypeError("StudySignals only describes a stored teacher signal; it is not trained")
 
     def term_weights(self) -> Dict[str, float]:  # pragma: no cover - never trained
         return {}
+
+
+def form_alias(layer: str, form: str) -> str:
+    """The store's name for ``layer`` kept a second time, in ``form`` (file-name safe)."""
+    return f"{layer}@{re.sub(r'[^A-Za-z0-9._-]', '_', form)}"
 
 
 def model_digest(model: nn.Module) -> str:
@@ -205,7 +221,7 @@ def stored_source(plan: SignalsPlan, method: Distiller, online: OnlineTeacher, t
     """The stored signal of ``online``'s teacher on ``plan.views`` of ``train``, with the reason; (None, why not)
     when the store would not fit and the user did not ask for it (the teacher then stays online)."""
     X, Y, views = train.x, train.y, plan.views
-    features = online.tap.names if online.tap is not None else ()
+    features = online.feature_names
     top_k, temperature = plan.top_k, method.configured_temperature()
     if top_k is not None and temperature is None:
         raise ConfigError(f"teacher_signals.top_k: {type(method).__name__} reads the teacher's logits at no temperature, "
