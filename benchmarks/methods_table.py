@@ -93,6 +93,11 @@ class Protocol:
 
 
 SMALL = ROOT / "benchmarks" / "methods_small_data"
+LEAD = ("Three protocols, each every registered method over 3 seeds, paired by seed against scratch and Hinton KD: "
+        "[Fashion-MNIST with a ResNet-18 teacher and crop + flip](#fashion-mnist-a-resnet-18-teacher-crop-flip), where "
+        "the teacher stands far above the student; [small data](#small-data-students-on-a-share-of-mnists-training-labels), "
+        "students on 5% of MNIST's labels; and the short protocol first below (a CNN teacher barely above its student, "
+        "5 epochs, no augmentation), where no method is shown to help.")
 SMALL_BEGIN, SMALL_END = "<!-- small-data-table -->", "<!-- /small-data-table -->"
 RESNET = ROOT / "benchmarks" / "methods_fashion_resnet18"
 RESNET_BEGIN, RESNET_END = "<!-- fashion-resnet18-table -->", "<!-- /fashion-resnet18-table -->"
@@ -273,6 +278,8 @@ def main() -> int:
         return write_section(args, protocol, tables, threads)
     header = [
         "# Methods compared", "",
+        LEAD, "",
+        "## Short protocol: the whole MNIST and Fashion-MNIST training sets, no augmentation", "",
         f"Measured with `python benchmarks/methods_table.py --data-dir ../shared/data --seeds {args.seeds}` on "
         f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}; per-study results in `docs/methods.json` "
         "(each study is one `compare --methods <method>` with its own scratch students; an interrupted table resumes). "
