@@ -369,8 +369,10 @@ def resnet_text(args: argparse.Namespace, protocol: Protocol, name: str, threads
         "(11.2M parameters, greyscale CIFAR-style stem, trained from scratch by kdlab on the un-augmented training "
         "set) teaches the 9,098-parameter CNN; every student, scratch or distilled, trains on all 60,000 training "
         "images with random crop (4 px) and horizontal flip, tested on the 10,000 test images. The teacher's side "
-        "comes from one teacher signal store shared by every method and seed (4 stored views per sample, so the "
-        f"{st.epochs} epochs replay each view {st.epochs / 4:g} times). Deviations from the recipe: "
+        "comes from teacher signal stores, 4 stored views per sample (so the "
+        f"{st.epochs} epochs replay each view {st.epochs / 4:g} times), every seed and method replaying the same views: "
+        "one store for the joint study (line below), and CRD's and the multi-teacher's studies their own "
+        "(the README of the results). Deviations from the recipe: "
         + ", ".join(f"`{x}`" for x in protocol.overrides) + ". Method settings: "
         + ", ".join(f"`{x}`" for x in protocol.sections) + "; all others the methods' defaults. `multi-teacher`: "
         "the ResNet-18 and a 784-1200-1200 MLP trained alike, equal weights. " + COMMON)

@@ -188,6 +188,18 @@ def augmented(tmp_path_factory):
                    log=lambda *_: None, profile=False), cache
 
 
+def test_a_multi_teacher_study_computes_no_shared_store_nobody_reads(augmented):
+    """Its runs read each member's logits (their own store); scratch reads no teacher: no study store."""
+    _, cache = augmented
+    recipe = load_recipe("digits-mlp", AUGMENTED + [
+        "teachers=[{model: {name: cnn, channels: [8, 8]}, train: {epochs: 1}}, {model: {name: mlp, hidden: [16]}, train: {epochs: 1}}]"])
+    res = compare(recipe, None, 1, methods="multi-teacher", teacher_cache=cache, progress=False, log=lambda *_: None,
+                  profile=False)
+    stores = [n for n in res.notes if n.startswith("teacher signal store")]
+    assert len(stores) == 1 and "read by 1 student run(s)" in stores[0], res.notes
+    assert len(res.run("multi-teacher", res.seeds[0]).history) == 2
+
+
 def test_augmented_cnn_students_train_batched_from_one_store(augmented):
     res, _ = augmented
     assert res.mode == "batched"

@@ -46,7 +46,7 @@ from ..train.build import grid_method_reason, grid_train_blocker
 from ..train.run import fit_grid
 from ..train.students import grid_blocker, grid_cost_reason
 from ..train.weights import WeightPlan
-from .shared_signals import shared_store
+from .shared_signals import reads_shared_store, shared_store
 from .stats import PairedComparison, Summary, epochs_to_reach, paired, summarize
 from ..teacher_cache import cached_teacher
 
@@ -258,7 +258,9 @@ def compare(
     data, _ = student_data(recipe, data, None)
     # one store of every signal the study's students read from the teacher (augmented batches: the logits
     # too; plain batches: the features of the feature methods, and the logits every student shares)
-    needs_store = plan is not None and any(m.needs.teacher and (augmented or not m.needs.logits_only) for m in methods.values())
+    # (none when no method reads a single teacher's signals: a multi-teacher study's runs read their members' store)
+    needs_store = plan is not None and any(reads_shared_store(m) and (augmented or not m.needs.logits_only)
+                                           for m in methods.values())
     shared = shared_store(plan, list(methods.values()), cached.teacher, data, cfg) if needs_store else None  # type: ignore[arg-type]
     study_plan = shared.plan if shared is not None and shared.store is not None else plan
     if augmented and shared is not None and shared.store is None:  # it does not fit: the teacher runs online

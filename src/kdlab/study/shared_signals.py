@@ -74,13 +74,20 @@ class SharedStore:
         return out.logits
 
 
+def reads_shared_store(method: Distiller) -> bool:
+    """True when a study's store can hold what ``method`` reads: a single teacher's signals (not each
+    member's logits of a teacher ensemble, not the student's own moving average)."""
+    needs = method.needs
+    return needs.teacher and not needs.teacher_members and not needs.ema_teacher
+
+
 def shared_store(plan: SignalsPlan, methods: Sequence[Distiller], teacher: FrozenTeacher, data: DatasetSplits,
                  cfg: TrainConfig) -> SharedStore:
     """Compute (or reuse) the store of every signal ``methods`` read on ``plan``'s views, and the plan
     that hands it to every run it covers (see the module docstring). ``cfg``: the students' train
     settings (their precision is part of the store's key). When the store would not fit, the plan is
     returned as it is, with the reason."""
-    usable = [m for m in methods if m.needs.teacher and not m.needs.teacher_members and not m.needs.ema_teacher]
+    usable = [m for m in methods if reads_shared_store(m)]
     union = StudySignals(usable, other_forms=True)  # a layer two methods read in two forms: stored in both
     if plan.top_k is not None and union.temperature is None:  # each run then says why (its own one-line error)
         return SharedStore(plan, None, "teacher_signals.top_k stores logits at a method's temperature, and none has one")
