@@ -255,6 +255,11 @@ def session() -> Iterator[Optional[Context]]:
     rank = launched_rank()
     _STORE = _join_store(rank, world, timeout)
     dist.init_process_group(backend, store=dist.PrefixStore("kdlab/group", _STORE), rank=rank, world_size=world, timeout=timeout)
+    # every process fully connected before any can go on: a process that refuses at once would
+    # otherwise destroy the group (closing its gloo pairs) while a slower peer is still connecting,
+    # and that peer would die with "Connection closed by peer" instead of giving the same refusal.
+    # A CPU tensor: it goes through gloo, the mesh that must be complete (NCCL connects lazily).
+    dist.all_reduce(torch.zeros(1))
     _CTX = Context(dist.get_rank(), dist.get_world_size(), dev)
     try:
         yield _CTX
