@@ -272,11 +272,12 @@ def compare(
     if shared is not None:  # plain batches: a feature variant reads the teacher's features from the store
         moved = [v for v in variants if v not in single and methods[v].needs.teacher_features
                  and (shared.store is None or methods[v] in shared.left_out)]
+        why = ("the teacher's features are read online: their store does not fit" if shared.store is None
+               else "it reads a teacher layer in another form than an earlier variant, and the batched step holds "
+                    "one form per layer")
         if batched and moved:
-            raise ConfigError(f"cannot train the students batched: the study's store does not hold "
-                              f"{', '.join(moved)}'s teacher features; drop --batched")
-        reasons.update({v: "the teacher's features are read online: their store does not fit" if shared.store is None
-                        else "it reads a teacher layer in another form than the study's store holds" for v in moved})
+            raise ConfigError(f"cannot train the students batched: {', '.join(moved)}: {why}; drop --batched")
+        reasons.update({v: why for v in moved})
         single += moved
     # the shared training-set logits (plain batches): the store's when there is one, so every student reads the same numbers
     logits = None

@@ -42,7 +42,8 @@ class SharedStore:
     reason: str
     readers: int = 0
     source: Optional[StoredSignals] = None  # the store as a teacher source (reads logits as every run does)
-    #: methods reading a stored layer in another method's form: the store does not cover them
+    #: methods reading a stored layer in another method's form: stored for them under an alias, but a
+    #: batched step (one array per layer) cannot hold them
     left_out: List[Distiller] = field(default_factory=list)
 
     @property

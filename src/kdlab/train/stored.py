@@ -129,9 +129,11 @@ class StudySignals(Distiller):
     """The teacher side of several methods (a study's, a batched grid's) as one method, for one store: the
     teacher's logits and the union of their teacher features, each in the form of the first method reading it.
 
-    A later method reading a stored layer in another form is left out (:attr:`left_out`: its run gets a
-    store of its own; a batched grid refuses it), unless ``other_forms`` is set: the layer is then stored
-    a second time in that form, under an alias (:attr:`aliases`, ``<layer>@<form>``), from the same tap.
+    A later method reading a stored layer in another form is left out (:attr:`left_out`): its run gets a
+    store of its own, and a batched grid, whose step reads one array per layer, cannot hold it. With
+    ``other_forms`` such a method is still listed in :attr:`left_out` (it cannot join the grid) but its
+    layer is stored a second time in its form, under an alias (:attr:`aliases`, ``<layer>@<form>``),
+    from the same tap, so its run reads this store.
     """
 
     def __init__(self, methods: Sequence[Distiller], other_forms: bool = False) -> None:
@@ -143,9 +145,10 @@ class StudySignals(Distiller):
         for m in methods:
             clash = [n for n in m.needs.teacher_features
                      if n in self.owners and self.owners[n].teacher_signal_form(n) != m.teacher_signal_form(n)]
-            if clash and not other_forms:
+            if clash:
                 self.left_out.append(m)
-                continue
+                if not other_forms:
+                    continue
             for name in m.needs.teacher_features:
                 self.owners.setdefault(name, m)
             for name in clash:
