@@ -89,22 +89,22 @@ class Protocol:
     joint: bool = False
     teacher: str = "CNN"  # how the tables name the recipe's teacher
     section: Optional[tuple] = None  # (begin, end, title): the protocol's section of docs/methods.md
-    command: str = ""  # the command that measures it, as the page quotes it
+    command: str = ""  # the command that measures it, as the page quotes it (before --seeds)
 
 
-SMALL = ROOT / "benchmarks" / "methods_small_data"
 LEAD = ("Three protocols, each every registered method over 3 seeds, paired by seed against scratch and Hinton KD: "
         "[Fashion-MNIST with a ResNet-18 teacher and crop + flip](#fashion-mnist-a-resnet-18-teacher-crop-flip), where "
         "the teacher stands far above the student; [small data](#small-data-students-on-a-share-of-mnists-training-labels), "
         "students on 5% of MNIST's labels; and the short protocol first below (a CNN teacher barely above its student, "
         "5 epochs, no augmentation), where no method is shown to help.")
+SMALL = ROOT / "benchmarks" / "methods_small_data"
 SMALL_BEGIN, SMALL_END = "<!-- small-data-table -->", "<!-- /small-data-table -->"
 RESNET = ROOT / "benchmarks" / "methods_fashion_resnet18"
 RESNET_BEGIN, RESNET_END = "<!-- fashion-resnet18-table -->", "<!-- /fashion-resnet18-table -->"
 # fashion-resnet18 (torchvision ResNet-18 teacher, the 9,098-parameter CNN student, crop + flip), every method
-# from one teacher signal store. The teacher: the recipe's schedule (SGD 0.1, cosine, batch 128) over 5 of its
-# 15 epochs, in bf16 (a 5-epoch teacher already stands ~3 points above the converged students; 15 epochs are
-# ~2 h of one CPU thread here). The students: Adam 2e-3, batch 64, RESNET_EPOCHS epochs (why: the README of
+# from the stored teacher signal. The teacher: the recipe's schedule (SGD 0.1, cosine, batch 128) over 5 of its
+# 15 epochs, in bf16 (a 5-epoch teacher already stands ~7 points above the students; 15 epochs are ~2.8 h of one
+# CPU thread here). The students: Adam 2e-3, batch 64, RESNET_EPOCHS epochs (why: the README of
 # benchmarks/methods_fashion_resnet18), 4 stored views per sample.
 RESNET_EPOCHS = 10
 RESNET_TEACHER = ("{epochs: 5, batch_size: 128, optimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.0005}, "
@@ -130,14 +130,14 @@ PROTOCOLS = {
                                           "channels_last: true}"),
                            "mnist-cnn-5pct", SMALL / "table.md", SMALL / "results.json", SMALL / "reports", joint=True,
                            section=(SMALL_BEGIN, SMALL_END, "Small data: students on a share of MNIST's training labels"),
-                           command="OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol small-data --seeds 3"),
+                           command="OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol small-data"),
     "fashion-resnet18": Protocol(
         RESNET_PROTOCOL, RESNET_SECTIONS,
         "teachers=[{model: {name: \"torchvision:resnet18\", small_input: true}, train: " + RESNET_TEACHER + "}, "
         "{model: {name: mlp, hidden: [1200, 1200]}, train: " + RESNET_TEACHER + "}]",
         "fashion-resnet18", RESNET / "table.md", RESNET / "results.json", RESNET / "reports", joint=True,
         teacher="ResNet-18", section=(RESNET_BEGIN, RESNET_END, "Fashion-MNIST, a ResNet-18 teacher, crop + flip"),
-        command="OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol fashion-resnet18 --seeds 3"),
+        command="OMP_NUM_THREADS=1 python benchmarks/methods_table.py --protocol fashion-resnet18"),
 }
 
 
@@ -331,7 +331,9 @@ COMMON = ("Every method keeps 0.3 CE + 0.7 Hinton KD at T = 7 and adds its own t
 
 def _measured(args: argparse.Namespace, protocol: Protocol, threads: set) -> str:
     folder = protocol.results.parent.relative_to(ROOT)
-    return (f"Measured with `{protocol.command.replace('--seeds 3', f'--seeds {args.seeds}')}` on {cpu_model()} "
+    # the host the studies ran on, as their results record it (a later render may run elsewhere)
+    hosts = sorted({e["host"] for e in json.loads(Path(args.results).read_text()).values()})
+    return (f"Measured with `{protocol.command} --seeds {args.seeds}` on {', '.join(hosts)} "
             f"({os.cpu_count()} cores), torch {torch.__version__}, intra-op threads {', '.join(sorted(map(str, threads)))}; "
             f"results in `{folder}/` (each study's `kdlab compare` report under `reports/`; how the epochs were chosen: "
             "its README).")
@@ -387,7 +389,7 @@ TEXTS = {"small-data": small_data_text, "fashion-resnet18": resnet_text}
 def write_section(args: argparse.Namespace, protocol: Protocol, tables: Dict[str, Dict[str, dict]], threads: set) -> int:
     """``table.md`` beside the results, and the same tables as the protocol's section of docs/methods.md."""
     begin, end, title = protocol.section
-    text_of = TEXTS[next(k for k, p in PROTOCOLS.items() if p is protocol)]
+    text_of = TEXTS[args.protocol]
     body: List[str] = []
     intro = ""
     for name, rows in tables.items():
